@@ -1,0 +1,95 @@
+// Command gbc is the build coordinator, its agent and the operators' helpers
+// in one binary. This file only routes to subcommands; each lives in its own
+// file and turns flags into calls on the packages that do the work.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// env is what every subcommand gets instead of globals.
+type env struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	log    *slog.Logger
+}
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, e env, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"coordinator", "run the coordinator (SSH server, scheduler, cache)", runCoordinator},
+		{"agent", "run a build agent that dials a coordinator", runAgent},
+		{"submit", "import a derivation closure from the local store and build it", runSubmit},
+		{"nar", "dump, hash and restore NAR archives", runNar},
+		{"drv", "show derivations as JSON", runDrv},
+		{"narinfo", "verify narinfo signatures", runNarinfo},
+		{"key", "generate cache signing keys", runKey},
+	}
+}
+
+// usageError marks errors caused by the command line; they exit with 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: gbc <command> [flags] [args]")
+	fmt.Fprintln(w, "\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'gbc <command> --help' for a command's flags.")
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	e := env{
+		stdin:  os.Stdin,
+		stdout: os.Stdout,
+		stderr: os.Stderr,
+		log:    slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	}
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(e.stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(ctx, e, args[1:])
+		if err == nil {
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "gbc %s: %v\n", c.name, err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	fmt.Fprintf(e.stderr, "gbc: unknown command %q\n", args[0])
+	usage(e.stderr)
+	return 2
+}

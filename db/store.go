@@ -1,0 +1,178 @@
+// Package db holds the coordinator's durable state behind one interface,
+// Store, with a SQLite implementation and a test suite that every
+// implementation must pass (dbtest).
+package db
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+var (
+	// ErrNotFound: no row with that key.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: a row with that key is already there.
+	ErrExists = errors.New("already exists")
+	// ErrConflict: the row is not in a state that allows the change
+	// (e.g. finishing a build that another agent holds).
+	ErrConflict = errors.New("state conflict")
+)
+
+// Role is what a key may do.
+type Role string
+
+const (
+	RoleAdmin    Role = "admin"
+	RoleOperator Role = "operator"
+	RoleReader   Role = "reader"
+	RoleAgent    Role = "agent"
+)
+
+// Key is an SSH public key with its role. Agent keys are bound to one agent.
+type Key struct {
+	Fingerprint   string // "SHA256:…" as ssh-keygen -l prints it
+	AuthorizedKey string // one authorized_keys line, without options
+	Role          Role
+	AgentID       string // only for RoleAgent
+	Comment       string
+	CreatedAt     time.Time
+}
+
+// Agent is a registered build agent.
+type Agent struct {
+	ID         string
+	Name       string
+	Active     bool
+	CreatedAt  time.Time
+	LastSeenAt time.Time // zero if never connected
+}
+
+// BuildState is where a build is in its lifecycle.
+type BuildState string
+
+const (
+	StateScheduled        BuildState = "scheduled"
+	StateAllocated        BuildState = "allocated"
+	StateStarted          BuildState = "started"
+	StateSucceeded        BuildState = "succeeded"
+	StateFailed           BuildState = "failed"
+	StateCanceled         BuildState = "canceled"
+	StateFailedDependency BuildState = "failed-dependency"
+)
+
+// Terminal reports whether no further transition is possible.
+func (s BuildState) Terminal() bool {
+	switch s {
+	case StateSucceeded, StateFailed, StateCanceled, StateFailedDependency:
+		return true
+	}
+	return false
+}
+
+// Tag is a key=value label on a build.
+type Tag struct {
+	Key, Value string
+}
+
+// DerivationOutput is an output a derivation declares.
+type DerivationOutput struct {
+	Name string
+	Path string
+}
+
+// OutputResult is a built output whose NAR the coordinator verified.
+type OutputResult struct {
+	Name        string
+	Path        string
+	NarHash     string // "sha256:<nix base32>"
+	NarSize     int64
+	FileHash    string
+	FileSize    int64
+	Compression string
+	References  []string // full store paths
+	File        string   // where the compressed NAR lives, relative to the state dir
+}
+
+// Attempt is one allocation of a build to an agent.
+type Attempt struct {
+	Number      int
+	AgentID     string
+	AllocatedAt time.Time
+	StartedAt   time.Time
+	EndedAt     time.Time
+	Outcome     string // "", succeeded, failed, canceled, requeued
+	Reason      string // failure or requeue reason
+	ExitCode    int
+}
+
+// NewBuild is what a submission records.
+type NewBuild struct {
+	ID               string
+	Derivation       string
+	System           string
+	Priority         int
+	Tags             []Tag
+	RequiredFeatures []string
+	Outputs          []DerivationOutput
+	CreatedAt        time.Time
+}
+
+// Build is a build with everything `build show` needs.
+type Build struct {
+	NewBuild
+	State         BuildState
+	AgentID       string // agent of the latest attempt, if any
+	StartedAt     time.Time
+	EndedAt       time.Time
+	FailureReason string
+	Attempts      []Attempt
+	Results       []OutputResult
+}
+
+// BuildFilter selects builds for listings; zero values mean "any".
+type BuildFilter struct {
+	State   BuildState
+	AgentID string
+	Limit   int // 0: no limit
+}
+
+// Store is the coordinator's durable state. Every method is safe for
+// concurrent use. State transitions check the current state and the agent
+// that holds the build, and return ErrConflict when they do not match, so
+// a confused or malicious agent cannot touch another agent's build.
+type Store interface {
+	PutKey(ctx context.Context, k Key) error // ErrExists
+	Key(ctx context.Context, fingerprint string) (Key, error)
+	Keys(ctx context.Context) ([]Key, error)
+	DeleteKey(ctx context.Context, fingerprint string) error // ErrNotFound
+
+	// CreateAgent records an agent and, atomically, its keys.
+	CreateAgent(ctx context.Context, a Agent, keys ...Key) error
+	Agent(ctx context.Context, id string) (Agent, error)
+	Agents(ctx context.Context) ([]Agent, error)
+	SetAgentActive(ctx context.Context, id string, active bool) error
+	TouchAgent(ctx context.Context, id string, at time.Time) error
+
+	// CreateBuilds records all builds or none.
+	CreateBuilds(ctx context.Context, builds []NewBuild) error
+	Build(ctx context.Context, id string) (Build, error)
+	Builds(ctx context.Context, f BuildFilter) ([]Build, error)
+
+	// AllocateBuild moves a scheduled build to allocated for agentID and
+	// opens a new attempt.
+	AllocateBuild(ctx context.Context, id, agentID string, at time.Time) error
+	// StartBuild moves allocated → started; the agent must hold the build.
+	StartBuild(ctx context.Context, id, agentID string, at time.Time) error
+	// SucceedBuild records verified results and moves to succeeded.
+	SucceedBuild(ctx context.Context, id, agentID string, at time.Time, results []OutputResult) error
+	// FailBuild records a build failure (the derivation's fault).
+	FailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, exitCode int) error
+	// RequeueBuild sends an allocated or started build back to scheduled
+	// (an infrastructure failure); the attempt records the reason.
+	RequeueBuild(ctx context.Context, id, agentID string, at time.Time, reason string) error
+	// CancelBuild moves any non-terminal build to canceled.
+	CancelBuild(ctx context.Context, id string, at time.Time) error
+
+	Close() error
+}

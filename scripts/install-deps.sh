@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages gbc's tests and demo need, only when missing.
+# Runs as root (CI and the demo machine); prints what it does.
+set -euo pipefail
+need=()
+command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)   # cgo for go-sqlite3
+command -v zstd >/dev/null 2>&1 || need+=(zstd)
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: missing ${need[*]}; run as root or install them" >&2
+  exit 1
+fi
+echo "install-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
