@@ -342,3 +342,16 @@ func TestMaskedHashDiffers(t *testing.T) {
 		t.Fatal("not sha256")
 	}
 }
+
+// The writer always escapes CR, LF and TAB; accepting them raw would break
+// print(parse(x)) == x (found by FuzzParse).
+func TestRejectsRawEscapedControls(t *testing.T) {
+	for _, c := range []string{"\r", "\n", "\t"} {
+		in := `Derive([("out","","","")],[],[],"","",[],[("a","x` + c + `")])`
+		_, err := Parse([]byte(in))
+		var pe *ParseError
+		if !errors.As(err, &pe) || pe.Offset != strings.Index(in, c) {
+			t.Errorf("raw %q: err = %v", c, err)
+		}
+	}
+}

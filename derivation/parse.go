@@ -48,6 +48,17 @@ func (p *parser) expect(lit string) error {
 	return nil
 }
 
+// special marks the bytes that end str's fast scan: the quote, the escape
+// character, and the three control bytes the writer always escapes, which
+// must therefore never appear raw.
+func special(c byte) bool {
+	switch c {
+	case '"', '\\', '\n', '\r', '\t':
+		return true
+	}
+	return false
+}
+
 // str reads a quoted string. Reader rules are Nix's: \n \r \t map to
 // control characters and a backslash before any other byte yields that byte.
 // Escapes the writer would not produce (\a, \$, ...) are rejected, because
@@ -59,7 +70,7 @@ func (p *parser) str() (string, int, error) {
 	}
 	p.i++
 	j := p.i
-	for j < len(p.s) && p.s[j] != '"' && p.s[j] != '\\' {
+	for j < len(p.s) && !special(p.s[j]) {
 		j++
 	}
 	if j < len(p.s) && p.s[j] == '"' {
@@ -93,6 +104,8 @@ func (p *parser) str() (string, int, error) {
 				return "", start, p.fail(j, "escape \\%c is not one the writer produces (\\\" \\\\ \\n \\r \\t)", e)
 			}
 			j += 2
+		case '\n', '\r', '\t':
+			return "", start, p.fail(j, "raw control byte %#02x in a string (the writer escapes it)", c)
 		default:
 			b.WriteByte(c)
 			j++
