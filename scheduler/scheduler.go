@@ -1,0 +1,1103 @@
+// Package scheduler keeps the queue of builds waiting for agents: the
+// dependency graph between them, per-(system, features, tags) ready heaps, and
+// matching of agents to builds. It is pure and single-threaded: the caller
+// (the coordinator) serialises calls and owns I/O; time comes from an injected
+// clock so deferral can be stepped in tests.
+//
+// Every event method returns what changed (builds that became runnable, builds
+// that failed because of an input), so the caller can push work to agents
+// without scanning.
+//
+// # Costs
+//
+// n = queued builds, k = inputs of a build, U(x)/D(x) = builds transitively
+// waiting on x / that x transitively waits on (only builds still queued or
+// allocated count; finished builds drop out of the graph).
+//
+//   - Add: O(k + |D(x)|) when nothing already waits on the new build (the
+//     usual case: submissions go inputs first); otherwise an exact recount,
+//     O(|U(x)| + Σ_{y∈D(x)} |U(y)|).
+//   - Allocate: O(matching buckets · log n).
+//   - Succeeded: O(dependents of its derivation · log n) in the usual case.
+//   - SetPriority: raising propagates only while derived priorities change;
+//     lowering recomputes from direct dependents, again only while changing.
+//   - Cancel / Failed: O(Σ_{f removed} |D(f)|) when nothing survives above the
+//     removed builds, else an exact recount as for Add.
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gbc-farm/gbc/clock"
+)
+
+// Strategy decides whether an input derivation that has no build here blocks
+// its dependents.
+type Strategy int
+
+const (
+	// DerivationOrdered: an input is available only when a build of it
+	// succeeded here or MarkAvailable was called for it.
+	DerivationOrdered Strategy = iota
+	// Permissive: inputs with no live build here are assumed substitutable;
+	// inputs with a live build here still block until it succeeds.
+	Permissive
+)
+
+func (s Strategy) String() string {
+	switch s {
+	case DerivationOrdered:
+		return "derivation-ordered"
+	case Permissive:
+		return "permissive"
+	}
+	return fmt.Sprintf("Strategy(%d)", int(s))
+}
+
+// ParseStrategy reads the --allocation-strategy flag value.
+func ParseStrategy(v string) (Strategy, error) {
+	switch v {
+	case "derivation-ordered":
+		return DerivationOrdered, nil
+	case "permissive":
+		return Permissive, nil
+	}
+	return 0, fmt.Errorf("allocation strategy %q: want derivation-ordered or permissive", v)
+}
+
+// Build is a build as submitted.
+type Build struct {
+	ID, Derivation, System string
+	InputDrvs              []string // .drv paths of its inputs
+	Features               []string // requiredSystemFeatures
+	Tags                   map[string]string
+	Priority               int       // clamped to int32
+	CreatedAt              time.Time // zero = now
+	DeferUntil             time.Time // zero = not deferred
+}
+
+// Agent describes who asks for work. MaxParallel 0 means no limit here (the
+// caller tracks slots itself).
+type Agent struct {
+	ID          string
+	Systems     []string
+	Features    []string
+	RequireTags map[string]string
+	MaxParallel int
+}
+
+// Dep is a build that became failed-dependency.
+type Dep struct {
+	ID, Derivation string
+	FailedInput    string // derivation of the build that really failed
+	FailedBuild    string // its id
+}
+
+// State of a build still known to the scheduler (finished builds are
+// forgotten).
+type State int
+
+const (
+	Waiting   State = iota // an input is not available yet
+	Deferred               // DeferUntil is in the future
+	Ready                  // in a ready queue
+	Allocated              // given to an agent
+)
+
+func (s State) String() string {
+	return [...]string{"waiting", "deferred", "ready", "allocated"}[s]
+}
+
+// Stats is a snapshot of the queue.
+type Stats struct {
+	Waiting, Deferred, Ready, Allocated           int
+	Succeeded, Failed, FailedDependency, Canceled uint64
+	ReadyBySystem                                 map[string]int
+	Derivations                                   int // interned derivation paths
+}
+
+type bstate uint8
+
+const (
+	stFree bstate = iota
+	stQueued
+	stAllocated
+)
+
+// build is the internal record; int32 indexes keep it near 100 bytes.
+type build struct {
+	id         string
+	inputs     []int32 // derivation indexes, deduplicated
+	created    int64
+	deferUntil int64
+	drv        int32
+	bucket     int32
+	prio       int32
+	derived    int32 // max prio over itself and everything waiting on it
+	count      int32 // builds waiting on it, directly or not
+	waiting    int32 // inputs still blocking
+	hpos       int32 // index in its bucket's ready heap, -1 if not there
+	dpos       int32 // index in the deferral heap, -1 if not there
+	agent      int32 // allocated to, -1 if not
+	avoid      int32 // agent to avoid after a requeue, -1 if none
+	gen        uint32
+	mark       uint32
+	state      bstate
+	dying      bool
+}
+
+// ref names a build slot at one generation, so slots can be reused while
+// stale references in dependents lists are skipped and compacted lazily.
+type ref struct {
+	idx int32
+	gen uint32
+}
+
+type drvNode struct {
+	path       string
+	builds     []int32 // live builds of this derivation
+	dependents []ref   // builds listing it as an input; some may be stale
+	dead       int32   // stale entries in dependents
+	available  bool
+}
+
+type bucket struct {
+	system   string
+	features []string
+	tags     map[string]string
+	heap     []int32
+}
+
+type agentSlot struct {
+	id   string
+	held int
+}
+
+// Scheduler is not safe for concurrent use.
+type Scheduler struct {
+	strategy Strategy
+	clk      clock.Clock
+
+	builds []build
+	free   []int32
+	byID   map[string]int32
+
+	drvs      []drvNode
+	drvByPath map[string]int32
+
+	buckets         []bucket
+	bucketByKey     map[string]int32
+	bucketsBySystem map[string][]int32
+
+	agents    []agentSlot
+	agentByID map[string]int32
+
+	deferred  []int32 // min-heap by deferUntil
+	allocated int
+
+	epoch uint32
+	stack []int32 // scratch for walks
+	down  []int32 // scratch result of collectDown
+
+	succeeded, failed, failedDep, canceled uint64
+}
+
+// New makes an empty scheduler.
+func New(strategy Strategy, clk clock.Clock) *Scheduler {
+	return &Scheduler{
+		strategy:        strategy,
+		clk:             clk,
+		byID:            make(map[string]int32),
+		drvByPath:       make(map[string]int32),
+		bucketByKey:     make(map[string]int32),
+		bucketsBySystem: make(map[string][]int32),
+		agentByID:       make(map[string]int32),
+	}
+}
+
+// Add queues a build.
+func (s *Scheduler) Add(b Build) error {
+	switch {
+	case b.ID == "":
+		return errors.New("scheduler: add build: empty ID")
+	case b.Derivation == "":
+		return fmt.Errorf("scheduler: add build %q: empty Derivation", b.ID)
+	case b.System == "":
+		return fmt.Errorf("scheduler: add build %q: empty System", b.ID)
+	}
+	if _, dup := s.byID[b.ID]; dup {
+		return fmt.Errorf("scheduler: add build %q: duplicate ID", b.ID)
+	}
+	for _, in := range b.InputDrvs {
+		if in == b.Derivation {
+			return fmt.Errorf("scheduler: add build %q: derivation %q lists itself as an input", b.ID, in)
+		}
+		if in == "" {
+			return fmt.Errorf("scheduler: add build %q: empty input derivation", b.ID)
+		}
+	}
+
+	d := s.internDrv(b.Derivation)
+	inputs := make([]int32, 0, len(b.InputDrvs))
+	for _, in := range b.InputDrvs {
+		di := s.internDrv(in)
+		if !slices.Contains(inputs, di) {
+			inputs = append(inputs, di)
+		}
+	}
+	bk := s.internBucket(b.System, b.Features, b.Tags)
+
+	idx := s.allocSlot()
+	nb := &s.builds[idx]
+	created := b.CreatedAt
+	if created.IsZero() {
+		created = s.clk.Now()
+	}
+	*nb = build{
+		id:      b.ID,
+		inputs:  inputs,
+		created: created.UnixNano(),
+		drv:     d,
+		bucket:  bk,
+		prio:    clamp32(b.Priority),
+		hpos:    -1,
+		dpos:    -1,
+		agent:   -1,
+		avoid:   -1,
+		gen:     nb.gen,
+		mark:    nb.mark,
+		state:   stQueued,
+	}
+	nb.derived = nb.prio
+	if !b.DeferUntil.IsZero() {
+		nb.deferUntil = b.DeferUntil.UnixNano()
+	}
+	s.byID[b.ID] = idx
+	for _, di := range inputs {
+		if s.blocking(di) {
+			s.builds[idx].waiting++
+		}
+		s.drvs[di].dependents = append(s.drvs[di].dependents, ref{idx, s.builds[idx].gen})
+	}
+
+	dn := &s.drvs[d]
+	hadLive := len(dn.builds) > 0
+	dn.builds = append(dn.builds, idx)
+	hasUp := s.hasLiveDependents(idx)
+	if s.strategy == Permissive && !hadLive && !dn.available {
+		// The derivation now has a build here, so its dependents wait for it.
+		for _, r := range s.drvs[d].dependents {
+			if y := r.idx; s.valid(r) && y != idx {
+				s.builds[y].waiting++
+				s.refresh(y)
+			}
+		}
+	}
+	if nb := &s.builds[idx]; nb.deferUntil > s.clk.Now().UnixNano() {
+		s.dpush(idx)
+	}
+
+	if !hasUp {
+		// Only the new build joins the sets of builds waiting on its closure.
+		p := s.builds[idx].prio
+		for _, y := range s.collectDown([]int32{idx}) {
+			yb := &s.builds[y]
+			yb.count++
+			if p > yb.derived {
+				yb.derived = p
+			}
+			s.hfix(y)
+		}
+	} else {
+		// Builds already wait on this derivation (added dependents first, or a
+		// rebuild): recount exactly everything whose waiting set changed.
+		below := append([]int32(nil), s.collectDown([]int32{idx})...)
+		s.recount(idx)
+		for _, y := range below {
+			s.recount(y)
+		}
+	}
+	s.refresh(idx)
+	return nil
+}
+
+// MarkAvailable records that a derivation's outputs are available (in the
+// cache, or built elsewhere). It returns the builds that became runnable.
+// Queued builds of that derivation stay queued: whether to cancel them is the
+// caller's decision.
+func (s *Scheduler) MarkAvailable(drvPath string) (nowRunnable []string) {
+	d := s.internDrv(drvPath)
+	if s.drvs[d].available {
+		return nil
+	}
+	return s.makeAvailable(d, -1)
+}
+
+// makeAvailable flips d to available. The live builds of d stop having
+// anything waiting on them, so they and everything below them are recounted.
+// finishing, if not -1, is a build of d being freed as part of the change.
+func (s *Scheduler) makeAvailable(d, finishing int32) (nowRunnable []string) {
+	roots := append([]int32(nil), s.drvs[d].builds...)
+	var affected []int32
+	if len(roots) > 0 {
+		affected = append(affected, s.collectDown(roots)...)
+	}
+	wasBlocking := s.blocking(d)
+	s.drvs[d].available = true
+	if finishing >= 0 {
+		s.freeSlot(finishing)
+	}
+	for _, r := range roots {
+		if r != finishing {
+			affected = append(affected, r)
+		}
+	}
+	if wasBlocking {
+		for _, r := range s.drvs[d].dependents {
+			if !s.valid(r) {
+				continue
+			}
+			y := r.idx
+			s.builds[y].waiting--
+			if s.refresh(y) {
+				nowRunnable = append(nowRunnable, s.builds[y].id)
+			}
+		}
+	}
+	for _, y := range affected {
+		if s.builds[y].state != stFree {
+			s.recount(y)
+		}
+	}
+	return nowRunnable
+}
+
+// Succeeded records a successful build (its derivation becomes available) and
+// releases its agent slot. It returns the builds that became runnable.
+func (s *Scheduler) Succeeded(id string) (nowRunnable []string) {
+	idx, ok := s.byID[id]
+	if !ok {
+		return nil
+	}
+	s.succeeded++
+	d := s.builds[idx].drv
+	if s.drvs[d].available {
+		// Already available (a rebuild): nothing waits on this build, but it
+		// may wait on builds added below it later in permissive mode.
+		return s.detach([]int32{idx})
+	}
+	return s.makeAvailable(d, idx)
+}
+
+// Failed records a failed build and releases its slot. Queued builds that
+// depend on it, directly or not, become failed-dependency and are returned,
+// each naming the build that failed. If another build of the same derivation
+// is still queued or running, dependents wait for that one instead.
+// Allocated dependents (possible only in permissive mode) are left running.
+func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
+	idx, ok := s.byID[id]
+	if !ok {
+		return nil
+	}
+	s.failed++
+	x := &s.builds[idx]
+	x.dying = true
+	cause := Dep{FailedBuild: x.id, FailedInput: s.drvs[x.drv].path}
+	F := []int32{idx}
+	if !s.drvs[x.drv].available && s.allDying(x.drv) {
+		gone := map[int32]bool{x.drv: true}
+		queue := []int32{x.drv}
+		for len(queue) > 0 {
+			di := queue[0]
+			queue = queue[1:]
+			for _, r := range s.drvs[di].dependents {
+				if !s.valid(r) {
+					continue
+				}
+				y := &s.builds[r.idx]
+				if y.dying || y.state != stQueued {
+					continue
+				}
+				y.dying = true
+				F = append(F, r.idx)
+				dep := cause
+				dep.ID, dep.Derivation = y.id, s.drvs[y.drv].path
+				failedDependency = append(failedDependency, dep)
+				if e := y.drv; !gone[e] && !s.drvs[e].available && s.allDying(e) {
+					gone[e] = true
+					queue = append(queue, e)
+				}
+			}
+		}
+	}
+	s.failedDep += uint64(len(F) - 1)
+	s.detach(F)
+	return failedDependency
+}
+
+// Cancel removes a build, queued or allocated (the caller stops it on its
+// agent). Dependents keep waiting for the derivation, except in permissive
+// mode where a derivation without a live build no longer blocks: those that
+// become runnable are returned.
+func (s *Scheduler) Cancel(id string) (nowRunnable []string) {
+	idx, ok := s.byID[id]
+	if !ok {
+		return nil
+	}
+	s.canceled++
+	return s.detach([]int32{idx})
+}
+
+// Requeue puts an allocated build back in the queue after an infrastructure
+// failure. If avoidAgent is set, that agent gets the build only when it has
+// nothing else to do. The retry limit is the caller's.
+func (s *Scheduler) Requeue(id, avoidAgent string) {
+	idx, ok := s.byID[id]
+	if !ok {
+		return
+	}
+	b := &s.builds[idx]
+	if b.state == stAllocated {
+		s.release(idx)
+		b.state = stQueued
+	}
+	b.avoid = -1
+	if avoidAgent != "" {
+		b.avoid = s.agentIdx(avoidAgent)
+	}
+	s.refresh(idx)
+}
+
+// SetPriority changes a build's own priority; everything it waits on,
+// directly or not, is re-ordered through derived priority.
+func (s *Scheduler) SetPriority(id string, p int) {
+	idx, ok := s.byID[id]
+	if !ok {
+		return
+	}
+	b := &s.builds[idx]
+	b.prio = clamp32(p)
+	nv := s.localDerived(idx)
+	switch {
+	case nv > b.derived:
+		b.derived = nv
+		s.hfix(idx)
+		s.raiseBelow(idx, nv)
+	case nv < b.derived:
+		s.settleDerived([]int32{idx})
+	}
+}
+
+// raiseBelow lifts derived priority below x to at least p, stopping where it
+// is already that high.
+func (s *Scheduler) raiseBelow(x int32, p int32) {
+	stack := []int32{x}
+	for len(stack) > 0 {
+		b := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, di := range s.builds[b].inputs {
+			if s.drvs[di].available {
+				continue
+			}
+			for _, z := range s.drvs[di].builds {
+				if s.builds[z].derived < p {
+					s.builds[z].derived = p
+					s.hfix(z)
+					stack = append(stack, z)
+				}
+			}
+		}
+	}
+}
+
+// NextWakeup is the earliest DeferUntil still pending, so the caller can set a
+// timer and then call Wake (or just Allocate).
+func (s *Scheduler) NextWakeup() (time.Time, bool) {
+	if len(s.deferred) == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, s.builds[s.deferred[0]].deferUntil), true
+}
+
+// Wake releases builds whose deferral has passed and returns those that became
+// runnable. Allocate does this itself; Wake is for pushing work on a timer.
+func (s *Scheduler) Wake() (nowRunnable []string) {
+	now := s.clk.Now().UnixNano()
+	for len(s.deferred) > 0 && s.builds[s.deferred[0]].deferUntil <= now {
+		x := s.deferred[0]
+		s.dremove(x)
+		if s.refresh(x) {
+			nowRunnable = append(nowRunnable, s.builds[x].id)
+		}
+	}
+	return nowRunnable
+}
+
+// Allocate picks the best runnable build this agent may take and marks it
+// allocated to the agent. It refuses when the agent already holds MaxParallel
+// builds (if MaxParallel > 0).
+func (s *Scheduler) Allocate(a Agent) (Build, bool) {
+	s.Wake()
+	ai := s.agentIdx(a.ID)
+	if a.MaxParallel > 0 && s.agents[ai].held >= a.MaxParallel {
+		return Build{}, false
+	}
+	best, bestAvoided := int32(-1), int32(-1)
+	for si, sys := range a.Systems {
+		if slices.Contains(a.Systems[:si], sys) {
+			continue
+		}
+		for _, bi := range s.bucketsBySystem[sys] {
+			bk := &s.buckets[bi]
+			if len(bk.heap) == 0 || !matches(bk, a) {
+				continue
+			}
+			c, avoided := s.bestIn(bk, ai)
+			if avoided {
+				if bestAvoided < 0 || s.less(c, bestAvoided) {
+					bestAvoided = c
+				}
+			} else if best < 0 || s.less(c, best) {
+				best = c
+			}
+		}
+	}
+	if best < 0 {
+		best = bestAvoided
+	}
+	if best < 0 {
+		return Build{}, false
+	}
+	s.hremove(best)
+	b := &s.builds[best]
+	b.state = stAllocated
+	b.agent = ai
+	s.agents[ai].held++
+	s.allocated++
+	return s.export(best), true
+}
+
+// bestIn returns the best build in bk that agent ai is not asked to avoid,
+// searching a bounded frontier of the heap; failing that, the top, flagged.
+func (s *Scheduler) bestIn(bk *bucket, ai int32) (int32, bool) {
+	h := bk.heap
+	if s.builds[h[0]].avoid != ai {
+		return h[0], false
+	}
+	var frontier []int32 // heap positions
+	push := func(pos int) {
+		for _, c := range []int{2*pos + 1, 2*pos + 2} {
+			if c < len(h) {
+				frontier = append(frontier, int32(c))
+			}
+		}
+	}
+	push(0)
+	for steps := 0; steps < 256 && len(frontier) > 0; steps++ {
+		bi := 0
+		for i := range frontier {
+			if s.less(h[frontier[i]], h[frontier[bi]]) {
+				bi = i
+			}
+		}
+		pos := frontier[bi]
+		frontier = slices.Delete(frontier, bi, bi+1)
+		if s.builds[h[pos]].avoid != ai {
+			return h[pos], false
+		}
+		push(int(pos))
+	}
+	return h[0], true
+}
+
+// Held is how many builds the scheduler has allocated to an agent and not yet
+// seen finish or requeued.
+func (s *Scheduler) Held(agentID string) int {
+	if ai, ok := s.agentByID[agentID]; ok {
+		return s.agents[ai].held
+	}
+	return 0
+}
+
+// StateOf reports where a build is; false once it finished or is unknown.
+func (s *Scheduler) StateOf(id string) (State, bool) {
+	idx, ok := s.byID[id]
+	if !ok {
+		return 0, false
+	}
+	b := &s.builds[idx]
+	switch {
+	case b.state == stAllocated:
+		return Allocated, true
+	case b.hpos >= 0:
+		return Ready, true
+	case b.dpos >= 0:
+		return Deferred, true
+	}
+	return Waiting, true
+}
+
+// Lookup returns a queued or allocated build as submitted (priority is its own,
+// not derived).
+func (s *Scheduler) Lookup(id string) (Build, bool) {
+	idx, ok := s.byID[id]
+	if !ok {
+		return Build{}, false
+	}
+	return s.export(idx), true
+}
+
+// Order reports the ordering keys of a build: derived priority and the number
+// of builds waiting on it.
+func (s *Scheduler) Order(id string) (derivedPriority, dependents int, ok bool) {
+	idx, ok := s.byID[id]
+	if !ok {
+		return 0, 0, false
+	}
+	return int(s.builds[idx].derived), int(s.builds[idx].count), true
+}
+
+// Stats counts builds by state.
+func (s *Scheduler) Stats() Stats {
+	st := Stats{
+		Deferred:         len(s.deferred),
+		Allocated:        s.allocated,
+		Succeeded:        s.succeeded,
+		Failed:           s.failed,
+		FailedDependency: s.failedDep,
+		Canceled:         s.canceled,
+		ReadyBySystem:    make(map[string]int),
+		Derivations:      len(s.drvs),
+	}
+	for _, bk := range s.buckets {
+		st.Ready += len(bk.heap)
+		if len(bk.heap) > 0 {
+			st.ReadyBySystem[bk.system] += len(bk.heap)
+		}
+	}
+	st.Waiting = len(s.byID) - st.Ready - st.Allocated - st.Deferred
+	return st
+}
+
+// --- internals ---
+
+func clamp32(p int) int32 {
+	return int32(max(math.MinInt32, min(math.MaxInt32, p)))
+}
+
+func (s *Scheduler) export(idx int32) Build {
+	b := &s.builds[idx]
+	bk := &s.buckets[b.bucket]
+	out := Build{
+		ID:         b.id,
+		Derivation: s.drvs[b.drv].path,
+		System:     bk.system,
+		Priority:   int(b.prio),
+		CreatedAt:  time.Unix(0, b.created),
+	}
+	if b.deferUntil != 0 {
+		out.DeferUntil = time.Unix(0, b.deferUntil)
+	}
+	for _, di := range b.inputs {
+		out.InputDrvs = append(out.InputDrvs, s.drvs[di].path)
+	}
+	if len(bk.features) > 0 {
+		out.Features = slices.Clone(bk.features)
+	}
+	if len(bk.tags) > 0 {
+		out.Tags = make(map[string]string, len(bk.tags))
+		for k, v := range bk.tags {
+			out.Tags[k] = v
+		}
+	}
+	return out
+}
+
+func (s *Scheduler) allocSlot() int32 {
+	if n := len(s.free); n > 0 {
+		idx := s.free[n-1]
+		s.free = s.free[:n-1]
+		return idx
+	}
+	s.builds = append(s.builds, build{})
+	return int32(len(s.builds) - 1)
+}
+
+func (s *Scheduler) internDrv(path string) int32 {
+	if d, ok := s.drvByPath[path]; ok {
+		return d
+	}
+	path = strings.Clone(path) // don't pin the caller's larger buffer
+	d := int32(len(s.drvs))
+	s.drvs = append(s.drvs, drvNode{path: path})
+	s.drvByPath[path] = d
+	return d
+}
+
+func (s *Scheduler) internBucket(system string, features []string, tags map[string]string) int32 {
+	key := system
+	var fs []string
+	if len(features) > 0 || len(tags) > 0 {
+		fs = slices.Clone(features)
+		sort.Strings(fs)
+		fs = slices.Compact(fs)
+		var kb strings.Builder
+		kb.WriteString(system)
+		kb.WriteByte(0)
+		kb.WriteString(strings.Join(fs, "\x01"))
+		kb.WriteByte(0)
+		keys := make([]string, 0, len(tags))
+		for k := range tags {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			kb.WriteString(k)
+			kb.WriteByte('=')
+			kb.WriteString(tags[k])
+			kb.WriteByte(1)
+		}
+		key = kb.String()
+	}
+	if bi, ok := s.bucketByKey[key]; ok {
+		return bi
+	}
+	bk := bucket{system: strings.Clone(system), features: fs}
+	if len(tags) > 0 {
+		bk.tags = make(map[string]string, len(tags))
+		for k, v := range tags {
+			bk.tags[k] = v
+		}
+	}
+	bi := int32(len(s.buckets))
+	s.buckets = append(s.buckets, bk)
+	s.bucketByKey[key] = bi
+	s.bucketsBySystem[bk.system] = append(s.bucketsBySystem[bk.system], bi)
+	return bi
+}
+
+func matches(bk *bucket, a Agent) bool {
+	for _, f := range bk.features {
+		if !slices.Contains(a.Features, f) {
+			return false
+		}
+	}
+	for k, v := range a.RequireTags {
+		if got, ok := bk.tags[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Scheduler) agentIdx(id string) int32 {
+	if ai, ok := s.agentByID[id]; ok {
+		return ai
+	}
+	ai := int32(len(s.agents))
+	s.agents = append(s.agents, agentSlot{id: id})
+	s.agentByID[id] = ai
+	return ai
+}
+
+func (s *Scheduler) valid(r ref) bool {
+	b := &s.builds[r.idx]
+	return b.gen == r.gen && b.state != stFree
+}
+
+// blocking reports whether input derivation d keeps its dependents waiting.
+func (s *Scheduler) blocking(d int32) bool {
+	dn := &s.drvs[d]
+	return !dn.available && (s.strategy == DerivationOrdered || len(dn.builds) > 0)
+}
+
+func (s *Scheduler) allDying(d int32) bool {
+	for _, z := range s.drvs[d].builds {
+		if !s.builds[z].dying {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Scheduler) hasLiveDependents(x int32) bool {
+	d := &s.drvs[s.builds[x].drv]
+	if d.available {
+		return false
+	}
+	for _, r := range d.dependents {
+		if s.valid(r) && !s.builds[r.idx].dying {
+			return true
+		}
+	}
+	return false
+}
+
+// refresh puts a queued build in or out of its ready heap according to its
+// state, and reports whether it just became ready.
+func (s *Scheduler) refresh(x int32) bool {
+	b := &s.builds[x]
+	ready := b.state == stQueued && b.dpos < 0 && b.waiting == 0
+	switch {
+	case ready && b.hpos < 0:
+		s.hpush(x)
+		return true
+	case !ready && b.hpos >= 0:
+		s.hremove(x)
+	}
+	return false
+}
+
+func (s *Scheduler) release(x int32) {
+	b := &s.builds[x]
+	if b.state == stAllocated {
+		s.agents[b.agent].held--
+		s.allocated--
+		b.agent = -1
+	}
+}
+
+// detach removes the builds in F (all live) from the graph, keeping dependents
+// counts and derived priorities exact, and returns builds that became runnable
+// (permissive mode: a derivation lost its last live build).
+func (s *Scheduler) detach(F []int32) (nowRunnable []string) {
+	for _, f := range F {
+		s.builds[f].dying = true
+	}
+	closed := true
+	for _, f := range F {
+		d := &s.drvs[s.builds[f].drv]
+		if d.available {
+			continue
+		}
+		for _, r := range d.dependents {
+			if s.valid(r) && !s.builds[r.idx].dying {
+				closed = false
+				break
+			}
+		}
+		if !closed {
+			break
+		}
+	}
+	if closed {
+		// Nothing outside F waits on F, so each f leaves exactly the waiting
+		// sets of the builds below it.
+		var boundary []int32
+		for _, f := range F {
+			for _, di := range s.builds[f].inputs {
+				if s.drvs[di].available {
+					continue
+				}
+				for _, z := range s.drvs[di].builds {
+					if !s.builds[z].dying {
+						boundary = append(boundary, z)
+					}
+				}
+			}
+			for _, y := range s.collectDown([]int32{f}) {
+				if yb := &s.builds[y]; !yb.dying {
+					yb.count--
+					s.hfix(y)
+				}
+			}
+		}
+		for _, f := range F {
+			nowRunnable = append(nowRunnable, s.freeSlot(f)...)
+		}
+		s.settleDerived(boundary)
+		return nowRunnable
+	}
+	var affected []int32
+	for _, y := range s.collectDown(F) {
+		if !s.builds[y].dying {
+			affected = append(affected, y)
+		}
+	}
+	for _, f := range F {
+		nowRunnable = append(nowRunnable, s.freeSlot(f)...)
+	}
+	for _, y := range affected {
+		s.recount(y)
+	}
+	return nowRunnable
+}
+
+// freeSlot forgets a build. Counts and priorities are the caller's business.
+func (s *Scheduler) freeSlot(x int32) (nowRunnable []string) {
+	b := &s.builds[x]
+	if b.hpos >= 0 {
+		s.hremove(x)
+	}
+	if b.dpos >= 0 {
+		s.dremove(x)
+	}
+	s.release(x)
+	dn := &s.drvs[b.drv]
+	if i := slices.Index(dn.builds, x); i >= 0 {
+		dn.builds = slices.Delete(dn.builds, i, i+1)
+	}
+	b.state = stFree
+	if s.strategy == Permissive && !dn.available && len(dn.builds) == 0 {
+		// No build of it here any more: assumed substitutable again.
+		for _, r := range dn.dependents {
+			if !s.valid(r) || s.builds[r.idx].dying {
+				continue
+			}
+			s.builds[r.idx].waiting--
+			if s.refresh(r.idx) {
+				nowRunnable = append(nowRunnable, s.builds[r.idx].id)
+			}
+		}
+	}
+	for _, di := range b.inputs {
+		in := &s.drvs[di]
+		in.dead++
+		if int(in.dead) > 8 && int(in.dead) > len(in.dependents)/2 {
+			s.compact(di)
+		}
+	}
+	delete(s.byID, b.id)
+	*b = build{gen: b.gen + 1, mark: b.mark, hpos: -1, dpos: -1, agent: -1, avoid: -1}
+	s.free = append(s.free, x)
+	return nowRunnable
+}
+
+func (s *Scheduler) compact(di int32) {
+	in := &s.drvs[di]
+	kept := in.dependents[:0]
+	for _, r := range in.dependents {
+		if s.valid(r) && !s.builds[r.idx].dying {
+			kept = append(kept, r)
+		}
+	}
+	clear(in.dependents[len(kept):])
+	in.dependents = kept
+	if cap(kept) > 16 && len(kept) < cap(kept)/4 {
+		in.dependents = slices.Clip(slices.Clone(kept))
+	}
+	in.dead = 0
+}
+
+func (s *Scheduler) nextEpoch() uint32 {
+	s.epoch++
+	if s.epoch == 0 {
+		for i := range s.builds {
+			s.builds[i].mark = 0
+		}
+		s.epoch = 1
+	}
+	return s.epoch
+}
+
+// collectDown returns every live build that the roots wait on, directly or
+// not, excluding the roots. The slice is scratch, valid until the next call.
+func (s *Scheduler) collectDown(roots []int32) []int32 {
+	ep := s.nextEpoch()
+	stack := s.stack[:0]
+	for _, r := range roots {
+		s.builds[r].mark = ep
+		stack = append(stack, r)
+	}
+	out := s.down[:0]
+	for len(stack) > 0 {
+		b := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, di := range s.builds[b].inputs {
+			if s.drvs[di].available {
+				continue
+			}
+			for _, z := range s.drvs[di].builds {
+				if s.builds[z].mark != ep {
+					s.builds[z].mark = ep
+					out = append(out, z)
+					stack = append(stack, z)
+				}
+			}
+		}
+	}
+	s.stack, s.down = stack, out
+	return out
+}
+
+// recount recomputes a build's dependents count and derived priority from
+// scratch by walking everything that waits on it.
+func (s *Scheduler) recount(y int32) {
+	ep := s.nextEpoch()
+	stack := append(s.stack[:0], y)
+	s.builds[y].mark = ep
+	var cnt int32
+	maxp := s.builds[y].prio
+	for len(stack) > 0 {
+		b := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		d := &s.drvs[s.builds[b].drv]
+		if d.available {
+			continue
+		}
+		for _, r := range d.dependents {
+			if !s.valid(r) {
+				continue
+			}
+			z := &s.builds[r.idx]
+			if z.dying || z.mark == ep {
+				continue
+			}
+			z.mark = ep
+			cnt++
+			maxp = max(maxp, z.prio)
+			stack = append(stack, r.idx)
+		}
+	}
+	s.stack = stack
+	yb := &s.builds[y]
+	if yb.count != cnt || yb.derived != maxp {
+		yb.count, yb.derived = cnt, maxp
+		s.hfix(y)
+	}
+}
+
+// localDerived is max(own priority, derived priority of direct dependents).
+func (s *Scheduler) localDerived(x int32) int32 {
+	b := &s.builds[x]
+	v := b.prio
+	d := &s.drvs[b.drv]
+	if d.available {
+		return v
+	}
+	for _, r := range d.dependents {
+		if s.valid(r) && !s.builds[r.idx].dying {
+			v = max(v, s.builds[r.idx].derived)
+		}
+	}
+	return v
+}
+
+// settleDerived recomputes derived priority from work downwards, only while
+// values change. The graph is acyclic, so this reaches the fixpoint.
+func (s *Scheduler) settleDerived(work []int32) {
+	for len(work) > 0 {
+		z := work[len(work)-1]
+		work = work[:len(work)-1]
+		if s.builds[z].state == stFree {
+			continue
+		}
+		nv := s.localDerived(z)
+		if nv == s.builds[z].derived {
+			continue
+		}
+		s.builds[z].derived = nv
+		s.hfix(z)
+		for _, di := range s.builds[z].inputs {
+			if !s.drvs[di].available {
+				work = append(work, s.drvs[di].builds...)
+			}
+		}
+	}
+}
