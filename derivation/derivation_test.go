@@ -272,7 +272,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad escape", `Derive([` + out + `],[],[],"x86\a","/bin/sh",[],[])`, 89, `escape \a`},
 		{"unterminated string", `Derive([("out`, 9, "unterminated string"},
 		{"escape at end", `Derive([("out\`, 13, "unterminated escape"},
-		{"bad output path", `Derive([("out","/nix/store/x-y","","")]` + rest, 15, "output out path"},
+		{"bad output path", `Derive([("out","/nix/store/x-y","","")]` + rest, 15, "output path of out"},
 		{"relative path", `Derive([("out","nix/store/wcsd771xpsm22fi3r9cyr2w9y19vpl0s-wire-fail","","")]` + rest, 15, "not absolute"},
 		{"unsorted outputs", `Derive([("out","/nix/store/wcsd771xpsm22fi3r9cyr2w9y19vpl0s-wire-fail","",""),("dev","/nix/store/wcsd771xpsm22fi3r9cyr2w9y19vpl0s-wire-fail-dev","","")]` + rest, 79, "out of order"},
 		{"duplicate outputs", `Derive([` + out + `,` + out + `]` + rest, 79, "duplicate output"},

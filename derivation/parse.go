@@ -177,15 +177,17 @@ func (p *parser) sorted(what, v string, off int, prev *string) error {
 	return nil
 }
 
-func (p *parser) path(what, v string, off int) error {
+// path checks a store path; what and detail name it in errors only, so the
+// happy path builds no message strings.
+func (p *parser) path(what, detail, v string, off int) error {
 	sp, err := storepath.Parse(v)
 	if err != nil {
-		return p.fail(off, "%s: %v", what, err)
+		return p.fail(off, "%s%s: %v", what, detail, err)
 	}
 	if p.storeDir == "" {
 		p.storeDir = sp.StoreDir
 	} else if sp.StoreDir != p.storeDir {
-		return p.fail(off, "%s %q is in store %q, but earlier paths are in %q", what, trunc(v), sp.StoreDir, p.storeDir)
+		return p.fail(off, "%s%s %q is in store %q, but earlier paths are in %q", what, detail, trunc(v), sp.StoreDir, p.storeDir)
 	}
 	return nil
 }
@@ -221,7 +223,7 @@ func Parse(b []byte) (*Derivation, error) {
 	}
 	var err error
 	d.InputSrcs, err = p.strList(func(v string, off int, prev *string) error {
-		if err := p.path("input source", v, off); err != nil {
+		if err := p.path("input source", "", v, off); err != nil {
 			return err
 		}
 		return p.sorted("input source", v, off, prev)
@@ -313,7 +315,7 @@ func (p *parser) outputs(d *Derivation) error {
 func (p *parser) checkOutput(o Output, offs [4]int) error {
 	switch {
 	case o.Path != "":
-		if err := p.path("output "+o.Name+" path", o.Path, offs[1]); err != nil {
+		if err := p.path("output path of ", o.Name, o.Path, offs[1]); err != nil {
 			return err
 		}
 	case o.Hash != "" && o.Hash != "impure":
@@ -363,7 +365,7 @@ func (p *parser) inputDrvs(d *Derivation) error {
 		if err != nil {
 			return err
 		}
-		if err := p.path("input derivation", path, off); err != nil {
+		if err := p.path("input derivation", "", path, off); err != nil {
 			return err
 		}
 		if !strings.HasSuffix(path, ".drv") {

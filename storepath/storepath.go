@@ -72,7 +72,7 @@ func ParseBase(base string) (StorePath, error) {
 	}
 	h, sep, name := base[:HashLen], base[HashLen], base[HashLen+1:]
 	for j := 0; j < len(h); j++ {
-		if strings.IndexByte(nixhash.Alphabet, h[j]) < 0 {
+		if !isBase32(h[j]) {
 			return StorePath{}, fmt.Errorf("hash part %q: invalid character %q at offset %d", h, h[j], j)
 		}
 	}
@@ -102,6 +102,18 @@ func ValidateName(name string) error {
 		}
 	}
 	return nil
+}
+
+// isBase32 is membership in nixhash.Alphabet without a search per byte:
+// digits and lowercase letters except e, o, t, u.
+func isBase32(c byte) bool {
+	switch {
+	case '0' <= c && c <= '9':
+		return true
+	case 'a' <= c && c <= 'z':
+		return c != 'e' && c != 'o' && c != 't' && c != 'u'
+	}
+	return false
 }
 
 func nameChar(c byte) bool {

@@ -177,3 +177,11 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestIsBase32MatchesAlphabet(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		if isBase32(byte(c)) != strings.ContainsRune(nixhash.Alphabet, rune(c)) {
+			t.Errorf("isBase32(%q) disagrees with nixhash.Alphabet", byte(c))
+		}
+	}
+}
