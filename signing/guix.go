@@ -386,12 +386,17 @@ var (
 // that the embedded key is in acl — the same three checks as Guix's
 // signature-verification-result.
 func VerifyGuix(data []byte, sig *GuixSignature, acl *ACL) error {
+	return VerifyGuixHash(sha256.Sum256(data), sig, acl)
+}
+
+// VerifyGuixHash is VerifyGuix for callers that hashed the data themselves
+// while streaming it (archive records).
+func VerifyGuixHash(hash [sha256.Size]byte, sig *GuixSignature, acl *ACL) error {
 	if acl == nil || !acl.Authorized(sig.Key) {
 		return fmt.Errorf("guix signature by key %X: %w", sig.Key.Q, ErrUnauthorizedKey)
 	}
-	h := sha256.Sum256(data)
-	if !bytes.Equal(h[:], sig.Hash) {
-		return fmt.Errorf("guix signature: %w (signed %X, data %X)", ErrCorruptSig, sig.Hash, h)
+	if !bytes.Equal(hash[:], sig.Hash) {
+		return fmt.Errorf("guix signature: %w (signed %X, data %X)", ErrCorruptSig, sig.Hash, hash)
 	}
 	if !sig.VerifyMath() {
 		return fmt.Errorf("guix signature by key %X: %w", sig.Key.Q, ErrInvalidSig)
