@@ -169,7 +169,7 @@ func Parse(b []byte) (*NarInfo, error) {
 		case "Compression":
 			comps = append(comps, value)
 		case "FileHash":
-			h, err := nixhash.Parse(value)
+			h, err := parseHash(value)
 			if err != nil {
 				return nil, fe(err)
 			}
@@ -181,7 +181,7 @@ func Parse(b []byte) (*NarInfo, error) {
 			}
 			sizes = append(sizes, v)
 		case "NarHash":
-			h, err := nixhash.Parse(value)
+			h, err := parseHash(value)
 			if err != nil {
 				return nil, fe(err)
 			}
@@ -279,6 +279,20 @@ func Parse(b []byte) (*NarInfo, error) {
 		return nil, &Error{Line: lineNo, Field: "URL", Err: errors.New("missing")}
 	}
 	return n, nil
+}
+
+// parseHash wraps nixhash.Parse and re-checks the digest length, which
+// nixhash does not do for every encoding (a 44-character base64 string
+// decodes to 33 bytes).
+func parseHash(v string) (nixhash.Hash, error) {
+	h, err := nixhash.Parse(v)
+	if err != nil {
+		return nixhash.Hash{}, err
+	}
+	if len(h.Digest) != h.Algo.Size() {
+		return nixhash.Hash{}, fmt.Errorf("%s digest %q decodes to %d bytes, want %d", h.Algo, abbrev(v), len(h.Digest), h.Algo.Size())
+	}
+	return h, nil
 }
 
 func isKnown(key string) bool {
