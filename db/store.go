@@ -156,22 +156,43 @@ type Store interface {
 
 	// CreateBuilds records all builds or none.
 	CreateBuilds(ctx context.Context, builds []NewBuild) error
+	// Build returns one build with its attempts (oldest first) and results.
+	// ErrNotFound.
 	Build(ctx context.Context, id string) (Build, error)
+	// Builds lists builds newest first (by CreatedAt, then submission
+	// order), with tags, features and outputs but without attempts and
+	// results.
 	Builds(ctx context.Context, f BuildFilter) ([]Build, error)
+	// RunnableBuilds returns every build in state scheduled, with tags,
+	// features and outputs but without attempts and results, ordered by
+	// priority (highest first) then age, to rebuild the in-memory queue at
+	// start.
+	RunnableBuilds(ctx context.Context) ([]Build, error)
+	// BuildsOnAgent returns the builds in state allocated or started that
+	// agentID holds (as Builds does, without attempts and results). An
+	// unknown agent holds nothing: the result is empty, not ErrNotFound.
+	BuildsOnAgent(ctx context.Context, agentID string) ([]Build, error)
+
+	// Transitions return ErrNotFound for an unknown build (or, for
+	// AllocateBuild, an unknown agent) and ErrConflict when the build is not
+	// in a state that allows the change or another agent holds it.
 
 	// AllocateBuild moves a scheduled build to allocated for agentID and
-	// opens a new attempt.
+	// opens a new attempt (numbered 1, 2, … per build).
 	AllocateBuild(ctx context.Context, id, agentID string, at time.Time) error
 	// StartBuild moves allocated → started; the agent must hold the build.
 	StartBuild(ctx context.Context, id, agentID string, at time.Time) error
-	// SucceedBuild records verified results and moves to succeeded.
+	// SucceedBuild records verified results and moves started → succeeded.
 	SucceedBuild(ctx context.Context, id, agentID string, at time.Time, results []OutputResult) error
-	// FailBuild records a build failure (the derivation's fault).
+	// FailBuild records a build failure (the derivation's fault): allocated
+	// or started → failed (allocated too, so a timeout can be recorded for
+	// a build whose start was never reported).
 	FailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, exitCode int) error
 	// RequeueBuild sends an allocated or started build back to scheduled
 	// (an infrastructure failure); the attempt records the reason.
 	RequeueBuild(ctx context.Context, id, agentID string, at time.Time, reason string) error
-	// CancelBuild moves any non-terminal build to canceled.
+	// CancelBuild moves any non-terminal build to canceled, closing its
+	// open attempt if it has one.
 	CancelBuild(ctx context.Context, id string, at time.Time) error
 
 	Close() error

@@ -1,0 +1,367 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+
+	"github.com/gbc-farm/gbc/db"
+)
+
+func validateNewBuild(b db.NewBuild) error {
+	switch {
+	case b.ID == "":
+		return fmt.Errorf("build with derivation %q: empty id", b.Derivation)
+	case b.Derivation == "":
+		return fmt.Errorf("build %s: empty derivation", b.ID)
+	case b.System == "":
+		return fmt.Errorf("build %s: empty system", b.ID)
+	}
+	seen := make(map[string]bool, len(b.Outputs))
+	for _, o := range b.Outputs {
+		if o.Name == "" {
+			return fmt.Errorf("build %s: output with empty name", b.ID)
+		}
+		if seen[o.Name] {
+			return fmt.Errorf("build %s: output %q declared twice", b.ID, o.Name)
+		}
+		seen[o.Name] = true
+	}
+	return nil
+}
+
+// CreateBuilds records all builds or none; ErrExists (naming the build) if
+// an id is already recorded or repeats within the batch.
+func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
+	for _, b := range builds {
+		if err := validateNewBuild(b); err != nil {
+			return err
+		}
+	}
+	if len(builds) == 0 {
+		return nil
+	}
+	return s.write(ctx, func(tx *sql.Tx) error {
+		stmts := make([]*sql.Stmt, 0, 4)
+		defer func() {
+			for _, st := range stmts {
+				st.Close()
+			}
+		}()
+		prep := func(q string) (*sql.Stmt, error) {
+			st, err := tx.PrepareContext(ctx, q)
+			if err != nil {
+				return nil, fmt.Errorf("preparing %q: %w", q, err)
+			}
+			stmts = append(stmts, st)
+			return st, nil
+		}
+		insBuild, err := prep(`INSERT INTO builds (id, derivation, system, priority, state, created_at) VALUES (?, ?, ?, ?, 'scheduled', ?)`)
+		if err != nil {
+			return err
+		}
+		insTag, err := prep(`INSERT INTO build_tags (build_id, pos, key, value) VALUES (?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		insFeature, err := prep(`INSERT INTO build_features (build_id, pos, feature) VALUES (?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		insOutput, err := prep(`INSERT INTO build_outputs (build_id, name, pos, path) VALUES (?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		for _, b := range builds {
+			_, err := insBuild.ExecContext(ctx, b.ID, b.Derivation, b.System, b.Priority, ms(b.CreatedAt))
+			if isUnique(err) {
+				return fmt.Errorf("build %s: %w", b.ID, db.ErrExists)
+			}
+			if err != nil {
+				return fmt.Errorf("build %s: insert: %w", b.ID, err)
+			}
+			for i, t := range b.Tags {
+				if _, err := insTag.ExecContext(ctx, b.ID, i, t.Key, t.Value); err != nil {
+					return fmt.Errorf("build %s: tag %s=%s: %w", b.ID, t.Key, t.Value, err)
+				}
+			}
+			for i, f := range b.RequiredFeatures {
+				if _, err := insFeature.ExecContext(ctx, b.ID, i, f); err != nil {
+					return fmt.Errorf("build %s: feature %s: %w", b.ID, f, err)
+				}
+			}
+			for i, o := range b.Outputs {
+				if _, err := insOutput.ExecContext(ctx, b.ID, o.Name, i, o.Path); err != nil {
+					return fmt.Errorf("build %s: output %s: %w", b.ID, o.Name, err)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason`
+
+func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
+	var (
+		b                       db.Build
+		state                   string
+		agentID                 sql.NullString
+		created, started, ended sql.NullInt64
+	)
+	if err := sc.Scan(&b.ID, &b.Derivation, &b.System, &b.Priority, &state, &agentID,
+		&created, &started, &ended, &b.FailureReason); err != nil {
+		return db.Build{}, err
+	}
+	b.State = db.BuildState(state)
+	b.AgentID = agentID.String
+	b.CreatedAt = fromMS(created)
+	b.StartedAt = fromMS(started)
+	b.EndedAt = fromMS(ended)
+	return b, nil
+}
+
+// selection is a WHERE clause on builds with its arguments and order; it
+// is used both for the builds themselves and, as a subquery, for their
+// child rows, so one read transaction fetches everything in a few queries
+// however many builds match.
+type selection struct {
+	where string
+	args  []any
+	order string
+	limit int
+}
+
+func (sel selection) query(cols string) string {
+	var q strings.Builder
+	fmt.Fprintf(&q, "SELECT %s FROM builds", cols)
+	if sel.where != "" {
+		fmt.Fprintf(&q, " WHERE %s", sel.where)
+	}
+	if sel.order != "" {
+		fmt.Fprintf(&q, " ORDER BY %s", sel.order)
+	}
+	if sel.limit > 0 {
+		fmt.Fprintf(&q, " LIMIT %d", sel.limit)
+	}
+	return q.String()
+}
+
+// listBuilds returns the selected builds with tags, features and outputs.
+func listBuilds(ctx context.Context, tx *sql.Tx, sel selection) ([]db.Build, error) {
+	rows, err := tx.QueryContext(ctx, sel.query(buildCols), sel.args...)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		builds []db.Build
+		index  = map[string]int{}
+	)
+	for rows.Next() {
+		b, err := scanBuild(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		index[b.ID] = len(builds)
+		builds = append(builds, b)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(builds) == 0 {
+		return nil, nil
+	}
+	in := "build_id IN (" + sel.query("id") + ")"
+	each := func(q string, dest func(*db.Build) []any) error {
+		rows, err := tx.QueryContext(ctx, q, sel.args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		var id string
+		for rows.Next() {
+			var b db.Build // scratch for the values; copied into the real build
+			targets := append([]any{&id}, dest(&b)...)
+			if err := rows.Scan(targets...); err != nil {
+				return err
+			}
+			i, ok := index[id]
+			if !ok {
+				continue // not in the first query; cannot happen within one snapshot
+			}
+			merge(&builds[i], &b)
+		}
+		return rows.Err()
+	}
+	if err := each(`SELECT build_id, key, value FROM build_tags WHERE `+in+` ORDER BY build_id, pos`,
+		func(b *db.Build) []any {
+			b.Tags = []db.Tag{{}}
+			return []any{&b.Tags[0].Key, &b.Tags[0].Value}
+		}); err != nil {
+		return nil, fmt.Errorf("tags: %w", err)
+	}
+	if err := each(`SELECT build_id, feature FROM build_features WHERE `+in+` ORDER BY build_id, pos`,
+		func(b *db.Build) []any {
+			b.RequiredFeatures = []string{""}
+			return []any{&b.RequiredFeatures[0]}
+		}); err != nil {
+		return nil, fmt.Errorf("features: %w", err)
+	}
+	if err := each(`SELECT build_id, name, path FROM build_outputs WHERE `+in+` ORDER BY build_id, pos`,
+		func(b *db.Build) []any {
+			b.Outputs = []db.DerivationOutput{{}}
+			return []any{&b.Outputs[0].Name, &b.Outputs[0].Path}
+		}); err != nil {
+		return nil, fmt.Errorf("outputs: %w", err)
+	}
+	return builds, nil
+}
+
+// merge appends the one child row held in src to dst.
+func merge(dst, src *db.Build) {
+	dst.Tags = append(dst.Tags, src.Tags...)
+	dst.RequiredFeatures = append(dst.RequiredFeatures, src.RequiredFeatures...)
+	dst.Outputs = append(dst.Outputs, src.Outputs...)
+}
+
+const newestFirst = `created_at DESC, seq DESC`
+
+// Build returns one build with attempts and results; ErrNotFound.
+func (s *Store) Build(ctx context.Context, id string) (db.Build, error) {
+	var b db.Build
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		bs, err := listBuilds(ctx, tx, selection{where: "id = ?", args: []any{id}})
+		if err != nil {
+			return err
+		}
+		if len(bs) == 0 {
+			return db.ErrNotFound
+		}
+		b = bs[0]
+		if b.Attempts, err = attempts(ctx, tx, id); err != nil {
+			return fmt.Errorf("attempts: %w", err)
+		}
+		if b.Results, err = results(ctx, tx, id); err != nil {
+			return fmt.Errorf("results: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return db.Build{}, fmt.Errorf("build %s: %w", id, err)
+	}
+	return b, nil
+}
+
+func attempts(ctx context.Context, tx *sql.Tx, id string) ([]db.Attempt, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, reason, exit_code
+		FROM attempts WHERE build_id = ? ORDER BY number`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var as []db.Attempt
+	for rows.Next() {
+		var (
+			a                         db.Attempt
+			allocated, started, ended sql.NullInt64
+		)
+		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Reason, &a.ExitCode); err != nil {
+			return nil, err
+		}
+		a.AllocatedAt, a.StartedAt, a.EndedAt = fromMS(allocated), fromMS(started), fromMS(ended)
+		as = append(as, a)
+	}
+	return as, rows.Err()
+}
+
+func results(ctx context.Context, tx *sql.Tx, id string) ([]db.OutputResult, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT name, path, nar_hash, nar_size, file_hash, file_size, compression, file
+		FROM results WHERE build_id = ? ORDER BY pos`, id)
+	if err != nil {
+		return nil, err
+	}
+	var rs []db.OutputResult
+	index := map[string]int{}
+	for rows.Next() {
+		var r db.OutputResult
+		if err := rows.Scan(&r.Name, &r.Path, &r.NarHash, &r.NarSize, &r.FileHash, &r.FileSize, &r.Compression, &r.File); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		index[r.Name] = len(rs)
+		rs = append(rs, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(rs) == 0 {
+		return nil, nil
+	}
+	rows, err = tx.QueryContext(ctx, `SELECT name, reference FROM result_references WHERE build_id = ? ORDER BY name, pos`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, ref string
+		if err := rows.Scan(&name, &ref); err != nil {
+			return nil, err
+		}
+		if i, ok := index[name]; ok {
+			rs[i].References = append(rs[i].References, ref)
+		}
+	}
+	return rs, rows.Err()
+}
+
+func (s *Store) list(ctx context.Context, what string, sel selection) ([]db.Build, error) {
+	var bs []db.Build
+	err := s.read(ctx, func(tx *sql.Tx) error {
+		var err error
+		bs, err = listBuilds(ctx, tx, sel)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return bs, nil
+}
+
+// Builds lists builds newest first, without attempts and results.
+func (s *Store) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error) {
+	var conds []string
+	var args []any
+	if f.State != "" {
+		conds = append(conds, "state = ?")
+		args = append(args, string(f.State))
+	}
+	if f.AgentID != "" {
+		conds = append(conds, "agent_id = ?")
+		args = append(args, f.AgentID)
+	}
+	sel := selection{where: strings.Join(conds, " AND "), args: args, order: newestFirst, limit: f.Limit}
+	return s.list(ctx, fmt.Sprintf("listing builds (state %q, agent %q, limit %d)", f.State, f.AgentID, f.Limit), sel)
+}
+
+// RunnableBuilds returns all scheduled builds, highest priority first,
+// then oldest first.
+func (s *Store) RunnableBuilds(ctx context.Context) ([]db.Build, error) {
+	return s.list(ctx, "listing runnable builds", selection{
+		where: "state = 'scheduled'",
+		order: "priority DESC, created_at, seq",
+	})
+}
+
+// BuildsOnAgent returns the allocated and started builds agentID holds,
+// oldest first.
+func (s *Store) BuildsOnAgent(ctx context.Context, agentID string) ([]db.Build, error) {
+	return s.list(ctx, fmt.Sprintf("listing builds on agent %s", agentID), selection{
+		where: "agent_id = ? AND state IN ('allocated', 'started')",
+		args:  []any{agentID},
+		order: "created_at, seq",
+	})
+}
