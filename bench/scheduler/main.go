@@ -1,0 +1,173 @@
+// Command scheduler measures the scheduler package on synthetic farm-sized
+// queues and prints a table. Run it through bench/scheduler.sh.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"time"
+
+	"github.com/gbc-farm/gbc/clock"
+	"github.com/gbc-farm/gbc/scheduler"
+	"github.com/gbc-farm/gbc/scheduler/synth"
+)
+
+func main() {
+	n := flag.Int("n", 1_000_000, "queued builds")
+	nAgents := flag.Int("agents", 50, "agents")
+	events := flag.Int("events", 200_000, "allocations / completions to sample")
+	flag.Parse()
+	if err := run(*n, *nAgents, *events); err != nil {
+		fmt.Fprintln(os.Stderr, "bench scheduler:", err)
+		os.Exit(1)
+	}
+}
+
+func heapAlloc() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return d[min(len(d)-1, int(float64(len(d))*p))]
+}
+
+type row struct{ what, value, note string }
+
+func run(n, nAgents, events int) error {
+	var rows []row
+	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+	agents := synth.Agents(nAgents)
+
+	// 1. Submission of a fan-in graph, inputs first.
+	base := heapAlloc()
+	s := scheduler.New(scheduler.DerivationOrdered, clk)
+	g := synth.NewFanIn(n, 1)
+	start := time.Now()
+	for {
+		b, ok := g.Next()
+		if !ok {
+			break
+		}
+		if err := s.Add(b); err != nil {
+			return err
+		}
+	}
+	addDur := time.Since(start)
+	mem := heapAlloc() - base
+	st := s.Stats()
+	rows = append(rows,
+		row{"add rate, fan-in graph", fmt.Sprintf("%.0f builds/s", float64(n)/addDur.Seconds()),
+			fmt.Sprintf("%d builds in %v, derivation-ordered", n, addDur.Round(time.Millisecond))},
+		row{"heap per queued build, fan-in", fmt.Sprintf("%d B", mem/uint64(n)),
+			fmt.Sprintf("%.0f MB for %d builds, %d derivations (runtime.MemStats.HeapAlloc after GC)", float64(mem)/1e6, n, st.Derivations)},
+	)
+	var sumDeps int
+	for i := 0; i < n; i += max(1, n/10000) {
+		_, c, _ := s.Order(synth.ID(i))
+		sumDeps += c
+	}
+	_, coreDeps, _ := s.Order(synth.ID(0))
+	rows = append(rows, row{"graph shape", fmt.Sprintf("%d ready", st.Ready),
+		fmt.Sprintf("mean transitive dependents %.0f (sampled), core build %d", float64(sumDeps)/float64((n+max(1, n/10000)-1)/max(1, n/10000)), coreDeps)})
+
+	// 2. Completion → newly runnable → allocation, on the same graph with the
+	// agents kept busy: each sample is Succeeded plus the Allocate that fills
+	// the slot it freed.
+	running := make([]string, 0, nAgents) // FIFO of running builds
+	owner := map[string]int{}
+	for ai, a := range agents {
+		if b, ok := s.Allocate(a); ok {
+			running = append(running, b.ID)
+			owner[b.ID] = ai
+		}
+	}
+	var lat []time.Duration
+	var unlocked int
+	for len(lat) < events && len(running) > 0 {
+		id := running[0]
+		running = running[1:]
+		ai := owner[id]
+		delete(owner, id)
+		t := time.Now()
+		nr := s.Succeeded(id)
+		b, ok := s.Allocate(agents[ai])
+		lat = append(lat, time.Since(t))
+		unlocked += len(nr)
+		if ok {
+			running = append(running, b.ID)
+			owner[b.ID] = ai
+		}
+		// Agents idle for lack of matching work retry when anything finishes.
+		if len(running) < nAgents {
+			for aj, a := range agents {
+				if s.Held(a.ID) == 0 {
+					if b, ok := s.Allocate(a); ok {
+						running = append(running, b.ID)
+						owner[b.ID] = aj
+					}
+				}
+			}
+		}
+	}
+	rows = append(rows,
+		row{"succeeded→allocate p50", pct(lat, 0.50).String(), fmt.Sprintf("%d completions, %d builds unlocked, %d queued", len(lat), unlocked, n)},
+		row{"succeeded→allocate p99", pct(lat, 0.99).String(), ""},
+		row{"succeeded→allocate max", pct(lat, 1).String(), "includes completions that unlock many dependents"},
+	)
+	s = nil
+	running, owner = nil, nil
+
+	// 3. Allocate from a million ready builds.
+	base = heapAlloc()
+	s2 := scheduler.New(scheduler.DerivationOrdered, clk)
+	start = time.Now()
+	var addErr error
+	synth.Independent(n, 2, func(b scheduler.Build) {
+		if err := s2.Add(b); err != nil && addErr == nil {
+			addErr = err
+		}
+	})
+	if addErr != nil {
+		return addErr
+	}
+	addDur = time.Since(start)
+	mem = heapAlloc() - base
+	rows = append(rows,
+		row{"add rate, independent", fmt.Sprintf("%.0f builds/s", float64(n)/addDur.Seconds()), "all runnable at once"},
+		row{"heap per ready build", fmt.Sprintf("%d B", mem/uint64(n)), ""},
+	)
+	lat = lat[:0]
+	for i := 0; len(lat) < events; i++ {
+		a := agents[i%nAgents]
+		t := time.Now()
+		b, ok := s2.Allocate(a)
+		lat = append(lat, time.Since(t))
+		if ok {
+			s2.Succeeded(b.ID)
+		}
+	}
+	rows = append(rows,
+		row{"allocate p50", pct(lat, 0.50).String(), fmt.Sprintf("%d ready builds, %d agents, %d allocations", n, nAgents, len(lat))},
+		row{"allocate p99", pct(lat, 0.99).String(), ""},
+		row{"allocate max", pct(lat, 1).String(), ""},
+	)
+	runtime.KeepAlive(s2)
+
+	fmt.Printf("%-32s %-18s %s\n", "measure", "value", "notes")
+	for _, r := range rows {
+		fmt.Printf("%-32s %-18s %s\n", r.what, r.value, r.note)
+	}
+	fmt.Printf("\n%s %s/%s, GOMAXPROCS=%d, %d CPUs\n", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.NumCPU())
+	return nil
+}
