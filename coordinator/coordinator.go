@@ -1,0 +1,319 @@
+// Package coordinator is the service that owns the build invariants:
+// submission, the ready queues, matching builds to connected agents,
+// results and their verification, cancellation. It knows nothing of SSH;
+// the sshd package adapts protocol messages and commands onto it.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gbc-farm/gbc/clock"
+	"github.com/gbc-farm/gbc/db"
+)
+
+// Store is the durable state the coordinator needs: db.Store plus the two
+// queries that rebuild its in-memory view at start and on reconnects.
+type Store interface {
+	db.Store
+	// RunnableBuilds returns every build that is scheduled and runnable.
+	RunnableBuilds(ctx context.Context) ([]db.Build, error)
+	// BuildsOnAgent returns the allocated or started builds held by an agent.
+	BuildsOnAgent(ctx context.Context, agentID string) ([]db.Build, error)
+}
+
+var (
+	// ErrNotYourBuild: an agent reported on a build it does not hold.
+	ErrNotYourBuild = errors.New("build is not allocated to this agent")
+	// ErrVerification: an uploaded output did not match its report.
+	ErrVerification = errors.New("upload verification failed")
+	// ErrSessionClosed: the agent session has ended.
+	ErrSessionClosed = errors.New("agent session closed")
+	// ErrBadSubmission: a derivation could not be read or is not acceptable.
+	ErrBadSubmission = errors.New("bad submission")
+	// ErrUnknownAgent: no active agent with that id.
+	ErrUnknownAgent = errors.New("unknown or inactive agent")
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultDisconnectGrace  = 30 * time.Second
+	DefaultHeartbeat        = 10 * time.Second
+	DefaultMaxAttempts      = 3
+	DefaultMaxSetupFailures = 3
+	DefaultMaxLogBytes      = 64 << 20
+)
+
+// Config wires a Coordinator.
+type Config struct {
+	// StateDir holds uploads/ and cache/ (and the database, opened by the caller).
+	StateDir string
+	Store    Store
+	Clock    clock.Clock
+	Logger   *slog.Logger
+	// StoreDirs are the directories submitted .drv files may live in.
+	// Default: /nix/store and /gnu/store.
+	StoreDirs []string
+	// DisconnectGrace is how long builds stay with an absent agent before
+	// they go back to the queue.
+	DisconnectGrace time.Duration
+	// Heartbeat is the interval agents are told to use; three missed
+	// intervals end the session.
+	Heartbeat time.Duration
+	// MaxAttempts bounds infrastructure failures (bad uploads) per build.
+	MaxAttempts int
+	// MaxSetupFailures bounds setup failures per build.
+	MaxSetupFailures int
+	// MaxLogBytes bounds a stored build log.
+	MaxLogBytes int64
+}
+
+// Coordinator is safe for concurrent use.
+type Coordinator struct {
+	cfg   Config
+	store Store
+	clk   clock.Clock
+	log   *slog.Logger
+
+	mu        sync.Mutex
+	queues    map[string]*readyQueue // by system
+	queued    map[string]*entry      // by build id
+	sessions  map[string]*Session    // by agent id
+	waiters   map[string][]chan struct{}
+	verifying map[string]bool
+	// setupAvoid remembers, per build, agents where setup failed.
+	setupAvoid map[string]map[string]bool
+	// Dependency tracking, see deps.go.
+	blocked    map[string]*blockedBuild   // by build id
+	dependents map[string][]string        // input .drv → blocked build ids
+	active     map[string]map[string]bool // .drv → live build ids
+	drvOf      map[string]string          // live build id → .drv
+	closed     bool
+	done       chan struct{}
+	wg         sync.WaitGroup
+}
+
+// New loads the ready queue from the store and returns a running coordinator.
+func New(ctx context.Context, cfg Config) (*Coordinator, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("coordinator: no store")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("coordinator: no state directory")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.StoreDirs) == 0 {
+		cfg.StoreDirs = []string{"/nix/store", "/gnu/store"}
+	}
+	if cfg.DisconnectGrace <= 0 {
+		cfg.DisconnectGrace = DefaultDisconnectGrace
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	if cfg.MaxSetupFailures <= 0 {
+		cfg.MaxSetupFailures = DefaultMaxSetupFailures
+	}
+	if cfg.MaxLogBytes <= 0 {
+		cfg.MaxLogBytes = DefaultMaxLogBytes
+	}
+	for _, d := range []string{"uploads", "cache/nar", "log"} {
+		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("coordinator: create %s: %w", d, err)
+		}
+	}
+	c := &Coordinator{
+		cfg:        cfg,
+		store:      cfg.Store,
+		clk:        cfg.Clock,
+		log:        cfg.Logger,
+		queues:     map[string]*readyQueue{},
+		queued:     map[string]*entry{},
+		sessions:   map[string]*Session{},
+		waiters:    map[string][]chan struct{}{},
+		verifying:  map[string]bool{},
+		setupAvoid: map[string]map[string]bool{},
+		blocked:    map[string]*blockedBuild{},
+		dependents: map[string][]string{},
+		active:     map[string]map[string]bool{},
+		drvOf:      map[string]string{},
+		done:       make(chan struct{}),
+	}
+	runnable, err := c.store.RunnableBuilds(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: load runnable builds: %w", err)
+	}
+	// Builds held by agents when the coordinator stopped stay with them for
+	// one grace period, so reconnecting agents can continue them.
+	held := map[string]bool{}
+	c.mu.Lock()
+	for _, st := range []db.BuildState{db.StateAllocated, db.StateStarted} {
+		bs, err := c.store.Builds(ctx, db.BuildFilter{State: st})
+		if err != nil {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("coordinator: load %s builds: %w", st, err)
+		}
+		for _, b := range bs {
+			c.trackLocked(b.ID, b.Derivation)
+			if b.AgentID != "" {
+				held[b.AgentID] = true
+			}
+		}
+	}
+	for _, b := range runnable {
+		c.trackLocked(b.ID, b.Derivation)
+	}
+	for _, b := range runnable {
+		inputs, err := inputDerivations(b.Derivation)
+		if err != nil {
+			// Without its inputs the build still runs; the agent reports
+			// anything missing as a setup failure.
+			c.log.Warn("re-read derivation for dependencies", "build", b.ID, "err", err)
+		}
+		c.admitLocked(b.NewBuild, inputs)
+	}
+	c.mu.Unlock()
+	for agentID := range held {
+		c.reconcileAfterGrace(agentID, nil)
+	}
+	c.log.Info("coordinator ready", "queued", len(c.queued), "blocked", len(c.blocked), "agents_holding_builds", len(held))
+	return c, nil
+}
+
+// Close ends every agent session and stops background work. Builds held by
+// agents stay allocated in the store; the next start gives them a grace period.
+func (c *Coordinator) Close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	close(c.done)
+	sessions := make([]*Session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		sessions = append(sessions, s)
+	}
+	c.mu.Unlock()
+	for _, s := range sessions {
+		s.closeOutbox()
+	}
+	c.wg.Wait()
+}
+
+func (c *Coordinator) enqueueLocked(b db.NewBuild) {
+	if _, ok := c.queued[b.ID]; ok {
+		return
+	}
+	e := &entry{build: b, avoid: c.setupAvoid[b.ID]}
+	q := c.queues[b.System]
+	if q == nil {
+		q = &readyQueue{}
+		c.queues[b.System] = q
+	}
+	q.insert(e)
+	c.queued[b.ID] = e
+}
+
+func (c *Coordinator) dequeueLocked(id string) {
+	e, ok := c.queued[id]
+	if !ok {
+		return
+	}
+	delete(c.queued, id)
+	if q := c.queues[e.build.System]; q != nil {
+		q.remove(id)
+		if q.len() == 0 {
+			delete(c.queues, e.build.System)
+		}
+	}
+}
+
+func (c *Coordinator) uploadDir(agentID, buildID string) string {
+	return filepath.Join(c.cfg.StateDir, "uploads", agentID, buildID)
+}
+
+// UploadDir is where an agent's files for a build live on disk.
+func (c *Coordinator) UploadDir(agentID, buildID string) string { return c.uploadDir(agentID, buildID) }
+
+// Holds reports whether the build is currently allocated to the agent (in
+// the allocated or started state), which is what grants upload access.
+func (c *Coordinator) Holds(ctx context.Context, agentID, buildID string) bool {
+	b, err := c.store.Build(ctx, buildID)
+	if err != nil {
+		return false
+	}
+	return b.AgentID == agentID && (b.State == db.StateAllocated || b.State == db.StateStarted)
+}
+
+// HeldBuilds lists the builds currently allocated to the agent.
+func (c *Coordinator) HeldBuilds(ctx context.Context, agentID string) ([]string, error) {
+	bs, err := c.store.BuildsOnAgent(ctx, agentID)
+	if err != nil {
+		return nil, fmt.Errorf("builds on agent %s: %w", agentID, err)
+	}
+	ids := make([]string, 0, len(bs))
+	for _, b := range bs {
+		ids = append(ids, b.ID)
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// Status is a snapshot for `status`.
+type Status struct {
+	Queued    map[string]int // by system
+	Blocked   int            // waiting for input derivations
+	Connected []AgentStatus
+}
+
+// AgentStatus describes one connected agent.
+type AgentStatus struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Systems     []string  `json:"systems"`
+	Features    []string  `json:"features"`
+	MaxParallel int       `json:"max_parallel_builds"`
+	Running     []string  `json:"running"`
+	ConnectedAt time.Time `json:"connected_at"`
+	LastSeen    time.Time `json:"last_seen"`
+}
+
+// Status returns queue lengths and connected agents.
+func (c *Coordinator) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := Status{Queued: map[string]int{}}
+	for sys, q := range c.queues {
+		st.Queued[sys] = q.len()
+	}
+	st.Blocked = len(c.blocked)
+	for _, s := range c.sessions {
+		st.Connected = append(st.Connected, s.statusLocked())
+	}
+	sort.Slice(st.Connected, func(i, j int) bool { return st.Connected[i].ID < st.Connected[j].ID })
+	return st
+}
+
+// Connected reports whether the agent has a live session.
+func (c *Coordinator) Connected(agentID string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.sessions[agentID]
+	return ok
+}

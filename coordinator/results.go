@@ -1,0 +1,333 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/gbc-farm/gbc/compression"
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/nar"
+	"github.com/gbc-farm/gbc/nixhash"
+	"github.com/gbc-farm/gbc/protocol"
+)
+
+// holding loads the build and checks that this agent holds it. It returns
+// done=true when the build already ended with this agent and the same kind
+// of result, so a result resent after a reconnect is acknowledged again
+// instead of refused.
+func (s *Session) holding(ctx context.Context, buildID string, ended db.BuildState) (db.Build, bool, error) {
+	if buildID == "" {
+		return db.Build{}, false, errors.New("missing build id")
+	}
+	b, err := s.c.store.Build(ctx, buildID)
+	if err != nil {
+		if errors.Is(err, db.ErrNotFound) {
+			return db.Build{}, false, fmt.Errorf("build %s: %w", buildID, ErrNotYourBuild)
+		}
+		return db.Build{}, false, fmt.Errorf("load build %s: %w", buildID, err)
+	}
+	if b.AgentID != s.agentID {
+		return b, false, fmt.Errorf("build %s: %w", buildID, ErrNotYourBuild)
+	}
+	if ended != "" && b.State == ended {
+		return b, true, nil
+	}
+	if b.State != db.StateAllocated && b.State != db.StateStarted {
+		return b, false, fmt.Errorf("build %s is %s: %w", buildID, b.State, ErrNotYourBuild)
+	}
+	return b, false, nil
+}
+
+// Started records that the agent began building.
+func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
+	b, _, err := s.holding(ctx, m.Build, "")
+	if err != nil {
+		return err
+	}
+	if b.State == db.StateStarted {
+		return nil
+	}
+	if err := s.c.store.StartBuild(ctx, m.Build, s.agentID, s.c.clk.Now()); err != nil {
+		return fmt.Errorf("start build %s: %w", m.Build, err)
+	}
+	s.c.log.Info("build started", "build", m.Build, "agent", s.agentID)
+	return nil
+}
+
+// Failed records a build failure: the derivation's fault, terminal.
+func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
+	_, done, err := s.holding(ctx, m.Build, db.StateFailed)
+	if err != nil || done {
+		return err
+	}
+	switch m.Reason {
+	case protocol.ReasonBuild, protocol.ReasonTimeout, protocol.ReasonSilentTimeout:
+	default:
+		return fmt.Errorf("failed: unknown reason %q", m.Reason)
+	}
+	reason := m.Reason
+	if m.Message != "" {
+		reason += ": " + truncate(m.Message, 1000)
+	}
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.store.FailBuild(ctx, m.Build, s.agentID, c.clk.Now(), reason, m.ExitCode); err != nil {
+		return fmt.Errorf("fail build %s: %w", m.Build, err)
+	}
+	c.log.Info("build failed", "build", m.Build, "agent", s.agentID, "reason", reason, "exit_code", m.ExitCode)
+	c.releaseLocked(m.Build, s.agentID)
+	c.endedLocked(m.Build, false)
+	c.dispatchLocked(ctx)
+	return nil
+}
+
+// SetupFailure sends the build back to the queue, preferring another agent
+// next time; after MaxSetupFailures it fails the build.
+func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) error {
+	b, _, err := s.holding(ctx, m.Build, "")
+	if err != nil {
+		return err
+	}
+	reason := "setup-failure: " + truncate(m.Reason, 1000)
+	if len(m.Missing) > 0 {
+		reason += " (missing " + truncate(strings.Join(m.Missing, " "), 1000) + ")"
+	}
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures)
+	if c.setupAvoid[b.ID] == nil {
+		c.setupAvoid[b.ID] = map[string]bool{}
+	}
+	c.setupAvoid[b.ID][s.agentID] = true
+	if e := c.queued[b.ID]; e != nil {
+		e.avoid = c.setupAvoid[b.ID]
+	}
+	c.dispatchLocked(ctx)
+	return nil
+}
+
+// infraFailureLocked ends an attempt that failed for reasons outside the
+// derivation: requeue, or fail the build once limit such failures (counted
+// by the reason's kind prefix) have happened.
+func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID, kind, reason string, limit int) {
+	n := 1 // this attempt
+	for _, a := range b.Attempts {
+		if a.Outcome == "requeued" && strings.HasPrefix(a.Reason, kind) {
+			n++
+		}
+	}
+	if n < limit {
+		c.requeueLocked(ctx, b.ID, agentID, reason)
+		return
+	}
+	final := fmt.Sprintf("infrastructure: %s (%d attempts)", reason, n)
+	if err := c.store.FailBuild(ctx, b.ID, agentID, c.clk.Now(), final, 0); err != nil {
+		c.log.Error("fail build after infrastructure failures", "build", b.ID, "err", err)
+		return
+	}
+	c.log.Warn("build failed: infrastructure", "build", b.ID, "agent", agentID, "reason", final)
+	c.releaseLocked(b.ID, agentID)
+	c.endedLocked(b.ID, false)
+}
+
+// Succeeded verifies every uploaded output against the report, moves the
+// files into the cache and records success. On a mismatch the upload is
+// discarded and the attempt ends as an infrastructure failure; the error
+// says what did not match.
+func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
+	c := s.c
+	c.mu.Lock()
+	if c.verifying[m.Build] {
+		c.mu.Unlock()
+		return fmt.Errorf("build %s: a result is already being verified", m.Build)
+	}
+	c.verifying[m.Build] = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.verifying, m.Build)
+		c.mu.Unlock()
+	}()
+
+	b, done, err := s.holding(ctx, m.Build, db.StateSucceeded)
+	if err != nil || done {
+		return err
+	}
+	dir := c.uploadDir(s.agentID, m.Build)
+	results, verr := c.verify(b, dir, m.Outputs)
+	if verr != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.log.Warn("upload verification failed", "build", m.Build, "agent", s.agentID, "err", verr)
+		if cur, err := c.store.Build(ctx, m.Build); err == nil && cur.AgentID == s.agentID && !cur.State.Terminal() {
+			c.infraFailureLocked(ctx, cur, s.agentID, "verification", "verification: "+verr.Error(), c.cfg.MaxAttempts)
+			c.dispatchLocked(ctx)
+		}
+		return fmt.Errorf("%w: %w", ErrVerification, verr)
+	}
+	// Move the verified files into the cache. Names are content hashes, so
+	// a file already there has the same bytes and renaming over it is safe.
+	for i := range results {
+		src := filepath.Join(dir, m.Outputs[i].Upload)
+		dst := filepath.Join(c.cfg.StateDir, results[i].File)
+		if err := os.Rename(src, dst); err != nil {
+			return fmt.Errorf("move %s into the cache: %w", m.Outputs[i].Upload, err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.store.SucceedBuild(ctx, m.Build, s.agentID, c.clk.Now(), results); err != nil {
+		return fmt.Errorf("record success of build %s: %w", m.Build, err)
+	}
+	c.log.Info("build succeeded", "build", m.Build, "agent", s.agentID, "outputs", len(results))
+	c.releaseLocked(m.Build, s.agentID)
+	c.endedLocked(m.Build, true)
+	c.dispatchLocked(ctx)
+	return nil
+}
+
+// verify checks the reported outputs against the derivation and every
+// uploaded file against its reported hashes and sizes. It returns results
+// in the order of reported, with File set to the cache-relative target.
+func (c *Coordinator) verify(b db.Build, dir string, reported []protocol.OutputResult) ([]db.OutputResult, error) {
+	declared := map[string]string{}
+	for _, o := range b.Outputs {
+		declared[o.Name] = o.Path
+	}
+	if len(reported) != len(declared) {
+		return nil, fmt.Errorf("reported %d outputs, derivation declares %d", len(reported), len(declared))
+	}
+	seen := map[string]bool{}
+	results := make([]db.OutputResult, 0, len(reported))
+	for i, o := range reported {
+		path, ok := declared[o.Name]
+		if !ok || seen[o.Name] {
+			return nil, fmt.Errorf("outputs[%d]: output %q is not declared or is reported twice", i, o.Name)
+		}
+		seen[o.Name] = true
+		if o.Path != path {
+			return nil, fmt.Errorf("outputs[%d] (%s): path %q, derivation declares %q", i, o.Name, o.Path, path)
+		}
+		r, err := verifyFile(dir, o)
+		if err != nil {
+			return nil, fmt.Errorf("outputs[%d] (%s): %w", i, o.Name, err)
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+func verifyFile(dir string, o protocol.OutputResult) (db.OutputResult, error) {
+	if o.Upload == "" || o.Upload != filepath.Base(o.Upload) || o.Upload == "." || o.Upload == ".." || strings.ContainsAny(o.Upload, `/\`) {
+		return db.OutputResult{}, fmt.Errorf("upload name %q is not a plain file name", o.Upload)
+	}
+	wantNar, err := nixhash.Parse(o.NarHash)
+	if err != nil {
+		return db.OutputResult{}, fmt.Errorf("nar_hash %q: %w", o.NarHash, err)
+	}
+	wantFile, err := nixhash.Parse(o.FileHash)
+	if err != nil {
+		return db.OutputResult{}, fmt.Errorf("file_hash %q: %w", o.FileHash, err)
+	}
+	if wantFile.Algo != nixhash.SHA256 {
+		return db.OutputResult{}, fmt.Errorf("file_hash %q: want sha256", o.FileHash)
+	}
+	suffix, err := compressionSuffix(o.Compression)
+	if err != nil {
+		return db.OutputResult{}, err
+	}
+	f, err := os.Open(filepath.Join(dir, o.Upload))
+	if err != nil {
+		return db.OutputResult{}, fmt.Errorf("open upload %s: %w", o.Upload, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return db.OutputResult{}, fmt.Errorf("stat upload %s: %w", o.Upload, err)
+	}
+	if !st.Mode().IsRegular() {
+		return db.OutputResult{}, fmt.Errorf("upload %s is not a regular file", o.Upload)
+	}
+	if st.Size() != o.FileSize {
+		return db.OutputResult{}, fmt.Errorf("file size %d, reported %d", st.Size(), o.FileSize)
+	}
+	fileHash := nar.NewHashingWriter()
+	tee := io.TeeReader(f, fileHash)
+	dec, err := compression.NewReader(tee, o.Compression)
+	if err != nil {
+		return db.OutputResult{}, fmt.Errorf("decompress %s (%s): %w", o.Upload, o.Compression, err)
+	}
+	narHash, narSize, err := nar.Validate(dec)
+	dec.Close()
+	if err != nil {
+		return db.OutputResult{}, fmt.Errorf("uploaded NAR %s is invalid: %w", o.Upload, err)
+	}
+	// Hash whatever the decompressor did not need, so the file hash covers
+	// the whole file as the agent's did.
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return db.OutputResult{}, fmt.Errorf("read upload %s: %w", o.Upload, err)
+	}
+	if narSize != o.NarSize {
+		return db.OutputResult{}, fmt.Errorf("NAR size %d, reported %d", narSize, o.NarSize)
+	}
+	if !narHash.Equal(wantNar) {
+		return db.OutputResult{}, fmt.Errorf("NAR hash %s, reported %s", narHash, o.NarHash)
+	}
+	gotFile := fileHash.Sum()
+	if fileHash.Size() != o.FileSize {
+		return db.OutputResult{}, fmt.Errorf("file size %d, reported %d", fileHash.Size(), o.FileSize)
+	}
+	if !gotFile.Equal(wantFile) {
+		return db.OutputResult{}, fmt.Errorf("file hash %s, reported %s", gotFile, o.FileHash)
+	}
+	return db.OutputResult{
+		Name:        o.Name,
+		Path:        o.Path,
+		NarHash:     narHash.String(),
+		NarSize:     narSize,
+		FileHash:    gotFile.String(),
+		FileSize:    o.FileSize,
+		Compression: o.Compression,
+		References:  o.References,
+		File:        filepath.Join("cache", "nar", nixhash.Base32(gotFile.Digest)+".nar"+suffix),
+	}, nil
+}
+
+// Log stores a chunk of the build log at its offset; chunks resent after a
+// reconnect overwrite the same bytes.
+func (s *Session) Log(ctx context.Context, m *protocol.Log) error {
+	if m.Offset < 0 || m.Offset+int64(len(m.Data)) > s.c.cfg.MaxLogBytes {
+		return fmt.Errorf("log chunk at offset %d (+%d bytes) is outside 0..%d", m.Offset, len(m.Data), s.c.cfg.MaxLogBytes)
+	}
+	if _, _, err := s.holding(ctx, m.Build, ""); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(s.c.LogPath(m.Build), os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("open log of %s: %w", m.Build, err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(m.Data, m.Offset); err != nil {
+		return fmt.Errorf("write log of %s: %w", m.Build, err)
+	}
+	return nil
+}
+
+// LogPath is where a build's log is kept.
+func (c *Coordinator) LogPath(buildID string) string {
+	return filepath.Join(c.cfg.StateDir, "log", buildID)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
