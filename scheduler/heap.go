@@ -95,9 +95,8 @@ func (s *Scheduler) hdown(h []int32, i0 int) bool {
 // The deferral heap is ordered by DeferUntil.
 
 func (s *Scheduler) dless(a, b int32) bool {
-	x, y := &s.builds[a], &s.builds[b]
-	if x.deferUntil != y.deferUntil {
-		return x.deferUntil < y.deferUntil
+	if x, y := s.deferUntil[a], s.deferUntil[b]; x != y {
+		return x < y
 	}
 	return a < b
 }

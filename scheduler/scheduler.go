@@ -132,24 +132,24 @@ const (
 
 // build is the internal record; int32 indexes keep it near 100 bytes.
 type build struct {
-	id         string
-	inputs     []int32 // derivation indexes, deduplicated
-	created    int64
-	deferUntil int64
-	drv        int32
-	bucket     int32
-	prio       int32
-	derived    int32 // max prio over itself and everything waiting on it
-	count      int32 // builds waiting on it, directly or not
-	waiting    int32 // inputs still blocking
-	hpos       int32 // index in its bucket's ready heap, -1 if not there
-	dpos       int32 // index in the deferral heap, -1 if not there
-	agent      int32 // allocated to, -1 if not
-	avoid      int32 // agent to avoid after a requeue, -1 if none
-	gen        uint32
-	mark       uint32
-	state      bstate
-	dying      bool
+	id       string
+	inputs   []int32 // derivation indexes, deduplicated
+	created  int64
+	drv      int32
+	bucket   int32
+	prio     int32
+	derived  int32 // max prio over itself and everything waiting on it
+	count    int32 // builds waiting on it, directly or not
+	waiting  int32 // inputs still blocking
+	hpos     int32 // index in its bucket's ready heap, -1 if not there
+	dpos     int32 // index in the deferral heap, -1 if not there
+	agent    int32 // allocated to, -1 if not
+	avoid    int32 // agent to avoid after a requeue, -1 if none
+	nextSame int32 // next live build of the same derivation, +1 (0 = end)
+	gen      uint32
+	mark     uint32
+	state    bstate
+	dying    bool
 }
 
 // ref names a build slot at one generation, so slots can be reused while
@@ -161,9 +161,9 @@ type ref struct {
 
 type drvNode struct {
 	path       string
-	builds     []int32 // live builds of this derivation
-	dependents []ref   // builds listing it as an input; some may be stale
-	dead       int32   // stale entries in dependents
+	head       int32 // first live build of this derivation, +1 (0 = none)
+	dependents []ref // builds listing it as an input; some may be stale
+	dead       int32 // stale entries in dependents
 	available  bool
 }
 
@@ -198,8 +198,9 @@ type Scheduler struct {
 	agents    []agentSlot
 	agentByID map[string]int32
 
-	deferred  []int32 // min-heap by deferUntil
-	allocated int
+	deferred   []int32         // min-heap by deferUntil
+	deferUntil map[int32]int64 // unix ns, only for builds submitted with one
+	allocated  int
 
 	epoch uint32
 	stack []int32 // scratch for walks
@@ -218,6 +219,7 @@ func New(strategy Strategy, clk clock.Clock) *Scheduler {
 		bucketByKey:     make(map[string]int32),
 		bucketsBySystem: make(map[string][]int32),
 		agentByID:       make(map[string]int32),
+		deferUntil:      make(map[int32]int64),
 	}
 }
 
@@ -276,7 +278,7 @@ func (s *Scheduler) Add(b Build) error {
 	}
 	nb.derived = nb.prio
 	if !b.DeferUntil.IsZero() {
-		nb.deferUntil = b.DeferUntil.UnixNano()
+		s.deferUntil[idx] = b.DeferUntil.UnixNano()
 	}
 	s.byID[b.ID] = idx
 	for _, di := range inputs {
@@ -287,8 +289,9 @@ func (s *Scheduler) Add(b Build) error {
 	}
 
 	dn := &s.drvs[d]
-	hadLive := len(dn.builds) > 0
-	dn.builds = append(dn.builds, idx)
+	hadLive := dn.head != 0
+	s.builds[idx].nextSame = dn.head
+	dn.head = idx + 1
 	hasUp := s.hasLiveDependents(idx)
 	if s.strategy == Permissive && !hadLive && !dn.available {
 		// The derivation now has a build here, so its dependents wait for it.
@@ -299,7 +302,7 @@ func (s *Scheduler) Add(b Build) error {
 			}
 		}
 	}
-	if nb := &s.builds[idx]; nb.deferUntil > s.clk.Now().UnixNano() {
+	if du, ok := s.deferUntil[idx]; ok && du > s.clk.Now().UnixNano() {
 		s.dpush(idx)
 	}
 
@@ -343,7 +346,10 @@ func (s *Scheduler) MarkAvailable(drvPath string) (nowRunnable []string) {
 // anything waiting on them, so they and everything below them are recounted.
 // finishing, if not -1, is a build of d being freed as part of the change.
 func (s *Scheduler) makeAvailable(d, finishing int32) (nowRunnable []string) {
-	roots := append([]int32(nil), s.drvs[d].builds...)
+	var roots []int32
+	for z := s.drvs[d].head - 1; z >= 0; z = s.builds[z].nextSame - 1 {
+		roots = append(roots, z)
+	}
 	var affected []int32
 	if len(roots) > 0 {
 		affected = append(affected, s.collectDown(roots)...)
@@ -505,7 +511,7 @@ func (s *Scheduler) raiseBelow(x int32, p int32) {
 			if s.drvs[di].available {
 				continue
 			}
-			for _, z := range s.drvs[di].builds {
+			for z := s.drvs[di].head - 1; z >= 0; z = s.builds[z].nextSame - 1 {
 				if s.builds[z].derived < p {
 					s.builds[z].derived = p
 					s.hfix(z)
@@ -522,14 +528,14 @@ func (s *Scheduler) NextWakeup() (time.Time, bool) {
 	if len(s.deferred) == 0 {
 		return time.Time{}, false
 	}
-	return time.Unix(0, s.builds[s.deferred[0]].deferUntil), true
+	return time.Unix(0, s.deferUntil[s.deferred[0]]), true
 }
 
 // Wake releases builds whose deferral has passed and returns those that became
 // runnable. Allocate does this itself; Wake is for pushing work on a timer.
 func (s *Scheduler) Wake() (nowRunnable []string) {
 	now := s.clk.Now().UnixNano()
-	for len(s.deferred) > 0 && s.builds[s.deferred[0]].deferUntil <= now {
+	for len(s.deferred) > 0 && s.deferUntil[s.deferred[0]] <= now {
 		x := s.deferred[0]
 		s.dremove(x)
 		if s.refresh(x) {
@@ -701,8 +707,8 @@ func (s *Scheduler) export(idx int32) Build {
 		Priority:   int(b.prio),
 		CreatedAt:  time.Unix(0, b.created),
 	}
-	if b.deferUntil != 0 {
-		out.DeferUntil = time.Unix(0, b.deferUntil)
+	if du, ok := s.deferUntil[idx]; ok {
+		out.DeferUntil = time.Unix(0, du)
 	}
 	for _, di := range b.inputs {
 		out.InputDrvs = append(out.InputDrvs, s.drvs[di].path)
@@ -814,11 +820,11 @@ func (s *Scheduler) valid(r ref) bool {
 // blocking reports whether input derivation d keeps its dependents waiting.
 func (s *Scheduler) blocking(d int32) bool {
 	dn := &s.drvs[d]
-	return !dn.available && (s.strategy == DerivationOrdered || len(dn.builds) > 0)
+	return !dn.available && (s.strategy == DerivationOrdered || dn.head != 0)
 }
 
 func (s *Scheduler) allDying(d int32) bool {
-	for _, z := range s.drvs[d].builds {
+	for z := s.drvs[d].head - 1; z >= 0; z = s.builds[z].nextSame - 1 {
 		if !s.builds[z].dying {
 			return false
 		}
@@ -895,7 +901,7 @@ func (s *Scheduler) detach(F []int32) (nowRunnable []string) {
 				if s.drvs[di].available {
 					continue
 				}
-				for _, z := range s.drvs[di].builds {
+				for z := s.drvs[di].head - 1; z >= 0; z = s.builds[z].nextSame - 1 {
 					if !s.builds[z].dying {
 						boundary = append(boundary, z)
 					}
@@ -940,11 +946,19 @@ func (s *Scheduler) freeSlot(x int32) (nowRunnable []string) {
 	}
 	s.release(x)
 	dn := &s.drvs[b.drv]
-	if i := slices.Index(dn.builds, x); i >= 0 {
-		dn.builds = slices.Delete(dn.builds, i, i+1)
+	if dn.head == x+1 {
+		dn.head = b.nextSame
+	} else {
+		for z := dn.head - 1; z >= 0; z = s.builds[z].nextSame - 1 {
+			if s.builds[z].nextSame == x+1 {
+				s.builds[z].nextSame = b.nextSame
+				break
+			}
+		}
 	}
+	delete(s.deferUntil, x)
 	b.state = stFree
-	if s.strategy == Permissive && !dn.available && len(dn.builds) == 0 {
+	if s.strategy == Permissive && !dn.available && dn.head == 0 {
 		// No build of it here any more: assumed substitutable again.
 		for _, r := range dn.dependents {
 			if !s.valid(r) || s.builds[r.idx].dying {
@@ -1013,7 +1027,7 @@ func (s *Scheduler) collectDown(roots []int32) []int32 {
 			if s.drvs[di].available {
 				continue
 			}
-			for _, z := range s.drvs[di].builds {
+			for z := s.drvs[di].head - 1; z >= 0; z = s.builds[z].nextSame - 1 {
 				if s.builds[z].mark != ep {
 					s.builds[z].mark = ep
 					out = append(out, z)
@@ -1096,7 +1110,9 @@ func (s *Scheduler) settleDerived(work []int32) {
 		s.hfix(z)
 		for _, di := range s.builds[z].inputs {
 			if !s.drvs[di].available {
-				work = append(work, s.drvs[di].builds...)
+				for z := s.drvs[di].head - 1; z >= 0; z = s.builds[z].nextSame - 1 {
+					work = append(work, z)
+				}
 			}
 		}
 	}
