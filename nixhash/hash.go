@@ -124,6 +124,10 @@ func ParseDigest(a Algo, s string) (Hash, error) {
 	if err != nil {
 		return Hash{}, fmt.Errorf("parse hash: %s digest %q: %w", a, s, err)
 	}
+	if len(d) != size {
+		// unpadded base64 of the right length can decode to one byte more
+		return Hash{}, fmt.Errorf("parse hash: %s digest %q decodes to %d bytes, want %d", a, s, len(d), size)
+	}
 	return Hash{Algo: a, Digest: d}, nil
 }
 

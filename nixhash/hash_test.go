@@ -3,6 +3,7 @@ package nixhash
 import (
 	"bytes"
 	"crypto/sha256"
+	"strings"
 	"testing"
 )
 
@@ -65,6 +66,9 @@ func TestParseForms(t *testing.T) {
 	}
 	if _, err := Parse("sha256:abc"); err == nil {
 		t.Fatal("short digest accepted")
+	}
+	if _, err := Parse("sha256:" + strings.Repeat("A", 44)); err == nil {
+		t.Fatal("44 base64 chars decoding to 33 bytes accepted")
 	}
 	if _, err := Parse("blake9:00"); err == nil {
 		t.Fatal("unknown algorithm accepted")
