@@ -21,8 +21,9 @@
 //   - Succeeded: O(dependents of its derivation · log n) in the usual case.
 //   - SetPriority: raising propagates only while derived priorities change;
 //     lowering recomputes from direct dependents, again only while changing.
-//   - Cancel / Failed: O(Σ_{f removed} |D(f)|) when nothing survives above the
-//     removed builds, else an exact recount as for Add.
+//   - Cancel / Failed: for removed builds F, the cheaper of O(Σ_{f∈F} |D(f)|)
+//     and a recount of the builds just below F, O(Σ_{y∈D(F)\F} |U(y)|); only
+//     the recount when builds outside F still wait on F.
 package scheduler
 
 import (
@@ -892,6 +893,31 @@ func (s *Scheduler) detach(F []int32) (nowRunnable []string) {
 			break
 		}
 	}
+	var affected []int32
+	if closed && len(F) > 1 {
+		// Two exact ways: walk below each removed build (cost Σ|D(f)|, at
+		// most |F|·|below|), or recount each build below F afterwards (cost
+		// at most Σ count). A failed core build with a million dependents
+		// wants the second; a short chain above a core build the first.
+		var cost int
+		for _, y := range s.collectDown(F) {
+			if !s.builds[y].dying {
+				affected = append(affected, y)
+				cost += int(s.builds[y].count)
+			}
+		}
+		if cost < len(F)*(len(affected)+1) {
+			closed = false
+		} else {
+			affected = affected[:0]
+		}
+	} else if !closed {
+		for _, y := range s.collectDown(F) {
+			if !s.builds[y].dying {
+				affected = append(affected, y)
+			}
+		}
+	}
 	if closed {
 		// Nothing outside F waits on F, so each f leaves exactly the waiting
 		// sets of the builds below it.
@@ -919,12 +945,6 @@ func (s *Scheduler) detach(F []int32) (nowRunnable []string) {
 		}
 		s.settleDerived(boundary)
 		return nowRunnable
-	}
-	var affected []int32
-	for _, y := range s.collectDown(F) {
-		if !s.builds[y].dying {
-			affected = append(affected, y)
-		}
 	}
 	for _, f := range F {
 		nowRunnable = append(nowRunnable, s.freeSlot(f)...)
