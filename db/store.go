@@ -197,3 +197,13 @@ type Store interface {
 
 	Close() error
 }
+
+// DependencyFailer is implemented by stores that can mark a build whose
+// input failed. FailDependency moves a scheduled build to
+// failed-dependency with cause as its failure reason; ErrNotFound,
+// ErrConflict for any other state. It is kept out of Store for now so that
+// existing Store implementations (fakes included) keep compiling; the
+// SQLite store implements it and dbtest checks it when present.
+type DependencyFailer interface {
+	FailDependency(ctx context.Context, id string, at time.Time, cause string) error
+}

@@ -39,6 +39,7 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"Filters", testFilters},
 		{"RunnableAndOnAgent", testRunnableAndOnAgent},
 		{"ConcurrentTransitions", testConcurrentTransitions},
+		{"FailDependency", testFailDependency},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -782,5 +783,35 @@ func testConcurrentTransitions(t *testing.T, s db.Store) {
 	must(t, "Build", err)
 	if !b.State.Terminal() || len(b.Attempts) != 1 || b.AgentID != holder {
 		t.Errorf("after races: %+v", b)
+	}
+}
+
+// testFailDependency runs only for stores that implement
+// db.DependencyFailer.
+func testFailDependency(t *testing.T, s db.Store) {
+	fd, ok := s.(db.DependencyFailer)
+	if !ok {
+		t.Skip("store does not implement db.DependencyFailer")
+	}
+	ctx := ctxFor(t)
+	newAgent(t, s, "a1")
+	createBuilds(t, s, newBuild("dep", 0), newBuild("alloc", 1))
+	must(t, "FailDependency", fd.FailDependency(ctx, "dep", at(5), "input b0 failed"))
+	b, err := s.Build(ctx, "dep")
+	must(t, "Build", err)
+	if b.State != db.StateFailedDependency || b.FailureReason != "input b0 failed" || !b.State.Terminal() {
+		t.Errorf("after FailDependency: %+v", b)
+	}
+	sameTime(t, "EndedAt", b.EndedAt, at(5))
+	mustErrIs(t, "FailDependency twice", fd.FailDependency(ctx, "dep", at(6), "x"), db.ErrConflict)
+	mustErrIs(t, "allocate failed-dependency", s.AllocateBuild(ctx, "dep", "a1", at(6)), db.ErrConflict)
+	mustErrIs(t, "cancel failed-dependency", s.CancelBuild(ctx, "dep", at(6)), db.ErrConflict)
+	must(t, "allocate", s.AllocateBuild(ctx, "alloc", "a1", at(6)))
+	mustErrIs(t, "FailDependency of allocated", fd.FailDependency(ctx, "alloc", at(7), "x"), db.ErrConflict)
+	mustErrIs(t, "FailDependency unknown", fd.FailDependency(ctx, "nope", at(7), "x"), db.ErrNotFound)
+	bs, err := s.Builds(ctx, db.BuildFilter{State: db.StateFailedDependency})
+	must(t, "Builds", err)
+	if got := ids(bs); !reflect.DeepEqual(got, []string{"dep"}) {
+		t.Errorf("Builds(failed-dependency) = %v", got)
 	}
 }

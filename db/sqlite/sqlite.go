@@ -32,7 +32,10 @@ type Store struct {
 	path   string
 }
 
-var _ db.Store = (*Store)(nil)
+var (
+	_ db.Store            = (*Store)(nil)
+	_ db.DependencyFailer = (*Store)(nil)
+)
 
 // busyTimeoutMS bounds how long a connection waits for another process's
 // lock (or a checkpoint) before failing.

@@ -201,3 +201,14 @@ func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error 
 			return setBuild(ctx, tx, id, cur.state, `state = 'canceled', ended_at = ?`, ms(at))
 		})
 }
+
+// FailDependency moves a scheduled build to failed-dependency because an
+// input can no longer be built; cause names it (e.g. the failed build) and
+// becomes the failure reason. Not yet part of db.Store (adding a method
+// would break existing fakes); see db.DependencyFailer.
+func (s *Store) FailDependency(ctx context.Context, id string, at time.Time, cause string) error {
+	return s.transition(ctx, "failing dependency of", id, "", false, []db.BuildState{db.StateScheduled},
+		func(tx *sql.Tx, cur current) error {
+			return setBuild(ctx, tx, id, cur.state, `state = 'failed-dependency', ended_at = ?, failure_reason = ?`, ms(at), cause)
+		})
+}
