@@ -483,3 +483,32 @@ func TestStats(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// A failed core build in a large package set: every build fails at once, in
+// well under a second (the recount path, not a walk below each dependent).
+func TestFailedCoreOfLargeGraph(t *testing.T) {
+	const n = 30000
+	s, _ := newSched(t, DerivationOrdered, b("p0", 0))
+	for i := 1; i < n; i++ {
+		ins := []string{"p0", fmt.Sprintf("p%d", i/2), fmt.Sprintf("p%d", i*7/10)}
+		if err := s.Add(b(fmt.Sprintf("p%d", i), i%3, ins...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, c, _ := s.Order("p0"); c != n-1 {
+		t.Fatalf("core has %d dependents", c)
+	}
+	start := time.Now()
+	deps := s.Failed("p0")
+	if len(deps) != n-1 {
+		t.Fatalf("%d failed-dependency, want %d", len(deps), n-1)
+	}
+	d := time.Since(start)
+	t.Logf("Failed(core) with %d dependents: %v", n-1, d)
+	if d > 2*time.Second {
+		t.Errorf("failing the core took %v", d)
+	}
+	if st := s.Stats(); st.Waiting+st.Ready+st.Allocated+st.Deferred != 0 {
+		t.Fatalf("left %+v", st)
+	}
+}
