@@ -3,8 +3,123 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/pflag"
+
+	"github.com/gbc-farm/gbc/clock"
+	"github.com/gbc-farm/gbc/compression"
+	"github.com/gbc-farm/gbc/coordinator"
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/db/sqlite"
+	"github.com/gbc-farm/gbc/keys"
+	"github.com/gbc-farm/gbc/sshd"
 )
 
 func runCoordinator(ctx context.Context, e env, args []string) error {
-	return errors.New("not implemented yet")
+	fs := pflag.NewFlagSet("coordinator", pflag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	stateDir := fs.String("state-dir", "", "state directory: database, host key, uploads, cache (required)")
+	listen := fs.String("listen", "127.0.0.1:2222", "SSH listen address")
+	adminKey := fs.String("admin-key", "", "public key file (.pub) that gets the admin role")
+	comp := fs.String("compression", "zstd", "compression agents should use for NARs")
+	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("unexpected arguments: %v", fs.Args())}
+	}
+	if *stateDir == "" {
+		return usageError{"--state-dir is required"}
+	}
+	if !compression.Writable(*comp) {
+		return usageError{fmt.Sprintf("--compression %q: want one of zstd, xz, gzip, none", *comp)}
+	}
+	if *maxUpload <= 0 {
+		return usageError{"--max-upload-bytes must be positive"}
+	}
+	log := e.log
+	dir, err := filepath.Abs(*stateDir)
+	if err != nil {
+		return fmt.Errorf("state dir %q: %w", *stateDir, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	host, err := keys.LoadOrCreateHostKey(dir)
+	if err != nil {
+		return err
+	}
+	store, err := sqlite.Open(ctx, filepath.Join(dir, "gbc.db"), log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.Error("close database", "err", err)
+		}
+	}()
+	clk := clock.Real{}
+	if *adminKey != "" {
+		if err := ensureAdminKey(ctx, store, *adminKey, clk); err != nil {
+			return err
+		}
+	}
+	coord, err := coordinator.New(ctx, coordinator.Config{StateDir: dir, Store: store, Clock: clk, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer coord.Close()
+	srv, err := sshd.New(sshd.Config{Coordinator: coord, Store: store, HostKey: host, Logger: log, Clock: clk, MaxUploadBytes: *maxUpload})
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *listen, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	log.Info("coordinator listening", "addr", l.Addr().String(), "host_key", keys.Fingerprint(host.PublicKey()),
+		"state_dir", dir, "compression", *comp)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		srv.Close()
+		<-served
+		return nil
+	case err := <-served:
+		return fmt.Errorf("ssh server: %w", err)
+	}
+}
+
+// ensureAdminKey gives the key in path the admin role; running again with
+// the same key is a no-op.
+func ensureAdminKey(ctx context.Context, store db.Store, path string, clk clock.Clock) error {
+	ak, err := keys.ParseAuthorizedKeyFile(path)
+	if err != nil {
+		return fmt.Errorf("--admin-key: %w", err)
+	}
+	existing, err := store.Key(ctx, ak.Fingerprint)
+	switch {
+	case err == nil:
+		if existing.Role != db.RoleAdmin {
+			return fmt.Errorf("--admin-key %s (%s) is already registered with role %s", path, ak.Fingerprint, existing.Role)
+		}
+		return nil
+	case !errors.Is(err, db.ErrNotFound):
+		return fmt.Errorf("look up admin key: %w", err)
+	}
+	k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAdmin, Comment: ak.Comment, CreatedAt: clk.Now()}
+	if err := store.PutKey(ctx, k); err != nil && !errors.Is(err, db.ErrExists) {
+		return fmt.Errorf("add admin key: %w", err)
+	}
+	return nil
 }

@@ -1,0 +1,34 @@
+package sshd
+
+import "github.com/gbc-farm/gbc/db"
+
+// rank orders the operator roles. Agent keys and anything unknown rank 0,
+// which no command accepts: the check fails closed.
+func rank(r db.Role) int {
+	switch r {
+	case db.RoleAdmin:
+		return 3
+	case db.RoleOperator:
+		return 2
+	case db.RoleReader:
+		return 1
+	}
+	return 0
+}
+
+// allowed is the one authorisation decision for commands: the caller's
+// role must rank at least the command's minimum, and the minimum must be a
+// real operator role.
+func allowed(have, need db.Role) bool {
+	return rank(need) > 0 && rank(have) >= rank(need)
+}
+
+// subsystemAllowed is the decision for subsystems: only agent keys may
+// open the agent protocol and the upload tree.
+func subsystemAllowed(p principal, name string) bool {
+	switch name {
+	case "gbc-agent-v1", "sftp":
+		return p.Role == db.RoleAgent && p.AgentID != ""
+	}
+	return false
+}

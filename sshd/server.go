@@ -1,0 +1,185 @@
+// Package sshd is the coordinator's one SSH port: a command router for
+// operators, the gbc-agent-v1 subsystem and a virtual SFTP upload tree for
+// agents. Authentication only asks "is this key known"; what a session may
+// do is decided per request from the key it proved, in roles.go.
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gbc-farm/gbc/clock"
+	"github.com/gbc-farm/gbc/coordinator"
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/keys"
+	"github.com/gbc-farm/gbc/protocol"
+)
+
+// DefaultMaxUploadBytes bounds one uploaded file (64 GiB).
+const DefaultMaxUploadBytes = 64 << 30
+
+// Config wires a Server.
+type Config struct {
+	Coordinator *coordinator.Coordinator
+	Store       db.Store
+	HostKey     gossh.Signer
+	Logger      *slog.Logger
+	Clock       clock.Clock
+	// MaxUploadBytes bounds one uploaded file.
+	MaxUploadBytes int64
+	// KeepAlive is how often agent connections are probed; a probe left
+	// unanswered for two intervals closes the connection.
+	KeepAlive time.Duration
+	// MaxLineBytes bounds agent protocol lines.
+	MaxLineBytes int
+}
+
+// Server serves the SSH port.
+type Server struct {
+	cfg   Config
+	coord *coordinator.Coordinator
+	store db.Store
+	log   *slog.Logger
+	srv   *ssh.Server
+}
+
+// New builds a server; call Serve with a listener.
+func New(cfg Config) (*Server, error) {
+	if cfg.Coordinator == nil || cfg.Store == nil || cfg.HostKey == nil {
+		return nil, errors.New("sshd: coordinator, store and host key are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.MaxUploadBytes <= 0 {
+		cfg.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = 15 * time.Second
+	}
+	if cfg.MaxLineBytes <= 0 {
+		cfg.MaxLineBytes = protocol.DefaultMaxLineBytes
+	}
+	s := &Server{cfg: cfg, coord: cfg.Coordinator, store: cfg.Store, log: cfg.Logger}
+	s.srv = &ssh.Server{
+		Handler:          s.handleExec,
+		PublicKeyHandler: s.knownKey,
+		SubsystemHandlers: map[string]ssh.SubsystemHandler{
+			protocol.Subsystem: s.handleAgent,
+			"sftp":             s.handleSFTP,
+		},
+		// Refuse everything not listed: no port forwarding, no agent or
+		// X11 forwarding (gliderlabs denies those unless handlers are set).
+		Version: "gbc",
+	}
+	s.srv.AddHostKey(cfg.HostKey)
+	return s, nil
+}
+
+// Serve accepts connections until Close.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.srv.Serve(l)
+	if errors.Is(err, ssh.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops listening and closes every connection.
+func (s *Server) Close() error {
+	return s.srv.Close()
+}
+
+// knownKey is the authentication callback: yes if the key is registered.
+// Nothing is remembered from here; sessions re-derive the principal.
+func (s *Server) knownKey(ctx ssh.Context, key ssh.PublicKey) bool {
+	fp := keys.Fingerprint(key)
+	k, err := s.store.Key(ctx, fp)
+	if err != nil {
+		if !errors.Is(err, db.ErrNotFound) {
+			s.log.Error("key lookup", "fingerprint", fp, "err", err)
+		}
+		s.log.Info("unknown key refused", "fingerprint", fp, "remote", ctx.RemoteAddr().String())
+		return false
+	}
+	return k.Fingerprint == fp
+}
+
+// principal is who a session is: the stored key matching the public key
+// the session proved.
+type principal struct {
+	Fingerprint string
+	Role        db.Role
+	AgentID     string
+}
+
+// whoami re-derives the principal from the key the session authenticated
+// with (x/crypto guarantees the last key passed to the callback is the one
+// that authenticated). Any doubt is an error: fail closed.
+func (s *Server) whoami(ctx context.Context, sess ssh.Session) (principal, error) {
+	pub := sess.PublicKey()
+	if pub == nil {
+		return principal{}, errors.New("no public key on this session")
+	}
+	fp := keys.Fingerprint(pub)
+	k, err := s.store.Key(ctx, fp)
+	if err != nil {
+		return principal{}, fmt.Errorf("key %s: %w", fp, err)
+	}
+	stored, err := keys.ParseAuthorizedKey(k.AuthorizedKey)
+	if err != nil || stored.Fingerprint != fp {
+		return principal{}, fmt.Errorf("key %s: stored key does not match", fp)
+	}
+	if k.Role == db.RoleAgent && k.AgentID == "" {
+		return principal{}, fmt.Errorf("agent key %s is not bound to an agent", fp)
+	}
+	return principal{Fingerprint: fp, Role: k.Role, AgentID: k.AgentID}, nil
+}
+
+// keepAlive probes the connection and closes it when probes go
+// unanswered, so a vanished agent is noticed even without TCP errors.
+func (s *Server) keepAlive(ctx context.Context, sess ssh.Session) {
+	conn, ok := sess.Context().Value(ssh.ContextKeyConn).(gossh.Conn)
+	if !ok {
+		return
+	}
+	t := time.NewTicker(s.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		res := make(chan error, 1)
+		go func() {
+			_, _, err := conn.SendRequest("keepalive@openssh.com", true, nil)
+			res <- err
+		}()
+		select {
+		case err := <-res:
+			if err != nil {
+				conn.Close()
+				return
+			}
+		case <-time.After(2 * s.cfg.KeepAlive):
+			s.log.Warn("keepalive unanswered; closing connection", "remote", conn.RemoteAddr().String())
+			conn.Close()
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Server) now() time.Time { return s.cfg.Clock.Now() }

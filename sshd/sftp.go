@@ -1,0 +1,314 @@
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+	"github.com/pkg/sftp"
+)
+
+// handleSFTP serves an agent's virtual upload tree:
+//
+//	/                       directory with "uploads"
+//	/uploads                one directory per build allocated to the agent
+//	/uploads/<build>/<file> DIR/uploads/<agent-id>/<build>/<file> on disk
+//
+// Nothing else exists. Writes (at offsets), stat, list and remove of the
+// agent's own files are allowed; reads, renames, links and the rest are
+// refused.
+func (s *Server) handleSFTP(sess ssh.Session) {
+	ctx := sess.Context()
+	who, err := s.whoami(ctx, sess)
+	if err != nil || !subsystemAllowed(who, "sftp") {
+		s.log.Warn("sftp refused", "role", who.Role, "err", err)
+		fmt.Fprintln(sess.Stderr(), "permission denied: sftp is for agent keys")
+		sess.Exit(1)
+		return
+	}
+	t := &uploadTree{s: s, ctx: ctx, agentID: who.AgentID, max: s.cfg.MaxUploadBytes}
+	h := sftp.Handlers{FileGet: t, FilePut: t, FileCmd: t, FileList: t}
+	srv := sftp.NewRequestServer(sess, h)
+	if err := srv.Serve(); err != nil && !errors.Is(err, io.EOF) {
+		s.log.Info("sftp session ended", "agent", who.AgentID, "err", err)
+	}
+	srv.Close()
+}
+
+type uploadTree struct {
+	s       *Server
+	ctx     context.Context
+	agentID string
+	max     int64
+}
+
+// vpath is a resolved virtual path.
+type vpath struct {
+	depth int    // 0 "/", 1 "/uploads", 2 "/uploads/<build>", 3 a file
+	build string // depth >= 2
+	file  string // depth 3
+}
+
+// resolve cleans a client path and maps it onto the virtual tree. Cleaning
+// happens on the slash-separated virtual path before any disk path is
+// built, and a file name can never be ".", ".." or contain a separator, so
+// nothing can climb out of the agent's area.
+func resolve(p string) (vpath, error) {
+	if strings.ContainsRune(p, 0) || strings.Contains(p, `\`) {
+		return vpath{}, sftp.ErrSSHFxPermissionDenied
+	}
+	clean := path.Clean("/" + p)
+	if clean == "/" {
+		return vpath{depth: 0}, nil
+	}
+	parts := strings.Split(strings.TrimPrefix(clean, "/"), "/")
+	if parts[0] != "uploads" || len(parts) > 3 {
+		return vpath{}, os.ErrNotExist
+	}
+	v := vpath{depth: len(parts)}
+	if len(parts) >= 2 {
+		v.build = parts[1]
+	}
+	if len(parts) == 3 {
+		v.file = parts[2]
+	}
+	for _, part := range parts {
+		if part == "" || part == "." || part == ".." || len(part) > 255 {
+			return vpath{}, sftp.ErrSSHFxPermissionDenied
+		}
+	}
+	return v, nil
+}
+
+// held resolves a path and checks that its build is allocated to this
+// agent. A build that is not the agent's does not exist, as far as it can see.
+func (t *uploadTree) held(p string, wantDepth int) (vpath, string, error) {
+	v, err := resolve(p)
+	if err != nil {
+		return v, "", err
+	}
+	if v.depth < 2 {
+		return v, "", sftp.ErrSSHFxPermissionDenied
+	}
+	if !t.s.coord.Holds(t.ctx, t.agentID, v.build) {
+		return v, "", os.ErrNotExist
+	}
+	if wantDepth != 0 && v.depth != wantDepth {
+		return v, "", sftp.ErrSSHFxPermissionDenied
+	}
+	dir := t.s.coord.UploadDir(t.agentID, v.build)
+	if v.depth == 2 {
+		return v, dir, nil
+	}
+	return v, filepath.Join(dir, v.file), nil
+}
+
+func (t *uploadTree) Fileread(r *sftp.Request) (io.ReaderAt, error) {
+	return nil, sftp.ErrSSHFxPermissionDenied
+}
+
+func (t *uploadTree) Filewrite(r *sftp.Request) (io.WriterAt, error) {
+	_, real, err := t.held(r.Filepath, 3)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(real), 0o755); err != nil {
+		return nil, fmt.Errorf("create upload dir: %w", err)
+	}
+	flags := os.O_WRONLY | os.O_CREATE | syscall.O_NOFOLLOW
+	pf := r.Pflags()
+	if pf.Trunc {
+		flags |= os.O_TRUNC
+	}
+	if pf.Excl {
+		flags |= os.O_EXCL
+	}
+	f, err := os.OpenFile(real, flags, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, sftp.ErrSSHFxPermissionDenied
+	}
+	return &boundedFile{f: f, max: t.max}, nil
+}
+
+// boundedFile refuses writes past the upload size limit. pkg/sftp closes
+// it (io.Closer) when the client closes the handle.
+type boundedFile struct {
+	f   *os.File
+	max int64
+}
+
+func (b *boundedFile) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > b.max {
+		return 0, fmt.Errorf("write at %d+%d is over the %d-byte upload limit: %w", off, len(p), b.max, sftp.ErrSSHFxFailure)
+	}
+	return b.f.WriteAt(p, off)
+}
+
+func (b *boundedFile) Close() error { return b.f.Close() }
+
+func (t *uploadTree) Filecmd(r *sftp.Request) error {
+	switch r.Method {
+	case "Remove":
+		_, real, err := t.held(r.Filepath, 3)
+		if err != nil {
+			return err
+		}
+		st, err := os.Lstat(real)
+		if err != nil {
+			return err
+		}
+		if !st.Mode().IsRegular() {
+			return sftp.ErrSSHFxPermissionDenied
+		}
+		return os.Remove(real)
+	case "Mkdir":
+		// The build directories exist while the build is held; creating
+		// one is a harmless no-op so "mkdir -p" style clients work.
+		_, real, err := t.held(r.Filepath, 2)
+		if err != nil {
+			return err
+		}
+		return os.MkdirAll(real, 0o755)
+	case "Setstat":
+		// Accept only truncation of own files; mode and time changes are
+		// ignored rather than applied.
+		_, real, err := t.held(r.Filepath, 3)
+		if err != nil {
+			return err
+		}
+		if r.AttrFlags().Size {
+			size := int64(r.Attributes().Size)
+			if size < 0 || size > t.max {
+				return sftp.ErrSSHFxPermissionDenied
+			}
+			return os.Truncate(real, size)
+		}
+		return nil
+	}
+	return sftp.ErrSSHFxPermissionDenied
+}
+
+func (t *uploadTree) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
+	switch r.Method {
+	case "List":
+		return t.list(r.Filepath)
+	case "Stat", "Lstat":
+		fi, err := t.stat(r.Filepath)
+		if err != nil {
+			return nil, err
+		}
+		return listerAt{fi}, nil
+	}
+	return nil, sftp.ErrSSHFxPermissionDenied
+}
+
+func (t *uploadTree) stat(p string) (os.FileInfo, error) {
+	v, err := resolve(p)
+	if err != nil {
+		return nil, err
+	}
+	switch v.depth {
+	case 0:
+		return dirInfo("/"), nil
+	case 1:
+		return dirInfo("uploads"), nil
+	case 2:
+		if _, _, err := t.held(p, 2); err != nil {
+			return nil, err
+		}
+		return dirInfo(v.build), nil
+	}
+	_, real, err := t.held(p, 3)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Lstat(real)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, os.ErrNotExist
+	}
+	return st, nil
+}
+
+func (t *uploadTree) list(p string) (sftp.ListerAt, error) {
+	v, err := resolve(p)
+	if err != nil {
+		return nil, err
+	}
+	switch v.depth {
+	case 0:
+		return listerAt{dirInfo("uploads")}, nil
+	case 1:
+		ids, err := t.s.coord.HeldBuilds(t.ctx, t.agentID)
+		if err != nil {
+			return nil, err
+		}
+		l := make(listerAt, 0, len(ids))
+		for _, id := range ids {
+			l = append(l, dirInfo(id))
+		}
+		return l, nil
+	case 2:
+		_, real, err := t.held(p, 2)
+		if err != nil {
+			return nil, err
+		}
+		entries, err := os.ReadDir(real)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return listerAt{}, nil
+			}
+			return nil, err
+		}
+		l := make(listerAt, 0, len(entries))
+		for _, e := range entries {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			if fi, err := e.Info(); err == nil {
+				l = append(l, fi)
+			}
+		}
+		return l, nil
+	}
+	return nil, sftp.ErrSSHFxPermissionDenied
+}
+
+type listerAt []os.FileInfo
+
+func (l listerAt) ListAt(dst []os.FileInfo, off int64) (int, error) {
+	if off >= int64(len(l)) {
+		return 0, io.EOF
+	}
+	n := copy(dst, l[off:])
+	if off+int64(n) >= int64(len(l)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// dirInfo describes a virtual directory.
+type dirInfo string
+
+func (d dirInfo) Name() string       { return path.Base(string(d)) }
+func (d dirInfo) Size() int64        { return 0 }
+func (d dirInfo) Mode() os.FileMode  { return os.ModeDir | 0o755 }
+func (d dirInfo) ModTime() time.Time { return time.Time{} }
+func (d dirInfo) IsDir() bool        { return true }
+func (d dirInfo) Sys() any           { return nil }
