@@ -187,10 +187,10 @@ type Scheduler struct {
 
 	builds []build
 	free   []int32
-	byID   map[string]int32
+	byID   strIndex // build id → slot
 
 	drvs      []drvNode
-	drvByPath map[string]int32
+	drvByPath strIndex // derivation path → drvs index
 
 	buckets         []bucket
 	bucketByKey     map[string]int32
@@ -215,8 +215,8 @@ func New(strategy Strategy, clk clock.Clock) *Scheduler {
 	return &Scheduler{
 		strategy:        strategy,
 		clk:             clk,
-		byID:            make(map[string]int32),
-		drvByPath:       make(map[string]int32),
+		byID:            newStrIndex(),
+		drvByPath:       newStrIndex(),
 		bucketByKey:     make(map[string]int32),
 		bucketsBySystem: make(map[string][]int32),
 		agentByID:       make(map[string]int32),
@@ -234,7 +234,7 @@ func (s *Scheduler) Add(b Build) error {
 	case b.System == "":
 		return fmt.Errorf("scheduler: add build %q: empty System", b.ID)
 	}
-	if _, dup := s.byID[b.ID]; dup {
+	if _, dup := s.byID.get(b.ID, s.idOf); dup {
 		return fmt.Errorf("scheduler: add build %q: duplicate ID", b.ID)
 	}
 	for _, in := range b.InputDrvs {
@@ -281,7 +281,7 @@ func (s *Scheduler) Add(b Build) error {
 	if !b.DeferUntil.IsZero() {
 		s.deferUntil[idx] = b.DeferUntil.UnixNano()
 	}
-	s.byID[b.ID] = idx
+	s.byID.put(b.ID, idx, s.idOf)
 	for _, di := range inputs {
 		if s.blocking(di) {
 			s.builds[idx].waiting++
@@ -388,7 +388,7 @@ func (s *Scheduler) makeAvailable(d, finishing int32) (nowRunnable []string) {
 // Succeeded records a successful build (its derivation becomes available) and
 // releases its agent slot. It returns the builds that became runnable.
 func (s *Scheduler) Succeeded(id string) (nowRunnable []string) {
-	idx, ok := s.byID[id]
+	idx, ok := s.byID.get(id, s.idOf)
 	if !ok {
 		return nil
 	}
@@ -408,7 +408,7 @@ func (s *Scheduler) Succeeded(id string) (nowRunnable []string) {
 // is still queued or running, dependents wait for that one instead.
 // Allocated dependents (possible only in permissive mode) are left running.
 func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
-	idx, ok := s.byID[id]
+	idx, ok := s.byID.get(id, s.idOf)
 	if !ok {
 		return nil
 	}
@@ -453,7 +453,7 @@ func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
 // mode where a derivation without a live build no longer blocks: those that
 // become runnable are returned.
 func (s *Scheduler) Cancel(id string) (nowRunnable []string) {
-	idx, ok := s.byID[id]
+	idx, ok := s.byID.get(id, s.idOf)
 	if !ok {
 		return nil
 	}
@@ -465,7 +465,7 @@ func (s *Scheduler) Cancel(id string) (nowRunnable []string) {
 // failure. If avoidAgent is set, that agent gets the build only when it has
 // nothing else to do. The retry limit is the caller's.
 func (s *Scheduler) Requeue(id, avoidAgent string) {
-	idx, ok := s.byID[id]
+	idx, ok := s.byID.get(id, s.idOf)
 	if !ok {
 		return
 	}
@@ -484,7 +484,7 @@ func (s *Scheduler) Requeue(id, avoidAgent string) {
 // SetPriority changes a build's own priority; everything it waits on,
 // directly or not, is re-ordered through derived priority.
 func (s *Scheduler) SetPriority(id string, p int) {
-	idx, ok := s.byID[id]
+	idx, ok := s.byID.get(id, s.idOf)
 	if !ok {
 		return
 	}
@@ -634,7 +634,7 @@ func (s *Scheduler) Held(agentID string) int {
 
 // StateOf reports where a build is; false once it finished or is unknown.
 func (s *Scheduler) StateOf(id string) (State, bool) {
-	idx, ok := s.byID[id]
+	idx, ok := s.byID.get(id, s.idOf)
 	if !ok {
 		return 0, false
 	}
@@ -653,7 +653,7 @@ func (s *Scheduler) StateOf(id string) (State, bool) {
 // Lookup returns a queued or allocated build as submitted (priority is its own,
 // not derived).
 func (s *Scheduler) Lookup(id string) (Build, bool) {
-	idx, ok := s.byID[id]
+	idx, ok := s.byID.get(id, s.idOf)
 	if !ok {
 		return Build{}, false
 	}
@@ -663,7 +663,7 @@ func (s *Scheduler) Lookup(id string) (Build, bool) {
 // Order reports the ordering keys of a build: derived priority and the number
 // of builds waiting on it.
 func (s *Scheduler) Order(id string) (derivedPriority, dependents int, ok bool) {
-	idx, ok := s.byID[id]
+	idx, ok := s.byID.get(id, s.idOf)
 	if !ok {
 		return 0, 0, false
 	}
@@ -688,7 +688,7 @@ func (s *Scheduler) Stats() Stats {
 			st.ReadyBySystem[bk.system] += len(bk.heap)
 		}
 	}
-	st.Waiting = len(s.byID) - st.Ready - st.Allocated - st.Deferred
+	st.Waiting = s.byID.n - st.Ready - st.Allocated - st.Deferred
 	return st
 }
 
@@ -726,6 +726,9 @@ func (s *Scheduler) export(idx int32) Build {
 	return out
 }
 
+func (s *Scheduler) idOf(i int32) string   { return s.builds[i].id }
+func (s *Scheduler) pathOf(i int32) string { return s.drvs[i].path }
+
 func (s *Scheduler) allocSlot() int32 {
 	if n := len(s.free); n > 0 {
 		idx := s.free[n-1]
@@ -737,13 +740,13 @@ func (s *Scheduler) allocSlot() int32 {
 }
 
 func (s *Scheduler) internDrv(path string) int32 {
-	if d, ok := s.drvByPath[path]; ok {
+	if d, ok := s.drvByPath.get(path, s.pathOf); ok {
 		return d
 	}
 	path = strings.Clone(path) // don't pin the caller's larger buffer
 	d := int32(len(s.drvs))
 	s.drvs = append(s.drvs, drvNode{path: path})
-	s.drvByPath[path] = d
+	s.drvByPath.put(path, d, s.pathOf)
 	return d
 }
 
@@ -997,7 +1000,7 @@ func (s *Scheduler) freeSlot(x int32) (nowRunnable []string) {
 			s.compact(di)
 		}
 	}
-	delete(s.byID, b.id)
+	s.byID.del(b.id, s.idOf)
 	*b = build{gen: b.gen + 1, mark: b.mark, hpos: -1, dpos: -1, agent: -1, avoid: -1}
 	s.free = append(s.free, x)
 	return nowRunnable
