@@ -407,6 +407,15 @@ func runModel(t *testing.T, data []byte) {
 			if s.Held(a.ID) != m.held[a.ID] {
 				fail("held by %s: got %d want %d", a.ID, s.Held(a.ID), m.held[a.ID])
 			}
+			var want []string
+			for id, b := range m.live {
+				if b.allocated && b.agent == a.ID {
+					want = append(want, id)
+				}
+			}
+			if got := s.AllocatedTo(a.ID); !slices.Equal(got, sorted(want)) && len(got)+len(want) > 0 {
+				fail("allocated to %s: got %v want %v", a.ID, got, sorted(want))
+			}
 		}
 		stats := s.Stats()
 		if n := stats.Waiting + stats.Deferred + stats.Ready + stats.Allocated; n != len(m.live) {

@@ -176,8 +176,9 @@ type bucket struct {
 }
 
 type agentSlot struct {
-	id   string
-	held int
+	id    string
+	held  int
+	slots map[int32]struct{} // builds allocated to it
 }
 
 // Scheduler is not safe for concurrent use.
@@ -586,6 +587,7 @@ func (s *Scheduler) Allocate(a Agent) (Build, bool) {
 	b.state = stAllocated
 	b.agent = ai
 	s.agents[ai].held++
+	s.agents[ai].slots[best] = struct{}{}
 	s.allocated++
 	return s.export(best), true
 }
@@ -630,6 +632,21 @@ func (s *Scheduler) Held(agentID string) int {
 		return s.agents[ai].held
 	}
 	return 0
+}
+
+// AllocatedTo lists the builds allocated to an agent, sorted, e.g. to requeue
+// them when it goes absent or to tell a reconnecting agent which to continue.
+func (s *Scheduler) AllocatedTo(agentID string) []string {
+	ai, ok := s.agentByID[agentID]
+	if !ok {
+		return nil
+	}
+	out := make([]string, 0, len(s.agents[ai].slots))
+	for x := range s.agents[ai].slots {
+		out = append(out, s.builds[x].id)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // StateOf reports where a build is; false once it finished or is unknown.
@@ -811,7 +828,7 @@ func (s *Scheduler) agentIdx(id string) int32 {
 		return ai
 	}
 	ai := int32(len(s.agents))
-	s.agents = append(s.agents, agentSlot{id: id})
+	s.agents = append(s.agents, agentSlot{id: id, slots: make(map[int32]struct{})})
 	s.agentByID[id] = ai
 	return ai
 }
@@ -868,6 +885,7 @@ func (s *Scheduler) release(x int32) {
 	b := &s.builds[x]
 	if b.state == stAllocated {
 		s.agents[b.agent].held--
+		delete(s.agents[b.agent].slots, x)
 		s.allocated--
 		b.agent = -1
 	}
