@@ -512,7 +512,12 @@ func TestSFTPConfinement(t *testing.T) {
 		"symlink":             func() error { return cl.Symlink("/etc/passwd", mine+"/link") },
 		"rename":              func() error { return cl.Rename(mine+"/out.nar.zst", mine+"/y") },
 		"rmdir":               func() error { return cl.RemoveDirectory(mine) },
-		"over size limit":     func() error { f, _ := cl.Create(mine + "/big"); defer f.Close(); _, err := f.WriteAt([]byte("x"), 1<<20); return err },
+		"over size limit": func() error {
+			f, _ := cl.Create(mine + "/big")
+			defer f.Close()
+			_, err := f.WriteAt([]byte("x"), 1<<20)
+			return err
+		},
 	}
 	for name, f := range refused {
 		if err := f(); err == nil {
