@@ -1,0 +1,486 @@
+// Package cache is the coordinator's binary cache: a directory of static
+// files (nix-cache-info, <hashpart>.narinfo, nar/<filehash>.nar<suffix>,
+// log/<drv basename>) that Nix and Guix clients substitute from, plus a
+// read-only HTTP handler for it.
+//
+// Invariants the package keeps:
+//   - a narinfo is written only after its NAR file is complete and synced,
+//     and every file appears by rename, so a reader (this handler, nginx, a
+//     crash) never sees a partial file or a narinfo without its NAR;
+//   - the first publication of a store path wins: publishing it again with
+//     the same NarHash is a no-op, with another NarHash it is a *ConflictError
+//     (a non-deterministic build, or a forged upload).
+//
+// One narinfo serves both Nix and Guix clients. For a Nix-only cache (no
+// Guix key) it is exactly what `nix copy` writes. With a Guix key (set by
+// LoadOrCreateKeys for /gnu/store) the file is laid out as guix publish does
+// — StorePath, NarHash, NarSize, References, Deriver, then Signature: — and
+// the fields Guix does not sign follow: URL, Compression, FileHash, FileSize,
+// Sig, CA. Guix hashes only the bytes before "Signature:" and ignores Sig and
+// CA; Nix reads fields in any order and ignores Signature. narinfo.Parse reads
+// the result with both signatures intact (tests check VerifyNix, VerifyGuix
+// and real Nix substituting from such a file).
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/gbc-farm/gbc/compression"
+	"github.com/gbc-farm/gbc/narinfo"
+	"github.com/gbc-farm/gbc/nixhash"
+	"github.com/gbc-farm/gbc/signing"
+	"github.com/gbc-farm/gbc/storepath"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultMaxNarSize = 64 << 30
+	DefaultMaxLogSize = 256 << 20
+	// Priority 30 sits before cache.nixos.org (40) so agents prefer the farm.
+	cachePriority = 30
+)
+
+// Options configure a Cache.
+type Options struct {
+	// StoreDir is the farm's store directory; every published path must be
+	// in it. Default /nix/store.
+	StoreDir string
+	// Compression for NARs the cache compresses itself (PublishLocal,
+	// Import) and for logs. Default compression.Default (zstd).
+	Compression string
+	// NixKey signs every narinfo (Sig:). Required.
+	NixKey signing.NixSecretKey
+	// GuixKey, when set, adds a Guix Signature: to every narinfo.
+	GuixKey *signing.GuixSecretKey
+	// GuixHostname is the informational host in Guix signatures.
+	// Default: os.Hostname().
+	GuixHostname string
+	// MaxNarSize bounds one uncompressed NAR read by Import or PublishLocal.
+	MaxNarSize int64
+	// MaxLogSize bounds a stored build log; longer logs are cut there.
+	MaxLogSize int64
+	Logger     *slog.Logger
+}
+
+// Cache is a binary cache directory. Its methods are safe for concurrent use.
+type Cache struct {
+	dir   string
+	opts  Options
+	log   *slog.Logger
+	info  []byte // nix-cache-info contents
+	locks [64]sync.Mutex
+}
+
+// Entry describes one store path to publish. The caller has verified that
+// the compressed file matches FileHash/FileSize and decompresses to a NAR
+// with NarHash/NarSize.
+type Entry struct {
+	StorePath   string
+	NarHash     nixhash.Hash
+	NarSize     int64
+	FileHash    nixhash.Hash
+	FileSize    int64
+	Compression string
+	References  []string // full store paths
+	Deriver     string   // full .drv path or basename; "" if unknown
+	CA          string
+}
+
+// ErrConflict is matched (errors.Is) by *ConflictError.
+var ErrConflict = errors.New("store path already published with a different NarHash")
+
+// ConflictError reports a second publication of a store path with another
+// NarHash. The first publication stays.
+type ConflictError struct {
+	StorePath string
+	Have, Got nixhash.Hash
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("cache: %s already published with NarHash %s, refusing %s", e.StorePath, e.Have, e.Got)
+}
+
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// Open prepares dir as a cache: nix-cache-info, nar/ and log/.
+func Open(ctx context.Context, dir string, opts Options) (*Cache, error) {
+	if opts.StoreDir == "" {
+		opts.StoreDir = "/nix/store"
+	}
+	if err := storepath.ValidateStoreDir(opts.StoreDir); err != nil {
+		return nil, fmt.Errorf("cache open %s: store dir: %w", dir, err)
+	}
+	if opts.Compression == "" {
+		opts.Compression = compression.Default
+	}
+	if !compression.Writable(opts.Compression) {
+		return nil, fmt.Errorf("cache open %s: compression %q cannot be written (have %v)", dir, opts.Compression, compression.Names())
+	}
+	if opts.NixKey.Name == "" || len(opts.NixKey.Key) == 0 {
+		return nil, fmt.Errorf("cache open %s: a Nix signing key is required", dir)
+	}
+	if opts.GuixKey != nil && opts.GuixHostname == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "localhost"
+		}
+		opts.GuixHostname = h
+	}
+	if opts.MaxNarSize <= 0 {
+		opts.MaxNarSize = DefaultMaxNarSize
+	}
+	if opts.MaxLogSize <= 0 {
+		opts.MaxLogSize = DefaultMaxLogSize
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Cache{dir: dir, opts: opts, log: opts.Logger.With("cache", dir)}
+	for _, d := range []string{dir, filepath.Join(dir, "nar"), filepath.Join(dir, "log")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("cache open: %w", err)
+		}
+	}
+	c.info = []byte("StoreDir: " + opts.StoreDir + "\nWantMassQuery: 1\nPriority: " + strconv.Itoa(cachePriority) + "\n")
+	cur, err := os.ReadFile(filepath.Join(dir, "nix-cache-info"))
+	if err != nil || !bytes.Equal(cur, c.info) {
+		if err := writeFileAtomic(filepath.Join(dir, "nix-cache-info"), c.info); err != nil {
+			return nil, fmt.Errorf("cache open: %w", err)
+		}
+	}
+	c.cleanTemps(ctx)
+	return c, nil
+}
+
+// Dir is the cache directory.
+func (c *Cache) Dir() string { return c.dir }
+
+// StoreDir is the store directory the cache serves.
+func (c *Cache) StoreDir() string { return c.opts.StoreDir }
+
+// PublicKey is the Nix key clients put in trusted-public-keys.
+func (c *Cache) PublicKey() signing.NixPublicKey { return c.opts.NixKey.Public() }
+
+// cleanTemps removes temporary files a crash left behind; they are never
+// referenced by a narinfo.
+func (c *Cache) cleanTemps(ctx context.Context) {
+	for _, sub := range []string{"", "nar", "log"} {
+		ents, err := os.ReadDir(filepath.Join(c.dir, sub))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), tmpPrefix) {
+				p := filepath.Join(c.dir, sub, e.Name())
+				if err := os.Remove(p); err == nil {
+					c.log.DebugContext(ctx, "removed stale temp file", "path", p)
+				}
+			}
+		}
+	}
+}
+
+func (c *Cache) lockFor(hashPart string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(hashPart))
+	return &c.locks[h.Sum32()%uint32(len(c.locks))]
+}
+
+func (c *Cache) narinfoPath(hashPart string) string {
+	return filepath.Join(c.dir, hashPart+".narinfo")
+}
+
+// parsePath checks that p is a store path of this cache's store.
+func (c *Cache) parsePath(p string) (storepath.StorePath, error) {
+	sp, err := storepath.Parse(p)
+	if err != nil {
+		return sp, err
+	}
+	if sp.StoreDir != c.opts.StoreDir {
+		return sp, fmt.Errorf("store path %s is not in %s", p, c.opts.StoreDir)
+	}
+	return sp, nil
+}
+
+// Has reports whether storePath has a narinfo in the cache.
+func (c *Cache) Has(storePath string) bool {
+	sp, err := c.parsePath(storePath)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(c.narinfoPath(sp.HashPart))
+	return err == nil
+}
+
+// ErrNotFound is returned by Lookup for a path the cache does not hold.
+var ErrNotFound = errors.New("not in cache")
+
+// Lookup reads the narinfo of storePath.
+func (c *Cache) Lookup(storePath string) (*narinfo.NarInfo, error) {
+	sp, err := c.parsePath(storePath)
+	if err != nil {
+		return nil, fmt.Errorf("cache lookup: %w", err)
+	}
+	b, err := os.ReadFile(c.narinfoPath(sp.HashPart))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("cache lookup %s: %w", storePath, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cache lookup: %w", err)
+	}
+	ni, err := narinfo.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("cache lookup %s: %w", storePath, err)
+	}
+	if ni.StorePath != sp.String() {
+		return nil, fmt.Errorf("cache lookup %s: narinfo names %s", storePath, ni.StorePath)
+	}
+	return ni, nil
+}
+
+// narURL is where a NAR with this file hash and compression lives.
+func narURL(fileHash nixhash.Hash, comp string) string {
+	return "nar/" + nixhash.Base32(fileHash.Digest) + ".nar" + compression.Suffix(comp)
+}
+
+func (c *Cache) checkEntry(e *Entry) (storepath.StorePath, error) {
+	sp, err := c.parsePath(e.StorePath)
+	if err != nil {
+		return sp, err
+	}
+	switch {
+	case e.NarHash.Algo != nixhash.SHA256 || len(e.NarHash.Digest) != 32:
+		return sp, fmt.Errorf("NarHash %q is not sha256", e.NarHash.Algo)
+	case e.NarSize <= 0:
+		return sp, fmt.Errorf("NarSize %d", e.NarSize)
+	case e.FileHash.Algo != nixhash.SHA256 || len(e.FileHash.Digest) != 32:
+		return sp, fmt.Errorf("FileHash %q is not sha256", e.FileHash.Algo)
+	case e.FileSize <= 0:
+		return sp, fmt.Errorf("FileSize %d", e.FileSize)
+	case !compression.Supported(e.Compression):
+		return sp, fmt.Errorf("compression %q unknown", e.Compression)
+	case strings.ContainsAny(e.CA, "\n\r"):
+		return sp, fmt.Errorf("CA %q contains a newline", e.CA)
+	}
+	for _, r := range e.References {
+		if _, err := c.parsePath(r); err != nil {
+			return sp, fmt.Errorf("reference: %w", err)
+		}
+	}
+	if e.Deriver != "" {
+		if _, err := c.deriverBase(e.Deriver); err != nil {
+			return sp, err
+		}
+	}
+	return sp, nil
+}
+
+func (c *Cache) deriverBase(d string) (string, error) {
+	if strings.HasPrefix(d, "/") {
+		sp, err := c.parsePath(d)
+		if err != nil {
+			return "", fmt.Errorf("deriver: %w", err)
+		}
+		d = sp.Base()
+	}
+	sp, err := storepath.ParseBase(d)
+	if err != nil || !sp.IsDerivation() {
+		return "", fmt.Errorf("deriver %q is not a .drv path", d)
+	}
+	return d, nil
+}
+
+// Publish moves compressedFile into nar/ and writes the signed narinfo of
+// e. On success the file has been consumed (moved, or removed when the
+// same content or path was already there); on error it is left in place.
+func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) error {
+	sp, err := c.checkEntry(&e)
+	if err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	if done, err := c.alreadyPublished(sp, e.NarHash); done || err != nil {
+		if err == nil {
+			os.Remove(compressedFile)
+		}
+		return err
+	}
+	st, err := os.Stat(compressedFile)
+	if err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	if !st.Mode().IsRegular() || st.Size() != e.FileSize {
+		return fmt.Errorf("cache publish %s: %s is %d bytes (%s), entry says FileSize %d", e.StorePath, compressedFile, st.Size(), st.Mode().Type(), e.FileSize)
+	}
+	url := narURL(e.FileHash, e.Compression)
+	if err := c.placeNar(compressedFile, filepath.Join(c.dir, filepath.FromSlash(url))); err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	body, err := c.render(sp, &e, url)
+	if err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	mu := c.lockFor(sp.HashPart)
+	mu.Lock()
+	defer mu.Unlock()
+	// Re-check under the lock: another publisher may have won meanwhile.
+	if done, err := c.alreadyPublished(sp, e.NarHash); done || err != nil {
+		return err
+	}
+	if err := writeFileAtomic(c.narinfoPath(sp.HashPart), body); err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	c.log.InfoContext(ctx, "published", "path", e.StorePath, "nar_size", e.NarSize, "file_size", e.FileSize, "compression", e.Compression)
+	return nil
+}
+
+// alreadyPublished reports whether sp is there with narHash, or a conflict.
+func (c *Cache) alreadyPublished(sp storepath.StorePath, narHash nixhash.Hash) (bool, error) {
+	b, err := os.ReadFile(c.narinfoPath(sp.HashPart))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("cache publish %s: %w", sp, err)
+	}
+	ni, err := narinfo.Parse(b)
+	if err != nil {
+		return false, fmt.Errorf("cache publish %s: existing narinfo: %w", sp, err)
+	}
+	if ni.StorePath != sp.String() {
+		return false, fmt.Errorf("cache publish %s: existing narinfo %s.narinfo names %s", sp, sp.HashPart, ni.StorePath)
+	}
+	if !ni.NarHash.Equal(narHash) {
+		return false, &ConflictError{StorePath: sp.String(), Have: ni.NarHash, Got: narHash}
+	}
+	return true, nil
+}
+
+// placeNar moves src to dst. NAR files are named by content hash, so an
+// existing dst already holds these bytes.
+func (c *Cache) placeNar(src, dst string) error {
+	if _, err := os.Stat(dst); err == nil {
+		return os.Remove(src)
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	// The caller's file may not be synced; make its bytes durable before a
+	// narinfo can point at them.
+	serr := f.Sync()
+	f.Close()
+	if serr != nil {
+		return fmt.Errorf("sync %s: %w", src, serr)
+	}
+	err = os.Rename(src, dst)
+	if errors.Is(err, syscall.EXDEV) {
+		err = copyAcross(src, dst)
+	}
+	if err != nil {
+		return fmt.Errorf("move %s to %s: %w", src, dst, err)
+	}
+	return syncDir(filepath.Dir(dst))
+}
+
+// copyAcross copies src into a temp file beside dst, syncs and renames it,
+// then removes src: rename cannot cross filesystems.
+func copyAcross(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), tmpPrefix+"nar-")
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := io.Copy(tmp, in); err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if err := finishTemp(tmp, dst); err != nil {
+		return err
+	}
+	ok = true
+	return os.Remove(src)
+}
+
+// render produces the narinfo bytes (see the package comment for the
+// two-flavour layout).
+func (c *Cache) render(sp storepath.StorePath, e *Entry, url string) ([]byte, error) {
+	ni := &narinfo.NarInfo{
+		StorePath:   sp.String(),
+		URL:         url,
+		Compression: e.Compression,
+		FileHash:    e.FileHash,
+		FileSize:    uint64(e.FileSize),
+		NarHash:     e.NarHash,
+		NarSize:     uint64(e.NarSize),
+		CA:          e.CA,
+	}
+	refs := make([]string, 0, len(e.References))
+	for _, r := range e.References {
+		refs = append(refs, r[len(c.opts.StoreDir)+1:])
+	}
+	ni.References = sortedUnique(refs)
+	if e.Deriver != "" {
+		ni.Deriver, _ = c.deriverBase(e.Deriver) // checked in checkEntry
+	}
+	if err := ni.SignNix(c.opts.NixKey); err != nil {
+		return nil, err
+	}
+	if c.opts.GuixKey == nil {
+		return ni.Bytes(), nil
+	}
+	if err := ni.SignGuix(*c.opts.GuixKey, c.opts.GuixHostname); err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	b.Write(ni.SignedBody)
+	field := func(k, v string) { b.WriteString(k + ": " + v + "\n") }
+	field("Signature", ni.Signature)
+	field("URL", url)
+	field("Compression", e.Compression)
+	field("FileHash", e.FileHash.String())
+	field("FileSize", strconv.FormatInt(e.FileSize, 10))
+	for _, s := range ni.Sigs {
+		field("Sig", s)
+	}
+	if e.CA != "" {
+		field("CA", e.CA)
+	}
+	return b.Bytes(), nil
+}
+
+func sortedUnique(s []string) []string {
+	m := make(map[string]struct{}, len(s))
+	out := s[:0]
+	for _, x := range s {
+		if _, ok := m[x]; !ok {
+			m[x] = struct{}{}
+			out = append(out, x)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

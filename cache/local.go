@@ -1,0 +1,214 @@
+package cache
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/gbc-farm/gbc/compression"
+	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/nar"
+	"github.com/gbc-farm/gbc/nixhash"
+	"github.com/gbc-farm/gbc/storepath"
+)
+
+// spooled is a compressed NAR in a temp file inside the cache, with the
+// hashes Publish needs.
+type spooled struct {
+	path              string
+	narHash, fileHash nixhash.Hash
+	narSize, fileSize int64
+}
+
+// errTooLarge is wrapped when a NAR exceeds Options.MaxNarSize.
+var errTooLarge = errors.New("NAR exceeds the size limit")
+
+// spool compresses the NAR that produce writes into a temp file in nar/,
+// hashing both streams on the way. extra (e.g. a reference scanner) sees the
+// uncompressed bytes too. The caller removes s.path if it does not publish.
+func (c *Cache) spool(ctx context.Context, produce func(w io.Writer) error, extra ...io.Writer) (s spooled, err error) {
+	tmp, err := os.CreateTemp(filepath.Join(c.dir, "nar"), tmpPrefix+"spool-")
+	if err != nil {
+		return s, err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	fileHW := nar.NewHashingWriter()
+	bw := bufio.NewWriterSize(io.MultiWriter(tmp, fileHW), 256<<10)
+	cw, err := compression.NewWriter(bw, c.opts.Compression)
+	if err != nil {
+		return s, err
+	}
+	narHW := nar.NewHashingWriter()
+	w := &guardWriter{ctx: ctx, limit: c.opts.MaxNarSize, w: io.MultiWriter(append([]io.Writer{narHW, cw}, extra...)...)}
+	if err := produce(w); err != nil {
+		cw.Close()
+		return s, err
+	}
+	if err := cw.Close(); err != nil {
+		return s, fmt.Errorf("compress: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return s, err
+	}
+	if err := tmp.Close(); err != nil {
+		return s, err
+	}
+	return spooled{path: tmp.Name(), narHash: narHW.Sum(), narSize: narHW.Size(), fileHash: fileHW.Sum(), fileSize: fileHW.Size()}, nil
+}
+
+// guardWriter stops a long dump or import when ctx ends or the NAR grows
+// past the limit.
+type guardWriter struct {
+	ctx   context.Context
+	limit int64
+	n     int64
+	w     io.Writer
+}
+
+func (g *guardWriter) Write(p []byte) (int, error) {
+	if err := g.ctx.Err(); err != nil {
+		return 0, err
+	}
+	if g.n+int64(len(p)) > g.limit {
+		return 0, fmt.Errorf("%w (%d bytes)", errTooLarge, g.limit)
+	}
+	g.n += int64(len(p))
+	return g.w.Write(p)
+}
+
+// PublishLocal publishes storePath from this host's filesystem, read at
+// root+storePath (root "" is the real filesystem, as for
+// derivation.ReadClosure). A .drv's references come from the derivation
+// (inputSrcs ∪ inputDrvs), and its path is checked against its contents.
+// For other paths the NAR is scanned for the hash parts of candidates (and
+// of storePath itself), as Nix scans build outputs; pass every path the
+// output could refer to. The deriver is left unknown.
+func (c *Cache) PublishLocal(ctx context.Context, storePath, root string, candidates []string) (Entry, error) {
+	sp, err := c.parsePath(storePath)
+	if err != nil {
+		return Entry{}, fmt.Errorf("cache publish local: %w", err)
+	}
+	fsPath := filepath.Join(root, sp.String())
+	e := Entry{StorePath: sp.String(), Compression: c.opts.Compression}
+	var extra []io.Writer
+	var scan *refScanner
+	if sp.IsDerivation() {
+		d, err := derivation.ReadFile(fsPath)
+		if err != nil {
+			return e, fmt.Errorf("cache publish local %s: %w", storePath, err)
+		}
+		p, err := d.DrvPath()
+		if err != nil {
+			return e, fmt.Errorf("cache publish local %s: %w", storePath, err)
+		}
+		if p != sp.String() {
+			return e, fmt.Errorf("cache publish local %s: contents hash to %s", storePath, p)
+		}
+		e.References = d.References()
+	} else {
+		scan = newRefScanner(append(slices.Clip(candidates), sp.String()))
+		extra = append(extra, scan)
+	}
+	s, err := c.spool(ctx, func(w io.Writer) error { return nar.Dump(w, fsPath) }, extra...)
+	if err != nil {
+		return e, fmt.Errorf("cache publish local %s: %w", storePath, err)
+	}
+	if scan != nil {
+		e.References = scan.Found()
+	}
+	e.NarHash, e.NarSize, e.FileHash, e.FileSize = s.narHash, s.narSize, s.fileHash, s.fileSize
+	if err := c.Publish(ctx, e, s.path); err != nil {
+		os.Remove(s.path)
+		return e, err
+	}
+	return e, nil
+}
+
+// PublishDerivationClosure publishes every .drv in drvPath's closure and
+// every input source with its own reference closure, read from root, so an
+// agent with an empty store can substitute all of them. Paths already in the
+// cache are not read again (their recorded references are still followed).
+// It returns every path of the closure.
+func (c *Cache) PublishDerivationClosure(ctx context.Context, drvPath, root string) ([]string, error) {
+	drvs, err := derivation.ReadClosure(root, drvPath)
+	if err != nil {
+		return nil, fmt.Errorf("cache publish closure %s: %w", drvPath, err)
+	}
+	var srcs []string
+	drvPaths := make([]string, 0, len(drvs))
+	for p, d := range drvs {
+		drvPaths = append(drvPaths, p)
+		srcs = append(srcs, d.InputSrcs...)
+	}
+	slices.Sort(drvPaths)
+	slices.Sort(srcs)
+	srcs = slices.Compact(srcs)
+
+	var all []string
+	seen := map[string]bool{}
+	var candidates []string // store listing, read once if a source needs scanning
+	queue := append([]string(nil), srcs...)
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		all = append(all, p)
+		var refs []string
+		if ni, err := c.Lookup(p); err == nil {
+			for _, r := range ni.References {
+				refs = append(refs, c.opts.StoreDir+"/"+r)
+			}
+		} else {
+			if candidates == nil {
+				if candidates, err = storeListing(root, c.opts.StoreDir); err != nil {
+					return all, fmt.Errorf("cache publish closure %s: %w", drvPath, err)
+				}
+			}
+			e, err := c.PublishLocal(ctx, p, root, candidates)
+			if err != nil {
+				return all, fmt.Errorf("cache publish closure %s: input source: %w", drvPath, err)
+			}
+			refs = e.References
+		}
+		queue = append(queue, refs...)
+	}
+	for _, p := range drvPaths {
+		all = append(all, p)
+		if c.Has(p) {
+			continue
+		}
+		if _, err := c.PublishLocal(ctx, p, root, nil); err != nil {
+			return all, fmt.Errorf("cache publish closure %s: %w", drvPath, err)
+		}
+	}
+	return all, nil
+}
+
+// storeListing lists the store directory as seen under root: the
+// candidates a source path could refer to.
+func storeListing(root, storeDir string) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(root, storeDir))
+	if err != nil {
+		return nil, fmt.Errorf("list store: %w", err)
+	}
+	out := make([]string, 0, len(ents))
+	for _, e := range ents {
+		if _, err := storepath.ParseBase(e.Name()); err == nil {
+			out = append(out, storeDir+"/"+e.Name())
+		}
+	}
+	return out, nil
+}
