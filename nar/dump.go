@@ -37,7 +37,10 @@ func Dump(w io.Writer, path string) error {
 // archive in memory; it is what `nix-hash --type sha256 path` computes.
 func HashPath(path string) (nixhash.Hash, int64, error) {
 	hw := NewHashingWriter()
-	if err := Dump(hw, path); err != nil {
+	aw := newAsyncWriter(hw, 4, bufSize)
+	err := Dump(aw, path)
+	aw.Close()
+	if err != nil {
 		return nixhash.Hash{}, 0, err
 	}
 	return hw.Sum(), hw.Size(), nil
