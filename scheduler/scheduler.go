@@ -264,7 +264,7 @@ func (s *Scheduler) Add(b Build) error {
 		created = s.clk.Now()
 	}
 	*nb = build{
-		id:      b.ID,
+		id:      strings.Clone(b.ID), // don't pin a caller's larger buffer
 		inputs:  inputs,
 		created: created.UnixNano(),
 		drv:     d,
