@@ -183,6 +183,12 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if b.State == db.StateAllocated {
+		// A result without a prior "started" implies the start.
+		if err := c.store.StartBuild(ctx, m.Build, s.agentID, c.clk.Now()); err != nil {
+			return fmt.Errorf("start build %s: %w", m.Build, err)
+		}
+	}
 	if err := c.store.SucceedBuild(ctx, m.Build, s.agentID, c.clk.Now(), results); err != nil {
 		return fmt.Errorf("record success of build %s: %w", m.Build, err)
 	}
