@@ -1,0 +1,121 @@
+package cache
+
+import (
+	"bytes"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gbc-farm/gbc/compression"
+	"github.com/gbc-farm/gbc/storepath"
+)
+
+// Content types as Nix's own HTTP binary caches (and Hydra) serve them.
+const (
+	typeCacheInfo = "text/x-nix-cache-info"
+	typeNarinfo   = "text/x-nix-narinfo"
+	typeNar       = "application/x-nix-nar"
+	typeLog       = "text/plain; charset=utf-8"
+)
+
+// Handler serves the cache read-only over HTTP: /nix-cache-info,
+// /<hash>.narinfo, /nar/<file> (with Range) and /log/<drv basename>.
+// Every other path is 404 — no listings, and names are matched against
+// strict patterns, so neither ".." nor temp files can be reached. GET and
+// HEAD only.
+func (c *Cache) Handler() http.Handler {
+	return http.HandlerFunc(c.serveHTTP)
+}
+
+func (c *Cache) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	p := r.URL.Path
+	switch {
+	case p == "/nix-cache-info":
+		w.Header().Set("Content-Type", typeCacheInfo)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(c.info))
+	case strings.HasSuffix(p, ".narinfo") && isHashPart(p[1:len(p)-len(".narinfo")]) && strings.Count(p, "/") == 1:
+		c.serveFile(w, r, p[1:], typeNarinfo, "")
+	case strings.HasPrefix(p, "/nar/") && isNarName(p[len("/nar/"):]):
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable") // named by content hash
+		c.serveFile(w, r, p[1:], typeNar, "")
+	case strings.HasPrefix(p, "/log/"):
+		sp, err := storepath.ParseBase(p[len("/log/"):])
+		if err != nil || !sp.IsDerivation() {
+			http.NotFound(w, r)
+			return
+		}
+		c.serveFile(w, r, p[1:], typeLog, c.opts.Compression)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// serveFile serves rel (already validated) with ServeContent, which
+// handles HEAD, Range and conditional requests.
+func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, encoding string) {
+	f, err := os.Open(filepath.Join(c.dir, filepath.FromSlash(rel)))
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		http.NotFound(w, r)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", ctype)
+	if encoding != "" && encoding != "none" {
+		// Nix decodes by Content-Encoding and sends no Accept-Encoding;
+		// zstd/xz/gzip are also HTTP coding names browsers know.
+		h.Set("Content-Encoding", encoding)
+	}
+	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+func isHashPart(s string) bool {
+	if len(s) != storepath.HashLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !base32Byte[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// isNarName accepts <52 base32>.nar plus a known compression suffix.
+func isNarName(s string) bool {
+	const n = 52
+	if len(s) < n+4 || !isBase32(s[:n]) || s[n:n+4] != ".nar" {
+		return false
+	}
+	suffix := s[n+4:]
+	if suffix == "" {
+		return true
+	}
+	for _, name := range compression.Names() {
+		if name != "none" && compression.Suffix(name) == suffix {
+			return true
+		}
+	}
+	return false
+}
+
+func isBase32(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !base32Byte[s[i]] {
+			return false
+		}
+	}
+	return true
+}
