@@ -133,6 +133,10 @@ func isConstraint(err error, code sqlite3.ErrNoExtended) bool {
 	return errors.As(err, &se) && se.ExtendedCode == code
 }
 
+func isForeignKey(err error) bool {
+	return isConstraint(err, sqlite3.ErrConstraintForeignKey)
+}
+
 func isUnique(err error) bool {
 	return isConstraint(err, sqlite3.ErrConstraintPrimaryKey) || isConstraint(err, sqlite3.ErrConstraintUnique)
 }

@@ -5,72 +5,94 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"slices"
+	"strings"
 	"time"
 
 	"github.com/gbc-farm/gbc/db"
 )
 
-// current is what a transition checks before it changes anything.
-type current struct {
-	state   db.BuildState
-	agentID string
-	attempt int // number of the latest attempt, 0 if never allocated
+// rule is the precondition of a transition.
+type rule struct {
+	op      string          // for messages: "allocating", …
+	from    []db.BuildState // states the build may be in
+	holder  bool            // the build's agent must be the caller's
+	agentID string          // the caller's agent, if any
 }
 
-// transition runs one state change in a writer transaction: it loads the
-// build, checks that it is in one of the allowed states and (when
-// holder is set) that agentID holds it, then calls apply. The final UPDATE
-// in apply is also conditioned on the old state, so the check holds even
-// on a backend with weaker isolation.
-func (s *Store) transition(ctx context.Context, op, id, agentID string, holder bool, allowed []db.BuildState,
-	apply func(tx *sql.Tx, cur current) error) error {
+// transition changes one build in a writer transaction. The precondition
+// is part of the UPDATE's WHERE clause (compare-and-set), so the check
+// and the change cannot be separated on any backend; the new attempt
+// number comes back with RETURNING. Only when nothing matched does a
+// second query find out why, to return ErrNotFound or a precise
+// ErrConflict. then, if set, runs in the same transaction with the
+// build's latest attempt number.
+func (s *Store) transition(ctx context.Context, id string, r rule, set string, setArgs []any,
+	then func(tx *sql.Tx, attempt int) error) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		var (
-			cur    current
-			state  string
-			holdBy sql.NullString
-		)
-		err := tx.QueryRowContext(ctx, `SELECT state, agent_id, attempts FROM builds WHERE id = ?`, id).
-			Scan(&state, &holdBy, &cur.attempt)
+		var q strings.Builder
+		args := append(append([]any(nil), setArgs...), id)
+		fmt.Fprintf(&q, "UPDATE builds SET %s WHERE id = ? AND state IN (", set)
+		for i, st := range r.from {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("?")
+			args = append(args, string(st))
+		}
+		q.WriteString(")")
+		if r.holder {
+			q.WriteString(" AND agent_id = ?")
+			args = append(args, r.agentID)
+		}
+		q.WriteString(" RETURNING attempts")
+		var attempt int
+		err := tx.QueryRowContext(ctx, q.String(), args...).Scan(&attempt)
 		if errors.Is(err, sql.ErrNoRows) {
-			return db.ErrNotFound
+			return whyNot(ctx, tx, id, r)
+		}
+		if isForeignKey(err) {
+			// Only AllocateBuild sets agent_id.
+			return fmt.Errorf("agent %s: %w", r.agentID, db.ErrNotFound)
 		}
 		if err != nil {
-			return err
+			return fmt.Errorf("updating build: %w", err)
 		}
-		cur.state, cur.agentID = db.BuildState(state), holdBy.String
-		if !slices.Contains(allowed, cur.state) {
-			return fmt.Errorf("state is %s, want one of %v: %w", cur.state, allowed, db.ErrConflict)
+		if then != nil {
+			return then(tx, attempt)
 		}
-		if holder && cur.agentID != agentID {
-			return fmt.Errorf("held by agent %q, not %q: %w", cur.agentID, agentID, db.ErrConflict)
-		}
-		return apply(tx, cur)
+		return nil
 	})
 	if err != nil {
-		if agentID != "" {
-			return fmt.Errorf("%s build %s (agent %s): %w", op, id, agentID, err)
+		if r.agentID != "" {
+			return fmt.Errorf("%s build %s (agent %s): %w", r.op, id, r.agentID, err)
 		}
-		return fmt.Errorf("%s build %s: %w", op, id, err)
+		return fmt.Errorf("%s build %s: %w", r.op, id, err)
 	}
 	return nil
 }
 
-// setBuild updates the build row only if it is still in state from.
-func setBuild(ctx context.Context, tx *sql.Tx, id string, from db.BuildState, set string, args ...any) error {
-	args = append(args, id, string(from))
-	res, err := tx.ExecContext(ctx, `UPDATE builds SET `+set+` WHERE id = ? AND state = ?`, args...)
+// whyNot explains a transition whose UPDATE matched no row.
+func whyNot(ctx context.Context, tx *sql.Tx, id string, r rule) error {
+	var (
+		state  string
+		holder sql.NullString
+	)
+	err := tx.QueryRowContext(ctx, `SELECT state, agent_id FROM builds WHERE id = ?`, id).Scan(&state, &holder)
+	if errors.Is(err, sql.ErrNoRows) {
+		return db.ErrNotFound
+	}
 	if err != nil {
-		return fmt.Errorf("updating build: %w", err)
+		return fmt.Errorf("reading build: %w", err)
 	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return fmt.Errorf("build left state %s concurrently: %w", from, db.ErrConflict)
+	for _, st := range r.from {
+		if db.BuildState(state) == st {
+			return fmt.Errorf("held by agent %q, not %q: %w", holder.String, r.agentID, db.ErrConflict)
+		}
 	}
-	return nil
+	return fmt.Errorf("state is %s, want one of %v: %w", state, r.from, db.ErrConflict)
 }
 
-// setAttempt updates the latest attempt.
+// setAttempt updates one attempt, which must exist.
 func setAttempt(ctx context.Context, tx *sql.Tx, id string, number int, set string, args ...any) error {
 	args = append(args, id, number)
 	res, err := tx.ExecContext(ctx, `UPDATE attempts SET `+set+` WHERE build_id = ? AND number = ?`, args...)
@@ -90,36 +112,28 @@ var (
 
 // AllocateBuild: scheduled → allocated, opening attempt n+1 for agentID.
 func (s *Store) AllocateBuild(ctx context.Context, id, agentID string, at time.Time) error {
-	return s.transition(ctx, "allocating", id, agentID, false, []db.BuildState{db.StateScheduled},
-		func(tx *sql.Tx, cur current) error {
-			var one int
-			err := tx.QueryRowContext(ctx, `SELECT 1 FROM agents WHERE id = ?`, agentID).Scan(&one)
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("agent %s: %w", agentID, db.ErrNotFound)
-			}
-			if err != nil {
-				return fmt.Errorf("looking up agent %s: %w", agentID, err)
-			}
-			n := cur.attempt + 1
-			if _, err := tx.ExecContext(ctx,
+	return s.transition(ctx, id,
+		rule{op: "allocating", from: []db.BuildState{db.StateScheduled}, agentID: agentID},
+		`state = 'allocated', agent_id = ?, attempts = attempts + 1, started_at = NULL, ended_at = NULL, failure_reason = ''`,
+		[]any{agentID},
+		func(tx *sql.Tx, n int) error {
+			_, err := tx.ExecContext(ctx,
 				`INSERT INTO attempts (build_id, number, agent_id, allocated_at) VALUES (?, ?, ?, ?)`,
-				id, n, agentID, ms(at)); err != nil {
+				id, n, agentID, ms(at))
+			if err != nil {
 				return fmt.Errorf("opening attempt %d: %w", n, err)
 			}
-			return setBuild(ctx, tx, id, cur.state,
-				`state = 'allocated', agent_id = ?, attempts = ?, started_at = NULL, ended_at = NULL, failure_reason = ''`,
-				agentID, n)
+			return nil
 		})
 }
 
 // StartBuild: allocated → started; agentID must hold the build.
 func (s *Store) StartBuild(ctx context.Context, id, agentID string, at time.Time) error {
-	return s.transition(ctx, "starting", id, agentID, true, []db.BuildState{db.StateAllocated},
-		func(tx *sql.Tx, cur current) error {
-			if err := setAttempt(ctx, tx, id, cur.attempt, `started_at = ?`, ms(at)); err != nil {
-				return err
-			}
-			return setBuild(ctx, tx, id, cur.state, `state = 'started', started_at = ?`, ms(at))
+	return s.transition(ctx, id,
+		rule{op: "starting", from: []db.BuildState{db.StateAllocated}, holder: true, agentID: agentID},
+		`state = 'started', started_at = ?`, []any{ms(at)},
+		func(tx *sql.Tx, n int) error {
+			return setAttempt(ctx, tx, id, n, `started_at = ?`, ms(at))
 		})
 }
 
@@ -132,73 +146,82 @@ func (s *Store) SucceedBuild(ctx context.Context, id, agentID string, at time.Ti
 		}
 		seen[r.Name] = true
 	}
-	return s.transition(ctx, "succeeding", id, agentID, true, []db.BuildState{db.StateStarted},
-		func(tx *sql.Tx, cur current) error {
-			insRes, err := tx.PrepareContext(ctx, `INSERT INTO results
-				(build_id, name, pos, path, nar_hash, nar_size, file_hash, file_size, compression, file)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-			if err != nil {
-				return fmt.Errorf("preparing results: %w", err)
-			}
-			defer insRes.Close()
-			insRef, err := tx.PrepareContext(ctx, `INSERT INTO result_references (build_id, name, pos, reference) VALUES (?, ?, ?, ?)`)
-			if err != nil {
-				return fmt.Errorf("preparing references: %w", err)
-			}
-			defer insRef.Close()
-			for i, r := range results {
-				if _, err := insRes.ExecContext(ctx, id, r.Name, i, r.Path, r.NarHash, r.NarSize,
-					r.FileHash, r.FileSize, r.Compression, r.File); err != nil {
-					return fmt.Errorf("recording output %s: %w", r.Name, err)
-				}
-				for j, ref := range r.References {
-					if _, err := insRef.ExecContext(ctx, id, r.Name, j, ref); err != nil {
-						return fmt.Errorf("recording output %s reference %s: %w", r.Name, ref, err)
-					}
-				}
-			}
-			if err := setAttempt(ctx, tx, id, cur.attempt, `ended_at = ?, outcome = 'succeeded'`, ms(at)); err != nil {
+	return s.transition(ctx, id,
+		rule{op: "succeeding", from: []db.BuildState{db.StateStarted}, holder: true, agentID: agentID},
+		`state = 'succeeded', ended_at = ?, failure_reason = ''`, []any{ms(at)},
+		func(tx *sql.Tx, n int) error {
+			if err := insertResults(ctx, tx, id, results); err != nil {
 				return err
 			}
-			return setBuild(ctx, tx, id, cur.state, `state = 'succeeded', ended_at = ?, failure_reason = ''`, ms(at))
+			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'succeeded'`, ms(at))
 		})
+}
+
+func insertResults(ctx context.Context, tx *sql.Tx, id string, results []db.OutputResult) error {
+	if len(results) == 0 {
+		return nil
+	}
+	insRes, err := tx.PrepareContext(ctx, `INSERT INTO results
+		(build_id, name, pos, path, nar_hash, nar_size, file_hash, file_size, compression, file)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return fmt.Errorf("preparing results: %w", err)
+	}
+	defer insRes.Close()
+	insRef, err := tx.PrepareContext(ctx, `INSERT INTO result_references (build_id, name, pos, reference) VALUES (?, ?, ?, ?)`)
+	if err != nil {
+		return fmt.Errorf("preparing references: %w", err)
+	}
+	defer insRef.Close()
+	for i, r := range results {
+		if _, err := insRes.ExecContext(ctx, id, r.Name, i, r.Path, r.NarHash, r.NarSize,
+			r.FileHash, r.FileSize, r.Compression, r.File); err != nil {
+			return fmt.Errorf("recording output %s: %w", r.Name, err)
+		}
+		for j, ref := range r.References {
+			if _, err := insRef.ExecContext(ctx, id, r.Name, j, ref); err != nil {
+				return fmt.Errorf("recording output %s reference %s: %w", r.Name, ref, err)
+			}
+		}
+	}
+	return nil
 }
 
 // FailBuild: allocated or started → failed, recording reason and exit code.
 func (s *Store) FailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, exitCode int) error {
-	return s.transition(ctx, "failing", id, agentID, true, held,
-		func(tx *sql.Tx, cur current) error {
-			if err := setAttempt(ctx, tx, id, cur.attempt, `ended_at = ?, outcome = 'failed', reason = ?, exit_code = ?`,
-				ms(at), reason, exitCode); err != nil {
-				return err
-			}
-			return setBuild(ctx, tx, id, cur.state, `state = 'failed', ended_at = ?, failure_reason = ?`, ms(at), reason)
+	return s.transition(ctx, id,
+		rule{op: "failing", from: held, holder: true, agentID: agentID},
+		`state = 'failed', ended_at = ?, failure_reason = ?`, []any{ms(at), reason},
+		func(tx *sql.Tx, n int) error {
+			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'failed', reason = ?, exit_code = ?`,
+				ms(at), reason, exitCode)
 		})
 }
 
 // RequeueBuild: allocated or started → scheduled; the attempt is closed
 // as requeued with the reason. AgentID keeps naming the last agent.
 func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Time, reason string) error {
-	return s.transition(ctx, "requeueing", id, agentID, true, held,
-		func(tx *sql.Tx, cur current) error {
-			if err := setAttempt(ctx, tx, id, cur.attempt, `ended_at = ?, outcome = 'requeued', reason = ?`,
-				ms(at), reason); err != nil {
-				return err
-			}
-			return setBuild(ctx, tx, id, cur.state, `state = 'scheduled', started_at = NULL, ended_at = NULL`)
+	return s.transition(ctx, id,
+		rule{op: "requeueing", from: held, holder: true, agentID: agentID},
+		`state = 'scheduled', started_at = NULL, ended_at = NULL`, nil,
+		func(tx *sql.Tx, n int) error {
+			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'requeued', reason = ?`, ms(at), reason)
 		})
 }
 
-// CancelBuild: any non-terminal state → canceled.
+// CancelBuild: any non-terminal state → canceled; an open attempt (the
+// build was allocated or started) is closed as canceled.
 func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error {
-	return s.transition(ctx, "canceling", id, "", false, active,
-		func(tx *sql.Tx, cur current) error {
-			if cur.state != db.StateScheduled {
-				if err := setAttempt(ctx, tx, id, cur.attempt, `ended_at = ?, outcome = 'canceled'`, ms(at)); err != nil {
-					return err
-				}
+	return s.transition(ctx, id,
+		rule{op: "canceling", from: active},
+		`state = 'canceled', ended_at = ?`, []any{ms(at)},
+		func(tx *sql.Tx, n int) error {
+			_, err := tx.ExecContext(ctx, `UPDATE attempts SET ended_at = ?, outcome = 'canceled'
+				WHERE build_id = ? AND number = ? AND outcome = ''`, ms(at), id, n)
+			if err != nil {
+				return fmt.Errorf("closing attempt %d: %w", n, err)
 			}
-			return setBuild(ctx, tx, id, cur.state, `state = 'canceled', ended_at = ?`, ms(at))
+			return nil
 		})
 }
 
@@ -207,8 +230,7 @@ func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error 
 // becomes the failure reason. Not yet part of db.Store (adding a method
 // would break existing fakes); see db.DependencyFailer.
 func (s *Store) FailDependency(ctx context.Context, id string, at time.Time, cause string) error {
-	return s.transition(ctx, "failing dependency of", id, "", false, []db.BuildState{db.StateScheduled},
-		func(tx *sql.Tx, cur current) error {
-			return setBuild(ctx, tx, id, cur.state, `state = 'failed-dependency', ended_at = ?, failure_reason = ?`, ms(at), cause)
-		})
+	return s.transition(ctx, id,
+		rule{op: "failing dependency of", from: []db.BuildState{db.StateScheduled}},
+		`state = 'failed-dependency', ended_at = ?, failure_reason = ?`, []any{ms(at), cause}, nil)
 }
