@@ -11,6 +11,7 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)   # cgo for go-sqlite3
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v lzip >/dev/null 2>&1 || need+=(lzip)   # compression tests read real lzip output
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
