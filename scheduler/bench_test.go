@@ -1,6 +1,7 @@
 package scheduler_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -42,22 +43,29 @@ func BenchmarkAddFanIn(b *testing.B) {
 	}
 }
 
-// BenchmarkAllocate: one op is Allocate plus Requeue, so the queue stays at
-// benchQueue ready builds across 50 agents.
+// BenchmarkAllocate: one op is Allocate, Succeeded and the Add of a fresh
+// build, so benchQueue ready builds stay queued across 50 agents.
 func BenchmarkAllocate(b *testing.B) {
 	s := scheduler.New(scheduler.DerivationOrdered, clock.NewFake(time.Unix(0, 0)))
-	synth.Independent(benchQueue, 2, func(bd scheduler.Build) {
+	var fresh []scheduler.Build
+	synth.Independent(2*benchQueue, 2, func(bd scheduler.Build) { fresh = append(fresh, bd) })
+	for _, bd := range fresh[:benchQueue] {
 		if err := s.Add(bd); err != nil {
 			b.Fatal(err)
 		}
-	})
+	}
+	fresh = fresh[benchQueue:]
 	agents := synth.Agents(50)
-	b.ResetTimer()
 	i := 0
 	for b.Loop() {
 		got, ok := s.Allocate(agents[i%len(agents)])
 		if ok {
-			s.Requeue(got.ID, "")
+			s.Succeeded(got.ID)
+			nb := fresh[i%len(fresh)]
+			nb.ID = fmt.Sprintf("%s-%d", nb.ID, i)
+			if err := s.Add(nb); err != nil {
+				b.Fatal(err)
+			}
 		}
 		i++
 	}
