@@ -175,56 +175,70 @@ func listBuilds(ctx context.Context, tx *sql.Tx, sel selection) ([]db.Build, err
 		return nil, nil
 	}
 	in := "build_id IN (" + sel.query("id") + ")"
-	each := func(q string, dest func(*db.Build) []any) error {
-		rows, err := tx.QueryContext(ctx, q, sel.args...)
-		if err != nil {
-			return err
+	// Child rows come sorted by build, so each lookup in index is for the
+	// build just seen; the map keeps this correct whatever the order.
+	get := func(id string) *db.Build {
+		if i, ok := index[id]; ok {
+			return &builds[i]
 		}
-		defer rows.Close()
-		var id string
-		for rows.Next() {
-			var b db.Build // scratch for the values; copied into the real build
-			targets := append([]any{&id}, dest(&b)...)
-			if err := rows.Scan(targets...); err != nil {
+		return nil // not in the first query; cannot happen within one snapshot
+	}
+	var id string
+	if err := eachRow(ctx, tx, `SELECT build_id, key, value FROM build_tags WHERE `+in+` ORDER BY build_id, pos`, sel.args,
+		func(rows *sql.Rows) error {
+			var t db.Tag
+			if err := rows.Scan(&id, &t.Key, &t.Value); err != nil {
 				return err
 			}
-			i, ok := index[id]
-			if !ok {
-				continue // not in the first query; cannot happen within one snapshot
+			if b := get(id); b != nil {
+				b.Tags = append(b.Tags, t)
 			}
-			merge(&builds[i], &b)
-		}
-		return rows.Err()
-	}
-	if err := each(`SELECT build_id, key, value FROM build_tags WHERE `+in+` ORDER BY build_id, pos`,
-		func(b *db.Build) []any {
-			b.Tags = []db.Tag{{}}
-			return []any{&b.Tags[0].Key, &b.Tags[0].Value}
+			return nil
 		}); err != nil {
 		return nil, fmt.Errorf("tags: %w", err)
 	}
-	if err := each(`SELECT build_id, feature FROM build_features WHERE `+in+` ORDER BY build_id, pos`,
-		func(b *db.Build) []any {
-			b.RequiredFeatures = []string{""}
-			return []any{&b.RequiredFeatures[0]}
+	if err := eachRow(ctx, tx, `SELECT build_id, feature FROM build_features WHERE `+in+` ORDER BY build_id, pos`, sel.args,
+		func(rows *sql.Rows) error {
+			var f string
+			if err := rows.Scan(&id, &f); err != nil {
+				return err
+			}
+			if b := get(id); b != nil {
+				b.RequiredFeatures = append(b.RequiredFeatures, f)
+			}
+			return nil
 		}); err != nil {
 		return nil, fmt.Errorf("features: %w", err)
 	}
-	if err := each(`SELECT build_id, name, path FROM build_outputs WHERE `+in+` ORDER BY build_id, pos`,
-		func(b *db.Build) []any {
-			b.Outputs = []db.DerivationOutput{{}}
-			return []any{&b.Outputs[0].Name, &b.Outputs[0].Path}
+	if err := eachRow(ctx, tx, `SELECT build_id, name, path FROM build_outputs WHERE `+in+` ORDER BY build_id, pos`, sel.args,
+		func(rows *sql.Rows) error {
+			var o db.DerivationOutput
+			if err := rows.Scan(&id, &o.Name, &o.Path); err != nil {
+				return err
+			}
+			if b := get(id); b != nil {
+				b.Outputs = append(b.Outputs, o)
+			}
+			return nil
 		}); err != nil {
 		return nil, fmt.Errorf("outputs: %w", err)
 	}
 	return builds, nil
 }
 
-// merge appends the one child row held in src to dst.
-func merge(dst, src *db.Build) {
-	dst.Tags = append(dst.Tags, src.Tags...)
-	dst.RequiredFeatures = append(dst.RequiredFeatures, src.RequiredFeatures...)
-	dst.Outputs = append(dst.Outputs, src.Outputs...)
+// eachRow runs a query and calls fn for every row.
+func eachRow(ctx context.Context, tx *sql.Tx, q string, args []any, fn func(*sql.Rows) error) error {
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 const newestFirst = `created_at DESC, seq DESC`
