@@ -43,11 +43,11 @@ func LoadOrCreateKeys(stateDir, nixKeyName, storeDir, nixKeyFile string) (Keys, 
 			return k, fmt.Errorf("cache keys: %s: %w", nixKeyFile, err)
 		}
 	} else {
-		if nixKeyName == "" {
-			return k, errors.New("cache keys: empty Nix key name")
-		}
 		sec := filepath.Join(stateDir, NixSecretKeyFile)
 		b, err := loadOrCreate(sec, func() ([]byte, error) {
+			if nixKeyName == "" {
+				return nil, errors.New("empty Nix key name")
+			}
 			key, err := signing.GenerateNixKey(nixKeyName)
 			return []byte(key.String()), err
 		})
