@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"RunnableAndOnAgent", testRunnableAndOnAgent},
 		{"ConcurrentTransitions", testConcurrentTransitions},
 		{"FailDependency", testFailDependency},
+		{"ConcurrentReadsAndWrites", testConcurrentReadsAndWrites},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -813,5 +814,73 @@ func testFailDependency(t *testing.T, s db.Store) {
 	must(t, "Builds", err)
 	if got := ids(bs); !reflect.DeepEqual(got, []string{"dep"}) {
 		t.Errorf("Builds(failed-dependency) = %v", got)
+	}
+}
+
+// testConcurrentReadsAndWrites mixes submissions, allocations and
+// listings from many goroutines: nothing may fail (no "database is
+// locked"), and every build ends allocated exactly once.
+func testConcurrentReadsAndWrites(t *testing.T, s db.Store) {
+	ctx := ctxFor(t)
+	newAgent(t, s, "a1")
+	const writers, batches, perBatch = 4, 5, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	stop := make(chan struct{})
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range batches {
+				batch := make([]db.NewBuild, perBatch)
+				for i := range batch {
+					batch[i] = newBuild(fmt.Sprintf("w%d-%d-%d", w, n, i), n)
+				}
+				if err := s.CreateBuilds(ctx, batch); err != nil {
+					errs <- err
+					return
+				}
+				for _, b := range batch {
+					if err := s.AllocateBuild(ctx, b.ID, "a1", at(n)); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}()
+	}
+	var readers sync.WaitGroup
+	for range 4 {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := s.Builds(ctx, db.BuildFilter{Limit: 10}); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := s.BuildsOnAgent(ctx, "a1"); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	readers.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	bs, err := s.BuildsOnAgent(ctx, "a1")
+	must(t, "BuildsOnAgent", err)
+	if len(bs) != writers*batches*perBatch {
+		t.Errorf("allocated builds: %d, want %d", len(bs), writers*batches*perBatch)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -126,4 +127,37 @@ func rawDB(t testing.TB, path string) *sql.DB {
 	}
 	t.Cleanup(func() { raw.Close() })
 	return raw
+}
+
+// TestTwoStoresOneFile: a second process (e.g. an admin command) writing
+// the same database waits for the lock instead of failing.
+func TestTwoStoresOneFile(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "gbc.db")
+	s1, s2 := open(t, path), open(t, path)
+	defer s1.Close()
+	defer s2.Close()
+	errs := make(chan error, 2)
+	for i, s := range []*sqlite.Store{s1, s2} {
+		go func() {
+			for n := range 50 {
+				id := fmt.Sprintf("s%d-%d", i, n)
+				err := s.CreateBuilds(ctx, []db.NewBuild{{ID: id, Derivation: "/nix/store/" + id + ".drv", System: "x86_64-linux"}})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	bs, err := s1.Builds(ctx, db.BuildFilter{})
+	if err != nil || len(bs) != 100 {
+		t.Fatalf("Builds: %d, %v", len(bs), err)
+	}
 }
