@@ -124,6 +124,23 @@ func TestRealNixSubstitutes(t *testing.T) {
 			}
 		})
 	}
+	// The two-flavour layout (Guix Signature: first, Nix fields after it) is
+	// still what real Nix accepts.
+	t.Run("with-guix-signature", func(t *testing.T) {
+		gk, err := signing.GenerateGuixKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		gc := openCache(t, filepath.Join(t.TempDir(), "cache"), Options{NixKey: key, GuixKey: &gk, GuixHostname: "gbc.test"})
+		publishClosure(t, gc, drv, out, closure)
+		raw, _ := os.ReadFile(filepath.Join(gc.Dir(), hashPart+".narinfo"))
+		if !bytes.Contains(raw, []byte("\nSignature: 1;gbc.test;")) {
+			t.Fatalf("no Guix signature in\n%s", raw)
+		}
+		if msg, err := nixCopy(t, serve(t, gc), filepath.Join(t.TempDir(), "root"), c.PublicKey(), out); err != nil {
+			t.Fatalf("nix refused the two-flavour narinfo: %v\n%s", err, msg)
+		}
+	})
 	t.Run("other-key", func(t *testing.T) {
 		oc := openCache(t, filepath.Join(t.TempDir(), "cache"), Options{NixKey: newKey(t, "gbc-test-1")})
 		publishClosure(t, oc, drv, out, closure)
