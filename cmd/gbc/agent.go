@@ -3,8 +3,115 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/gbc-farm/gbc/agent"
+	"github.com/gbc-farm/gbc/agent/backend"
+	"github.com/gbc-farm/gbc/compression"
 )
 
+const agentUsage = `usage: gbc agent --coordinator HOST:PORT --identity KEYFILE --known-hosts FILE [flags]
+
+Dials the coordinator over SSH, takes the builds it pushes, builds them with
+the local Nix or Guix daemon and uploads the outputs. Reconnects with backoff
+when the connection drops; stops (exit 1) if the coordinator's host key is
+unknown or has changed.
+
+flags:
+`
+
 func runAgent(ctx context.Context, e env, args []string) error {
-	return errors.New("not implemented yet")
+	fs := pflag.NewFlagSet("gbc agent", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	coordinator := fs.String("coordinator", "", "coordinator SSH address `HOST:PORT`")
+	identity := fs.String("identity", "", "this agent's SSH private key `FILE` (OpenSSH format, no passphrase)")
+	knownHosts := fs.String("known-hosts", "", "OpenSSH known_hosts `FILE` holding the coordinator's host key")
+	backendName := fs.String("backend", "nix", "store `BACKEND`: nix or guix")
+	maxParallel := fs.Int("max-parallel-builds", 1, "`N` builds to run at the same time")
+	systems := fs.StringArray("system", nil, "`SYSTEM` to build for, repeatable (default: this machine's, e.g. x86_64-linux)")
+	features := fs.StringArray("feature", nil, "`FEATURE`: a system feature this agent offers (requiredSystemFeatures), repeatable")
+	workDir := fs.String("work-dir", defaultWorkDir(), "`DIR` for build logs and compressed NARs before upload")
+	name := fs.String("name", "", "`NAME` shown to operators (default: host name)")
+	nixConfig := fs.StringArray("nix-config", nil, "nix.conf `LINE` (\"key = value\") added to NIX_CONFIG for every nix command, repeatable")
+	comp := fs.String("compression", "zstd", "`METHOD` for compressing uploaded NARs: zstd, xz, gzip or none")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprint(e.stdout, agentUsage+fs.FlagUsages())
+			return nil
+		}
+		return usageError{fmt.Sprintf("%v\n%s%s", err, agentUsage, fs.FlagUsages())}
+	}
+	if fs.NArg() != 0 {
+		return usageError{fmt.Sprintf("unexpected arguments %q\n%s%s", fs.Args(), agentUsage, fs.FlagUsages())}
+	}
+	for _, req := range []struct{ flag, v string }{{"--coordinator", *coordinator}, {"--identity", *identity}, {"--known-hosts", *knownHosts}} {
+		if req.v == "" {
+			return usageError{fmt.Sprintf("%s is required\n%s%s", req.flag, agentUsage, fs.FlagUsages())}
+		}
+	}
+	if *maxParallel < 1 {
+		return usageError{fmt.Sprintf("--max-parallel-builds must be at least 1, got %d", *maxParallel)}
+	}
+	if !compression.Writable(*comp) {
+		return usageError{fmt.Sprintf("--compression %q: want zstd, xz, gzip or none", *comp)}
+	}
+	var be backend.Backend
+	switch *backendName {
+	case "nix":
+		be = &backend.Nix{Config: strings.Join(*nixConfig, "\n")}
+	case "guix":
+		if len(*nixConfig) > 0 {
+			return usageError{"--nix-config only applies to --backend nix"}
+		}
+		be = &backend.Guix{}
+	default:
+		return usageError{fmt.Sprintf("--backend %q: want nix or guix", *backendName)}
+	}
+	if len(*systems) == 0 {
+		s, err := agent.DefaultSystem()
+		if err != nil {
+			return err
+		}
+		*systems = []string{s}
+	}
+	if *name == "" {
+		*name, _ = os.Hostname()
+	}
+	signer, err := agent.LoadIdentity(*identity)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(*knownHosts); err != nil {
+		return fmt.Errorf("known hosts file: %w", err)
+	}
+	a, err := agent.New(agent.Config{
+		Dialer:            &agent.Dialer{Address: *coordinator, Identity: signer, KnownHosts: *knownHosts},
+		Backend:           be,
+		Name:              *name,
+		Systems:           *systems,
+		Features:          *features,
+		MaxParallelBuilds: *maxParallel,
+		WorkDir:           *workDir,
+		Compression:       *comp,
+		Log:               e.log,
+	})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// defaultWorkDir is /var/lib/gbc-agent for root (a system service) and a
+// per-user directory under the temp dir otherwise.
+func defaultWorkDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/gbc-agent"
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("gbc-agent-%d", os.Geteuid()))
 }

@@ -1,0 +1,318 @@
+// Package agent is the build agent: it dials the coordinator over SSH,
+// speaks gbc-agent-v1 on one channel and SFTP on another, runs the builds
+// it is pushed through a backend (Nix or Guix), and uploads the outputs.
+//
+// The parts are separate so each can be tested alone: Dialer (SSH and host
+// key checking), Agent.Run (reconnect loop) and the session loop in
+// session.go, the build runner in runner.go, log forwarding in
+// logstream.go, and packing/uploading in agent/upload.
+//
+// State that must survive a reconnect lives in Agent, not in a session:
+// running builds (reported in the next hello) and results the
+// coordinator has not acknowledged yet (resent after the next welcome).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pkg/sftp"
+
+	"github.com/gbc-farm/gbc/agent/backend"
+	"github.com/gbc-farm/gbc/protocol"
+)
+
+// Version is reported in hello.
+const Version = "gbc-agent/0.1"
+
+// Config is everything the agent needs; cmd/gbc fills it from flags.
+type Config struct {
+	Dialer            *Dialer
+	Backend           backend.Backend
+	Name              string
+	Systems           []string
+	Features          []string
+	MaxParallelBuilds int    // 1 if zero
+	WorkDir           string // spool for logs and NAR files
+	Compression       string // "zstd" if empty
+
+	// Reconnect backoff: doubles from MinBackoff to MaxBackoff, with
+	// jitter. Defaults 1s and 30s.
+	MinBackoff, MaxBackoff time.Duration
+	// SSH keepalive interval (default 15s); a keepalive unanswered for
+	// as long drops the connection.
+	KeepaliveInterval time.Duration
+	// WelcomeTimeout bounds the wait for welcome after hello (30s).
+	WelcomeTimeout time.Duration
+	// UploadAttempts is how often an upload may fail on a live connection
+	// before the build is reported as a setup failure (3).
+	UploadAttempts int
+
+	Log *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Dialer == nil || c.Backend == nil {
+		return errors.New("agent config: Dialer and Backend are required")
+	}
+	if len(c.Systems) == 0 {
+		return errors.New("agent config: at least one system is required")
+	}
+	if c.WorkDir == "" {
+		return errors.New("agent config: WorkDir is required")
+	}
+	if c.MaxParallelBuilds <= 0 {
+		c.MaxParallelBuilds = 1
+	}
+	if c.Compression == "" {
+		c.Compression = "zstd"
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = time.Second
+	}
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = max(30*time.Second, c.MinBackoff)
+	}
+	if c.KeepaliveInterval <= 0 {
+		c.KeepaliveInterval = 15 * time.Second
+	}
+	if c.WelcomeTimeout <= 0 {
+		c.WelcomeTimeout = 30 * time.Second
+	}
+	if c.UploadAttempts <= 0 {
+		c.UploadAttempts = 3
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Agent holds the state that outlives one connection.
+type Agent struct {
+	cfg            Config
+	log            *slog.Logger
+	backendVersion string
+
+	mu      sync.Mutex
+	runs    map[string]*run // every build not yet settled, by build id
+	pending []*pending      // results awaiting ack, oldest first
+	nextID  uint64
+	conn    *conn         // nil while disconnected
+	connGen chan struct{} // closed (and replaced) whenever conn changes
+	agentID string
+
+	wg sync.WaitGroup // build goroutines
+}
+
+// conn is one live session.
+type conn struct {
+	w    *protocol.Writer
+	sftp *sftp.Client
+}
+
+// pending is a result message waiting for the coordinator's ack.
+type pending struct {
+	id    uint64
+	build string
+	msg   protocol.Message
+}
+
+// New checks cfg and prepares the work dir.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.WorkDir, "builds"), 0o755); err != nil {
+		return nil, fmt.Errorf("create work dir: %w", err)
+	}
+	return &Agent{
+		cfg:     cfg,
+		log:     cfg.Log,
+		runs:    map[string]*run{},
+		nextID:  1, // hello is 1; nextMsgID hands out 2, 3, …
+		connGen: make(chan struct{}),
+	}, nil
+}
+
+// Run connects and serves until ctx ends (returns nil) or the host key is
+// refused (returns the *HostKeyError). Every other failure is retried with
+// backoff. Running builds are stopped when ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	v, err := a.cfg.Backend.Version(ctx)
+	if err != nil {
+		return fmt.Errorf("backend %s: %w", a.cfg.Backend.Name(), err)
+	}
+	a.backendVersion = v
+	a.log.Info("agent starting", "coordinator", a.cfg.Dialer.Address, "backend", v,
+		"systems", a.cfg.Systems, "max_parallel_builds", a.cfg.MaxParallelBuilds, "work_dir", a.cfg.WorkDir)
+
+	defer a.wg.Wait()
+	backoff := a.cfg.MinBackoff
+	for {
+		welcomed, err := a.session(ctx)
+		if ctx.Err() != nil {
+			a.log.Info("agent stopping", "running_builds", len(a.runningIDs()))
+			return nil
+		}
+		var hk *HostKeyError
+		if errors.As(err, &hk) {
+			return err
+		}
+		if welcomed {
+			backoff = a.cfg.MinBackoff
+		}
+		wait := jitter(backoff)
+		a.log.Warn("disconnected from coordinator; retrying", "err", err, "in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, a.cfg.MaxBackoff)
+	}
+}
+
+// jitter spreads reconnects of many agents over [d/2, d).
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
+
+func (a *Agent) nextMsgID() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.nextID++
+	return a.nextID
+}
+
+// send writes m on the current connection.
+func (a *Agent) send(m protocol.Message) error {
+	a.mu.Lock()
+	c := a.conn
+	a.mu.Unlock()
+	if c == nil {
+		return errNotConnected
+	}
+	return c.w.Write(m)
+}
+
+var errNotConnected = errors.New("not connected to the coordinator")
+
+// setConn installs (c != nil) or clears the live session and wakes
+// everything waiting for a connection change.
+func (a *Agent) setConn(c *conn) {
+	a.mu.Lock()
+	a.conn = c
+	close(a.connGen)
+	a.connGen = make(chan struct{})
+	a.mu.Unlock()
+}
+
+// currentSFTP returns the live SFTP client, or nil, and a channel closed
+// at the next connection change.
+func (a *Agent) currentSFTP() (*sftp.Client, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.conn == nil {
+		return nil, a.connGen
+	}
+	return a.conn.sftp, a.connGen
+}
+
+// runningIDs are the builds still being built (not those only waiting
+// for an ack), sorted for stable messages.
+func (a *Agent) runningIDs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for id, r := range a.runs {
+		if !r.finished {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// queueResult records a final result and sends it if connected; it is
+// resent after every reconnect until acked.
+func (a *Agent) queueResult(r *run, m protocol.Message) {
+	id := a.nextMsgID()
+	switch m := m.(type) {
+	case *protocol.Succeeded:
+		m.ID = id
+	case *protocol.Failed:
+		m.ID = id
+	case *protocol.SetupFailure:
+		m.ID = id
+	}
+	a.mu.Lock()
+	if r.canceled {
+		a.mu.Unlock()
+		a.settle(r.id)
+		return
+	}
+	r.finished = true
+	a.pending = append(a.pending, &pending{id: id, build: r.id, msg: m})
+	a.mu.Unlock()
+	if err := a.send(m); err != nil {
+		a.log.Info("result queued until reconnect", "build", r.id, "type", m.MessageType(), "err", err)
+	}
+}
+
+// resendPending sends every unacked result on a fresh session.
+func (a *Agent) resendPending() {
+	a.mu.Lock()
+	ps := slices.Clone(a.pending)
+	a.mu.Unlock()
+	for _, p := range ps {
+		if err := a.send(p.msg); err != nil {
+			return
+		}
+		a.log.Info("resent result", "build", p.build, "type", p.msg.MessageType(), "id", p.id)
+	}
+}
+
+// answered handles an ack (refusal == "") or error reply to one of our
+// messages. Only results are tracked; other ids are ignored.
+func (a *Agent) answered(id uint64, refusal string) {
+	a.mu.Lock()
+	i := slices.IndexFunc(a.pending, func(p *pending) bool { return p.id == id })
+	if i < 0 {
+		a.mu.Unlock()
+		if refusal != "" {
+			a.log.Warn("coordinator refused a message", "id", id, "error", refusal)
+		}
+		return
+	}
+	p := a.pending[i]
+	a.pending = slices.Delete(a.pending, i, i+1)
+	a.mu.Unlock()
+	if refusal != "" {
+		a.log.Error("coordinator refused result", "build", p.build, "type", p.msg.MessageType(), "error", refusal)
+	} else {
+		a.log.Info("result acknowledged", "build", p.build, "type", p.msg.MessageType())
+	}
+	a.settle(p.build)
+}
+
+// settle forgets a build and removes its directory.
+func (a *Agent) settle(build string) {
+	a.mu.Lock()
+	r := a.runs[build]
+	delete(a.runs, build)
+	a.mu.Unlock()
+	if r != nil {
+		if err := os.RemoveAll(r.dir); err != nil {
+			a.log.Warn("remove build directory", "build", build, "err", err)
+		}
+	}
+}

@@ -1,0 +1,296 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gbc-farm/gbc/agent/backend"
+	"github.com/gbc-farm/gbc/agent/upload"
+	"github.com/gbc-farm/gbc/compression"
+	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/protocol"
+)
+
+// run is one build on this agent. Fields after mu-protected ones are set
+// once at start.
+type run struct {
+	id     string
+	msg    *protocol.Build
+	dir    string
+	cancel context.CancelFunc
+	log    *logStream
+
+	// guarded by Agent.mu
+	finished bool // result queued (or nothing to report)
+	canceled bool // coordinator canceled it: report nothing more
+}
+
+// startBuild accepts a build pushed by the coordinator. A build already
+// known is acknowledged again without a second run, so a coordinator may
+// safely resend after a reconnect.
+func (a *Agent) startBuild(ctx context.Context, b *protocol.Build) error {
+	if err := checkBuildID(b.Build); err != nil {
+		return err
+	}
+	if !strings.HasSuffix(b.Derivation, ".drv") || !strings.HasPrefix(b.Derivation, a.cfg.Backend.StoreDir()+"/") {
+		return fmt.Errorf("build %s: derivation %q is not a .drv in %s", b.Build, b.Derivation, a.cfg.Backend.StoreDir())
+	}
+	if b.UploadDir == "" {
+		return fmt.Errorf("build %s: no upload_dir", b.Build)
+	}
+	for _, o := range b.Outputs {
+		if err := checkOutputName(o.Name); err != nil {
+			return fmt.Errorf("build %s: %w", b.Build, err)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.runs[b.Build]; ok {
+		return nil
+	}
+	busy := 0
+	for _, r := range a.runs {
+		if !r.finished {
+			busy++
+		}
+	}
+	if busy >= a.cfg.MaxParallelBuilds {
+		return fmt.Errorf("build %s: all %d build slots are busy", b.Build, a.cfg.MaxParallelBuilds)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	r := &run{id: b.Build, msg: b, dir: filepath.Join(a.cfg.WorkDir, "builds", b.Build), cancel: cancel}
+	a.runs[b.Build] = r
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer cancel()
+		a.runBuild(rctx, r)
+	}()
+	return nil
+}
+
+// checkBuildID keeps coordinator-chosen ids safe as directory names.
+func checkBuildID(id string) error {
+	if id == "" || len(id) > 128 || id == "." || id == ".." {
+		return fmt.Errorf("build id %q is not usable", id)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("build id %q has character %q", id, c)
+		}
+	}
+	return nil
+}
+
+// checkOutputName keeps output names safe as file names (Nix output names
+// are identifiers).
+func checkOutputName(n string) error {
+	if err := checkBuildID(n); err != nil || strings.HasPrefix(n, ".") {
+		return fmt.Errorf("output name %q is not usable", n)
+	}
+	return nil
+}
+
+// cancelBuild stops a build and drops any result not yet acknowledged.
+func (a *Agent) cancelBuild(id, why string) {
+	a.mu.Lock()
+	r := a.runs[id]
+	if r == nil {
+		a.mu.Unlock()
+		return
+	}
+	r.canceled = true
+	finished := r.finished
+	for i, p := range a.pending {
+		if p.build == id {
+			a.pending = append(a.pending[:i], a.pending[i+1:]...)
+			break
+		}
+	}
+	a.mu.Unlock()
+	a.log.Info("canceling build", "build", id, "why", why)
+	r.cancel()
+	if finished {
+		a.settle(id)
+	}
+}
+
+// runBuild builds, packs and uploads one build and queues its result.
+func (a *Agent) runBuild(ctx context.Context, r *run) {
+	b := r.msg
+	log := a.log.With("build", b.Build, "derivation", b.Derivation)
+	res := a.buildAndUpload(ctx, r, log)
+	if r.log != nil {
+		if err := r.log.Close(); err != nil {
+			log.Debug("log flush", "err", err)
+		}
+	}
+	if res == nil || ctx.Err() != nil {
+		// Canceled, or the agent is stopping: nothing to report. On a
+		// stop the coordinator notices the missing agent and requeues.
+		a.mu.Lock()
+		r.finished = true
+		a.mu.Unlock()
+		a.settle(r.id)
+		return
+	}
+	log.Info("build finished", "result", res.MessageType())
+	a.queueResult(r, res)
+}
+
+// buildAndUpload returns the result message, or nil when ctx ended.
+func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) protocol.Message {
+	b := r.msg
+	setup := func(reason string, missing ...string) protocol.Message {
+		if ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("setup failure", "reason", reason, "missing", missing)
+		return &protocol.SetupFailure{Build: b.Build, Reason: reason, Missing: missing}
+	}
+	if err := os.MkdirAll(r.dir, 0o755); err != nil {
+		return setup(fmt.Sprintf("create build directory: %v", err))
+	}
+	ls, err := newLogStream(b.Build, filepath.Join(r.dir, "log"), a.send)
+	if err != nil {
+		return setup(err.Error())
+	}
+	a.mu.Lock()
+	r.log = ls
+	a.mu.Unlock()
+
+	be := a.cfg.Backend
+	missing, err := be.Missing(ctx, b.Derivation)
+	if err != nil {
+		return setup(fmt.Sprintf("check inputs: %v", err))
+	}
+	if len(missing) > 0 {
+		// The agent builds only what it was given; the coordinator
+		// schedules the rest (ARCHITECTURE.md, Builders).
+		return setup("derivation or inputs not available on this agent", missing...)
+	}
+
+	if err := a.send(&protocol.Started{Header: protocol.Header{ID: a.nextMsgID()}, Build: b.Build, Hardware: hardware(a.cfg.WorkDir)}); err != nil {
+		log.Info("started not sent", "err", err)
+	}
+	log.Info("building")
+	opts := backend.Options{
+		Timeout:       time.Duration(b.TimeoutSeconds) * time.Second,
+		MaxSilentTime: time.Duration(b.MaxSilentTimeSeconds) * time.Second,
+		GCRoot:        filepath.Join(r.dir, "result"),
+	}
+	br, err := be.Realise(ctx, b.Derivation, opts, ls)
+	if err != nil {
+		return nil
+	}
+	switch br.Outcome {
+	case backend.Succeeded:
+	case backend.BuildFailed, backend.TimedOut, backend.SilentTimedOut:
+		reason := map[backend.Outcome]string{
+			backend.BuildFailed:    protocol.ReasonBuild,
+			backend.TimedOut:       protocol.ReasonTimeout,
+			backend.SilentTimedOut: protocol.ReasonSilentTimeout,
+		}[br.Outcome]
+		return &protocol.Failed{Build: b.Build, Reason: reason, ExitCode: br.ExitCode, Message: br.Message}
+	default:
+		return setup(fmt.Sprintf("%s exited %d: %s", be.Name(), br.ExitCode, br.Message), br.Missing...)
+	}
+
+	outputs := b.Outputs
+	if len(outputs) == 0 {
+		d, err := derivation.ReadFile(b.Derivation)
+		if err != nil {
+			return setup(fmt.Sprintf("read outputs of %s: %v", b.Derivation, err))
+		}
+		for _, o := range d.Outputs {
+			outputs = append(outputs, protocol.OutputRef{Name: o.Name, Path: o.Path})
+		}
+	}
+	results := make([]protocol.OutputResult, 0, len(outputs))
+	for _, o := range outputs {
+		or, err := a.packAndUpload(ctx, r, o, log)
+		if err != nil {
+			return setup(err.Error())
+		}
+		results = append(results, or)
+	}
+	return &protocol.Succeeded{Build: b.Build, Outputs: results}
+}
+
+// packAndUpload turns one output into an uploaded file and its report.
+func (a *Agent) packAndUpload(ctx context.Context, r *run, o protocol.OutputRef, log *slog.Logger) (protocol.OutputResult, error) {
+	be := a.cfg.Backend
+	if _, err := os.Lstat(o.Path); err != nil {
+		return protocol.OutputResult{}, fmt.Errorf("output %s (%s) missing after the build: %w", o.Name, o.Path, err)
+	}
+	refs, err := be.References(ctx, o.Path)
+	if err != nil {
+		return protocol.OutputResult{}, fmt.Errorf("output %s: %w", o.Name, err)
+	}
+	name := o.Name + ".nar" + compression.Suffix(a.cfg.Compression)
+	p, err := upload.Pack(ctx, o.Path, filepath.Join(r.dir, name), a.cfg.Compression)
+	if err != nil {
+		return protocol.OutputResult{}, err
+	}
+	log.Info("packed output", "output", o.Name, "nar_size", p.NarSize, "file_size", p.FileSize, "nar_hash", p.NarHash.String())
+	if err := a.uploadWithRetry(ctx, p.File, path.Join(r.msg.UploadDir, name), log); err != nil {
+		return protocol.OutputResult{}, err
+	}
+	return protocol.OutputResult{
+		Name:        o.Name,
+		Path:        o.Path,
+		NarHash:     p.NarHash.String(),
+		NarSize:     p.NarSize,
+		FileHash:    p.FileHash.String(),
+		FileSize:    p.FileSize,
+		Compression: a.cfg.Compression,
+		References:  refs,
+		Upload:      name,
+	}, nil
+}
+
+// uploadWithRetry uploads over whatever connection is live, resuming after
+// drops. Failures on a connection that stays up (e.g. the coordinator
+// refusing the path) count against UploadAttempts.
+func (a *Agent) uploadWithRetry(ctx context.Context, local, remote string, log *slog.Logger) error {
+	failures := 0
+	for {
+		c, changed := a.currentSFTP()
+		if c == nil {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-changed:
+				continue
+			}
+		}
+		st, err := upload.Upload(ctx, c, local, remote, nil)
+		if err == nil {
+			log.Info("uploaded output", "remote", remote, "size", st.Size, "sent", st.Sent, "skipped", st.Skipped)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Warn("upload failed", "remote", remote, "sent", st.Sent, "skipped", st.Skipped, "err", err)
+		select {
+		case <-changed:
+			continue // the connection dropped; resume on the next one
+		case <-time.After(time.Second):
+		}
+		select {
+		case <-changed:
+			continue
+		default:
+		}
+		if failures++; failures >= a.cfg.UploadAttempts {
+			return fmt.Errorf("upload %s: %w", remote, err)
+		}
+	}
+}
