@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -303,5 +304,37 @@ func TestGuixFlavourLibgcryptKey(t *testing.T) {
 	raw, _ := os.ReadFile(filepath.Join(c.Dir(), "c1vkj2mccblk74zz1fzah0m1rjmc47nw.narinfo"))
 	if err := narinfo.VerifyGuix(raw, acl); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Racing publishers of one path: exactly one NarHash wins, everyone with
+// that hash succeeds, everyone else gets a conflict.
+func TestPublishConcurrent(t *testing.T) {
+	c := openCache(t, t.TempDir(), Options{})
+	type up struct {
+		e    Entry
+		file string
+	}
+	var ups []up
+	for i := range 8 {
+		e, f := fakeUpload(t, []string{"red", "blue"}[i%2])
+		e.StorePath = pathA
+		ups = append(ups, up{e, f})
+	}
+	errs := make([]error, len(ups))
+	var wg sync.WaitGroup
+	for i, u := range ups {
+		wg.Go(func() { errs[i] = c.Publish(context.Background(), u.e, u.file) })
+	}
+	wg.Wait()
+	ni, err := c.Lookup(pathA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, u := range ups {
+		won := u.e.NarHash.Equal(ni.NarHash)
+		if won != (errs[i] == nil) || (!won && !errors.Is(errs[i], ErrConflict)) {
+			t.Errorf("publisher %d: won=%v err=%v", i, won, errs[i])
+		}
 	}
 }

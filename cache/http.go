@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -74,11 +75,49 @@ func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, en
 	h := w.Header()
 	h.Set("Content-Type", ctype)
 	if encoding != "" && encoding != "none" {
-		// Nix decodes by Content-Encoding and sends no Accept-Encoding;
-		// zstd/xz/gzip are also HTTP coding names browsers know.
+		h.Add("Vary", "Accept-Encoding")
+		if !acceptsEncoding(r.Header.Values("Accept-Encoding"), encoding) {
+			// A client that lists encodings without ours gets plain
+			// text, decoded on the fly (no Range on that path).
+			dr, err := compression.NewReader(f, encoding)
+			if err != nil {
+				http.Error(w, "cannot decode stored log", http.StatusInternalServerError)
+				return
+			}
+			defer dr.Close()
+			if r.Method != http.MethodHead {
+				io.Copy(w, dr)
+			}
+			return
+		}
+		// Nix sends no Accept-Encoding and decodes by Content-Encoding;
+		// "zstd" and "gzip" are also the HTTP names browsers know.
 		h.Set("Content-Encoding", encoding)
 	}
 	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+// acceptsEncoding applies RFC 9110 §12.5.3 loosely: no header means any
+// coding is fine; otherwise enc (or *) must be listed without q=0.
+func acceptsEncoding(values []string, enc string) bool {
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			name = strings.ToLower(strings.TrimSpace(name))
+			if name != enc && name != "*" {
+				continue
+			}
+			q := strings.ReplaceAll(strings.ToLower(params), " ", "")
+			if q == "q=0" || q == "q=0.0" || q == "q=0.00" || q == "q=0.000" {
+				continue
+			}
+			return true
+		}
+	}
+	return false
 }
 
 func isHashPart(s string) bool {

@@ -70,6 +70,7 @@ func TestHandler(t *testing.T) {
 		{"HEAD", "/" + ni.URL, "", want{200, "application/x-nix-nar", "", ""}},
 		{"GET", "/log/" + filepath.Base(drv), "", want{200, "text/plain; charset=utf-8", "zstd", ""}},
 		{"GET", "/log/" + filepath.Base(pathA), "", want{404, "", "", ""}},
+		{"GET", "/log/" + filepath.Base(drv), "gzip", want{200, "text/plain; charset=utf-8", "", "hello log\n"}},
 		{"GET", "/0000000000000000000000000000000a.narinfo", "", want{404, "", "", ""}},
 		{"GET", "/", "", want{404, "", "", ""}},
 		{"GET", "/nar/", "", want{404, "", "", ""}},
@@ -89,10 +90,16 @@ func TestHandler(t *testing.T) {
 			req, _ := http.NewRequest(tt.method, srv.URL+tt.path, nil)
 			req.URL.RawPath = "" // keep %2f as sent
 			req.URL.Opaque = "//" + strings.TrimPrefix(srv.URL, "http://") + tt.path
-			if tt.rng != "" {
+			switch {
+			case strings.HasPrefix(tt.path, "/log/") && tt.rng != "":
+				req.Header.Set("Accept-Encoding", tt.rng)
+			case tt.rng != "":
 				req.Header.Set("Range", tt.rng)
 			}
-			req.Header.Set("Accept-Encoding", "identity") // see raw bytes
+			if req.Header.Get("Accept-Encoding") == "" {
+				// Go's client would otherwise ask for gzip itself.
+				req.Header.Set("Accept-Encoding", "zstd, identity")
+			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
