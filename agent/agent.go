@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -109,6 +110,8 @@ type Agent struct {
 	conn    *conn         // nil while disconnected
 	connGen chan struct{} // closed (and replaced) whenever conn changes
 	agentID string
+
+	maxLine atomic.Int64 // the coordinator's line limit, from welcome
 
 	wg sync.WaitGroup // build goroutines
 }

@@ -170,6 +170,10 @@ func (d *Dialer) Dial(ctx context.Context) (*ssh.Client, error) {
 	}
 	if err != nil {
 		conn.Close()
+		var hk *HostKeyError
+		if errors.As(err, &hk) {
+			return nil, hk // already names the host and the file
+		}
 		return nil, fmt.Errorf("ssh handshake with coordinator %s: %w", d.Address, err)
 	}
 	_ = conn.SetDeadline(time.Time{})

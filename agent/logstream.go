@@ -11,13 +11,22 @@ import (
 )
 
 const (
-	// logChunk keeps every log message far below the line limit even
-	// after base64 (4/3) and JSON framing.
-	logChunk = 32 << 10
+	// maxLogChunk is the most log data per message; logChunkFor shrinks
+	// it when the coordinator's line limit is small.
+	maxLogChunk = 32 << 10
 	// maxLogBytes bounds what one build may write to the work dir.
 	maxLogBytes   = 64 << 20
 	logFlushEvery = 250 * time.Millisecond
 )
+
+// logChunkFor is how much log fits in one line of maxLine bytes after
+// base64 (4/3) and the JSON framing around it.
+func logChunkFor(maxLine int) int {
+	if maxLine <= 0 {
+		return maxLogChunk
+	}
+	return max(min(maxLogChunk, (maxLine-1024)*3/4), 256)
+}
 
 // logStream spools one build's log to a file in the work dir and forwards
 // it as protocol.Log messages at byte offsets. Because the file keeps
@@ -26,6 +35,8 @@ const (
 type logStream struct {
 	build string
 	send  func(protocol.Message) error
+	chunk func() int // bytes of log per message
+	max   int64      // spool limit
 
 	flushMu   sync.Mutex // one flush at a time; taken before mu
 	mu        sync.Mutex
@@ -39,12 +50,12 @@ type logStream struct {
 	done chan struct{}
 }
 
-func newLogStream(build, file string, send func(protocol.Message) error) (*logStream, error) {
+func newLogStream(build, file string, send func(protocol.Message) error, chunk func() int) (*logStream, error) {
 	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("build %s: create log spool: %w", build, err)
 	}
-	l := &logStream{build: build, send: send, f: f, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	l := &logStream{build: build, send: send, chunk: chunk, max: maxLogBytes, f: f, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	go l.loop()
 	return l, nil
 }
@@ -58,8 +69,8 @@ func (l *logStream) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	q := p
-	if room := maxLogBytes - l.size; int64(len(q)) > room {
-		q = append(q[:room:room], fmt.Sprintf("\n[gbc agent: log truncated at %d bytes]\n", maxLogBytes)...)
+	if room := l.max - l.size; int64(len(q)) > room {
+		q = append(q[:room:room], fmt.Sprintf("\n[gbc agent: log truncated at %d bytes]\n", l.max)...)
 		l.truncated = true
 	}
 	n, err := l.f.WriteAt(q, l.size)
@@ -92,7 +103,7 @@ func (l *logStream) Rewind() {
 func (l *logStream) Flush() error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
-	buf := make([]byte, logChunk)
+	buf := make([]byte, l.chunk())
 	for {
 		l.mu.Lock()
 		f, sent, size := l.f, l.sent, l.size
@@ -100,7 +111,7 @@ func (l *logStream) Flush() error {
 		if f == nil || sent >= size {
 			return nil
 		}
-		n, err := f.ReadAt(buf[:min(int64(logChunk), size-sent)], sent)
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), size-sent)], sent)
 		if err != nil && err != io.EOF {
 			return fmt.Errorf("build %s: read log spool at %d: %w", l.build, sent, err)
 		}

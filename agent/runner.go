@@ -157,7 +157,7 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 	if err := os.MkdirAll(r.dir, 0o755); err != nil {
 		return setup(fmt.Sprintf("create build directory: %v", err))
 	}
-	ls, err := newLogStream(b.Build, filepath.Join(r.dir, "log"), a.send)
+	ls, err := newLogStream(b.Build, filepath.Join(r.dir, "log"), a.send, func() int { return logChunkFor(int(a.maxLine.Load())) })
 	if err != nil {
 		return setup(err.Error())
 	}

@@ -48,6 +48,7 @@ func (a *Agent) session(ctx context.Context) (welcomed bool, err error) {
 	a.mu.Lock()
 	a.agentID = welcome.AgentID
 	a.mu.Unlock()
+	a.maxLine.Store(int64(welcome.MaxLineBytes))
 	if welcome.MaxLineBytes > 0 {
 		w = &writer{Writer: protocol.NewWriter(w.raw, welcome.MaxLineBytes), raw: w.raw}
 	}
