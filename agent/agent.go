@@ -1,15 +1,3 @@
-// Package agent is the build agent: it dials the coordinator over SSH,
-// speaks gbc-agent-v1 on one channel and SFTP on another, runs the builds
-// it is pushed through a backend (Nix or Guix), and uploads the outputs.
-//
-// The parts are separate so each can be tested alone: Dialer (SSH and host
-// key checking), Agent.Run (reconnect loop) and the session loop in
-// session.go, the build runner in runner.go, log forwarding in
-// logstream.go, and packing/uploading in agent/upload.
-//
-// State that must survive a reconnect lives in Agent, not in a session:
-// running builds (reported in the next hello) and results the
-// coordinator has not acknowledged yet (resent after the next welcome).
 package agent
 
 import (

@@ -251,3 +251,34 @@ func TestNixQueries(t *testing.T) {
 		t.Fatalf("realise absent drv: %+v %v", r, err)
 	}
 }
+
+// FuzzParseOutput feeds arbitrary tool output to every parser: they must
+// not panic, and every path they return must come from the input.
+func FuzzParseOutput(f *testing.F) {
+	for _, s := range []string{nixFailTail, nixSilentTail, nixTimeoutTail, nixMissingTail,
+		"these 3 derivations will be built:\n  /nix/store/a-dep.drv\n  /nix/store/x.drv\n",
+		"The following derivations would be built:\n   /gnu/store/def-dep.drv\n"} {
+		f.Add(s, 101)
+	}
+	f.Fuzz(func(t *testing.T, text string, exit int) {
+		check := func(what string, paths []string) {
+			for _, p := range paths {
+				if !strings.Contains(text, p) {
+					t.Fatalf("%s returned %q, not in the input", what, p)
+				}
+			}
+		}
+		r := ClassifyNix("/nix/store/x.drv", exit, text)
+		check("ClassifyNix", r.Missing)
+		if exit == 0 && r.Outcome != Succeeded {
+			t.Fatalf("exit 0 classified %v", r.Outcome)
+		}
+		g := ClassifyGuix(exit, text)
+		if exit == 0 && g.Outcome != Succeeded {
+			t.Fatalf("guix exit 0 classified %v", g.Outcome)
+		}
+		check("ParseNixDryRun", ParseNixDryRun("/nix/store/x.drv", text))
+		check("ParseGuixDryRun", ParseGuixDryRun("/gnu/store/x.drv", text))
+		_ = ParseGuixVersion([]byte(text))
+	})
+}
