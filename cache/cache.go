@@ -76,7 +76,8 @@ type Options struct {
 	Logger     *slog.Logger
 }
 
-// Cache is a binary cache directory. Its methods are safe for concurrent use.
+// Cache is a binary cache directory. Its methods are safe for concurrent use;
+// open one Cache per directory (Open removes temp files a crash left).
 type Cache struct {
 	dir   string
 	opts  Options

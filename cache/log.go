@@ -19,7 +19,10 @@ const logTruncated = "\n[gbc: log truncated at %d bytes]\n"
 // response's Content-Encoding). The file is compressed with the cache's
 // compression; Handler serves it with the matching Content-Encoding. A log
 // longer than MaxLogSize is cut there with a note. A later log for the same
-// derivation (a rebuild) replaces the earlier one.
+// derivation (a rebuild) replaces the earlier one. Checked with real Nix 2.8
+// (TestRealNixDerivationClosureAndLog): `nix log --store http://…` shows the
+// zstd-stored log served with Content-Encoding: zstd. A plain static server
+// (nginx) must add that header for log/ itself, as Hydra's S3 metadata does.
 func (c *Cache) WriteLog(ctx context.Context, drvPath string, r io.Reader) error {
 	sp, err := c.parsePath(drvPath)
 	if err != nil {
