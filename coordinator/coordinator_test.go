@@ -609,3 +609,30 @@ func TestRestartRebuildsQueue(t *testing.T) {
 		t.Fatalf("after restart got %v", got)
 	}
 }
+
+func TestFailedInputFailsDependents(t *testing.T) {
+	h := newHarness(t)
+	base := h.drv("base", "x86_64-linux")
+	mid := h.drv("mid", "x86_64-linux", withInput(base))
+	top := h.drv("top", "x86_64-linux", withInput(mid))
+	ids := h.submit(0, base, mid, top)
+	a := h.agent("a", protocol.Hello{MaxParallelBuilds: 3})
+	b := a.next()
+	if b.Build != ids[0] {
+		t.Fatal("input not dispatched first")
+	}
+	a.fail(b.Build)
+	for _, id := range ids[1:] {
+		got, err := h.c.Wait(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != db.StateFailedDependency || !strings.Contains(got.FailureReason, "failed") {
+			t.Fatalf("dependent %s: %s %q", id, got.State, got.FailureReason)
+		}
+	}
+	a.idle()
+	if st := h.c.Status(); st.Blocked != 0 || len(st.Queued) != 0 {
+		t.Fatalf("queue not empty: %+v", st)
+	}
+}

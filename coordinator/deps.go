@@ -1,6 +1,11 @@
 package coordinator
 
-import "github.com/gbc-farm/gbc/db"
+import (
+	"context"
+	"fmt"
+
+	"github.com/gbc-farm/gbc/db"
+)
 
 // Builds whose input derivations are still being built here wait in
 // c.blocked until those end. Only derivations with a live (non-terminal)
@@ -39,12 +44,23 @@ func (c *Coordinator) admitLocked(b db.NewBuild, inputs []string) {
 	}
 }
 
+// outcome is how a build ended, for dependency handling.
+type outcome int
+
+const (
+	outcomeSucceeded outcome = iota
+	outcomeFailed
+	outcomeCanceled
+)
+
 // endedLocked is called once per build reaching a terminal state: it wakes
-// waiters and unblocks dependents. A dependent of a failed input is
-// released only when no other live build of that input remains; it then
-// runs and reports the missing input as a setup failure, so it ends
-// visibly instead of waiting forever.
-func (c *Coordinator) endedLocked(id string, succeeded bool) {
+// waiters and settles dependents once no live build of the derivation is
+// left. After a success they run. After a failure they become
+// failed-dependency when the store supports it (db.DependencyFailer),
+// recursively; otherwise they run and report the missing input as a setup
+// failure, so they end visibly instead of waiting forever. After a cancel
+// they run: the input may still be substitutable.
+func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 	for _, ch := range c.waiters[id] {
 		close(ch)
 	}
@@ -60,15 +76,26 @@ func (c *Coordinator) endedLocked(id string, succeeded bool) {
 	delete(c.active[drv], id)
 	if len(c.active[drv]) == 0 {
 		delete(c.active, drv)
-	} else if !succeeded {
-		return
+	} else if how != outcomeSucceeded {
+		return // another build of the same derivation may still succeed
 	}
 	deps := c.dependents[drv]
 	delete(c.dependents, drv)
+	failer, canFail := c.store.(db.DependencyFailer)
 	for _, d := range deps {
 		bb := c.blocked[d]
 		if bb == nil {
 			continue
+		}
+		if how == outcomeFailed && canFail {
+			cause := fmt.Sprintf("input %s failed (build %s)", drv, id)
+			if err := failer.FailDependency(ctx, d, c.clk.Now(), cause); err != nil {
+				c.log.Error("mark failed dependency", "build", d, "err", err)
+			} else {
+				c.log.Info("build failed: dependency", "build", d, "cause", cause)
+				c.endedLocked(ctx, d, outcomeFailed)
+				continue
+			}
 		}
 		delete(bb.pending, drv)
 		if len(bb.pending) == 0 {

@@ -82,7 +82,7 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 	}
 	c.log.Info("build failed", "build", m.Build, "agent", s.agentID, "reason", reason, "exit_code", m.ExitCode)
 	c.releaseLocked(m.Build, s.agentID)
-	c.endedLocked(m.Build, false)
+	c.endedLocked(ctx, m.Build, outcomeFailed)
 	c.dispatchLocked(ctx)
 	return nil
 }
@@ -134,7 +134,7 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 	}
 	c.log.Warn("build failed: infrastructure", "build", b.ID, "agent", agentID, "reason", final)
 	c.releaseLocked(b.ID, agentID)
-	c.endedLocked(b.ID, false)
+	c.endedLocked(ctx, b.ID, outcomeFailed)
 }
 
 // Succeeded verifies every uploaded output against the report, moves the
@@ -194,7 +194,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	}
 	c.log.Info("build succeeded", "build", m.Build, "agent", s.agentID, "outputs", len(results))
 	c.releaseLocked(m.Build, s.agentID)
-	c.endedLocked(m.Build, true)
+	c.endedLocked(ctx, m.Build, outcomeSucceeded)
 	c.dispatchLocked(ctx)
 	return nil
 }

@@ -138,7 +138,7 @@ func (c *Coordinator) Cancel(ctx context.Context, id string) error {
 		c.releaseLocked(id, b.AgentID)
 	}
 	c.log.Info("build canceled", "build", id)
-	c.endedLocked(id, false)
+	c.endedLocked(ctx, id, outcomeCanceled)
 	c.dispatchLocked(ctx)
 	return nil
 }
