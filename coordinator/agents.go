@@ -162,6 +162,15 @@ func (s *Session) Heartbeat(ctx context.Context, hb *protocol.Heartbeat) {
 	}
 }
 
+// Seen records that a line arrived from the agent; any traffic counts
+// as a sign of life for the heartbeat watchdog.
+func (s *Session) Seen() {
+	now := s.c.clk.Now()
+	s.c.mu.Lock()
+	s.lastSeen = now
+	s.c.mu.Unlock()
+}
+
 // Ack notes the agent's acknowledgement of a pushed message.
 func (s *Session) Ack(id uint64) {
 	s.c.log.Debug("agent ack", "agent", s.agentID, "id", id)

@@ -636,3 +636,23 @@ func TestFailedInputFailsDependents(t *testing.T) {
 		t.Fatalf("queue not empty: %+v", st)
 	}
 }
+
+func TestMissedHeartbeatsEndSession(t *testing.T) {
+	h := newHarness(t)
+	id := h.submit(0, h.drv("hb", "x86_64-linux"))[0]
+	a := h.agent("a", protocol.Hello{})
+	a.next()
+	closed := func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		defer cancel()
+		_, err := a.s.Next(ctx)
+		return errors.Is(err, ErrSessionClosed)
+	}
+	// The harness heartbeat is an hour; three silent hours end the session,
+	// and the grace period after that requeues the build.
+	h.eventually(time.Hour, closed)
+	if h.c.Connected(a.id) {
+		t.Fatal("agent still listed as connected")
+	}
+	h.eventually(grace, func() bool { return h.build(id).State == db.StateScheduled })
+}

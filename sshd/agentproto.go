@@ -134,6 +134,7 @@ func (s *Server) handleAgent(sess ssh.Session) {
 			}
 			return
 		}
+		cs.Seen()
 		switch m := m.(type) {
 		case *protocol.Heartbeat:
 			cs.Heartbeat(ctx, m)
