@@ -263,6 +263,7 @@ func runModel(t *testing.T, data []byte) {
 	st := Strategy(src.n(2))
 	clk := clock.NewFake(time.Unix(1_000_000, 0))
 	s := New(st, clk)
+	s.path = uint8(src.n(3))
 	m := newModel(st, clk)
 	const ndrv = 10
 	drv := func(i int) string { return fmt.Sprintf("/nix/store/%02d-d.drv", i) }
@@ -276,7 +277,7 @@ func runModel(t *testing.T, data []byte) {
 	var log []string
 	fail := func(format string, args ...any) {
 		t.Helper()
-		t.Fatalf("strategy %v, after ops:\n%s\n%s", st, joinLines(log), fmt.Sprintf(format, args...))
+		t.Fatalf("strategy %v, path %d, after ops:\n%s\n%s", st, s.path, joinLines(log), fmt.Sprintf(format, args...))
 	}
 	for step := 0; !src.done() && step < 400; step++ {
 		switch op := src.n(10); op {

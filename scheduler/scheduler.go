@@ -151,6 +151,7 @@ type build struct {
 	mark     uint32
 	state    bstate
 	dying    bool
+	inUp     bool // scratch flag during Add
 }
 
 // ref names a build slot at one generation, so slots can be reused while
@@ -209,6 +210,10 @@ type Scheduler struct {
 	down  []int32 // scratch result of collectDown
 
 	succeeded, failed, failedDep, canceled uint64
+
+	// path overrides the cost-based choice between two exact updates, so
+	// tests check both: 0 chooses by cost, 1 always recounts, 2 never does.
+	path uint8
 }
 
 // New makes an empty scheduler.
@@ -255,6 +260,17 @@ func (s *Scheduler) Add(b Build) error {
 			inputs = append(inputs, di)
 		}
 	}
+	// Builds already waiting on this derivation (added dependents first, a
+	// rebuild, or permissive mode) will also wait on everything below the
+	// new build. A cycle would make them wait on themselves: real derivations
+	// cannot form one, but the input is not trusted.
+	up, upMax := s.upFromDrv(d)
+	for _, u := range up {
+		if slices.Contains(inputs, s.builds[u].drv) {
+			return fmt.Errorf("scheduler: add build %q: dependency cycle through build %q (%s)",
+				b.ID, s.builds[u].id, s.drvs[s.builds[u].drv].path)
+		}
+	}
 	bk := s.internBucket(b.System, b.Features, b.Tags)
 
 	idx := s.allocSlot()
@@ -290,11 +306,42 @@ func (s *Scheduler) Add(b Build) error {
 		s.drvs[di].dependents = append(s.drvs[di].dependents, ref{idx, s.builds[idx].gen})
 	}
 
+	// Two exact ways to account for the builds in up: recount everything
+	// below the new build (Σ count below), or take their contributions out
+	// of the closure below, link the build, and put them back (about
+	// 2·|up|·|below|). Random submission order needs the second.
+	var below []int32
+	reinsert := false
+	if len(up) > 0 {
+		below = append([]int32(nil), s.collectDown([]int32{idx})...)
+		if len(below) > 0 {
+			recountCost := 0
+			for _, y := range below {
+				recountCost += int(s.builds[y].count) + len(up)
+			}
+			reinsert = 2*len(up)*(len(below)+1) < recountCost
+		}
+		if s.path != 0 {
+			reinsert = s.path == 2
+		}
+	}
+	if reinsert {
+		for _, u := range up {
+			s.builds[u].inUp = true
+		}
+		for _, u := range up {
+			for _, y := range s.collectDown([]int32{u}) {
+				if yb := &s.builds[y]; !yb.inUp {
+					yb.count--
+				}
+			}
+		}
+	}
+
 	dn := &s.drvs[d]
 	hadLive := dn.head != 0
 	s.builds[idx].nextSame = dn.head
 	dn.head = idx + 1
-	hasUp := s.hasLiveDependents(idx)
 	if s.strategy == Permissive && !hadLive && !dn.available {
 		// The derivation now has a build here, so its dependents wait for it.
 		for _, r := range s.drvs[d].dependents {
@@ -308,21 +355,29 @@ func (s *Scheduler) Add(b Build) error {
 		s.dpush(idx)
 	}
 
-	if !hasUp {
-		// Only the new build joins the sets of builds waiting on its closure.
-		p := s.builds[idx].prio
+	if len(up) == 0 || reinsert {
+		nb := &s.builds[idx]
+		nb.count = 0 // each build in up adds itself below, reaching nb too
+		nb.derived = max(nb.prio, upMax)
+		p := nb.derived
 		for _, y := range s.collectDown([]int32{idx}) {
 			yb := &s.builds[y]
 			yb.count++
-			if p > yb.derived {
-				yb.derived = p
-			}
+			yb.derived = max(yb.derived, p)
 			s.hfix(y)
 		}
+		for _, u := range up {
+			for _, y := range s.collectDown([]int32{u}) {
+				if yb := &s.builds[y]; !yb.inUp {
+					yb.count++
+					s.hfix(y)
+				}
+			}
+		}
+		for _, u := range up {
+			s.builds[u].inUp = false
+		}
 	} else {
-		// Builds already wait on this derivation (added dependents first, or a
-		// rebuild): recount exactly everything whose waiting set changed.
-		below := append([]int32(nil), s.collectDown([]int32{idx})...)
 		s.recount(idx)
 		for _, y := range below {
 			s.recount(y)
@@ -927,7 +982,7 @@ func (s *Scheduler) detach(F []int32) (nowRunnable []string) {
 				cost += int(s.builds[y].count)
 			}
 		}
-		if cost < len(F)*(len(affected)+1) {
+		if useRecount := cost < len(F)*(len(affected)+1); s.path == 1 || (s.path == 0 && useRecount) {
 			closed = false
 		} else {
 			affected = affected[:0]
@@ -1079,6 +1134,37 @@ func (s *Scheduler) collectDown(roots []int32) []int32 {
 	}
 	s.stack, s.down = stack, out
 	return out
+}
+
+// upFromDrv returns the live builds waiting on derivation d, directly or not,
+// and the highest priority among them.
+func (s *Scheduler) upFromDrv(d int32) (up []int32, maxp int32) {
+	maxp = math.MinInt32
+	if s.drvs[d].available {
+		return nil, maxp
+	}
+	ep := s.nextEpoch()
+	drvs := []int32{d}
+	for len(drvs) > 0 {
+		dd := drvs[len(drvs)-1]
+		drvs = drvs[:len(drvs)-1]
+		for _, r := range s.drvs[dd].dependents {
+			if !s.valid(r) {
+				continue
+			}
+			z := &s.builds[r.idx]
+			if z.dying || z.mark == ep {
+				continue
+			}
+			z.mark = ep
+			up = append(up, r.idx)
+			maxp = max(maxp, z.prio)
+			if !s.drvs[z.drv].available {
+				drvs = append(drvs, z.drv)
+			}
+		}
+	}
+	return up, maxp
 }
 
 // recount recomputes a build's dependents count and derived priority from

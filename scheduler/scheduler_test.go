@@ -512,3 +512,18 @@ func TestFailedCoreOfLargeGraph(t *testing.T) {
 		t.Fatalf("left %+v", st)
 	}
 }
+
+func TestAddRejectsCycle(t *testing.T) {
+	// y's derivation needs x's and x's needs y's: impossible for real
+	// derivations, so refuse rather than let both wait forever.
+	s, _ := newSched(t, DerivationOrdered, b("y", 0, "x"))
+	if err := s.Add(b("x", 0, "y")); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Fatalf("cycle accepted: %v", err)
+	}
+	if _, ok := s.StateOf("x"); ok {
+		t.Fatal("rejected build was queued")
+	}
+	if st := s.Stats(); st.Waiting != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
