@@ -378,7 +378,9 @@ func (s *Scheduler) Add(b Build) error {
 			s.builds[u].inUp = false
 		}
 	} else {
-		s.recount(idx)
+		nb := &s.builds[idx]
+		nb.count = int32(len(up)) // up is exactly what waits on it
+		nb.derived = max(nb.prio, upMax)
 		for _, y := range below {
 			s.recount(y)
 		}
