@@ -151,7 +151,6 @@ type build struct {
 	mark     uint32
 	state    bstate
 	dying    bool
-	inUp     bool // scratch flag during Add
 }
 
 // ref names a build slot at one generation, so slots can be reused while
@@ -307,9 +306,8 @@ func (s *Scheduler) Add(b Build) error {
 	}
 
 	// Two exact ways to account for the builds in up: recount everything
-	// below the new build (Σ count below), or take their contributions out
-	// of the closure below, link the build, and put them back (about
-	// 2·|up|·|below|). Random submission order needs the second.
+	// below the new build (Σ count below), or walk below each build in up
+	// (about |up|·|below|·2). Random submission order needs the second.
 	var below []int32
 	reinsert := false
 	if len(up) > 0 {
@@ -326,13 +324,15 @@ func (s *Scheduler) Add(b Build) error {
 		}
 	}
 	if reinsert {
+		// Only the closure below the new build gains members: each build in
+		// up that did not already reach y (in the graph without the new
+		// build) now does.
 		for _, u := range up {
-			s.builds[u].inUp = true
-		}
-		for _, u := range up {
-			for _, y := range s.collectDown([]int32{u}) {
-				if yb := &s.builds[y]; !yb.inUp {
-					yb.count--
+			s.collectDown([]int32{u})
+			ep := s.epoch
+			for _, y := range below {
+				if s.builds[y].mark != ep {
+					s.builds[y].count++
 				}
 			}
 		}
@@ -357,7 +357,7 @@ func (s *Scheduler) Add(b Build) error {
 
 	if len(up) == 0 || reinsert {
 		nb := &s.builds[idx]
-		nb.count = 0 // each build in up adds itself below, reaching nb too
+		nb.count = int32(len(up)) // up is exactly what waits on it
 		nb.derived = max(nb.prio, upMax)
 		p := nb.derived
 		for _, y := range s.collectDown([]int32{idx}) {
@@ -365,17 +365,6 @@ func (s *Scheduler) Add(b Build) error {
 			yb.count++
 			yb.derived = max(yb.derived, p)
 			s.hfix(y)
-		}
-		for _, u := range up {
-			for _, y := range s.collectDown([]int32{u}) {
-				if yb := &s.builds[y]; !yb.inUp {
-					yb.count++
-					s.hfix(y)
-				}
-			}
-		}
-		for _, u := range up {
-			s.builds[u].inUp = false
 		}
 	} else {
 		nb := &s.builds[idx]
