@@ -139,7 +139,7 @@ func (s *Server) exec(ctx context.Context, sess ssh.Session) int {
 		fmt.Fprintln(stderr, "no interactive shell here; run 'ssh … help' for the commands")
 		return 2
 	}
-	words, err := shlex.Split(raw)
+	words, err := splitCommand(raw)
 	if err != nil {
 		fmt.Fprintf(stderr, "cannot split command line: %v\n", err)
 		return 2
@@ -191,6 +191,12 @@ func (s *Server) run(ctx context.Context, who principal, words []string, out, er
 		return 1
 	}
 	return 0
+}
+
+// splitCommand splits a command line as a POSIX shell would (quotes and
+// backslashes; no expansions), since OpenSSH sends the command as one string.
+func splitCommand(raw string) ([]string, error) {
+	return shlex.Split(raw)
 }
 
 func printUsage(w io.Writer, c command, fs *pflag.FlagSet) {
