@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -76,6 +78,7 @@ func commandTable() []command {
 		{[]string{"key", "remove"}, db.RoleAdmin, "FINGERPRINT", "remove a key", setupKeyRemove},
 		{[]string{"builds"}, db.RoleReader, "", "list builds, newest first", setupBuilds},
 		{[]string{"build", "show"}, db.RoleReader, "BUILD-ID", "show one build", setupBuildShow},
+		{[]string{"log"}, db.RoleReader, "BUILD-ID", "print a build's log as far as the agent sent it", setupLog},
 		{[]string{"build", "cancel"}, db.RoleOperator, "BUILD-ID", "cancel a build", setupBuildCancel},
 		{[]string{"build"}, db.RoleOperator, "DRV...", "submit derivations; prints one build id per line", setupBuild},
 	}
@@ -703,5 +706,29 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 			return fmt.Errorf("%d of %d build(s) did not succeed", failed, len(ids))
 		}
 		return nil
+	}
+}
+
+func setupLog(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 1, "one build id"); err != nil {
+			return err
+		}
+		// Look the build up first: the id then names a real build and can
+		// be used in a path.
+		b, err := x.s.store.Build(x.ctx, x.args[0])
+		if err != nil {
+			return fmt.Errorf("build %q: %w", truncate(x.args[0], 64), err)
+		}
+		f, err := os.Open(x.s.coord.LogPath(b.ID))
+		if err != nil {
+			if errors.Is(err, iofs.ErrNotExist) {
+				return fmt.Errorf("build %s has no log yet", b.ID)
+			}
+			return fmt.Errorf("open log of %s: %w", b.ID, err)
+		}
+		defer f.Close()
+		_, err = io.Copy(x.out, f)
+		return err
 	}
 }

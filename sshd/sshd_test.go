@@ -410,6 +410,12 @@ func TestAgentProtocolBadLinesKeepSession(t *testing.T) {
 	if got, _ := e.store.Build(context.Background(), id); got.State != db.StateStarted {
 		t.Fatalf("state %s after started", got.State)
 	}
+	a.send(&protocol.Log{Build: id, Offset: 6, Data: []byte("world\n")})
+	a.send(&protocol.Log{Header: protocol.Header{ID: 12}, Build: id, Offset: 0, Data: []byte("hello ")})
+	a.expectAck(12)
+	if r := e.run(e.reader, "log "+id); r.code != 0 || r.stdout != "hello world\n" {
+		t.Fatalf("log: exit %d %q %s", r.code, r.stdout, r.stderr)
+	}
 	// Another agent's build cannot be reported on.
 	a.send(&protocol.Failed{Header: protocol.Header{ID: 11}, Build: "00000000-0000-0000-0000-00000000dead", Reason: "build"})
 	a.expectError(11, "not allocated to this agent")
