@@ -15,8 +15,9 @@
 // allocated count; finished builds drop out of the graph).
 //
 //   - Add: O(k + |D(x)|) when nothing already waits on the new build (the
-//     usual case: submissions go inputs first); otherwise an exact recount,
-//     O(|U(x)| + Σ_{y∈D(x)} |U(y)|).
+//     usual case: submissions go inputs first); otherwise the cheaper of a
+//     recount below, O(|U(x)| + Σ_{y∈D(x)} |U(y)|), and a walk below each
+//     waiting build, O(Σ_{u∈U(x)} |D(u)| + |U(x)|·|D(x)|).
 //   - Allocate: O(matching buckets · log n).
 //   - Succeeded: O(dependents of its derivation · log n) in the usual case.
 //   - SetPriority: raising propagates only while derived priorities change;
