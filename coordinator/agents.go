@@ -140,10 +140,11 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 	// still have a result in flight (resent after the reconnect); give them
 	// a grace period before requeueing.
 	if len(onAgent) > len(w.Continue) || old != nil {
-		c.reconcileAfterGrace(agentID, s)
+		c.reconcileAfterGrace(agentID)
 	}
-	c.wg.Add(1)
-	go c.watchHeartbeats(s)
+	if c.spawn() {
+		go c.watchHeartbeats(s)
+	}
 	c.mu.Lock()
 	c.dispatchLocked(ctx)
 	c.mu.Unlock()
@@ -194,7 +195,7 @@ func (s *Session) Close() {
 		return
 	}
 	c.log.Info("agent disconnected", "agent", s.agentID, "grace", c.cfg.DisconnectGrace)
-	c.reconcileAfterGrace(s.agentID, nil)
+	c.reconcileAfterGrace(s.agentID)
 }
 
 // Next blocks until there is a message to send to the agent, the session
@@ -269,6 +270,18 @@ func (s *Session) statusLocked() AgentStatus {
 	return st
 }
 
+// spawn registers a background goroutine unless the coordinator is closing,
+// so Close can wait for all of them.
+func (c *Coordinator) spawn() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	return true
+}
+
 // watchHeartbeats ends a session whose agent stopped sending heartbeats
 // (three missed intervals), in case the transport did not notice.
 func (c *Coordinator) watchHeartbeats(s *Session) {
@@ -295,10 +308,12 @@ func (c *Coordinator) watchHeartbeats(s *Session) {
 }
 
 // reconcileAfterGrace requeues, after the grace period, every build the
-// store gives to the agent that no live session of it holds. keep is the
-// session current when the timer was set (nil: the agent was absent).
-func (c *Coordinator) reconcileAfterGrace(agentID string, keep *Session) {
-	c.wg.Add(1)
+// store gives to the agent that no live session of it holds (whether the
+// agent stayed away or came back without some of them).
+func (c *Coordinator) reconcileAfterGrace(agentID string) {
+	if !c.spawn() {
+		return
+	}
 	go func() {
 		defer c.wg.Done()
 		select {
@@ -393,11 +408,18 @@ func (c *Coordinator) dispatchLocked(ctx context.Context) {
 			}
 			c.dequeueLocked(e.build.ID)
 			if err := c.store.AllocateBuild(ctx, e.build.ID, s.agentID, c.clk.Now()); err != nil {
-				// Canceled or changed behind our back: the store is the
-				// truth, so drop it from the queue and move on.
-				c.log.Warn("allocate build", "build", e.build.ID, "agent", s.agentID, "err", err)
-				progress = true
-				continue
+				if errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound) {
+					// Changed behind our back: the store is the truth, so
+					// drop it from the queue and move on.
+					c.log.Warn("allocate build", "build", e.build.ID, "agent", s.agentID, "err", err)
+					progress = true
+					continue
+				}
+				// The store failed: keep the build queued and try again at
+				// the next event rather than spinning here.
+				c.log.Error("allocate build", "build", e.build.ID, "agent", s.agentID, "err", err)
+				c.enqueueLocked(e.build)
+				return
 			}
 			if err := os.MkdirAll(c.uploadDir(s.agentID, e.build.ID), 0o755); err != nil {
 				c.log.Error("create upload dir", "build", e.build.ID, "err", err)

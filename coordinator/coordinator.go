@@ -189,7 +189,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	c.mu.Unlock()
 	for agentID := range held {
-		c.reconcileAfterGrace(agentID, nil)
+		c.reconcileAfterGrace(agentID)
 	}
 	c.log.Info("coordinator ready", "queued", len(c.queued), "blocked", len(c.blocked), "agents_holding_builds", len(held))
 	return c, nil
