@@ -62,7 +62,9 @@ type command struct {
 	setup func(fs *pflag.FlagSet) func(x *call) error
 }
 
-func (c command) name() string { return strings.Join(c.path, " ") }
+func (c command) name() string {
+	return strings.ReplaceAll(strings.Join(c.path, " "), "*", "AGENT-ID")
+}
 
 // commandTable lists every command with its minimum role. More specific
 // paths come before their prefixes.
