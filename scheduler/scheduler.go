@@ -379,6 +379,67 @@ func (s *Scheduler) Add(b Build) error {
 	return nil
 }
 
+// AddBatch adds many builds (a submission, or the queue rebuilt from the
+// database at start) in dependency order — inputs before the builds that need
+// them — whatever order they come in, so every Add takes the cheap path. On
+// error the builds added before it stay; the error names the build.
+func (s *Scheduler) AddBatch(bs []Build) error {
+	byDrv := make(map[string][]int32, len(bs))
+	for i := range bs {
+		byDrv[bs[i].Derivation] = append(byDrv[bs[i].Derivation], int32(i))
+	}
+	// Kahn's algorithm over builds: i must follow every batch build of each of
+	// its input derivations.
+	indeg := make([]int32, len(bs))
+	for i := range bs {
+		for j, in := range bs[i].InputDrvs {
+			if in != bs[i].Derivation && !slices.Contains(bs[i].InputDrvs[:j], in) {
+				indeg[i] += int32(len(byDrv[in]))
+			}
+		}
+	}
+	// Dependents of derivation D in the batch, built once.
+	needs := make(map[string][]int32)
+	for i := range bs {
+		for j, in := range bs[i].InputDrvs {
+			if _, ok := byDrv[in]; ok && in != bs[i].Derivation && !slices.Contains(bs[i].InputDrvs[:j], in) {
+				needs[in] = append(needs[in], int32(i))
+			}
+		}
+	}
+	queue := make([]int32, 0, len(bs))
+	for i := range bs {
+		if indeg[i] == 0 {
+			queue = append(queue, int32(i))
+		}
+	}
+	done := 0
+	for len(queue) > 0 {
+		i := queue[0]
+		queue = queue[1:]
+		if err := s.Add(bs[i]); err != nil {
+			return fmt.Errorf("scheduler: batch item %d: %w", i, err)
+		}
+		done++
+		for _, k := range needs[bs[i].Derivation] {
+			if indeg[k]--; indeg[k] == 0 {
+				queue = append(queue, k)
+			}
+		}
+	}
+	if done < len(bs) {
+		// Left over: builds on a cycle. Add reports it for the first.
+		for i := range bs {
+			if indeg[i] > 0 {
+				if err := s.Add(bs[i]); err != nil {
+					return fmt.Errorf("scheduler: batch item %d: %w", i, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // MarkAvailable records that a derivation's outputs are available (in the
 // cache, or built elsewhere). It returns the builds that became runnable.
 // Queued builds of that derivation stay queued: whether to cancel them is the

@@ -527,3 +527,46 @@ func TestAddRejectsCycle(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+func TestAddBatchAnyOrder(t *testing.T) {
+	var bs []Build
+	bs = append(bs, b("core", 0))
+	for i := range 200 {
+		ins := []string{"core"}
+		if i > 0 {
+			ins = append(ins, fmt.Sprintf("n%d", i/2), fmt.Sprintf("n%d", i*2/3))
+		}
+		bs = append(bs, b(fmt.Sprintf("n%d", i), i%4, ins...))
+	}
+	rebuild := b("n7", 0, "core")
+	rebuild.ID = "n7-again"
+	bs = append(bs, rebuild)
+	ref, _ := newSched(t, DerivationOrdered, bs...)
+	for _, order := range []string{"reversed", "rotated"} {
+		in := slices.Clone(bs)
+		if order == "reversed" {
+			slices.Reverse(in)
+		} else {
+			in = append(in[100:], in[:100]...)
+		}
+		s, _ := newSched(t, DerivationOrdered)
+		if err := s.AddBatch(in); err != nil {
+			t.Fatal(err)
+		}
+		for _, bd := range bs {
+			wd, wc, _ := ref.Order(bd.ID)
+			gd, gc, ok := s.Order(bd.ID)
+			if !ok || gd != wd || gc != wc {
+				t.Fatalf("%s: %s derived %d count %d, want %d %d", order, bd.ID, gd, gc, wd, wc)
+			}
+		}
+	}
+	s, _ := newSched(t, DerivationOrdered)
+	err := s.AddBatch([]Build{b("x", 0, "y"), b("y", 0, "x"), b("z", 0)})
+	if err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Fatalf("cyclic batch: %v", err)
+	}
+	if _, ok := s.StateOf("z"); !ok {
+		t.Fatal("acyclic part of the batch not added")
+	}
+}
