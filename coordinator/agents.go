@@ -26,6 +26,8 @@ type Session struct {
 	requireTags []string
 	maxParallel int
 	connectedAt time.Time
+	backend     string
+	backendVer  string
 
 	// Guarded by c.mu.
 	holds    map[string]bool // builds allocated to this session
@@ -86,6 +88,8 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		requireTags: slices.Clone(h.RequireTags),
 		maxParallel: h.MaxParallelBuilds,
 		connectedAt: now,
+		backend:     h.Backend,
+		backendVer:  h.BackendVersion,
 		holds:       map[string]bool{},
 		lastSeen:    now,
 		wake:        make(chan struct{}),
@@ -135,6 +139,7 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 	}
 	c.log.Info("agent connected", "agent", agentID, "name", h.Name, "systems", h.Systems,
 		"features", h.Features, "max_parallel", h.MaxParallelBuilds, "continue", len(w.Continue), "abort", len(w.Abort))
+	c.agentEvent(ctx, db.EventAgentConnected, agentID, "")
 
 	// Builds the store gives to this agent but that it no longer runs may
 	// still have a result in flight (resent after the reconnect); give them
@@ -195,6 +200,7 @@ func (s *Session) Close() {
 		return
 	}
 	c.log.Info("agent disconnected", "agent", s.agentID, "grace", c.cfg.DisconnectGrace)
+	c.agentEvent(context.Background(), db.EventAgentAbsent, s.agentID, "session ended")
 	c.reconcileAfterGrace(s.agentID)
 }
 
@@ -495,4 +501,13 @@ func (s *Session) canTake(e *entry) bool {
 		}
 	}
 	return true
+}
+
+// agentEvent records an agent's arrival or departure. These are not build
+// transitions, so the event is its own row; a failure to write it is
+// logged and does not stop the session.
+func (c *Coordinator) agentEvent(ctx context.Context, typ db.EventType, agentID, reason string) {
+	if _, err := c.store.AppendEvent(ctx, db.Event{Type: typ, At: c.clk.Now(), Agent: agentID, Reason: reason}); err != nil {
+		c.log.Error("record agent event", "type", typ, "agent", agentID, "err", err)
+	}
 }

@@ -55,6 +55,12 @@ func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
 	if err := s.c.store.StartBuild(ctx, m.Build, s.agentID, s.c.clk.Now()); err != nil {
 		return fmt.Errorf("start build %s: %w", m.Build, err)
 	}
+	hw := db.Hardware{Cores: m.Hardware.Cores, MemoryBytes: m.Hardware.MemoryBytes, FreeDiskBytes: m.Hardware.FreeDiskBytes,
+		Load1: m.Hardware.Load1, Backend: s.backend, BackendVersion: s.backendVer}
+	if err := s.c.store.SetAttemptHardware(ctx, m.Build, s.agentID, hw); err != nil {
+		// The facts are informational; the start itself is recorded.
+		s.c.log.Warn("record attempt hardware", "build", m.Build, "agent", s.agentID, "err", err)
+	}
 	s.c.log.Info("build started", "build", m.Build, "agent", s.agentID)
 	return nil
 }
@@ -101,7 +107,7 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures)
+	c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures, m.Missing)
 	if c.setupAvoid[b.ID] == nil {
 		c.setupAvoid[b.ID] = map[string]bool{}
 	}
@@ -115,20 +121,39 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 
 // infraFailureLocked ends an attempt that failed for reasons outside the
 // derivation: requeue, or fail the build once limit such failures (counted
-// by the reason's kind prefix) have happened.
-func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID, kind, reason string, limit int) {
+// by the reason's kind prefix) have happened. Setup failures go through
+// SetupFailBuild so that their events (setup-failure, missing-inputs with
+// missing) are written with the change.
+func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID, kind, reason string, limit int, missing []string) {
 	n := 1 // this attempt
 	for _, a := range b.Attempts {
 		if a.Outcome == "requeued" && strings.HasPrefix(a.Reason, kind) {
 			n++
 		}
 	}
+	setup := kind == "setup-failure"
 	if n < limit {
-		c.requeueLocked(ctx, b.ID, agentID, reason)
+		if !setup {
+			c.requeueLocked(ctx, b.ID, agentID, reason)
+			return
+		}
+		if err := c.store.SetupFailBuild(ctx, b.ID, agentID, c.clk.Now(), reason, missing, false); err != nil {
+			c.log.Error("requeue build after setup failure", "build", b.ID, "agent", agentID, "reason", reason, "err", err)
+			return
+		}
+		c.releaseLocked(b.ID, agentID)
+		c.log.Info("build requeued", "build", b.ID, "agent", agentID, "reason", reason)
+		c.enqueueLocked(b.NewBuild)
 		return
 	}
 	final := fmt.Sprintf("infrastructure: %s (%d attempts)", reason, n)
-	if err := c.store.FailBuild(ctx, b.ID, agentID, c.clk.Now(), final, 0); err != nil {
+	var err error
+	if setup {
+		err = c.store.SetupFailBuild(ctx, b.ID, agentID, c.clk.Now(), final, missing, true)
+	} else {
+		err = c.store.FailBuild(ctx, b.ID, agentID, c.clk.Now(), final, 0)
+	}
+	if err != nil {
 		c.log.Error("fail build after infrastructure failures", "build", b.ID, "err", err)
 		return
 	}
@@ -167,7 +192,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		defer c.mu.Unlock()
 		c.log.Warn("upload verification failed", "build", m.Build, "agent", s.agentID, "err", verr)
 		if cur, err := c.store.Build(ctx, m.Build); err == nil && cur.AgentID == s.agentID && !cur.State.Terminal() {
-			c.infraFailureLocked(ctx, cur, s.agentID, "verification", "verification: "+verr.Error(), c.cfg.MaxAttempts)
+			c.infraFailureLocked(ctx, cur, s.agentID, "verification", "verification: "+verr.Error(), c.cfg.MaxAttempts, nil)
 			c.dispatchLocked(ctx)
 		}
 		return fmt.Errorf("%w: %w", ErrVerification, verr)

@@ -104,6 +104,7 @@ type Attempt struct {
 	Outcome     string // "", succeeded, failed, canceled, requeued
 	Reason      string // failure or requeue reason
 	ExitCode    int
+	Hardware    Hardware // what the agent reported at start
 }
 
 // NewBuild is what a submission records.
@@ -134,7 +135,9 @@ type Build struct {
 type BuildFilter struct {
 	State   BuildState
 	AgentID string
-	Limit   int // 0: no limit
+	// Derivation selects the builds of one .drv path.
+	Derivation string
+	Limit      int // 0: no limit
 }
 
 // Store is the coordinator's durable state. Every method is safe for
@@ -194,6 +197,31 @@ type Store interface {
 	// CancelBuild moves any non-terminal build to canceled, closing its
 	// open attempt if it has one.
 	CancelBuild(ctx context.Context, id string, at time.Time) error
+	// SetupFailBuild ends an allocated or started attempt that could not
+	// build for reasons outside the derivation: back to scheduled, or to
+	// failed when final. It records a setup-failure event, a
+	// missing-inputs event when missing (.drv or store paths) is not
+	// empty, and a failed event when final.
+	SetupFailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, missing []string, final bool) error
+
+	// SetAttemptHardware records on the latest attempt what the agent
+	// reported when it started; the agent must hold the build.
+	SetAttemptHardware(ctx context.Context, id, agentID string, hw Hardware) error
+
+	// Every transition above (and CreateBuilds, FailDependency) appends
+	// its event in the same transaction. AppendEvent records an event
+	// that is not a build transition (agent connected, hook failed) and
+	// returns its id. Ids increase in commit order, so a reader that has
+	// seen id N never later finds a new event below N.
+	AppendEvent(ctx context.Context, e Event) (int64, error)
+	// Events returns matching events in id order.
+	Events(ctx context.Context, f EventFilter) ([]Event, error)
+	// HookProgress returns what a hook has finished (zero for a new hook).
+	HookProgress(ctx context.Context, hook string) (HookProgress, error)
+	// MarkHookDone records that hook finished eventID and, in the same
+	// transaction, moves its cursor to cursor (never backwards),
+	// forgetting done ids at or below it.
+	MarkHookDone(ctx context.Context, hook string, eventID, cursor int64) error
 
 	Close() error
 }

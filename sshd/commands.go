@@ -81,6 +81,7 @@ func commandTable() []command {
 		{[]string{"builds"}, db.RoleReader, "", "list builds, newest first", setupBuilds},
 		{[]string{"build", "show"}, db.RoleReader, "BUILD-ID", "show one build", setupBuildShow},
 		{[]string{"log"}, db.RoleReader, "BUILD-ID", "print a build's log as far as the agent sent it", setupLog},
+		{[]string{"events"}, db.RoleReader, "", "print events as JSON lines, oldest first", setupEvents},
 		{[]string{"build", "cancel"}, db.RoleOperator, "BUILD-ID", "cancel a build", setupBuildCancel},
 		{[]string{"build"}, db.RoleOperator, "DRV...", "submit derivations; prints one build id per line", setupBuild},
 	}
@@ -512,6 +513,8 @@ type attemptJSON struct {
 	Outcome     string `json:"outcome"`
 	Reason      string `json:"reason"`
 	ExitCode    int    `json:"exit_code"`
+	// Hardware is what the agent reported when the attempt started.
+	Hardware *db.Hardware `json:"hardware,omitempty"`
 }
 
 type buildJSON struct {
@@ -543,7 +546,12 @@ func toJSON(b db.Build) buildJSON {
 		j.Tags = append(j.Tags, t.Key+"="+t.Value)
 	}
 	for _, a := range b.Attempts {
-		j.Attempts = append(j.Attempts, attemptJSON{a.Number, a.AgentID, jsonTime(a.AllocatedAt), jsonTime(a.StartedAt), jsonTime(a.EndedAt), a.Outcome, a.Reason, a.ExitCode})
+		aj := attemptJSON{a.Number, a.AgentID, jsonTime(a.AllocatedAt), jsonTime(a.StartedAt), jsonTime(a.EndedAt), a.Outcome, a.Reason, a.ExitCode, nil}
+		if !a.Hardware.IsZero() {
+			hw := a.Hardware
+			aj.Hardware = &hw
+		}
+		j.Attempts = append(j.Attempts, aj)
 	}
 	for _, r := range b.Results {
 		j.Outputs = append(j.Outputs, outputJSON{r.Name, r.Path, r.NarHash, r.NarSize, r.FileHash, r.FileSize, r.Compression, nonNil(r.References)})
@@ -628,6 +636,10 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 		row("failure_reason", j.FailureReason)
 		for _, a := range j.Attempts {
 			row(fmt.Sprintf("attempt %d", a.Number), fmt.Sprintf("agent %s %s %s", a.Agent, a.Outcome, a.Reason))
+			if hw := a.Hardware; hw != nil {
+				row(fmt.Sprintf("attempt %d hardware", a.Number), fmt.Sprintf("cores=%d memory=%s free_disk=%s load1=%.2f backend=%s %s",
+					hw.Cores, humanBytes(hw.MemoryBytes), humanBytes(hw.FreeDiskBytes), hw.Load1, hw.Backend, hw.BackendVersion))
+			}
 		}
 		for _, o := range j.Outputs {
 			row("output "+o.Name, fmt.Sprintf("%s %s nar_size=%d file_size=%d %s", o.Path, o.NarHash, o.NarSize, o.FileSize, o.Compression))
@@ -733,4 +745,17 @@ func setupLog(fs *pflag.FlagSet) func(x *call) error {
 		_, err = io.Copy(x.out, f)
 		return err
 	}
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -41,6 +41,10 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"ConcurrentTransitions", testConcurrentTransitions},
 		{"FailDependency", testFailDependency},
 		{"ConcurrentReadsAndWrites", testConcurrentReadsAndWrites},
+		{"Events", testEvents},
+		{"SetupFailBuild", testSetupFailBuild},
+		{"AttemptHardware", testAttemptHardware},
+		{"HookProgress", testHookProgress},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -91,10 +92,15 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 					return fmt.Errorf("build %s: feature %s: %w", b.ID, f, err)
 				}
 			}
+			e := db.Event{Type: db.EventSubmitted, At: b.CreatedAt, Build: b.ID, Derivation: b.Derivation, System: b.System, Tags: b.Tags}
 			for i, o := range b.Outputs {
 				if _, err := insOutput.ExecContext(ctx, b.ID, o.Name, i, o.Path); err != nil {
 					return fmt.Errorf("build %s: output %s: %w", b.ID, o.Name, err)
 				}
+				e.Outputs = append(e.Outputs, db.EventOutput{Name: o.Name, Path: o.Path})
+			}
+			if _, err := insertEvent(ctx, tx, e); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -270,7 +276,7 @@ func (s *Store) Build(ctx context.Context, id string) (db.Build, error) {
 }
 
 func attempts(ctx context.Context, tx *sql.Tx, id string) ([]db.Attempt, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, reason, exit_code
+	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, reason, exit_code, hardware
 		FROM attempts WHERE build_id = ? ORDER BY number`, id)
 	if err != nil {
 		return nil, err
@@ -281,9 +287,15 @@ func attempts(ctx context.Context, tx *sql.Tx, id string) ([]db.Attempt, error) 
 		var (
 			a                         db.Attempt
 			allocated, started, ended sql.NullInt64
+			hw                        string
 		)
-		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Reason, &a.ExitCode); err != nil {
+		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Reason, &a.ExitCode, &hw); err != nil {
 			return nil, err
+		}
+		if hw != "" {
+			if err := json.Unmarshal([]byte(hw), &a.Hardware); err != nil {
+				return nil, fmt.Errorf("attempt %d: hardware: %w", a.Number, err)
+			}
 		}
 		a.AllocatedAt, a.StartedAt, a.EndedAt = fromMS(allocated), fromMS(started), fromMS(ended)
 		as = append(as, a)
@@ -356,6 +368,10 @@ func (s *Store) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error
 	if f.AgentID != "" {
 		conds = append(conds, "agent_id = ?")
 		args = append(args, f.AgentID)
+	}
+	if f.Derivation != "" {
+		conds = append(conds, "derivation = ?")
+		args = append(args, f.Derivation)
 	}
 	sel := selection{where: strings.Join(conds, " AND "), args: args, order: newestFirst, limit: f.Limit}
 	return s.list(ctx, fmt.Sprintf("listing builds (state %q, agent %q, limit %d)", f.State, f.AgentID, f.Limit), sel)
