@@ -108,6 +108,10 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		HeartbeatSeconds: int(c.cfg.Heartbeat / time.Second),
 		UploadRoot:       "/uploads",
 	}
+	if c.cfg.Cache != nil && c.cfg.CacheAddress != "" {
+		w.CacheAddress = c.cfg.CacheAddress
+		w.CachePublicKey = c.cfg.Cache.PublicKey().String()
+	}
 	for _, b := range onAgent {
 		if running[b.ID] {
 			s.holds[b.ID] = true

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gbc-farm/gbc/cache"
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/db"
 )
@@ -73,6 +74,14 @@ type Config struct {
 	MaxSetupFailures int
 	// MaxLogBytes bounds a stored build log.
 	MaxLogBytes int64
+	// Cache receives every verified output (signed narinfo + NAR) and, on
+	// submission, the derivation closure. Nil only in tests that do not
+	// look at the cache: verified files are then just moved under
+	// StateDir/cache/nar.
+	Cache *cache.Cache
+	// CacheAddress is the reserved host:port agents reach the cache at
+	// through their SSH connection; sent in welcome when Cache is set.
+	CacheAddress string
 }
 
 // Coordinator is safe for concurrent use.
@@ -179,7 +188,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		c.trackLocked(b.ID, b.Derivation)
 	}
 	for _, b := range runnable {
-		inputs, err := inputDerivations(b.Derivation)
+		inputs, err := c.inputDerivations(b.Derivation)
 		if err != nil {
 			// Without its inputs the build still runs; the agent reports
 			// anything missing as a setup failure.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/gbc-farm/gbc/cache"
 	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/nar"
@@ -197,14 +198,8 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		}
 		return fmt.Errorf("%w: %w", ErrVerification, verr)
 	}
-	// Move the verified files into the cache. Names are content hashes, so
-	// a file already there has the same bytes and renaming over it is safe.
-	for i := range results {
-		src := filepath.Join(dir, m.Outputs[i].Upload)
-		dst := filepath.Join(c.cfg.StateDir, results[i].File)
-		if err := os.Rename(src, dst); err != nil {
-			return fmt.Errorf("move %s into the cache: %w", m.Outputs[i].Upload, err)
-		}
+	if err := c.publish(ctx, b, dir, m.Outputs, results); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -221,6 +216,48 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	c.releaseLocked(m.Build, s.agentID)
 	c.endedLocked(ctx, m.Build, outcomeSucceeded)
 	c.dispatchLocked(ctx)
+	return nil
+}
+
+// publish moves the verified files into the cache and, with a Cache, signs
+// their narinfos, so each output is a substitute before the build is
+// recorded as succeeded.
+func (c *Coordinator) publish(ctx context.Context, b db.Build, dir string, reported []protocol.OutputResult, results []db.OutputResult) error {
+	for i := range results {
+		src := filepath.Join(dir, reported[i].Upload)
+		if c.cfg.Cache == nil {
+			// Names are content hashes, so a file already there has the
+			// same bytes and renaming over it is safe.
+			if err := os.Rename(src, filepath.Join(c.cfg.StateDir, results[i].File)); err != nil {
+				return fmt.Errorf("move %s into the cache: %w", reported[i].Upload, err)
+			}
+			continue
+		}
+		r := results[i]
+		narHash, err1 := nixhash.Parse(r.NarHash)
+		fileHash, err2 := nixhash.Parse(r.FileHash)
+		if err := errors.Join(err1, err2); err != nil {
+			return fmt.Errorf("publish %s: %w", r.Path, err)
+		}
+		e := cache.Entry{
+			StorePath: r.Path, NarHash: narHash, NarSize: r.NarSize,
+			FileHash: fileHash, FileSize: r.FileSize, Compression: r.Compression,
+			References: r.References, Deriver: b.Derivation,
+		}
+		err := c.cfg.Cache.Publish(ctx, e, src)
+		var ce *cache.ConflictError
+		if errors.As(err, &ce) {
+			// A non-deterministic build: the first publication stays the
+			// substitute; this build still succeeded.
+			c.log.Warn("output differs from the one already in the cache; keeping the cached one",
+				"build", b.ID, "path", r.Path, "cached", ce.Have.String(), "uploaded", ce.Got.String())
+			os.Remove(src)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", r.Path, err)
+		}
+	}
 	return nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -39,7 +41,7 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 	builds := make([]db.NewBuild, 0, len(sub.Derivations))
 	inputs := make([][]string, 0, len(sub.Derivations))
 	for _, p := range sub.Derivations {
-		nb, in, err := c.readDerivation(p)
+		nb, in, err := c.readDerivation(ctx, p)
 		if err != nil {
 			return nil, err
 		}
@@ -68,7 +70,7 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 	return ids, nil
 }
 
-func (c *Coordinator) readDerivation(p string) (db.NewBuild, []string, error) {
+func (c *Coordinator) readDerivation(ctx context.Context, p string) (db.NewBuild, []string, error) {
 	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
 		return db.NewBuild{}, nil, fmt.Errorf("%w: %q is not a clean absolute path", ErrBadSubmission, p)
 	}
@@ -82,9 +84,9 @@ func (c *Coordinator) readDerivation(p string) (db.NewBuild, []string, error) {
 	if !slices.Contains(c.cfg.StoreDirs, sp.StoreDir) {
 		return db.NewBuild{}, nil, fmt.Errorf("%w: %q is not in a store directory (%s)", ErrBadSubmission, p, strings.Join(c.cfg.StoreDirs, ", "))
 	}
-	d, err := derivation.ReadFile(p)
+	d, err := c.loadDerivation(ctx, p)
 	if err != nil {
-		return db.NewBuild{}, nil, fmt.Errorf("%w: read derivation %s: %w", ErrBadSubmission, p, err)
+		return db.NewBuild{}, nil, err
 	}
 	if d.System == "" {
 		return db.NewBuild{}, nil, fmt.Errorf("%w: derivation %s has no system", ErrBadSubmission, p)
@@ -103,9 +105,56 @@ func (c *Coordinator) readDerivation(p string) (db.NewBuild, []string, error) {
 	return nb, inputs, nil
 }
 
-// inputDerivations re-reads a recorded derivation's input .drv paths.
-func inputDerivations(p string) ([]string, error) {
+// loadDerivation reads a submitted .drv and makes sure its closure is in
+// the cache, so agents can fetch it through their SSH connection. A .drv
+// in this host's store is read there and its closure (input derivations
+// and sources) published from it; otherwise it must already be in the
+// cache with its whole closure (ssh coordinator import).
+func (c *Coordinator) loadDerivation(ctx context.Context, p string) (*derivation.Derivation, error) {
 	d, err := derivation.ReadFile(p)
+	if c.cfg.Cache == nil {
+		if err != nil {
+			return nil, fmt.Errorf("%w: read derivation %s: %w", ErrBadSubmission, p, err)
+		}
+		return d, nil
+	}
+	if err == nil {
+		if _, err := c.cfg.Cache.PublishDerivationClosure(ctx, p, ""); err != nil {
+			return nil, fmt.Errorf("%w: publish the closure of %s to the cache: %w", ErrBadSubmission, p, err)
+		}
+		return d, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: read derivation %s: %w", ErrBadSubmission, p, err)
+	}
+	d, cerr := c.cfg.Cache.ReadDerivation(ctx, p)
+	if cerr != nil {
+		return nil, fmt.Errorf("%w: %s is neither in this host's store nor in the cache (import it first: nix-store --export $(nix-store -qR %s) | ssh COORDINATOR import): %w",
+			ErrBadSubmission, p, p, cerr)
+	}
+	if missing := c.cfg.Cache.MissingFromClosure([]string{p}, 10); len(missing) > 0 {
+		return nil, fmt.Errorf("%w: the closure of %s is incomplete in the cache, missing %s (import nix-store -qR of it)",
+			ErrBadSubmission, p, strings.Join(missing, " "))
+	}
+	return d, nil
+}
+
+// Import publishes a nix-store --export / guix archive --export stream to
+// the cache and returns the paths it held.
+func (c *Coordinator) Import(ctx context.Context, r io.Reader) ([]string, error) {
+	if c.cfg.Cache == nil {
+		return nil, errors.New("import: this coordinator has no cache")
+	}
+	return c.cfg.Cache.Import(ctx, r)
+}
+
+// inputDerivations re-reads a recorded derivation's input .drv paths, from
+// this host's store or the cache.
+func (c *Coordinator) inputDerivations(p string) ([]string, error) {
+	d, err := derivation.ReadFile(p)
+	if err != nil && c.cfg.Cache != nil {
+		d, err = c.cfg.Cache.ReadDerivation(context.Background(), p)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,11 @@
 // agent resends unacknowledged results after a reconnect.
 package protocol
 
+// CacheAddress is the reserved host:port of the coordinator's binary cache
+// inside the SSH connection: agents open direct-tcpip channels to it and
+// speak HTTP; no TCP port is opened on the coordinator. Welcome repeats it.
+const CacheAddress = "cache.gbc:80"
+
 // Version is the protocol version carried in Hello and Welcome.
 const Version = 1
 

@@ -44,6 +44,7 @@ type call struct {
 	ctx    context.Context
 	s      *Server
 	who    principal
+	in     io.Reader // the session's stdin (import)
 	out    io.Writer
 	errOut io.Writer
 	params []string // words matched by "*" in the command path
@@ -84,6 +85,7 @@ func commandTable() []command {
 		{[]string{"events"}, db.RoleReader, "", "print events as JSON lines, oldest first", setupEvents},
 		{[]string{"build", "cancel"}, db.RoleOperator, "BUILD-ID", "cancel a build", setupBuildCancel},
 		{[]string{"build"}, db.RoleOperator, "DRV...", "submit derivations; prints one build id per line", setupBuild},
+		{[]string{"import"}, db.RoleOperator, "< EXPORT-STREAM", "add a nix-store --export (or guix archive --export) stream from stdin to the cache; prints the paths", setupImport},
 	}
 }
 
@@ -154,11 +156,11 @@ func (s *Server) exec(ctx context.Context, sess ssh.Session) int {
 		fmt.Fprintln(stderr, "empty command; run 'help'")
 		return 2
 	}
-	return s.run(ctx, who, words, sess, stderr)
+	return s.run(ctx, who, words, sess, sess, stderr)
 }
 
 // run routes, authorises, parses flags and runs one command line.
-func (s *Server) run(ctx context.Context, who principal, words []string, out, errOut io.Writer) int {
+func (s *Server) run(ctx context.Context, who principal, words []string, in io.Reader, out, errOut io.Writer) int {
 	table := commandTable()
 	c, params, rest, ok := route(table, words)
 	if !ok {
@@ -183,7 +185,7 @@ func (s *Server) run(ctx context.Context, who principal, words []string, out, er
 		printUsage(errOut, c, fs)
 		return 2
 	}
-	x := &call{ctx: ctx, s: s, who: who, out: out, errOut: errOut, params: params, args: fs.Args()}
+	x := &call{ctx: ctx, s: s, who: who, in: in, out: out, errOut: errOut, params: params, args: fs.Args()}
 	s.log.Info("command", "command", c.name(), "fingerprint", who.Fingerprint, "role", who.Role)
 	if err := runner(x); err != nil {
 		fmt.Fprintf(errOut, "%s: %v\n", c.name(), err)
@@ -758,4 +760,21 @@ func humanBytes(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func setupImport(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if len(x.args) != 0 {
+			return usageErr("import takes no arguments; pipe the export stream to stdin")
+		}
+		paths, err := x.s.coord.Import(x.ctx, x.in)
+		for _, p := range paths {
+			fmt.Fprintln(x.out, p)
+		}
+		if err != nil {
+			return err
+		}
+		x.s.log.Info("imported into the cache", "paths", len(paths), "fingerprint", x.who.Fingerprint)
+		return nil
+	}
 }

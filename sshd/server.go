@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/gliderlabs/ssh"
@@ -39,6 +40,9 @@ type Config struct {
 	KeepAlive time.Duration
 	// MaxLineBytes bounds agent protocol lines.
 	MaxLineBytes int
+	// Cache, when set, is served over HTTP inside direct-tcpip channels
+	// to protocol.CacheAddress (the cache tunnel, tunnel.go).
+	Cache http.Handler
 }
 
 // Server serves the SSH port.
@@ -48,6 +52,8 @@ type Server struct {
 	store db.Store
 	log   *slog.Logger
 	srv   *ssh.Server
+	// tunnel serves the cache over direct-tcpip channels; nil without Cache.
+	tunnel *tunnel
 }
 
 // New builds a server; call Serve with a listener.
@@ -78,9 +84,17 @@ func New(cfg Config) (*Server, error) {
 			protocol.Subsystem: s.handleAgent,
 			"sftp":             s.handleSFTP,
 		},
-		// Refuse everything not listed: no port forwarding, no agent or
-		// X11 forwarding (gliderlabs denies those unless handlers are set).
+		// Refuse everything not listed: no port forwarding (except the
+		// cache address, tunnel.go), no agent or X11 forwarding
+		// (gliderlabs denies those unless handlers are set).
 		Version: "gbc",
+		ChannelHandlers: map[string]ssh.ChannelHandler{
+			"session": ssh.DefaultSessionHandler,
+		},
+	}
+	if cfg.Cache != nil {
+		s.tunnel = newTunnel(cfg.Cache, cfg.Logger)
+		s.srv.ChannelHandlers["direct-tcpip"] = s.handleDirectTCPIP
 	}
 	s.srv.AddHostKey(cfg.HostKey)
 	return s, nil
@@ -97,6 +111,9 @@ func (s *Server) Serve(l net.Listener) error {
 
 // Close stops listening and closes every connection.
 func (s *Server) Close() error {
+	if s.tunnel != nil {
+		s.tunnel.close()
+	}
 	return s.srv.Close()
 }
 
@@ -127,7 +144,12 @@ type principal struct {
 // with (x/crypto guarantees the last key passed to the callback is the one
 // that authenticated). Any doubt is an error: fail closed.
 func (s *Server) whoami(ctx context.Context, sess ssh.Session) (principal, error) {
-	pub := sess.PublicKey()
+	return s.whoamiKey(ctx, sess.PublicKey())
+}
+
+// whoamiKey is whoami for requests that are not sessions (channels other
+// than "session"): pub is the key the connection authenticated with.
+func (s *Server) whoamiKey(ctx context.Context, pub ssh.PublicKey) (principal, error) {
 	if pub == nil {
 		return principal{}, errors.New("no public key on this session")
 	}

@@ -5,17 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/gbc-farm/gbc/cache"
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/db/sqlite"
 	"github.com/gbc-farm/gbc/keys"
+	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/sshd"
 )
 
@@ -25,7 +29,11 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	stateDir := fs.String("state-dir", "", "state directory: database, host key, uploads, cache (required)")
 	listen := fs.String("listen", "127.0.0.1:2222", "SSH listen address")
 	adminKey := fs.String("admin-key", "", "public key file (.pub) that gets the admin role")
-	comp := fs.String("compression", "zstd", "compression agents should use for NARs")
+	comp := fs.String("compression", "zstd", "compression of NARs the cache writes itself (imports, .drv closures)")
+	signingKey := fs.String("signing-key", "", "Nix secret key `FILE` (name:base64) for narinfos; default STATE/signing-key.sec, generated on first start")
+	keyName := fs.String("signing-key-name", "", "name of a generated signing key (default HOSTNAME-1)")
+	storeDir := fs.String("store-dir", "/nix/store", "the farm's store directory (/gnu/store adds Guix signatures)")
+	httpListen := fs.String("http-listen", "", "also serve the cache read-only over plain HTTP on `ADDR` (e.g. 127.0.0.1:8080)")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -72,14 +80,45 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 			return err
 		}
 	}
-	coord, err := coordinator.New(ctx, coordinator.Config{StateDir: dir, Store: store, Clock: clk, Logger: log})
+	if *keyName == "" {
+		h, _ := os.Hostname()
+		if h == "" {
+			h = "gbc"
+		}
+		*keyName = h + "-1"
+	}
+	ck, err := cache.LoadOrCreateKeys(dir, *keyName, *storeDir, *signingKey)
+	if err != nil {
+		return err
+	}
+	bc, err := cache.Open(ctx, filepath.Join(dir, "cache"), cache.Options{
+		StoreDir: *storeDir, Compression: *comp, NixKey: ck.Nix, GuixKey: ck.Guix, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	coord, err := coordinator.New(ctx, coordinator.Config{
+		StateDir: dir, Store: store, Clock: clk, Logger: log,
+		Cache: bc, CacheAddress: protocol.CacheAddress,
+	})
 	if err != nil {
 		return err
 	}
 	defer coord.Close()
-	srv, err := sshd.New(sshd.Config{Coordinator: coord, Store: store, HostKey: host, Logger: log, Clock: clk, MaxUploadBytes: *maxUpload})
+	srv, err := sshd.New(sshd.Config{Coordinator: coord, Store: store, HostKey: host, Logger: log, Clock: clk,
+		MaxUploadBytes: *maxUpload, Cache: bc.Handler()})
 	if err != nil {
 		return err
+	}
+	if *httpListen != "" {
+		hl, err := net.Listen("tcp", *httpListen)
+		if err != nil {
+			return fmt.Errorf("--http-listen %s: %w", *httpListen, err)
+		}
+		hs := &http.Server{Handler: bc.Handler(), ReadHeaderTimeout: 30 * time.Second}
+		go hs.Serve(hl) //nolint:errcheck // ends at Close
+		defer hs.Close()
+		log.Info("cache listening", "http", hl.Addr().String())
 	}
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -88,7 +127,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	log.Info("coordinator listening", "addr", l.Addr().String(), "host_key", keys.Fingerprint(host.PublicKey()),
-		"state_dir", dir, "compression", *comp)
+		"state_dir", dir, "compression", *comp, "cache_public_key", bc.PublicKey().String())
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")

@@ -1,10 +1,165 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/gbc-farm/gbc/agent"
 )
 
+const submitUsage = `usage: gbc submit --coordinator HOST:PORT --identity KEYFILE --known-hosts FILE [flags] DRV...
+
+Sends the closure of each derivation from the local store to the
+coordinator's cache (nix-store --export of nix-store -qR DRV, read by the
+coordinator's import command) and submits the derivations (its build
+command), over one SSH connection. The same as
+
+  nix-store --export $(nix-store -qR DRV...) | ssh COORDINATOR import
+  ssh COORDINATOR build DRV...
+
+flags:
+`
+
 func runSubmit(ctx context.Context, e env, args []string) error {
-	return errors.New("not implemented yet")
+	fs := pflag.NewFlagSet("gbc submit", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	coordinator := fs.String("coordinator", "", "coordinator SSH address `HOST:PORT`")
+	identity := fs.String("identity", "", "operator SSH private key `FILE` (OpenSSH format, no passphrase)")
+	knownHosts := fs.String("known-hosts", "", "OpenSSH known_hosts `FILE` holding the coordinator's host key")
+	prio := fs.Int("priority", 0, "build priority (higher runs first)")
+	tags := fs.StringArray("tag", nil, "`K=V` label for the builds, repeatable")
+	wait := fs.Bool("wait", false, "wait for the builds and print their results; exit 0 only if all succeeded")
+	nixStore := fs.String("nix-store", "nix-store", "nix-store `COMMAND` used for the query and export")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprint(e.stdout, submitUsage+fs.FlagUsages())
+			return nil
+		}
+		return usageError{fmt.Sprintf("%v\n%s%s", err, submitUsage, fs.FlagUsages())}
+	}
+	for _, req := range []struct{ flag, v string }{{"--coordinator", *coordinator}, {"--identity", *identity}, {"--known-hosts", *knownHosts}} {
+		if req.v == "" {
+			return usageError{fmt.Sprintf("%s is required\n%s%s", req.flag, submitUsage, fs.FlagUsages())}
+		}
+	}
+	drvs := fs.Args()
+	if len(drvs) == 0 {
+		return usageError{"want at least one .drv path\n" + submitUsage + fs.FlagUsages()}
+	}
+	for _, d := range drvs {
+		if !strings.HasSuffix(d, ".drv") || !strings.HasPrefix(d, "/") {
+			return usageError{fmt.Sprintf("%q is not an absolute .drv path", d)}
+		}
+	}
+	for _, t := range *tags {
+		if k, _, ok := strings.Cut(t, "="); !ok || k == "" {
+			return usageError{fmt.Sprintf("--tag %q is not K=V", t)}
+		}
+	}
+
+	// The closure first: a typo fails here, before anything is sent.
+	var qerr bytes.Buffer
+	q := exec.CommandContext(ctx, *nixStore, append([]string{"--query", "--requisites"}, drvs...)...)
+	q.Stderr = &qerr
+	out, err := q.Output()
+	if err != nil {
+		return fmt.Errorf("%s --query --requisites: %w: %s", *nixStore, err, strings.TrimSpace(qerr.String()))
+	}
+	closure := strings.Fields(string(out))
+
+	signer, err := agent.LoadIdentity(*identity)
+	if err != nil {
+		return err
+	}
+	d := &agent.Dialer{Address: *coordinator, Identity: signer, KnownHosts: *knownHosts}
+	client, err := d.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	stop := context.AfterFunc(ctx, func() { client.Close() })
+	defer stop()
+
+	if err := importClosure(ctx, client, *nixStore, closure, e); err != nil {
+		return err
+	}
+	e.log.Info("closure imported", "paths", len(closure))
+
+	cmd := []string{"build"}
+	if *wait {
+		cmd = append(cmd, "--wait")
+	}
+	if *prio != 0 {
+		cmd = append(cmd, fmt.Sprintf("--priority=%d", *prio))
+	}
+	for _, t := range *tags {
+		cmd = append(cmd, "--tag="+t)
+	}
+	cmd = append(cmd, drvs...)
+	return remote(client, cmd, nil, e.stdout, e.stderr)
+}
+
+// importClosure streams nix-store --export of paths into the coordinator's
+// import command.
+func importClosure(ctx context.Context, client *ssh.Client, nixStore string, paths []string, e env) error {
+	var xerr bytes.Buffer
+	x := exec.CommandContext(ctx, nixStore, append([]string{"--export"}, paths...)...)
+	x.Stderr = &xerr
+	stream, err := x.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := x.Start(); err != nil {
+		return fmt.Errorf("%s --export: %w", nixStore, err)
+	}
+	rerr := remote(client, []string{"import"}, stream, io.Discard, e.stderr)
+	if rerr != nil {
+		x.Process.Kill()
+	}
+	werr := x.Wait()
+	if rerr != nil {
+		return fmt.Errorf("import on the coordinator: %w", rerr)
+	}
+	if werr != nil {
+		return fmt.Errorf("%s --export: %w: %s", nixStore, werr, strings.TrimSpace(xerr.String()))
+	}
+	return nil
+}
+
+// remote runs one coordinator command; a non-zero exit is an error.
+func remote(client *ssh.Client, words []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	s, err := client.NewSession()
+	if err != nil {
+		return fmt.Errorf("open session: %w", err)
+	}
+	defer s.Close()
+	s.Stdin, s.Stdout, s.Stderr = stdin, stdout, stderr
+	quoted := make([]string, len(words))
+	for i, w := range words {
+		quoted[i] = shellQuote(w)
+	}
+	if err := s.Run(strings.Join(quoted, " ")); err != nil {
+		var ee *ssh.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("coordinator command %q exited %d", words[0], ee.ExitStatus())
+		}
+		return fmt.Errorf("coordinator command %q: %w", words[0], err)
+	}
+	return nil
+}
+
+// shellQuote quotes w for the coordinator's POSIX-style command splitting.
+func shellQuote(w string) string {
+	if w != "" && strings.Trim(w, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=./:+,@") == "" {
+		return w
+	}
+	return "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
 }

@@ -1,0 +1,138 @@
+package sshd
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+
+	"github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/protocol"
+)
+
+// The cache tunnel: an agent's local forward (ssh -L or the agent's own
+// forwarder) opens a direct-tcpip channel to protocol.CacheAddress; the
+// channel carries plain HTTP/1.1 to the cache handler. Nothing else can be
+// forwarded, and no TCP connection is ever made on the coordinator's side.
+
+// directTCPIP is the payload of a direct-tcpip channel open (RFC 4254 §7.2).
+type directTCPIP struct {
+	DestAddr   string
+	DestPort   uint32
+	OriginAddr string
+	OriginPort uint32
+}
+
+// tunnelAllowed decides who may reach the cache through the tunnel: agents,
+// and operator roles from reader up (for debugging with ssh -L).
+func tunnelAllowed(p principal) bool {
+	if p.Role == db.RoleAgent {
+		return p.AgentID != ""
+	}
+	return allowed(p.Role, db.RoleReader)
+}
+
+func (s *Server) handleDirectTCPIP(_ *ssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
+	var d directTCPIP
+	if err := gossh.Unmarshal(nc.ExtraData(), &d); err != nil {
+		nc.Reject(gossh.ConnectionFailed, "malformed direct-tcpip request")
+		return
+	}
+	dest := net.JoinHostPort(d.DestAddr, strconv.FormatUint(uint64(d.DestPort), 10))
+	if dest != protocol.CacheAddress {
+		s.log.Info("forward refused", "dest", truncate(dest, 200), "remote", conn.RemoteAddr().String())
+		nc.Reject(gossh.Prohibited, "only "+protocol.CacheAddress+" (the binary cache) can be reached here")
+		return
+	}
+	pub, _ := ctx.Value(ssh.ContextKeyPublicKey).(ssh.PublicKey)
+	who, err := s.whoamiKey(ctx, pub)
+	if err != nil || !tunnelAllowed(who) {
+		s.log.Warn("cache tunnel refused", "fingerprint", who.Fingerprint, "role", who.Role, "err", err)
+		nc.Reject(gossh.Prohibited, "permission denied")
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	go gossh.DiscardRequests(reqs)
+	s.tunnel.serve(pipeChannel(ch))
+}
+
+// tunnel is one http.Server fed with channel connections.
+type tunnel struct {
+	ln  *chanListener
+	srv *http.Server
+}
+
+func newTunnel(h http.Handler, log *slog.Logger) *tunnel {
+	t := &tunnel{
+		ln: &chanListener{conns: make(chan net.Conn), done: make(chan struct{})},
+		srv: &http.Server{
+			Handler:  h,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		},
+	}
+	go t.srv.Serve(t.ln) //nolint:errcheck // returns when closed
+	return t
+}
+
+func (t *tunnel) serve(c net.Conn) {
+	select {
+	case t.ln.conns <- c:
+	case <-t.ln.done:
+		c.Close()
+	}
+}
+
+func (t *tunnel) close() { t.srv.Close() }
+
+// chanListener hands channel connections to http.Server.Serve.
+type chanListener struct {
+	conns chan net.Conn
+	once  sync.Once
+	done  chan struct{}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return tunnelAddr{} }
+
+type tunnelAddr struct{}
+
+func (tunnelAddr) Network() string { return "ssh-direct-tcpip" }
+func (tunnelAddr) String() string  { return protocol.CacheAddress }
+
+// pipeChannel gives http.Server one end of a net.Pipe (which supports the
+// deadlines it uses to abort background reads) and copies between the other
+// end and the channel.
+func pipeChannel(ch gossh.Channel) net.Conn {
+	srvEnd, ours := net.Pipe()
+	go func() {
+		io.Copy(ch, ours) //nolint:errcheck // ends when either side closes
+		ch.CloseWrite()
+		ch.Close()
+	}()
+	go func() {
+		io.Copy(ours, ch) //nolint:errcheck
+		ours.Close()
+	}()
+	return srvEnd
+}

@@ -1,0 +1,106 @@
+package sshd
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gbc-farm/gbc/coordinator"
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/db/sqlite"
+	"github.com/gbc-farm/gbc/keys"
+	"github.com/gbc-farm/gbc/protocol"
+)
+
+// newTunnelEnv is newEnv with a cache handler that answers every path with
+// the path itself.
+func newTunnelEnv(t *testing.T) *env {
+	t.Helper()
+	dir := t.TempDir()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "gbc.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, store: st, storeDir: filepath.Join(dir, "store")}
+	c, err := coordinator.New(ctx, coordinator.Config{StateDir: filepath.Join(dir, "state"), Store: st, StoreDirs: []string{e.storeDir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.coord = c
+	host, err := keys.LoadOrCreateHostKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.hostKey = host.PublicKey()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "cache says "+r.URL.Path) })
+	srv, err := New(Config{Coordinator: c, Store: st, HostKey: host, Cache: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.addr = l.Addr().String()
+	go srv.Serve(l)
+	t.Cleanup(func() {
+		srv.Close()
+		c.Close()
+		st.Close()
+	})
+	e.admin, e.operator, e.reader = newSigner(t), newSigner(t), newSigner(t)
+	e.putKey(e.reader, db.RoleReader, "")
+	return e
+}
+
+func tunnelGet(client *gossh.Client, path string) (string, error) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return client.Dial("tcp", protocol.CacheAddress)
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://" + protocol.CacheAddress + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func TestCacheTunnel(t *testing.T) {
+	e := newTunnelEnv(t)
+	_, agentKey := e.newAgent()
+	for name, s := range map[string]gossh.Signer{"agent": agentKey, "reader": e.reader} {
+		client, err := e.dial(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		// Several requests on one channel (keep-alive), then a new channel.
+		for _, p := range []string{"/nix-cache-info", "/x.narinfo", "/nix-cache-info"} {
+			got, err := tunnelGet(client, p)
+			if err != nil || got != "cache says "+p {
+				t.Fatalf("%s: GET %s through the tunnel: %q, %v", name, p, got, err)
+			}
+		}
+		// Nothing but the cache address can be reached.
+		for _, dest := range []string{e.addr, "cache.gbc:81", "localhost:80"} {
+			if c, err := client.Dial("tcp", dest); err == nil {
+				c.Close()
+				t.Fatalf("%s: forward to %s was accepted", name, dest)
+			} else if !strings.Contains(err.Error(), "prohibited") {
+				t.Fatalf("%s: forward to %s: %v", name, dest, err)
+			}
+		}
+	}
+}
