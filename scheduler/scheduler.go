@@ -1297,3 +1297,50 @@ func (s *Scheduler) settleDerived(work []int32) {
 		}
 	}
 }
+
+// Restore marks a queued build as allocated to agentID without choosing it:
+// the database says the agent held it when the coordinator stopped. Inputs
+// need not be available (the agent already has the build); if it is later
+// requeued it waits like any other build. Restoring a build already
+// allocated to the same agent is a no-op.
+func (s *Scheduler) Restore(id, agentID string) error {
+	if agentID == "" {
+		return fmt.Errorf("scheduler: restore build %q: empty agent", id)
+	}
+	idx, ok := s.byID.get(id, s.idOf)
+	if !ok {
+		return fmt.Errorf("scheduler: restore build %q: unknown build", id)
+	}
+	ai := s.agentIdx(agentID)
+	b := &s.builds[idx]
+	if b.state == stAllocated {
+		if b.agent == ai {
+			return nil
+		}
+		return fmt.Errorf("scheduler: restore build %q on %q: allocated to %q", id, agentID, s.agents[b.agent].id)
+	}
+	if b.hpos >= 0 {
+		s.hremove(idx)
+	}
+	if b.dpos >= 0 {
+		s.dremove(idx)
+	}
+	b.state = stAllocated
+	b.agent = ai
+	s.agents[ai].held++
+	s.agents[ai].slots[idx] = struct{}{}
+	s.allocated++
+	return nil
+}
+
+// Derivation reports whether a derivation has a queued or allocated build
+// here (live) and whether it was marked available (a build of it succeeded
+// or MarkAvailable was called), so the caller knows which inputs it still
+// has to look up.
+func (s *Scheduler) Derivation(path string) (live, available bool) {
+	d, ok := s.drvByPath.get(path, s.pathOf)
+	if !ok {
+		return false, false
+	}
+	return s.drvs[d].head != 0, s.drvs[d].available
+}
