@@ -117,6 +117,12 @@ type NewBuild struct {
 	RequiredFeatures []string
 	Outputs          []DerivationOutput
 	CreatedAt        time.Time
+	// DeferUntil holds the build back until then (zero: not deferred).
+	DeferUntil time.Time
+	// TimeoutSeconds and MaxSilentSeconds bound the build on its agent;
+	// 0 means the coordinator's default when it dispatches.
+	TimeoutSeconds   int
+	MaxSilentSeconds int
 }
 
 // Build is a build with everything `build show` needs.
@@ -234,4 +240,17 @@ type Store interface {
 // SQLite store implements it and dbtest checks it when present.
 type DependencyFailer interface {
 	FailDependency(ctx context.Context, id string, at time.Time, cause string) error
+}
+
+// Scheduling is implemented by stores that support the scheduler's
+// queries and changes (issue 5). Kept out of Store like DependencyFailer so
+// existing fakes keep compiling; the SQLite store implements it and dbtest
+// checks it when present.
+type Scheduling interface {
+	// SetBuildPriority changes a scheduled, allocated or started build's
+	// priority; ErrNotFound, ErrConflict once the build has ended.
+	SetBuildPriority(ctx context.Context, id string, priority int) error
+	// BuildsForDerivations returns every build (any state, newest first,
+	// without attempts and results) of any of the derivations.
+	BuildsForDerivations(ctx context.Context, derivations []string) ([]Build, error)
 }

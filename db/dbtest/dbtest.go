@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"RunnableAndOnAgent", testRunnableAndOnAgent},
 		{"ConcurrentTransitions", testConcurrentTransitions},
 		{"FailDependency", testFailDependency},
+		{"Scheduling", testScheduling},
 		{"ConcurrentReadsAndWrites", testConcurrentReadsAndWrites},
 		{"Events", testEvents},
 		{"SetupFailBuild", testSetupFailBuild},
@@ -886,5 +887,67 @@ func testConcurrentReadsAndWrites(t *testing.T, s db.Store) {
 	must(t, "BuildsOnAgent", err)
 	if len(bs) != writers*batches*perBatch {
 		t.Errorf("allocated builds: %d, want %d", len(bs), writers*batches*perBatch)
+	}
+}
+
+// testScheduling runs only for stores that implement db.Scheduling: build
+// options round-trip, priorities change until a build ends, and builds are
+// found by derivation.
+func testScheduling(t *testing.T, s db.Store) {
+	sc, ok := s.(db.Scheduling)
+	if !ok {
+		t.Skip("store does not implement db.Scheduling")
+	}
+	ctx := ctxFor(t)
+	newAgent(t, s, "a1")
+	opt := newBuild("opt", 0)
+	opt.DeferUntil = at(60)
+	opt.TimeoutSeconds = 3600
+	opt.MaxSilentSeconds = 300
+	again := newBuild("again", 1)
+	again.Derivation = opt.Derivation
+	createBuilds(t, s, opt, again, newBuild("other", 2))
+	b, err := s.Build(ctx, "opt")
+	must(t, "Build", err)
+	sameTime(t, "DeferUntil", b.DeferUntil, at(60))
+	if b.TimeoutSeconds != 3600 || b.MaxSilentSeconds != 300 {
+		t.Errorf("timeouts: %d %d", b.TimeoutSeconds, b.MaxSilentSeconds)
+	}
+	rs, err := s.RunnableBuilds(ctx)
+	must(t, "RunnableBuilds", err)
+	for _, r := range rs {
+		if r.ID == "opt" {
+			sameTime(t, "RunnableBuilds DeferUntil", r.DeferUntil, at(60))
+		}
+		if r.ID == "other" && !r.DeferUntil.IsZero() {
+			t.Errorf("other: DeferUntil %v, want zero", r.DeferUntil)
+		}
+	}
+
+	must(t, "SetBuildPriority", sc.SetBuildPriority(ctx, "opt", 7))
+	must(t, "allocate", s.AllocateBuild(ctx, "other", "a1", at(3)))
+	must(t, "SetBuildPriority allocated", sc.SetBuildPriority(ctx, "other", -2))
+	if b, _ := s.Build(ctx, "opt"); b.Priority != 7 {
+		t.Errorf("priority %d, want 7", b.Priority)
+	}
+	if b, _ := s.Build(ctx, "other"); b.Priority != -2 {
+		t.Errorf("priority %d, want -2", b.Priority)
+	}
+	must(t, "cancel", s.CancelBuild(ctx, "again", at(4)))
+	mustErrIs(t, "SetBuildPriority canceled", sc.SetBuildPriority(ctx, "again", 1), db.ErrConflict)
+	mustErrIs(t, "SetBuildPriority unknown", sc.SetBuildPriority(ctx, "nope", 1), db.ErrNotFound)
+
+	bs, err := sc.BuildsForDerivations(ctx, []string{opt.Derivation, "/nix/store/none.drv"})
+	must(t, "BuildsForDerivations", err)
+	if got := ids(bs); !reflect.DeepEqual(got, []string{"again", "opt"}) {
+		t.Errorf("BuildsForDerivations = %v, want [again opt]", got)
+	}
+	if bs[0].State != db.StateCanceled || bs[1].State != db.StateScheduled {
+		t.Errorf("states %s %s", bs[0].State, bs[1].State)
+	}
+	bs, err = sc.BuildsForDerivations(ctx, nil)
+	must(t, "BuildsForDerivations(nil)", err)
+	if len(bs) != 0 {
+		t.Errorf("BuildsForDerivations(nil) = %v", ids(bs))
 	}
 }

@@ -58,7 +58,8 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 			stmts = append(stmts, st)
 			return st, nil
 		}
-		insBuild, err := prep(`INSERT INTO builds (id, derivation, system, priority, state, created_at) VALUES (?, ?, ?, ?, 'scheduled', ?)`)
+		insBuild, err := prep(`INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds)
+			VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -75,7 +76,7 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 			return err
 		}
 		for _, b := range builds {
-			_, err := insBuild.ExecContext(ctx, b.ID, b.Derivation, b.System, b.Priority, ms(b.CreatedAt))
+			_, err := insBuild.ExecContext(ctx, b.ID, b.Derivation, b.System, b.Priority, ms(b.CreatedAt), ms(b.DeferUntil), b.TimeoutSeconds, b.MaxSilentSeconds)
 			if isUnique(err) {
 				return fmt.Errorf("build %s: %w", b.ID, db.ErrExists)
 			}
@@ -107,7 +108,7 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 	})
 }
 
-const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason`
+const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason, defer_until, timeout_seconds, max_silent_seconds`
 
 func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
 	var (
@@ -115,9 +116,10 @@ func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
 		state                   string
 		agentID                 sql.NullString
 		created, started, ended sql.NullInt64
+		deferUntil              sql.NullInt64
 	)
 	if err := sc.Scan(&b.ID, &b.Derivation, &b.System, &b.Priority, &state, &agentID,
-		&created, &started, &ended, &b.FailureReason); err != nil {
+		&created, &started, &ended, &b.FailureReason, &deferUntil, &b.TimeoutSeconds, &b.MaxSilentSeconds); err != nil {
 		return db.Build{}, err
 	}
 	b.State = db.BuildState(state)
@@ -125,6 +127,7 @@ func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
 	b.CreatedAt = fromMS(created)
 	b.StartedAt = fromMS(started)
 	b.EndedAt = fromMS(ended)
+	b.DeferUntil = fromMS(deferUntil)
 	return b, nil
 }
 
@@ -394,4 +397,28 @@ func (s *Store) BuildsOnAgent(ctx context.Context, agentID string) ([]db.Build, 
 		args:  []any{agentID},
 		order: "created_at, seq",
 	})
+}
+
+// BuildsForDerivations lists every build of the given derivations, newest
+// first, in chunks so the statement stays under SQLite's variable limit.
+func (s *Store) BuildsForDerivations(ctx context.Context, derivations []string) ([]db.Build, error) {
+	const chunk = 500
+	var out []db.Build
+	for i := 0; i < len(derivations); i += chunk {
+		part := derivations[i:min(i+chunk, len(derivations))]
+		args := make([]any, len(part))
+		for j, d := range part {
+			args[j] = d
+		}
+		bs, err := s.list(ctx, fmt.Sprintf("listing builds of %d derivations", len(part)), selection{
+			where: "derivation IN (?" + strings.Repeat(", ?", len(part)-1) + ")",
+			args:  args,
+			order: newestFirst,
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, bs...)
+	}
+	return out, nil
 }
