@@ -29,9 +29,10 @@ type Config struct {
 	Name              string
 	Systems           []string
 	Features          []string
-	MaxParallelBuilds int    // 1 if zero
-	WorkDir           string // spool for logs and NAR files
-	Compression       string // "zstd" if empty
+	RequireTags       []string // "K=V": only builds carrying these tags
+	MaxParallelBuilds int      // 1 if zero
+	WorkDir           string   // spool for logs and NAR files
+	Compression       string   // "zstd" if empty
 
 	// Reconnect backoff: doubles from MinBackoff to MaxBackoff, with
 	// jitter. Defaults 1s and 30s.

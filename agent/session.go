@@ -109,6 +109,7 @@ func (a *Agent) handshake(ctx context.Context, client *ssh.Client, w *writer, r 
 		AgentVersion:      Version,
 		Systems:           a.cfg.Systems,
 		Features:          a.cfg.Features,
+		RequireTags:       a.cfg.RequireTags,
 		MaxParallelBuilds: a.cfg.MaxParallelBuilds,
 		StoreDir:          a.cfg.Backend.StoreDir(),
 		Backend:           a.cfg.Backend.Name(),

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/protocol"
+	"github.com/gbc-farm/gbc/scheduler"
 )
 
 // Session is one connected agent. The coordinator pushes Build and Cancel
@@ -28,11 +29,13 @@ type Session struct {
 	connectedAt time.Time
 	backend     string
 	backendVer  string
+	sched       scheduler.Agent
 
 	// Guarded by c.mu.
 	holds    map[string]bool // builds allocated to this session
 	lastSeen time.Time
 	gone     bool
+	inactive bool // deactivated: keeps its builds, gets no new ones
 
 	outMu  sync.Mutex
 	out    []protocol.Message
@@ -68,9 +71,6 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 	if err != nil {
 		return nil, protocol.Welcome{}, fmt.Errorf("agent %s: %w", agentID, err)
 	}
-	if !a.Active {
-		return nil, protocol.Welcome{}, fmt.Errorf("agent %s: %w", agentID, ErrUnknownAgent)
-	}
 	onAgent, err := c.store.BuildsOnAgent(ctx, agentID)
 	if err != nil {
 		return nil, protocol.Welcome{}, fmt.Errorf("builds on agent %s: %w", agentID, err)
@@ -92,11 +92,13 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		backendVer:  h.BackendVersion,
 		holds:       map[string]bool{},
 		lastSeen:    now,
+		inactive:    !a.Active,
 		wake:        make(chan struct{}),
 	}
 	for _, f := range h.Features {
 		s.features[f] = true
 	}
+	s.sched = s.schedAgent()
 	running := map[string]bool{}
 	for _, id := range h.Running {
 		running[id] = true
@@ -268,6 +270,7 @@ func (s *Session) statusLocked() AgentStatus {
 	st := AgentStatus{
 		ID: s.agentID, Name: s.name, Systems: s.systems, MaxParallel: s.maxParallel,
 		ConnectedAt: s.connectedAt, LastSeen: s.lastSeen, Running: []string{}, Features: []string{},
+		Active: !s.inactive,
 	}
 	for f := range s.features {
 		st.Features = append(st.Features, f)
@@ -354,28 +357,24 @@ func (c *Coordinator) reconcileAfterGrace(agentID string) {
 			if cur != nil {
 				reason = "agent reconnected without the build"
 			}
-			c.requeueLocked(ctx, b.ID, agentID, reason)
+			c.requeueLocked(ctx, b.ID, agentID, reason, "")
 		}
 		c.dispatchLocked(ctx)
 	}()
 }
 
 // requeueLocked sends a held build back to the queue (infrastructure
-// failure, not counted against the build).
-func (c *Coordinator) requeueLocked(ctx context.Context, buildID, agentID, reason string) {
+// failure, not counted against the build); avoid, if set, is an agent the
+// build should go to only when no other can take it.
+func (c *Coordinator) requeueLocked(ctx context.Context, buildID, agentID, reason, avoid string) {
 	now := c.clk.Now()
 	if err := c.store.RequeueBuild(ctx, buildID, agentID, now, reason); err != nil {
 		c.log.Error("requeue build", "build", buildID, "agent", agentID, "reason", reason, "err", err)
 		return
 	}
 	c.releaseLocked(buildID, agentID)
-	b, err := c.store.Build(ctx, buildID)
-	if err != nil {
-		c.log.Error("reload requeued build", "build", buildID, "err", err)
-		return
-	}
+	c.sched.Requeue(buildID, avoid)
 	c.log.Info("build requeued", "build", buildID, "agent", agentID, "reason", reason)
-	c.enqueueLocked(b.NewBuild)
 }
 
 // releaseLocked frees the agent's slot and its upload area for the build.
@@ -388,124 +387,26 @@ func (c *Coordinator) releaseLocked(buildID, agentID string) {
 	}
 }
 
-// dispatchLocked allocates queued builds to agents with free slots, one
-// build per agent per round so work spreads across agents.
-func (c *Coordinator) dispatchLocked(ctx context.Context) {
-	if c.closed {
-		return
+// SetAgentActive activates or deactivates an agent. A deactivated agent
+// keeps running what it holds but gets no new builds (also after a
+// reconnect); activating it hands it work at once.
+func (c *Coordinator) SetAgentActive(ctx context.Context, agentID string, active bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.store.SetAgentActive(ctx, agentID, active); err != nil {
+		return fmt.Errorf("set agent %s active=%v: %w", agentID, active, err)
 	}
-	sessions := make([]*Session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		sessions = append(sessions, s)
+	if s := c.sessions[agentID]; s != nil {
+		s.inactive = !active
 	}
-	// Least loaded first, then by id for determinism.
-	sort.Slice(sessions, func(i, j int) bool {
-		li, lj := len(sessions[i].holds), len(sessions[j].holds)
-		if li != lj {
-			return li < lj
-		}
-		return sessions[i].agentID < sessions[j].agentID
-	})
-	for progress := true; progress; {
-		progress = false
-		for _, s := range sessions {
-			if s.gone || len(s.holds) >= s.maxParallel {
-				continue
-			}
-			e := c.pickLocked(s)
-			if e == nil {
-				continue
-			}
-			c.dequeueLocked(e.build.ID)
-			if err := c.store.AllocateBuild(ctx, e.build.ID, s.agentID, c.clk.Now()); err != nil {
-				if errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound) {
-					// Changed behind our back: the store is the truth, so
-					// drop it from the queue and move on.
-					c.log.Warn("allocate build", "build", e.build.ID, "agent", s.agentID, "err", err)
-					progress = true
-					continue
-				}
-				// The store failed: keep the build queued and try again at
-				// the next event rather than spinning here.
-				c.log.Error("allocate build", "build", e.build.ID, "agent", s.agentID, "err", err)
-				c.enqueueLocked(e.build)
-				return
-			}
-			if err := os.MkdirAll(c.uploadDir(s.agentID, e.build.ID), 0o755); err != nil {
-				c.log.Error("create upload dir", "build", e.build.ID, "err", err)
-			}
-			s.holds[e.build.ID] = true
-			outs := make([]protocol.OutputRef, 0, len(e.build.Outputs))
-			for _, o := range e.build.Outputs {
-				outs = append(outs, protocol.OutputRef{Name: o.Name, Path: o.Path})
-			}
-			s.push(&protocol.Build{
-				Build:      e.build.ID,
-				Derivation: e.build.Derivation,
-				System:     e.build.System,
-				Outputs:    outs,
-				UploadDir:  "/uploads/" + e.build.ID,
-			})
-			c.log.Info("build allocated", "build", e.build.ID, "agent", s.agentID, "system", e.build.System, "priority", e.build.Priority)
-			progress = true
-		}
+	c.log.Info("agent activation changed", "agent", agentID, "active", active)
+	if active {
+		c.dispatchLocked(ctx)
 	}
+	return nil
 }
 
-// pickLocked returns the first queued build, in queue order across the
-// agent's systems, that the agent can take.
-func (c *Coordinator) pickLocked(s *Session) *entry {
-	var best *entry
-	for _, sys := range s.systems {
-		q := c.queues[sys]
-		if q == nil {
-			continue
-		}
-		for _, e := range q.entries {
-			if best != nil && !e.before(best) {
-				break
-			}
-			if !s.canTake(e) {
-				continue
-			}
-			if e.avoid[s.agentID] && c.otherCanTakeLocked(e, s) {
-				continue
-			}
-			best = e
-			break
-		}
-	}
-	return best
-}
-
-func (c *Coordinator) otherCanTakeLocked(e *entry, except *Session) bool {
-	for _, o := range c.sessions {
-		if o != except && !o.gone && !e.avoid[o.agentID] && o.canTake(e) {
-			return true
-		}
-	}
-	return false
-}
-
-// canTake: agent systems ⊇ build system, required features ⊆ agent
-// features, and the agent's required tags are all on the build.
-func (s *Session) canTake(e *entry) bool {
-	if !slices.Contains(s.systems, e.build.System) {
-		return false
-	}
-	for _, f := range e.build.RequiredFeatures {
-		if !s.features[f] {
-			return false
-		}
-	}
-	for _, kv := range s.requireTags {
-		k, v, _ := strings.Cut(kv, "=")
-		if !slices.Contains(e.build.Tags, db.Tag{Key: k, Value: v}) {
-			return false
-		}
-	}
-	return true
-}
+func cutKV(kv string) (k, v string, ok bool) { return strings.Cut(kv, "=") }
 
 // agentEvent records an agent's arrival or departure. These are not build
 // transitions, so the event is its own row; a failure to write it is

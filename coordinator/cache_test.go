@@ -12,6 +12,7 @@ import (
 	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/narinfo"
 	"github.com/gbc-farm/gbc/protocol"
+	"github.com/gbc-farm/gbc/scheduler"
 	"github.com/gbc-farm/gbc/signing"
 	"github.com/gbc-farm/gbc/storepath"
 )
@@ -39,6 +40,9 @@ func withCache(t *testing.T, h *harness) (*cache.Cache, signing.NixSecretKey, si
 		StateDir: filepath.Join(h.dir, "state"), Store: h.store, Clock: h.clk,
 		StoreDirs: []string{h.storeDir}, DisconnectGrace: grace, Heartbeat: h.c.cfg.Heartbeat,
 		Cache: cc, CacheAddress: protocol.CacheAddress,
+		// Inputs without a build here are assumed substitutable, which is
+		// what these tests exercise.
+		Strategy: scheduler.Permissive,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +96,7 @@ func TestCachePublishesDerivationsAndOutputs(t *testing.T) {
 	if w.CacheAddress != protocol.CacheAddress || w.CachePublicKey != nk.Public().String() {
 		t.Fatalf("welcome cache fields %q %q", w.CacheAddress, w.CachePublicKey)
 	}
-	// b waits for a's output; a is not submitted, so b is runnable (the
+	// a is not submitted, so in the permissive strategy b is runnable (the
 	// agent substitutes or reports a missing input).
 	bm := ag.next()
 	if bm.Build != ids[0] {

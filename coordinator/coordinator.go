@@ -18,6 +18,7 @@ import (
 	"github.com/gbc-farm/gbc/cache"
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/scheduler"
 )
 
 // Store is the durable state the coordinator needs: db.Store plus the two
@@ -82,6 +83,14 @@ type Config struct {
 	// CacheAddress is the reserved host:port agents reach the cache at
 	// through their SSH connection; sent in welcome when Cache is set.
 	CacheAddress string
+	// Strategy decides whether inputs without a build here block their
+	// dependents (scheduler.DerivationOrdered, the zero value) or are
+	// assumed substitutable (scheduler.Permissive).
+	Strategy scheduler.Strategy
+	// BuildTimeout and MaxSilentTime are the defaults sent with a build
+	// that has none of its own; zero means no limit.
+	BuildTimeout  time.Duration
+	MaxSilentTime time.Duration
 }
 
 // Coordinator is safe for concurrent use.
@@ -92,21 +101,15 @@ type Coordinator struct {
 	log   *slog.Logger
 
 	mu        sync.Mutex
-	queues    map[string]*readyQueue // by system
-	queued    map[string]*entry      // by build id
-	sessions  map[string]*Session    // by agent id
+	sched     *scheduler.Scheduler
+	sessions  map[string]*Session // by agent id
 	waiters   map[string][]chan struct{}
 	verifying map[string]bool
-	// setupAvoid remembers, per build, agents where setup failed.
-	setupAvoid map[string]map[string]bool
-	// Dependency tracking, see deps.go.
-	blocked    map[string]*blockedBuild   // by build id
-	dependents map[string][]string        // input .drv → blocked build ids
-	active     map[string]map[string]bool // .drv → live build ids
-	drvOf      map[string]string          // live build id → .drv
-	closed     bool
-	done       chan struct{}
-	wg         sync.WaitGroup
+	// avoid remembers, per build, agents where setup failed.
+	avoid  map[string]map[string]bool
+	closed bool
+	done   chan struct{}
+	wg     sync.WaitGroup
 }
 
 // New loads the ready queue from the store and returns a running coordinator.
@@ -147,61 +150,54 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		}
 	}
 	c := &Coordinator{
-		cfg:        cfg,
-		store:      cfg.Store,
-		clk:        cfg.Clock,
-		log:        cfg.Logger,
-		queues:     map[string]*readyQueue{},
-		queued:     map[string]*entry{},
-		sessions:   map[string]*Session{},
-		waiters:    map[string][]chan struct{}{},
-		verifying:  map[string]bool{},
-		setupAvoid: map[string]map[string]bool{},
-		blocked:    map[string]*blockedBuild{},
-		dependents: map[string][]string{},
-		active:     map[string]map[string]bool{},
-		drvOf:      map[string]string{},
-		done:       make(chan struct{}),
+		cfg:       cfg,
+		store:     cfg.Store,
+		clk:       cfg.Clock,
+		log:       cfg.Logger,
+		sched:     scheduler.New(cfg.Strategy, cfg.Clock),
+		sessions:  map[string]*Session{},
+		waiters:   map[string][]chan struct{}{},
+		verifying: map[string]bool{},
+		avoid:     map[string]map[string]bool{},
+		done:      make(chan struct{}),
 	}
-	runnable, err := c.store.RunnableBuilds(ctx)
+	held, err := c.restore(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("coordinator: load runnable builds: %w", err)
+		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	// Builds held by agents when the coordinator stopped stay with them for
 	// one grace period, so reconnecting agents can continue them.
-	held := map[string]bool{}
-	c.mu.Lock()
-	for _, st := range []db.BuildState{db.StateAllocated, db.StateStarted} {
-		bs, err := c.store.Builds(ctx, db.BuildFilter{State: st})
-		if err != nil {
-			c.mu.Unlock()
-			return nil, fmt.Errorf("coordinator: load %s builds: %w", st, err)
-		}
-		for _, b := range bs {
-			c.trackLocked(b.ID, b.Derivation)
-			if b.AgentID != "" {
-				held[b.AgentID] = true
-			}
-		}
-	}
-	for _, b := range runnable {
-		c.trackLocked(b.ID, b.Derivation)
-	}
-	for _, b := range runnable {
-		inputs, err := c.inputDerivations(b.Derivation)
-		if err != nil {
-			// Without its inputs the build still runs; the agent reports
-			// anything missing as a setup failure.
-			c.log.Warn("re-read derivation for dependencies", "build", b.ID, "err", err)
-		}
-		c.admitLocked(b.NewBuild, inputs)
-	}
-	c.mu.Unlock()
 	for agentID := range held {
 		c.reconcileAfterGrace(agentID)
 	}
-	c.log.Info("coordinator ready", "queued", len(c.queued), "blocked", len(c.blocked), "agents_holding_builds", len(held))
+	if c.spawn() {
+		go c.wakeDeferred()
+	}
+	st := c.sched.Stats()
+	c.log.Info("coordinator ready", "strategy", cfg.Strategy.String(), "ready", st.Ready, "waiting", st.Waiting,
+		"deferred", st.Deferred, "allocated", st.Allocated, "agents_holding_builds", len(held))
 	return c, nil
+}
+
+// wakeDeferred releases deferred builds when they fall due. It polls once
+// a second (Allocate also releases due builds itself, so a build is never
+// held back more than that once an agent asks).
+func (c *Coordinator) wakeDeferred() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.clk.After(time.Second):
+		case <-c.done:
+			return
+		}
+		c.mu.Lock()
+		if next, ok := c.sched.NextWakeup(); ok && !next.After(c.clk.Now()) {
+			if len(c.sched.Wake()) > 0 {
+				c.dispatchLocked(context.Background())
+			}
+		}
+		c.mu.Unlock()
+	}
 }
 
 // Close ends every agent session and stops background work. Builds held by
@@ -223,34 +219,6 @@ func (c *Coordinator) Close() {
 		s.closeOutbox()
 	}
 	c.wg.Wait()
-}
-
-func (c *Coordinator) enqueueLocked(b db.NewBuild) {
-	if _, ok := c.queued[b.ID]; ok {
-		return
-	}
-	e := &entry{build: b, avoid: c.setupAvoid[b.ID]}
-	q := c.queues[b.System]
-	if q == nil {
-		q = &readyQueue{}
-		c.queues[b.System] = q
-	}
-	q.insert(e)
-	c.queued[b.ID] = e
-}
-
-func (c *Coordinator) dequeueLocked(id string) {
-	e, ok := c.queued[id]
-	if !ok {
-		return
-	}
-	delete(c.queued, id)
-	if q := c.queues[e.build.System]; q != nil {
-		q.remove(id)
-		if q.len() == 0 {
-			delete(c.queues, e.build.System)
-		}
-	}
 }
 
 func (c *Coordinator) uploadDir(agentID, buildID string) string {
@@ -286,8 +254,10 @@ func (c *Coordinator) HeldBuilds(ctx context.Context, agentID string) ([]string,
 
 // Status is a snapshot for `status`.
 type Status struct {
-	Queued    map[string]int // by system
+	Queued    map[string]int // ready builds by system
 	Blocked   int            // waiting for input derivations
+	Deferred  int
+	Allocated int
 	Connected []AgentStatus
 }
 
@@ -299,6 +269,7 @@ type AgentStatus struct {
 	Features    []string  `json:"features"`
 	MaxParallel int       `json:"max_parallel_builds"`
 	Running     []string  `json:"running"`
+	Active      bool      `json:"active"`
 	ConnectedAt time.Time `json:"connected_at"`
 	LastSeen    time.Time `json:"last_seen"`
 }
@@ -307,11 +278,8 @@ type AgentStatus struct {
 func (c *Coordinator) Status() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := Status{Queued: map[string]int{}}
-	for sys, q := range c.queues {
-		st.Queued[sys] = q.len()
-	}
-	st.Blocked = len(c.blocked)
+	ss := c.sched.Stats()
+	st := Status{Queued: ss.ReadyBySystem, Blocked: ss.Waiting, Deferred: ss.Deferred, Allocated: ss.Allocated}
 	for _, s := range c.sessions {
 		st.Connected = append(st.Connected, s.statusLocked())
 	}

@@ -109,22 +109,15 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures, m.Missing)
-	if c.setupAvoid[b.ID] == nil {
-		c.setupAvoid[b.ID] = map[string]bool{}
-	}
-	c.setupAvoid[b.ID][s.agentID] = true
-	if e := c.queued[b.ID]; e != nil {
-		e.avoid = c.setupAvoid[b.ID]
-	}
 	c.dispatchLocked(ctx)
 	return nil
 }
 
 // infraFailureLocked ends an attempt that failed for reasons outside the
-// derivation: requeue, or fail the build once limit such failures (counted
-// by the reason's kind prefix) have happened. Setup failures go through
-// SetupFailBuild so that their events (setup-failure, missing-inputs with
-// missing) are written with the change.
+// derivation: requeue (preferring another agent), or fail the build once
+// limit such failures (counted by the reason's kind prefix) have happened.
+// Setup failures go through SetupFailBuild so that their events
+// (setup-failure, missing-inputs with missing) are written with the change.
 func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID, kind, reason string, limit int, missing []string) {
 	n := 1 // this attempt
 	for _, a := range b.Attempts {
@@ -134,8 +127,13 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 	}
 	setup := kind == "setup-failure"
 	if n < limit {
+		// Prefer another agent next time: this one may lack something.
+		if c.avoid[b.ID] == nil {
+			c.avoid[b.ID] = map[string]bool{}
+		}
+		c.avoid[b.ID][agentID] = true
 		if !setup {
-			c.requeueLocked(ctx, b.ID, agentID, reason)
+			c.requeueLocked(ctx, b.ID, agentID, reason, agentID)
 			return
 		}
 		if err := c.store.SetupFailBuild(ctx, b.ID, agentID, c.clk.Now(), reason, missing, false); err != nil {
@@ -143,8 +141,8 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 			return
 		}
 		c.releaseLocked(b.ID, agentID)
+		c.sched.Requeue(b.ID, agentID)
 		c.log.Info("build requeued", "build", b.ID, "agent", agentID, "reason", reason)
-		c.enqueueLocked(b.NewBuild)
 		return
 	}
 	final := fmt.Sprintf("infrastructure: %s (%d attempts)", reason, n)

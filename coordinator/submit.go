@@ -9,12 +9,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/protocol"
+	"github.com/gbc-farm/gbc/scheduler"
 	"github.com/gbc-farm/gbc/storepath"
 )
 
@@ -26,10 +28,23 @@ type Submission struct {
 	Derivations []string // .drv paths in one of Config.StoreDirs
 	Priority    int
 	Tags        []db.Tag
+	// DeferUntil holds the builds back until then.
+	DeferUntil time.Time
+	// Timeout and MaxSilentTime bound each build on its agent (zero: the
+	// coordinator's defaults).
+	Timeout, MaxSilentTime time.Duration
+	// IgnoreIfExists reuses a build of the same derivation that is queued,
+	// running or succeeded instead of recording a new one.
+	IgnoreIfExists bool
+	// EnsureInputs also submits builds for every derivation in the input
+	// closure whose outputs have no successful build here, are not in the
+	// cache and have no build queued or running.
+	EnsureInputs bool
 }
 
 // Submit reads every derivation and records one build per derivation, all
-// or none; it returns the build ids in the order given.
+// or none; it returns the build ids in the order given (builds added for
+// the input closure are not listed).
 func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, error) {
 	if len(sub.Derivations) == 0 {
 		return nil, fmt.Errorf("%w: no derivations given", ErrBadSubmission)
@@ -37,37 +52,182 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 	if len(sub.Derivations) > MaxSubmit {
 		return nil, fmt.Errorf("%w: %d derivations, at most %d per submission", ErrBadSubmission, len(sub.Derivations), MaxSubmit)
 	}
+	if sub.Timeout < 0 || sub.MaxSilentTime < 0 {
+		return nil, fmt.Errorf("%w: negative timeout or max-silent-time", ErrBadSubmission)
+	}
 	now := c.clk.Now()
+	ids := make([]string, len(sub.Derivations))
+	byDrv := map[string]int{} // derivation → index in builds
 	builds := make([]db.NewBuild, 0, len(sub.Derivations))
 	inputs := make([][]string, 0, len(sub.Derivations))
-	for _, p := range sub.Derivations {
+	existing, err := c.existingBuilds(ctx, sub)
+	if err != nil {
+		return nil, err
+	}
+	add := func(p string) (int, []string, error) {
 		nb, in, err := c.readDerivation(ctx, p)
 		if err != nil {
-			return nil, err
+			return 0, nil, err
 		}
-		inputs = append(inputs, in)
 		nb.ID = uuid.NewString()
 		nb.Priority = sub.Priority
 		nb.Tags = slices.Clone(sub.Tags)
 		nb.CreatedAt = now
+		nb.DeferUntil = sub.DeferUntil
+		nb.TimeoutSeconds = int(sub.Timeout / time.Second)
+		nb.MaxSilentSeconds = int(sub.MaxSilentTime / time.Second)
+		byDrv[p] = len(builds)
 		builds = append(builds, nb)
+		inputs = append(inputs, in)
+		return len(builds) - 1, in, nil
 	}
-	if err := c.store.CreateBuilds(ctx, builds); err != nil {
-		return nil, fmt.Errorf("record builds: %w", err)
+	for i, p := range sub.Derivations {
+		if id, ok := existing[p]; ok {
+			ids[i] = id
+			continue
+		}
+		if j, ok := byDrv[p]; ok && sub.IgnoreIfExists {
+			ids[i] = builds[j].ID
+			continue
+		}
+		j, _, err := add(p)
+		if err != nil {
+			return nil, err
+		}
+		ids[i] = builds[j].ID
 	}
-	ids := make([]string, len(builds))
+	if sub.EnsureInputs {
+		if err := c.addClosure(ctx, builds, inputs, byDrv, add); err != nil {
+			return nil, err
+		}
+	}
+	if len(builds) > 0 {
+		if err := c.store.CreateBuilds(ctx, builds); err != nil {
+			return nil, fmt.Errorf("record builds: %w", err)
+		}
+	}
 	c.mu.Lock()
-	for _, b := range builds {
-		c.trackLocked(b.ID, b.Derivation)
-	}
+	defer c.mu.Unlock()
+	var unresolved []string
+	batch := make([]scheduler.Build, len(builds))
 	for i, b := range builds {
-		ids[i] = b.ID
-		c.admitLocked(b, inputs[i])
-		c.log.Info("build submitted", "build", b.ID, "derivation", b.Derivation, "system", b.System, "priority", b.Priority)
+		batch[i] = toSched(b, inputs[i])
+		for _, in := range inputs[i] {
+			if _, ok := byDrv[in]; !ok {
+				unresolved = append(unresolved, in)
+			}
+		}
 	}
+	if err := c.resolveInputsLocked(ctx, unresolved); err != nil {
+		// Recorded but not queued would be lost until a restart; the
+		// inputs just stay unavailable, which a later success fixes.
+		c.log.Error("resolve input derivations", "err", err)
+	}
+	if err := c.sched.AddBatch(batch); err != nil {
+		// A cycle among untrusted derivations: cancel what was recorded
+		// but could not be queued, so nothing waits forever.
+		for _, b := range builds {
+			if _, ok := c.sched.StateOf(b.ID); !ok {
+				if cerr := c.store.CancelBuild(ctx, b.ID, now); cerr != nil {
+					c.log.Error("cancel unqueueable build", "build", b.ID, "err", cerr)
+				}
+			}
+		}
+		return nil, fmt.Errorf("%w: %w", ErrBadSubmission, err)
+	}
+	for _, b := range builds {
+		c.log.Debug("build submitted", "build", b.ID, "derivation", b.Derivation, "system", b.System, "priority", b.Priority)
+	}
+	c.log.Info("builds submitted", "count", len(builds), "requested", len(sub.Derivations))
 	c.dispatchLocked(ctx)
-	c.mu.Unlock()
 	return ids, nil
+}
+
+// existingBuilds finds, for --ignore-if-build-for-outputs-exists, a build
+// of each derivation that is queued, running or succeeded.
+func (c *Coordinator) existingBuilds(ctx context.Context, sub Submission) (map[string]string, error) {
+	out := map[string]string{}
+	if !sub.IgnoreIfExists {
+		return out, nil
+	}
+	sc, ok := c.store.(db.Scheduling)
+	if !ok {
+		return nil, errors.New("this store cannot look up builds by derivation")
+	}
+	bs, err := sc.BuildsForDerivations(ctx, sub.Derivations)
+	if err != nil {
+		return nil, fmt.Errorf("look up existing builds: %w", err)
+	}
+	for _, b := range bs {
+		switch b.State {
+		case db.StateFailed, db.StateCanceled, db.StateFailedDependency:
+			continue
+		}
+		if _, ok := out[b.Derivation]; !ok { // newest first
+			out[b.Derivation] = b.ID
+		}
+	}
+	return out, nil
+}
+
+// addClosure walks the input closure of the submitted builds and adds a
+// build for every derivation that needs one. The walk stops at inputs that
+// are available or have a live build here (their own inputs are theirs).
+func (c *Coordinator) addClosure(ctx context.Context, builds []db.NewBuild, inputs [][]string,
+	byDrv map[string]int, add func(string) (int, []string, error)) error {
+	var queue []string
+	for _, in := range inputs {
+		queue = append(queue, in...)
+	}
+	seen := map[string]bool{}
+	for len(queue) > 0 {
+		// Look up a whole level at once.
+		var level []string
+		for _, d := range queue {
+			if _, ok := byDrv[d]; !ok && !seen[d] {
+				seen[d] = true
+				level = append(level, d)
+			}
+		}
+		queue = queue[:0]
+		if len(level) == 0 {
+			break
+		}
+		skip := map[string]bool{}
+		c.mu.Lock()
+		for _, d := range level {
+			if live, avail := c.sched.Derivation(d); live || avail {
+				skip[d] = true
+			}
+		}
+		c.mu.Unlock()
+		if sc, ok := c.store.(db.Scheduling); ok {
+			bs, err := sc.BuildsForDerivations(ctx, level)
+			if err != nil {
+				return fmt.Errorf("look up builds of input derivations: %w", err)
+			}
+			for _, b := range bs {
+				switch b.State {
+				case db.StateSucceeded, db.StateScheduled, db.StateAllocated, db.StateStarted:
+					skip[b.Derivation] = true
+				}
+			}
+		}
+		for _, d := range level {
+			if skip[d] || c.outputsInCache(d) {
+				continue
+			}
+			if len(byDrv) >= MaxSubmit {
+				return fmt.Errorf("%w: the input closure needs more than %d builds; submit it in parts", ErrBadSubmission, MaxSubmit)
+			}
+			_, in, err := add(d)
+			if err != nil {
+				return fmt.Errorf("input closure: %w", err)
+			}
+			queue = append(queue, in...)
+		}
+	}
+	return nil
 }
 
 func (c *Coordinator) readDerivation(ctx context.Context, p string) (db.NewBuild, []string, error) {
@@ -179,7 +339,6 @@ func (c *Coordinator) Cancel(ctx context.Context, id string) error {
 	if err := c.store.CancelBuild(ctx, id, c.clk.Now()); err != nil {
 		return fmt.Errorf("cancel build %s: %w", id, err)
 	}
-	c.dequeueLocked(id)
 	if b.AgentID != "" && (b.State == db.StateAllocated || b.State == db.StateStarted) {
 		if s := c.sessions[b.AgentID]; s != nil && s.holds[id] {
 			s.push(&protocol.Cancel{Build: id})
@@ -190,6 +349,36 @@ func (c *Coordinator) Cancel(ctx context.Context, id string) error {
 	c.endedLocked(ctx, id, outcomeCanceled)
 	c.dispatchLocked(ctx)
 	return nil
+}
+
+// SetPriority changes a build's priority; everything it waits on is
+// re-ordered through derived priority.
+func (c *Coordinator) SetPriority(ctx context.Context, id string, priority int) error {
+	sc, ok := c.store.(db.Scheduling)
+	if !ok {
+		return errors.New("this store cannot change priorities")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := sc.SetBuildPriority(ctx, id, priority); err != nil {
+		return fmt.Errorf("set priority of build %s: %w", id, err)
+	}
+	c.sched.SetPriority(id, priority)
+	c.log.Info("build priority changed", "build", id, "priority", priority)
+	return nil
+}
+
+// QueueOrder reports a queued or running build's place in the order:
+// its scheduler state, derived priority and number of builds waiting on it.
+func (c *Coordinator) QueueOrder(id string) (state string, derived, dependents int, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.sched.StateOf(id)
+	if !ok {
+		return "", 0, 0, false
+	}
+	derived, dependents, _ = c.sched.Order(id)
+	return st.String(), derived, dependents, true
 }
 
 // Wait blocks until the build reaches a terminal state and returns it.

@@ -71,7 +71,7 @@ say "try it yourself (while this shell waits; Ctrl-C to stop the demo)"
 cat <<TXT
   ssh -p $port -i $work/admin -o UserKnownHostsFile=$work/known_hosts 127.0.0.1 help
   ssh -p $port -i $work/admin -o UserKnownHostsFile=$work/known_hosts 127.0.0.1 \\
-      build --wait \$(nix-instantiate $top/examples/graph.nix --argstr nonce \$RANDOM -A top)
+      build --wait --ensure-all-related-derivation-outputs-have-successful-builds \$(nix-instantiate $top/examples/graph.nix --argstr nonce \$RANDOM -A top)
 Logs: $work/coordinator.log $work/agent1.log $work/agent2.log
 TXT
 if [ -t 0 ] && [ -z "${CI:-}" ]; then

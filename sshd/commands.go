@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	iofs "io/fs"
+	"math"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -75,15 +77,19 @@ func commandTable() []command {
 		{[]string{"status"}, db.RoleReader, "", "queue lengths and connected agents", setupStatus},
 		{[]string{"agents"}, db.RoleReader, "", "list registered agents", setupAgents},
 		{[]string{"agent", "new"}, db.RoleAdmin, "", "register an agent; prints its id", setupAgentNew},
+		{[]string{"agent", "*", "deactivate"}, db.RoleAdmin, "", "stop giving builds to an agent (running builds continue)", setupAgentActive(false)},
+		{[]string{"agent", "*", "activate"}, db.RoleAdmin, "", "give builds to an agent again", setupAgentActive(true)},
 		{[]string{"agent", "*", "key", "add"}, db.RoleAdmin, "'KEY-LINE'", "add a public key for an agent", setupAgentKeyAdd},
 		{[]string{"keys"}, db.RoleAdmin, "", "list keys and their roles", setupKeys},
 		{[]string{"key", "add"}, db.RoleAdmin, "'KEY-LINE'", "add an operator key with a role", setupKeyAdd},
 		{[]string{"key", "remove"}, db.RoleAdmin, "FINGERPRINT", "remove a key", setupKeyRemove},
+		{[]string{"builds", "cancel"}, db.RoleOperator, "", "cancel every unfinished build the filters select (as for builds)", setupBuildsCancel},
 		{[]string{"builds"}, db.RoleReader, "", "list builds, newest first", setupBuilds},
 		{[]string{"build", "show"}, db.RoleReader, "BUILD-ID", "show one build", setupBuildShow},
 		{[]string{"log"}, db.RoleReader, "BUILD-ID", "print a build's log as far as the agent sent it", setupLog},
 		{[]string{"events"}, db.RoleReader, "", "print events as JSON lines, oldest first", setupEvents},
-		{[]string{"build", "cancel"}, db.RoleOperator, "BUILD-ID", "cancel a build", setupBuildCancel},
+		{[]string{"build", "cancel"}, db.RoleOperator, "BUILD-ID", "cancel a build (a running build is stopped on its agent)", setupBuildCancel},
+		{[]string{"build", "priority"}, db.RoleOperator, "BUILD-ID N", "change a build's priority (re-orders everything it waits on)", setupBuildPriority},
 		{[]string{"build"}, db.RoleOperator, "DRV...", "submit derivations; prints one build id per line", setupBuild},
 		{[]string{"import"}, db.RoleOperator, "< EXPORT-STREAM", "add a nix-store --export (or guix archive --export) stream from stdin to the cache; prints the paths", setupImport},
 	}
@@ -294,20 +300,21 @@ func setupStatus(fs *pflag.FlagSet) func(x *call) error {
 		}
 		st := x.s.coord.Status()
 		if *asJSON {
-			return writeJSON(x.out, map[string]any{"queued": st.Queued, "blocked": st.Blocked, "agents": nonNil(st.Connected)})
+			return writeJSON(x.out, map[string]any{"queued": st.Queued, "blocked": st.Blocked, "deferred": st.Deferred,
+				"allocated": st.Allocated, "agents": nonNil(st.Connected)})
 		}
 		systems := make([]string, 0, len(st.Queued))
 		for sys := range st.Queued {
 			systems = append(systems, sys)
 		}
 		sort.Strings(systems)
-		fmt.Fprintf(x.out, "queued: %d system(s), %d waiting for inputs\n", len(systems), st.Blocked)
+		fmt.Fprintf(x.out, "queued: %d system(s), %d waiting for inputs, %d deferred, %d allocated\n", len(systems), st.Blocked, st.Deferred, st.Allocated)
 		for _, sys := range systems {
 			fmt.Fprintf(x.out, "  %s: %d\n", sys, st.Queued[sys])
 		}
 		fmt.Fprintf(x.out, "connected agents: %d\n", len(st.Connected))
 		for _, a := range st.Connected {
-			fmt.Fprintf(x.out, "  %s %s systems=%s running=%d/%d\n", a.ID, a.Name, strings.Join(a.Systems, ","), len(a.Running), a.MaxParallel)
+			fmt.Fprintf(x.out, "  %s %s systems=%s running=%d/%d active=%v\n", a.ID, a.Name, strings.Join(a.Systems, ","), len(a.Running), a.MaxParallel, a.Active)
 		}
 		return nil
 	}
@@ -533,7 +540,19 @@ type buildJSON struct {
 	RequiredFeatures []string      `json:"required_features"`
 	Attempts         []attemptJSON `json:"attempts"`
 	FailureReason    string        `json:"failure_reason"`
+	FailedInput      string        `json:"failed_input,omitempty"` // failed-dependency: the input derivation that failed
+	DeferUntil       string        `json:"defer_until,omitempty"`
+	TimeoutSeconds   int           `json:"timeout_seconds,omitempty"`
+	MaxSilentSeconds int           `json:"max_silent_time_seconds,omitempty"`
+	Queue            *queueJSON    `json:"queue,omitempty"` // only in build show, while queued or running
 	Outputs          []outputJSON  `json:"outputs"`
+}
+
+// queueJSON is a live build's place in the scheduler.
+type queueJSON struct {
+	State           string `json:"state"` // waiting, deferred, ready, allocated
+	DerivedPriority int    `json:"derived_priority"`
+	Dependents      int    `json:"dependents"`
 }
 
 func toJSON(b db.Build) buildJSON {
@@ -543,6 +562,10 @@ func toJSON(b db.Build) buildJSON {
 		StartedAt: jsonTime(b.StartedAt), EndedAt: jsonTime(b.EndedAt),
 		Tags: []string{}, RequiredFeatures: nonNil(b.RequiredFeatures), Attempts: []attemptJSON{},
 		FailureReason: b.FailureReason, Outputs: []outputJSON{},
+		DeferUntil: jsonTime(b.DeferUntil), TimeoutSeconds: b.TimeoutSeconds, MaxSilentSeconds: b.MaxSilentSeconds,
+	}
+	if b.State == db.StateFailedDependency {
+		j.FailedInput = failedInput(b.FailureReason)
 	}
 	for _, t := range b.Tags {
 		j.Tags = append(j.Tags, t.Key+"="+t.Value)
@@ -561,24 +584,37 @@ func toJSON(b db.Build) buildJSON {
 	return j
 }
 
-func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
-	asJSON := fs.Bool("json", false, "print JSON")
+// buildFilterFlags registers the filters shared by builds and builds cancel.
+func buildFilterFlags(fs *pflag.FlagSet, defaultLimit int) func() (db.BuildFilter, error) {
 	state := fs.String("state", "", "only builds in this state (scheduled, allocated, started, succeeded, failed, canceled, failed-dependency)")
-	limit := fs.Int("limit", 100, "at most this many builds (0: all)")
-	return func(x *call) error {
-		if err := needArgs(x, 0, "no arguments"); err != nil {
-			return err
-		}
+	agent := fs.String("agent", "", "only builds whose latest attempt ran on this agent id")
+	limit := fs.Int("limit", defaultLimit, "at most this many builds, newest first (0: all)")
+	return func() (db.BuildFilter, error) {
 		st := db.BuildState(*state)
 		switch st {
 		case "", db.StateScheduled, db.StateAllocated, db.StateStarted, db.StateSucceeded, db.StateFailed, db.StateCanceled, db.StateFailedDependency:
 		default:
-			return usageErr("--state %q is not a build state", *state)
+			return db.BuildFilter{}, usageErr("--state %q is not a build state", *state)
 		}
 		if *limit < 0 {
-			return usageErr("--limit must not be negative")
+			return db.BuildFilter{}, usageErr("--limit must not be negative")
 		}
-		bs, err := x.s.store.Builds(x.ctx, db.BuildFilter{State: st, Limit: *limit})
+		return db.BuildFilter{State: st, AgentID: *agent, Limit: *limit}, nil
+	}
+}
+
+func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
+	asJSON := fs.Bool("json", false, "print JSON")
+	filter := buildFilterFlags(fs, 100)
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments"); err != nil {
+			return err
+		}
+		f, err := filter()
+		if err != nil {
+			return err
+		}
+		bs, err := x.s.store.Builds(x.ctx, f)
 		if err != nil {
 			return err
 		}
@@ -602,6 +638,66 @@ func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
 	}
 }
 
+func setupBuildsCancel(fs *pflag.FlagSet) func(x *call) error {
+	filter := buildFilterFlags(fs, 0)
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments"); err != nil {
+			return err
+		}
+		f, err := filter()
+		if err != nil {
+			return err
+		}
+		if f.State.Terminal() {
+			return usageErr("--state %s: those builds have already ended", f.State)
+		}
+		bs, err := x.s.store.Builds(x.ctx, f)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, b := range bs {
+			if b.State.Terminal() {
+				continue
+			}
+			if err := x.s.coord.Cancel(x.ctx, b.ID); err != nil {
+				if errors.Is(err, db.ErrConflict) {
+					continue // ended meanwhile
+				}
+				return err
+			}
+			fmt.Fprintln(x.out, b.ID)
+			n++
+		}
+		fmt.Fprintf(x.errOut, "canceled %d build(s)\n", n)
+		return nil
+	}
+}
+
+func setupBuildPriority(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 2, "a build id and a priority"); err != nil {
+			return err
+		}
+		p, err := strconv.Atoi(x.args[1])
+		if err != nil || p < math.MinInt32 || p > math.MaxInt32 {
+			return usageErr("priority %q is not a 32-bit integer", truncate(x.args[1], 40))
+		}
+		return x.s.coord.SetPriority(x.ctx, x.args[0], p)
+	}
+}
+
+func setupAgentActive(active bool) func(fs *pflag.FlagSet) func(x *call) error {
+	return func(fs *pflag.FlagSet) func(x *call) error {
+		return func(x *call) error {
+			if err := needArgs(x, 0, "no arguments after the agent id"); err != nil {
+				return err
+			}
+			return x.s.coord.SetAgentActive(x.ctx, x.params[0], active)
+		}
+	}
+}
+
 func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	return func(x *call) error {
@@ -613,6 +709,9 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 			return fmt.Errorf("build %q: %w", truncate(x.args[0], 64), err)
 		}
 		j := toJSON(b)
+		if st, p, n, ok := x.s.coord.QueueOrder(b.ID); ok {
+			j.Queue = &queueJSON{State: st, DerivedPriority: p, Dependents: n}
+		}
 		if *asJSON {
 			return writeJSON(x.out, j)
 		}
@@ -636,6 +735,15 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 		row("required_features", strings.Join(j.RequiredFeatures, " "))
 		row("attempts", fmt.Sprint(len(j.Attempts)))
 		row("failure_reason", j.FailureReason)
+		if j.FailedInput != "" {
+			row("failed_input", j.FailedInput)
+		}
+		if j.DeferUntil != "" {
+			row("defer_until", j.DeferUntil)
+		}
+		if j.Queue != nil {
+			row("queue", fmt.Sprintf("%s derived_priority=%d dependents=%d", j.Queue.State, j.Queue.DerivedPriority, j.Queue.Dependents))
+		}
 		for _, a := range j.Attempts {
 			row(fmt.Sprintf("attempt %d", a.Number), fmt.Sprintf("agent %s %s %s", a.Agent, a.Outcome, a.Reason))
 			if hw := a.Hardware; hw != nil {
@@ -648,6 +756,17 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 		}
 		return tw.Flush()
 	}
+}
+
+// failedInput extracts the input derivation from a failed-dependency
+// reason ("dependency failed: input X (build Y)").
+func failedInput(reason string) string {
+	rest, ok := strings.CutPrefix(reason, "dependency failed: input ")
+	if !ok {
+		return ""
+	}
+	drv, _, _ := strings.Cut(rest, " ")
+	return drv
 }
 
 func setupBuildCancel(fs *pflag.FlagSet) func(x *call) error {
@@ -663,9 +782,34 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 	prio := fs.Int("priority", 0, "higher runs first")
 	tags := fs.StringArray("tag", nil, "K=V label (repeatable)")
 	wait := fs.Bool("wait", false, "wait for every build to end and print its result; exit 0 only if all succeeded")
+	deferUntil := fs.String("defer-until", "", "hold the builds back until `TIME` (RFC 3339, or +DURATION from now, e.g. +10m)")
+	ignoreExisting := fs.Bool("ignore-if-build-for-outputs-exists", false, "reuse a queued, running or succeeded build of the same derivation instead of adding one")
+	ensureInputs := fs.Bool("ensure-all-related-derivation-outputs-have-successful-builds", false,
+		"also submit every derivation in the input closure whose outputs have no successful build and are not in the cache")
+	timeout := fs.Duration("timeout", 0, "stop a build running longer than this (default: the coordinator's)")
+	maxSilent := fs.Duration("max-silent-time", 0, "stop a build silent for longer than this (default: the coordinator's)")
 	return func(x *call) error {
 		if len(x.args) == 0 {
 			return usageErr("want at least one .drv path")
+		}
+		var until time.Time
+		if v := *deferUntil; v != "" {
+			if d, ok := strings.CutPrefix(v, "+"); ok {
+				dur, err := time.ParseDuration(d)
+				if err != nil || dur < 0 {
+					return usageErr("--defer-until %q: not a +DURATION", truncate(v, 40))
+				}
+				until = x.s.now().Add(dur)
+			} else {
+				t, err := time.Parse(time.RFC3339, v)
+				if err != nil {
+					return usageErr("--defer-until %q: want RFC 3339 (2026-01-02T15:04:05Z) or +DURATION", truncate(v, 40))
+				}
+				until = t
+			}
+		}
+		if *timeout < 0 || *maxSilent < 0 {
+			return usageErr("--timeout and --max-silent-time must not be negative")
 		}
 		var ts []db.Tag
 		for _, t := range *tags {
@@ -675,7 +819,9 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 			}
 			ts = append(ts, db.Tag{Key: k, Value: v})
 		}
-		ids, err := x.s.coord.Submit(x.ctx, coordinator.Submission{Derivations: x.args, Priority: *prio, Tags: ts})
+		ids, err := x.s.coord.Submit(x.ctx, coordinator.Submission{Derivations: x.args, Priority: *prio, Tags: ts,
+			DeferUntil: until, IgnoreIfExists: *ignoreExisting, EnsureInputs: *ensureInputs,
+			Timeout: *timeout, MaxSilentTime: *maxSilent})
 		if err != nil {
 			return err
 		}
@@ -715,6 +861,9 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 				fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, b.FailureReason)
 			default:
 				fmt.Fprintf(x.out, "build %s %s\n", b.ID, b.State)
+				if b.FailureReason != "" {
+					fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, b.FailureReason)
+				}
 			}
 			failed++
 		}

@@ -36,6 +36,7 @@ func runAgent(ctx context.Context, e env, args []string) error {
 	maxParallel := fs.Int("max-parallel-builds", 1, "`N` builds to run at the same time")
 	systems := fs.StringArray("system", nil, "`SYSTEM` to build for, repeatable (default: this machine's, e.g. x86_64-linux)")
 	features := fs.StringArray("feature", nil, "`FEATURE`: a system feature this agent offers (requiredSystemFeatures), repeatable")
+	requireTags := fs.StringArray("require-tag", nil, "`K=V`: take only builds carrying this tag, repeatable")
 	workDir := fs.String("work-dir", defaultWorkDir(), "`DIR` for build logs and compressed NARs before upload")
 	name := fs.String("name", "", "`NAME` shown to operators (default: host name)")
 	nixConfig := fs.StringArray("nix-config", nil, "nix.conf `LINE` (\"key = value\") added to NIX_CONFIG for every nix command, repeatable")
@@ -83,6 +84,11 @@ func runAgent(ctx context.Context, e env, args []string) error {
 	if *name == "" {
 		*name, _ = os.Hostname()
 	}
+	for _, t := range *requireTags {
+		if k, _, ok := strings.Cut(t, "="); !ok || k == "" {
+			return usageError{fmt.Sprintf("--require-tag %q is not K=V", t)}
+		}
+	}
 	signer, err := agent.LoadIdentity(*identity)
 	if err != nil {
 		return err
@@ -96,6 +102,7 @@ func runAgent(ctx context.Context, e env, args []string) error {
 		Name:              *name,
 		Systems:           *systems,
 		Features:          *features,
+		RequireTags:       *requireTags,
 		MaxParallelBuilds: *maxParallel,
 		WorkDir:           *workDir,
 		Compression:       *comp,

@@ -20,6 +20,7 @@ import (
 	"github.com/gbc-farm/gbc/db/sqlite"
 	"github.com/gbc-farm/gbc/keys"
 	"github.com/gbc-farm/gbc/protocol"
+	"github.com/gbc-farm/gbc/scheduler"
 	"github.com/gbc-farm/gbc/sshd"
 )
 
@@ -34,6 +35,13 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	keyName := fs.String("signing-key-name", "", "name of a generated signing key (default HOSTNAME-1)")
 	storeDir := fs.String("store-dir", "/nix/store", "the farm's store directory (/gnu/store adds Guix signatures)")
 	httpListen := fs.String("http-listen", "", "also serve the cache read-only over plain HTTP on `ADDR` (e.g. 127.0.0.1:8080)")
+	strategy := fs.String("allocation-strategy", "derivation-ordered", "derivation-ordered: an input without a successful build here or in the cache blocks its dependents; permissive: such inputs are assumed substitutable")
+	heartbeat := fs.Duration("heartbeat", coordinator.DefaultHeartbeat, "interval agents send heartbeats at; three missed end the session")
+	grace := fs.Duration("disconnect-grace", coordinator.DefaultDisconnectGrace, "how long an absent agent keeps its builds before they are requeued")
+	keepalive := fs.Duration("keepalive", 15*time.Second, "SSH keepalive interval for agent connections (two unanswered close it)")
+	buildTimeout := fs.Duration("build-timeout", 0, "default timeout of a build that has none (0: none)")
+	maxSilent := fs.Duration("max-silent-time", 0, "default max time without log output of a build that has none (0: none)")
+	maxSetup := fs.Int("max-setup-failures", coordinator.DefaultMaxSetupFailures, "setup failures after which a build fails")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -49,6 +57,13 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	if !compression.Writable(*comp) {
 		return usageError{fmt.Sprintf("--compression %q: want one of zstd, xz, gzip, none", *comp)}
+	}
+	strat, err := scheduler.ParseStrategy(*strategy)
+	if err != nil {
+		return usageError{"--" + err.Error()}
+	}
+	if *heartbeat < time.Second || *grace <= 0 || *keepalive <= 0 || *buildTimeout < 0 || *maxSilent < 0 || *maxSetup < 1 {
+		return usageError{"--heartbeat (≥1s), --disconnect-grace, --keepalive and --max-setup-failures must be positive; timeouts not negative"}
 	}
 	if *maxUpload <= 0 {
 		return usageError{"--max-upload-bytes must be positive"}
@@ -100,13 +115,15 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	coord, err := coordinator.New(ctx, coordinator.Config{
 		StateDir: dir, Store: store, Clock: clk, Logger: log,
 		Cache: bc, CacheAddress: protocol.CacheAddress,
+		Strategy: strat, Heartbeat: *heartbeat, DisconnectGrace: *grace, BuildTimeout: *buildTimeout,
+		MaxSilentTime: *maxSilent, MaxSetupFailures: *maxSetup,
 	})
 	if err != nil {
 		return err
 	}
 	defer coord.Close()
 	srv, err := sshd.New(sshd.Config{Coordinator: coord, Store: store, HostKey: host, Logger: log, Clock: clk,
-		MaxUploadBytes: *maxUpload, Cache: bc.Handler()})
+		MaxUploadBytes: *maxUpload, Cache: bc.Handler(), KeepAlive: *keepalive})
 	if err != nil {
 		return err
 	}
