@@ -11,6 +11,7 @@ package migrations
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
@@ -23,15 +24,16 @@ import (
 	"time"
 )
 
-//go:embed sqlite/*.sql
+//go:embed sqlite/*.sql postgres/*.sql
 var embedded embed.FS
 
 // Dialect selects the SQL flavour and therefore the migration directory.
 type Dialect string
 
-// SQLite is the only dialect so far; PostgreSQL gets its own directory and
-// entry in dialects when its backend lands.
-const SQLite Dialect = "sqlite"
+const (
+	SQLite   Dialect = "sqlite"
+	Postgres Dialect = "postgres"
+)
 
 // ErrTooNew: the database was migrated by a newer binary.
 var ErrTooNew = errors.New("database schema is newer than this binary")
@@ -41,6 +43,12 @@ var ErrTooNew = errors.New("database schema is newer than this binary")
 type dialectSQL struct {
 	createTable string
 	insert      string // version, name, applied_at (unix ms)
+	// lock and unlock, when set, bracket the whole run on one connection so
+	// that two processes starting at once never migrate concurrently (a
+	// PostgreSQL session advisory lock). SQLite needs none: its writer
+	// transactions are already exclusive (BEGIN IMMEDIATE) and the version
+	// is re-read inside each one.
+	lock, unlock string
 }
 
 func dialectFor(d Dialect) (dialectSQL, error) {
@@ -53,6 +61,20 @@ func dialectFor(d Dialect) (dialectSQL, error) {
 	applied_at INTEGER NOT NULL
 )`,
 			insert: `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+		}, nil
+	case Postgres:
+		// The lock key is per schema, so databases holding several gbc
+		// schemas (tests do) do not wait for each other.
+		const key = `hashtextextended('gbc-migrations:' || current_schema(), 0)`
+		return dialectSQL{
+			createTable: `CREATE TABLE IF NOT EXISTS schema_migrations (
+	version    INTEGER PRIMARY KEY,
+	name       TEXT    NOT NULL,
+	applied_at BIGINT  NOT NULL
+)`,
+			insert: `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`,
+			lock:   `SELECT pg_advisory_lock(` + key + `)`,
+			unlock: `SELECT pg_advisory_unlock(` + key + `)`,
 		}, nil
 	}
 	return dialectSQL{}, fmt.Errorf("migrations: unknown dialect %q", d)
@@ -122,6 +144,18 @@ func load(fsys fs.FS) ([]Migration, error) {
 // Current reports the highest version recorded in db (0 for a database
 // that was never migrated).
 func Current(ctx context.Context, db *sql.DB, d Dialect) (int, error) {
+	return current(ctx, db, d)
+}
+
+// conn is what the runner needs; *sql.DB and *sql.Conn (the one that holds
+// the advisory lock) both have it.
+type conn interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+func current(ctx context.Context, db conn, d Dialect) (int, error) {
 	ds, err := dialectFor(d)
 	if err != nil {
 		return 0, err
@@ -148,7 +182,7 @@ func Apply(ctx context.Context, db *sql.DB, d Dialect, logger *slog.Logger) erro
 	return apply(ctx, db, d, ms, logger)
 }
 
-func apply(ctx context.Context, db *sql.DB, d Dialect, ms []Migration, logger *slog.Logger) error {
+func apply(ctx context.Context, pool *sql.DB, d Dialect, ms []Migration, logger *slog.Logger) (err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -156,7 +190,27 @@ func apply(ctx context.Context, db *sql.DB, d Dialect, ms []Migration, logger *s
 	if err != nil {
 		return err
 	}
-	cur, err := Current(ctx, db, d)
+	var db conn = pool
+	if ds.lock != "" {
+		c, cerr := pool.Conn(ctx)
+		if cerr != nil {
+			return fmt.Errorf("migrations: connection for the migration lock: %w", cerr)
+		}
+		defer c.Close()
+		if _, lerr := c.ExecContext(ctx, ds.lock); lerr != nil {
+			return fmt.Errorf("migrations: taking the migration lock: %w", lerr)
+		}
+		defer func() {
+			// A session lock dies with its connection; if unlocking fails
+			// the connection is suspect, so drop it rather than pool it.
+			if _, uerr := c.ExecContext(context.WithoutCancel(ctx), ds.unlock); uerr != nil {
+				c.Raw(func(any) error { return driver.ErrBadConn })
+				err = errors.Join(err, fmt.Errorf("migrations: releasing the migration lock: %w", uerr))
+			}
+		}()
+		db = c
+	}
+	cur, err := current(ctx, db, d)
 	if err != nil {
 		return err
 	}
@@ -172,7 +226,7 @@ func apply(ctx context.Context, db *sql.DB, d Dialect, ms []Migration, logger *s
 	return nil
 }
 
-func applyOne(ctx context.Context, db *sql.DB, ds dialectSQL, m Migration) error {
+func applyOne(ctx context.Context, db conn, ds dialectSQL, m Migration) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("migrations: %s: begin: %w", m.Name, err)

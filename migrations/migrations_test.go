@@ -30,6 +30,14 @@ func TestEmbeddedLoad(t *testing.T) {
 	if len(ms) == 0 || ms[0].Name != "0001_init.sql" {
 		t.Fatalf("embedded migrations: %+v", ms)
 	}
+	pg, err := List(Postgres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both dialects describe the same schema, so they move in step.
+	if len(pg) != len(ms) {
+		t.Errorf("%d postgres migrations, %d sqlite ones; every schema change needs both", len(pg), len(ms))
+	}
 	if _, err := List("oracle"); err == nil {
 		t.Error("List accepted an unknown dialect")
 	}

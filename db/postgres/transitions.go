@@ -1,0 +1,236 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/gbc-farm/gbc/db"
+)
+
+// rule is the precondition of a transition.
+type rule struct {
+	op      string          // for messages: "allocating", …
+	from    []db.BuildState // states the build may be in
+	holder  bool            // the build's agent must be the caller's
+	agentID string          // the caller's agent, if any
+}
+
+// transition changes one build in a writer transaction. The precondition
+// is part of the UPDATE's WHERE clause (compare-and-set), so the check
+// and the change cannot be separated on any backend; the new attempt
+// number comes back with RETURNING. Only when nothing matched does a
+// second query find out why, to return ErrNotFound or a precise
+// ErrConflict. then, if set, runs in the same transaction with the
+// build's latest attempt number.
+func (s *Store) transition(ctx context.Context, id string, r rule, set string, setArgs []any,
+	then func(tx txn, attempt int) error) error {
+	err := s.write(ctx, func(tx txn) error {
+		var q strings.Builder
+		args := append(append([]any(nil), setArgs...), id)
+		fmt.Fprintf(&q, "UPDATE builds SET %s WHERE id = ? AND state IN (", set)
+		for i, st := range r.from {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("?")
+			args = append(args, string(st))
+		}
+		q.WriteString(")")
+		if r.holder {
+			q.WriteString(" AND agent_id = ?")
+			args = append(args, r.agentID)
+		}
+		q.WriteString(" RETURNING attempts")
+		var attempt int
+		err := tx.QueryRowContext(ctx, q.String(), args...).Scan(&attempt)
+		if errors.Is(err, sql.ErrNoRows) {
+			return whyNot(ctx, tx, id, r)
+		}
+		if isForeignKey(err) {
+			// Only AllocateBuild sets agent_id.
+			return fmt.Errorf("agent %s: %w", r.agentID, db.ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("updating build: %w", err)
+		}
+		if then != nil {
+			return then(tx, attempt)
+		}
+		return nil
+	})
+	if err != nil {
+		if r.agentID != "" {
+			return fmt.Errorf("%s build %s (agent %s): %w", r.op, id, r.agentID, err)
+		}
+		return fmt.Errorf("%s build %s: %w", r.op, id, err)
+	}
+	return nil
+}
+
+// whyNot explains a transition whose UPDATE matched no row.
+func whyNot(ctx context.Context, tx txn, id string, r rule) error {
+	var (
+		state  string
+		holder sql.NullString
+	)
+	err := tx.QueryRowContext(ctx, `SELECT state, agent_id FROM builds WHERE id = ?`, id).Scan(&state, &holder)
+	if errors.Is(err, sql.ErrNoRows) {
+		return db.ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("reading build: %w", err)
+	}
+	for _, st := range r.from {
+		if db.BuildState(state) == st {
+			return fmt.Errorf("held by agent %q, not %q: %w", holder.String, r.agentID, db.ErrConflict)
+		}
+	}
+	return fmt.Errorf("state is %s, want one of %v: %w", state, r.from, db.ErrConflict)
+}
+
+// setAttempt updates one attempt, which must exist.
+func setAttempt(ctx context.Context, tx txn, id string, number int, set string, args ...any) error {
+	args = append(args, id, number)
+	res, err := tx.ExecContext(ctx, `UPDATE attempts SET `+set+` WHERE build_id = ? AND number = ?`, args...)
+	if err != nil {
+		return fmt.Errorf("updating attempt %d: %w", number, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("attempt %d missing", number)
+	}
+	return nil
+}
+
+var (
+	held   = []db.BuildState{db.StateAllocated, db.StateStarted}
+	active = []db.BuildState{db.StateScheduled, db.StateAllocated, db.StateStarted}
+)
+
+// AllocateBuild: scheduled → allocated, opening attempt n+1 for agentID.
+func (s *Store) AllocateBuild(ctx context.Context, id, agentID string, at time.Time) error {
+	return s.transition(ctx, id,
+		rule{op: "allocating", from: []db.BuildState{db.StateScheduled}, agentID: agentID},
+		`state = 'allocated', agent_id = ?, attempts = attempts + 1, started_at = NULL, ended_at = NULL, failure_reason = ''`,
+		[]any{agentID},
+		func(tx txn, n int) error {
+			_, err := tx.ExecContext(ctx,
+				`INSERT INTO attempts (build_id, number, agent_id, allocated_at) VALUES (?, ?, ?, ?)`,
+				id, n, agentID, ms(at))
+			if err != nil {
+				return fmt.Errorf("opening attempt %d: %w", n, err)
+			}
+			return nil
+		})
+}
+
+// StartBuild: allocated → started; agentID must hold the build.
+func (s *Store) StartBuild(ctx context.Context, id, agentID string, at time.Time) error {
+	return s.transition(ctx, id,
+		rule{op: "starting", from: []db.BuildState{db.StateAllocated}, holder: true, agentID: agentID},
+		`state = 'started', started_at = ?`, []any{ms(at)},
+		func(tx txn, n int) error {
+			return setAttempt(ctx, tx, id, n, `started_at = ?`, ms(at))
+		})
+}
+
+// SucceedBuild: started → succeeded with the verified results.
+func (s *Store) SucceedBuild(ctx context.Context, id, agentID string, at time.Time, results []db.OutputResult) error {
+	seen := map[string]bool{}
+	for _, r := range results {
+		if r.Name == "" || seen[r.Name] {
+			return fmt.Errorf("succeeding build %s: output name %q empty or repeated", id, r.Name)
+		}
+		seen[r.Name] = true
+	}
+	return s.transition(ctx, id,
+		rule{op: "succeeding", from: []db.BuildState{db.StateStarted}, holder: true, agentID: agentID},
+		`state = 'succeeded', ended_at = ?, failure_reason = ''`, []any{ms(at)},
+		func(tx txn, n int) error {
+			if err := insertResults(ctx, tx, id, results); err != nil {
+				return err
+			}
+			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'succeeded'`, ms(at))
+		})
+}
+
+func insertResults(ctx context.Context, tx txn, id string, results []db.OutputResult) error {
+	if len(results) == 0 {
+		return nil
+	}
+	insRes, err := tx.PrepareContext(ctx, `INSERT INTO results
+		(build_id, name, pos, path, nar_hash, nar_size, file_hash, file_size, compression, file)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return fmt.Errorf("preparing results: %w", err)
+	}
+	defer insRes.Close()
+	insRef, err := tx.PrepareContext(ctx, `INSERT INTO result_references (build_id, name, pos, reference) VALUES (?, ?, ?, ?)`)
+	if err != nil {
+		return fmt.Errorf("preparing references: %w", err)
+	}
+	defer insRef.Close()
+	for i, r := range results {
+		if _, err := insRes.ExecContext(ctx, id, r.Name, i, r.Path, r.NarHash, r.NarSize,
+			r.FileHash, r.FileSize, r.Compression, r.File); err != nil {
+			return fmt.Errorf("recording output %s: %w", r.Name, err)
+		}
+		for j, ref := range r.References {
+			if _, err := insRef.ExecContext(ctx, id, r.Name, j, ref); err != nil {
+				return fmt.Errorf("recording output %s reference %s: %w", r.Name, ref, err)
+			}
+		}
+	}
+	return nil
+}
+
+// FailBuild: allocated or started → failed, recording reason and exit code.
+func (s *Store) FailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, exitCode int) error {
+	return s.transition(ctx, id,
+		rule{op: "failing", from: held, holder: true, agentID: agentID},
+		`state = 'failed', ended_at = ?, failure_reason = ?`, []any{ms(at), reason},
+		func(tx txn, n int) error {
+			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'failed', reason = ?, exit_code = ?`,
+				ms(at), reason, exitCode)
+		})
+}
+
+// RequeueBuild: allocated or started → scheduled; the attempt is closed
+// as requeued with the reason. AgentID keeps naming the last agent.
+func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Time, reason string) error {
+	return s.transition(ctx, id,
+		rule{op: "requeueing", from: held, holder: true, agentID: agentID},
+		`state = 'scheduled', started_at = NULL, ended_at = NULL`, nil,
+		func(tx txn, n int) error {
+			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'requeued', reason = ?`, ms(at), reason)
+		})
+}
+
+// CancelBuild: any non-terminal state → canceled; an open attempt (the
+// build was allocated or started) is closed as canceled.
+func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error {
+	return s.transition(ctx, id,
+		rule{op: "canceling", from: active},
+		`state = 'canceled', ended_at = ?`, []any{ms(at)},
+		func(tx txn, n int) error {
+			_, err := tx.ExecContext(ctx, `UPDATE attempts SET ended_at = ?, outcome = 'canceled'
+				WHERE build_id = ? AND number = ? AND outcome = ''`, ms(at), id, n)
+			if err != nil {
+				return fmt.Errorf("closing attempt %d: %w", n, err)
+			}
+			return nil
+		})
+}
+
+// FailDependency moves a scheduled build to failed-dependency because an
+// input can no longer be built; cause names it (e.g. the failed build) and
+// becomes the failure reason. Not yet part of db.Store (adding a method
+// would break existing fakes); see db.DependencyFailer.
+func (s *Store) FailDependency(ctx context.Context, id string, at time.Time, cause string) error {
+	return s.transition(ctx, id,
+		rule{op: "failing dependency of", from: []db.BuildState{db.StateScheduled}},
+		`state = 'failed-dependency', ended_at = ?, failure_reason = ?`, []any{ms(at), cause}, nil)
+}
