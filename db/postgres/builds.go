@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -62,6 +63,8 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 		fPos              []int64
 		oID, oName, oPath []string
 		oPos              []int64
+		eAt               []int64
+		eBuild, eData     []string
 	)
 	for _, b := range builds {
 		bID = append(bID, b.ID)
@@ -80,9 +83,16 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 		for i, f := range b.RequiredFeatures {
 			fID, fPos, fFeat = append(fID, b.ID), append(fPos, int64(i)), append(fFeat, f)
 		}
+		e := db.Event{Type: db.EventSubmitted, At: b.CreatedAt, Build: b.ID, Derivation: b.Derivation, System: b.System, Tags: b.Tags}
 		for i, o := range b.Outputs {
 			oID, oName, oPos, oPath = append(oID, b.ID), append(oName, o.Name), append(oPos, int64(i)), append(oPath, o.Path)
+			e.Outputs = append(e.Outputs, db.EventOutput{Name: o.Name, Path: o.Path})
 		}
+		data, err := db.EventData(e)
+		if err != nil {
+			return fmt.Errorf("build %s: submitted event: %w", b.ID, err)
+		}
+		eAt, eBuild, eData = append(eAt, b.CreatedAt.UnixMilli()), append(eBuild, b.ID), append(eData, string(data))
 	}
 	return s.write(ctx, func(tx txn) error {
 		// ORDER BY ord: seq follows the order of the batch.
@@ -113,6 +123,15 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 				SELECT * FROM unnest(?::text[], ?::text[], ?::int8[], ?::text[])`, oID, oName, oPos, oPath); err != nil {
 				return fmt.Errorf("inserting outputs: %w", err)
 			}
+		}
+		// One submitted event per build, ids in batch order (see eventLock).
+		if err := lockEvents(ctx, tx); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO events (type, at, build_id, data)
+			SELECT ?, at, build_id, data FROM unnest(?::int8[], ?::text[], ?::text[]) WITH ORDINALITY AS t(at, build_id, data, ord)
+			ORDER BY ord`, string(db.EventSubmitted), eAt, eBuild, eData); err != nil {
+			return fmt.Errorf("inserting submitted events: %w", err)
 		}
 		return nil
 	})
@@ -301,7 +320,7 @@ func (s *Store) Build(ctx context.Context, id string) (db.Build, error) {
 }
 
 func attempts(ctx context.Context, tx txn, id string) ([]db.Attempt, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, reason, exit_code
+	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, reason, exit_code, hardware
 		FROM attempts WHERE build_id = ? ORDER BY number`, id)
 	if err != nil {
 		return nil, err
@@ -312,9 +331,15 @@ func attempts(ctx context.Context, tx txn, id string) ([]db.Attempt, error) {
 		var (
 			a                         db.Attempt
 			allocated, started, ended sql.NullInt64
+			hw                        string
 		)
-		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Reason, &a.ExitCode); err != nil {
+		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Reason, &a.ExitCode, &hw); err != nil {
 			return nil, err
+		}
+		if hw != "" {
+			if err := json.Unmarshal([]byte(hw), &a.Hardware); err != nil {
+				return nil, fmt.Errorf("attempt %d: hardware: %w", a.Number, err)
+			}
 		}
 		a.AllocatedAt, a.StartedAt, a.EndedAt = fromMS(allocated), fromMS(started), fromMS(ended)
 		as = append(as, a)
@@ -387,6 +412,10 @@ func (s *Store) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error
 	if f.AgentID != "" {
 		conds = append(conds, "agent_id = ?")
 		args = append(args, f.AgentID)
+	}
+	if f.Derivation != "" {
+		conds = append(conds, "derivation = ?")
+		args = append(args, f.Derivation)
 	}
 	sel := selection{where: strings.Join(conds, " AND "), args: args, order: newestFirst, limit: f.Limit}
 	return s.list(ctx, fmt.Sprintf("listing builds (state %q, agent %q, limit %d)", f.State, f.AgentID, f.Limit), sel)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -160,5 +161,61 @@ func TestUnreachable(t *testing.T) {
 	}
 	if !postgres.Retryable(err) {
 		t.Errorf("connection refused is not Retryable: %v", err)
+	}
+}
+
+// TestEventIDsInCommitOrder: a follower that resumes after the highest id
+// it has seen misses nothing while many writers commit concurrently (ids
+// from a plain sequence would be allocated in one order and committed in
+// another).
+func TestEventIDsInCommitOrder(t *testing.T) {
+	s := open(t, pgtest.Schema(t))
+	defer s.Close()
+	ctx := t.Context()
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				id := fmt.Sprintf("w%d-%d", w, i)
+				if err := s.CreateBuilds(ctx, []db.NewBuild{{ID: id, Derivation: "/nix/store/" + id + ".drv", System: "x86_64-linux", CreatedAt: time.Now()}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	seen := map[int64]bool{}
+	var after int64
+	for finished := false; !finished; {
+		select {
+		case <-done:
+			finished = true // one more pass after the last commit
+		default:
+		}
+		es, err := s.Events(ctx, db.EventFilter{AfterID: after})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			seen[e.ID] = true
+			after = e.ID
+		}
+	}
+	all, err := s.Events(ctx, db.EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != writers*each {
+		t.Fatalf("%d events, want %d", len(all), writers*each)
+	}
+	for _, e := range all {
+		if !seen[e.ID] {
+			t.Errorf("event %d (%s) committed below an id the follower had already passed", e.ID, e.Build)
+		}
 	}
 }

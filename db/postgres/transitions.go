@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,12 +12,22 @@ import (
 	"github.com/gbc-farm/gbc/db"
 )
 
-// rule is the precondition of a transition.
+// rule is the precondition of a transition and the event it records.
 type rule struct {
 	op      string          // for messages: "allocating", …
 	from    []db.BuildState // states the build may be in
 	holder  bool            // the build's agent must be the caller's
 	agentID string          // the caller's agent, if any
+	at      time.Time
+	event   db.Event // Type and details; build, agent, attempt, derivation, system, tags and time are filled in
+}
+
+// changed is the build row as the transition left it.
+type changed struct {
+	attempt    int
+	derivation string
+	system     string
+	agentID    string
 }
 
 // transition changes one build in a writer transaction. The precondition
@@ -25,9 +36,10 @@ type rule struct {
 // number comes back with RETURNING. Only when nothing matched does a
 // second query find out why, to return ErrNotFound or a precise
 // ErrConflict. then, if set, runs in the same transaction with the
-// build's latest attempt number.
+// build's latest attempt number; the rule's event is appended last, in
+// the same transaction.
 func (s *Store) transition(ctx context.Context, id string, r rule, set string, setArgs []any,
-	then func(tx txn, attempt int) error) error {
+	then func(tx txn, c changed) error) error {
 	err := s.write(ctx, func(tx txn) error {
 		var q strings.Builder
 		args := append(append([]any(nil), setArgs...), id)
@@ -44,9 +56,12 @@ func (s *Store) transition(ctx context.Context, id string, r rule, set string, s
 			q.WriteString(" AND agent_id = ?")
 			args = append(args, r.agentID)
 		}
-		q.WriteString(" RETURNING attempts")
-		var attempt int
-		err := tx.QueryRowContext(ctx, q.String(), args...).Scan(&attempt)
+		q.WriteString(" RETURNING attempts, derivation, system, agent_id")
+		var (
+			c     changed
+			agent sql.NullString
+		)
+		err := tx.QueryRowContext(ctx, q.String(), args...).Scan(&c.attempt, &c.derivation, &c.system, &agent)
 		if errors.Is(err, sql.ErrNoRows) {
 			return whyNot(ctx, tx, id, r)
 		}
@@ -57,10 +72,28 @@ func (s *Store) transition(ctx context.Context, id string, r rule, set string, s
 		if err != nil {
 			return fmt.Errorf("updating build: %w", err)
 		}
+		c.agentID = agent.String
 		if then != nil {
-			return then(tx, attempt)
+			if err := then(tx, c); err != nil {
+				return err
+			}
 		}
-		return nil
+		if r.event.Type == "" {
+			return nil
+		}
+		e := r.event
+		e.At, e.Build, e.Derivation, e.System = r.at, id, c.derivation, c.system
+		if e.Agent == "" {
+			e.Agent = c.agentID
+		}
+		if c.attempt > 0 && c.agentID != "" {
+			e.Attempt = c.attempt
+		}
+		if e.Tags, err = buildTags(ctx, tx, id); err != nil {
+			return err
+		}
+		_, err = insertEvent(ctx, tx, e)
+		return err
 	})
 	if err != nil {
 		if r.agentID != "" {
@@ -113,10 +146,11 @@ var (
 // AllocateBuild: scheduled → allocated, opening attempt n+1 for agentID.
 func (s *Store) AllocateBuild(ctx context.Context, id, agentID string, at time.Time) error {
 	return s.transition(ctx, id,
-		rule{op: "allocating", from: []db.BuildState{db.StateScheduled}, agentID: agentID},
+		rule{op: "allocating", from: []db.BuildState{db.StateScheduled}, agentID: agentID, at: at, event: db.Event{Type: db.EventAllocated}},
 		`state = 'allocated', agent_id = ?, attempts = attempts + 1, started_at = NULL, ended_at = NULL, failure_reason = ''`,
 		[]any{agentID},
-		func(tx txn, n int) error {
+		func(tx txn, c changed) error {
+			n := c.attempt
 			_, err := tx.ExecContext(ctx,
 				`INSERT INTO attempts (build_id, number, agent_id, allocated_at) VALUES (?, ?, ?, ?)`,
 				id, n, agentID, ms(at))
@@ -130,9 +164,10 @@ func (s *Store) AllocateBuild(ctx context.Context, id, agentID string, at time.T
 // StartBuild: allocated → started; agentID must hold the build.
 func (s *Store) StartBuild(ctx context.Context, id, agentID string, at time.Time) error {
 	return s.transition(ctx, id,
-		rule{op: "starting", from: []db.BuildState{db.StateAllocated}, holder: true, agentID: agentID},
+		rule{op: "starting", from: []db.BuildState{db.StateAllocated}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventStarted}},
 		`state = 'started', started_at = ?`, []any{ms(at)},
-		func(tx txn, n int) error {
+		func(tx txn, c changed) error {
+			n := c.attempt
 			return setAttempt(ctx, tx, id, n, `started_at = ?`, ms(at))
 		})
 }
@@ -140,16 +175,19 @@ func (s *Store) StartBuild(ctx context.Context, id, agentID string, at time.Time
 // SucceedBuild: started → succeeded with the verified results.
 func (s *Store) SucceedBuild(ctx context.Context, id, agentID string, at time.Time, results []db.OutputResult) error {
 	seen := map[string]bool{}
+	var outs []db.EventOutput
 	for _, r := range results {
 		if r.Name == "" || seen[r.Name] {
 			return fmt.Errorf("succeeding build %s: output name %q empty or repeated", id, r.Name)
 		}
 		seen[r.Name] = true
+		outs = append(outs, db.EventOutput{Name: r.Name, Path: r.Path, NarHash: r.NarHash, NarSize: r.NarSize})
 	}
 	return s.transition(ctx, id,
-		rule{op: "succeeding", from: []db.BuildState{db.StateStarted}, holder: true, agentID: agentID},
+		rule{op: "succeeding", from: []db.BuildState{db.StateStarted}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventSucceeded, Outputs: outs}},
 		`state = 'succeeded', ended_at = ?, failure_reason = ''`, []any{ms(at)},
-		func(tx txn, n int) error {
+		func(tx txn, c changed) error {
+			n := c.attempt
 			if err := insertResults(ctx, tx, id, results); err != nil {
 				return err
 			}
@@ -190,9 +228,10 @@ func insertResults(ctx context.Context, tx txn, id string, results []db.OutputRe
 // FailBuild: allocated or started → failed, recording reason and exit code.
 func (s *Store) FailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, exitCode int) error {
 	return s.transition(ctx, id,
-		rule{op: "failing", from: held, holder: true, agentID: agentID},
+		rule{op: "failing", from: held, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventFailed, Reason: reason, ExitCode: exitCode}},
 		`state = 'failed', ended_at = ?, failure_reason = ?`, []any{ms(at), reason},
-		func(tx txn, n int) error {
+		func(tx txn, c changed) error {
+			n := c.attempt
 			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'failed', reason = ?, exit_code = ?`,
 				ms(at), reason, exitCode)
 		})
@@ -202,9 +241,10 @@ func (s *Store) FailBuild(ctx context.Context, id, agentID string, at time.Time,
 // as requeued with the reason. AgentID keeps naming the last agent.
 func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Time, reason string) error {
 	return s.transition(ctx, id,
-		rule{op: "requeueing", from: held, holder: true, agentID: agentID},
+		rule{op: "requeueing", from: held, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventRequeued, Reason: reason}},
 		`state = 'scheduled', started_at = NULL, ended_at = NULL`, nil,
-		func(tx txn, n int) error {
+		func(tx txn, c changed) error {
+			n := c.attempt
 			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'requeued', reason = ?`, ms(at), reason)
 		})
 }
@@ -213,9 +253,10 @@ func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Ti
 // build was allocated or started) is closed as canceled.
 func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error {
 	return s.transition(ctx, id,
-		rule{op: "canceling", from: active},
+		rule{op: "canceling", from: active, at: at, event: db.Event{Type: db.EventCanceled}},
 		`state = 'canceled', ended_at = ?`, []any{ms(at)},
-		func(tx txn, n int) error {
+		func(tx txn, c changed) error {
+			n := c.attempt
 			_, err := tx.ExecContext(ctx, `UPDATE attempts SET ended_at = ?, outcome = 'canceled'
 				WHERE build_id = ? AND number = ? AND outcome = ''`, ms(at), id, n)
 			if err != nil {
@@ -231,6 +272,65 @@ func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error 
 // would break existing fakes); see db.DependencyFailer.
 func (s *Store) FailDependency(ctx context.Context, id string, at time.Time, cause string) error {
 	return s.transition(ctx, id,
-		rule{op: "failing dependency of", from: []db.BuildState{db.StateScheduled}},
+		rule{op: "failing dependency of", from: []db.BuildState{db.StateScheduled}, at: at, event: db.Event{Type: db.EventFailedDependency, Reason: cause}},
 		`state = 'failed-dependency', ended_at = ?, failure_reason = ?`, []any{ms(at), cause}, nil)
+}
+
+// SetupFailBuild: allocated or started → scheduled (or failed when final),
+// closing the attempt with the reason; events setup-failure, then
+// missing-inputs when missing is not empty, then failed when final.
+func (s *Store) SetupFailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, missing []string, final bool) error {
+	set, args := `state = 'scheduled', started_at = NULL, ended_at = NULL`, []any(nil)
+	outcome := "requeued"
+	if final {
+		set, args = `state = 'failed', ended_at = ?, failure_reason = ?`, []any{ms(at), reason}
+		outcome = "failed"
+	}
+	// The events are appended in the callback rather than by the rule, so
+	// that setup-failure comes first and the others follow in id order.
+	r := rule{op: "recording setup failure of", from: held, holder: true, agentID: agentID, at: at}
+	events := []db.Event{{Type: db.EventSetupFailure, Reason: reason, Missing: missing}}
+	if len(missing) > 0 {
+		events = append(events, db.Event{Type: db.EventMissingInputs, Reason: reason, Missing: missing})
+	}
+	if final {
+		events = append(events, db.Event{Type: db.EventFailed, Reason: reason})
+	}
+	return s.transition(ctx, id, r, set, args, func(tx txn, c changed) error {
+		if err := setAttempt(ctx, tx, id, c.attempt, `ended_at = ?, outcome = ?, reason = ?`, ms(at), outcome, reason); err != nil {
+			return err
+		}
+		tags, err := buildTags(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		for _, e := range events {
+			e.At, e.Build, e.Agent, e.Attempt, e.Derivation, e.System, e.Tags = at, id, agentID, c.attempt, c.derivation, c.system, tags
+			if _, err := insertEvent(ctx, tx, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// SetAttemptHardware records the hardware report on the latest attempt of
+// a build the agent holds.
+func (s *Store) SetAttemptHardware(ctx context.Context, id, agentID string, hw db.Hardware) error {
+	b, err := json.Marshal(hw)
+	if err != nil {
+		return fmt.Errorf("hardware of build %s: %w", id, err)
+	}
+	return s.write(ctx, func(tx txn) error {
+		res, err := tx.ExecContext(ctx, `UPDATE attempts SET hardware = ?
+			WHERE build_id = ? AND agent_id = ? AND number = (SELECT attempts FROM builds WHERE id = ? AND agent_id = ?)`,
+			string(b), id, agentID, id, agentID)
+		if err != nil {
+			return fmt.Errorf("recording hardware of build %s: %w", id, err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("recording hardware of build %s (agent %s): no attempt of this agent: %w", id, agentID, db.ErrConflict)
+		}
+		return nil
+	})
 }
