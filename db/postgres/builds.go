@@ -56,7 +56,8 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 	var (
 		bID, bDrv, bSys   []string
 		bPrio             []int64
-		bCreated          []*int64
+		bCreated, bDefer  []*int64
+		bTimeout, bSilent []int64
 		tID, tKey, tVal   []string
 		tPos              []int64
 		fID, fFeat        []string
@@ -77,6 +78,13 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 			created = &v
 		}
 		bCreated = append(bCreated, created)
+		var deferUntil *int64
+		if !b.DeferUntil.IsZero() {
+			v := b.DeferUntil.UnixMilli()
+			deferUntil = &v
+		}
+		bDefer = append(bDefer, deferUntil)
+		bTimeout, bSilent = append(bTimeout, int64(b.TimeoutSeconds)), append(bSilent, int64(b.MaxSilentSeconds))
 		for i, t := range b.Tags {
 			tID, tPos, tKey, tVal = append(tID, b.ID), append(tPos, int64(i)), append(tKey, t.Key), append(tVal, t.Value)
 		}
@@ -96,10 +104,11 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 	}
 	return s.write(ctx, func(tx txn) error {
 		// ORDER BY ord: seq follows the order of the batch.
-		_, err := tx.ExecContext(ctx, `INSERT INTO builds (id, derivation, system, priority, state, created_at)
-			SELECT id, drv, sys, prio, 'scheduled', created
-			FROM unnest(?::text[], ?::text[], ?::text[], ?::int8[], ?::int8[]) WITH ORDINALITY AS t(id, drv, sys, prio, created, ord)
-			ORDER BY ord`, bID, bDrv, bSys, bPrio, bCreated)
+		_, err := tx.ExecContext(ctx, `INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds)
+			SELECT id, drv, sys, prio, 'scheduled', created, defer_until, timeout, silent
+			FROM unnest(?::text[], ?::text[], ?::text[], ?::int8[], ?::int8[], ?::int8[], ?::int8[], ?::int8[])
+				WITH ORDINALITY AS t(id, drv, sys, prio, created, defer_until, timeout, silent, ord)
+			ORDER BY ord`, bID, bDrv, bSys, bPrio, bCreated, bDefer, bTimeout, bSilent)
 		if isUnique(err) {
 			return fmt.Errorf("build %s: %w", duplicateKey(err), db.ErrExists)
 		}
@@ -151,7 +160,7 @@ func duplicateKey(err error) string {
 	return "(unknown id)"
 }
 
-const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason`
+const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason, defer_until, timeout_seconds, max_silent_seconds`
 
 func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
 	var (
@@ -159,9 +168,10 @@ func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
 		state                   string
 		agentID                 sql.NullString
 		created, started, ended sql.NullInt64
+		deferUntil              sql.NullInt64
 	)
 	if err := sc.Scan(&b.ID, &b.Derivation, &b.System, &b.Priority, &state, &agentID,
-		&created, &started, &ended, &b.FailureReason); err != nil {
+		&created, &started, &ended, &b.FailureReason, &deferUntil, &b.TimeoutSeconds, &b.MaxSilentSeconds); err != nil {
 		return db.Build{}, err
 	}
 	b.State = db.BuildState(state)
@@ -169,6 +179,7 @@ func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
 	b.CreatedAt = fromMS(created)
 	b.StartedAt = fromMS(started)
 	b.EndedAt = fromMS(ended)
+	b.DeferUntil = fromMS(deferUntil)
 	return b, nil
 }
 
@@ -438,4 +449,29 @@ func (s *Store) BuildsOnAgent(ctx context.Context, agentID string) ([]db.Build, 
 		args:  []any{agentID},
 		order: "created_at NULLS FIRST, seq",
 	})
+}
+
+// BuildsForDerivations lists every build of the given derivations, newest
+// first. Chunked like the SQLite backend's (PostgreSQL's limit is 65535
+// parameters), so each chunk is ordered and the chunks follow each other.
+func (s *Store) BuildsForDerivations(ctx context.Context, derivations []string) ([]db.Build, error) {
+	const chunk = 500
+	var out []db.Build
+	for i := 0; i < len(derivations); i += chunk {
+		part := derivations[i:min(i+chunk, len(derivations))]
+		args := make([]any, len(part))
+		for j, d := range part {
+			args[j] = d
+		}
+		bs, err := s.list(ctx, fmt.Sprintf("listing builds of %d derivations", len(part)), selection{
+			where: "derivation IN (?" + strings.Repeat(", ?", len(part)-1) + ")",
+			args:  args,
+			order: newestFirst,
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, bs...)
+	}
+	return out, nil
 }

@@ -44,6 +44,7 @@ type Store struct {
 var (
 	_ db.Store            = (*Store)(nil)
 	_ db.DependencyFailer = (*Store)(nil)
+	_ db.Scheduling       = (*Store)(nil)
 )
 
 // Options tune Open; the zero value is the production default.

@@ -334,3 +334,10 @@ func (s *Store) SetAttemptHardware(ctx context.Context, id, agentID string, hw d
 		return nil
 	})
 }
+
+// SetBuildPriority changes the priority of a build that has not ended.
+func (s *Store) SetBuildPriority(ctx context.Context, id string, priority int) error {
+	return s.transition(ctx, id,
+		rule{op: "setting priority of", from: []db.BuildState{db.StateScheduled, db.StateAllocated, db.StateStarted}},
+		`priority = ?`, []any{priority}, nil)
+}
