@@ -1,5 +1,6 @@
 # A small derivation graph for the demo and the end-to-end tests: a diamond
-# (base ← left, right ← top) plus one derivation that fails on purpose.
+# (base ← left, right ← top) plus one derivation that fails on purpose and
+# one that depends on it.
 # There is no nixpkgs here, so builders are the host's /bin/sh with the
 # host's coreutils on PATH (the sandbox is off). `nonce` makes every demo run
 # produce new derivations, so the agents really build them.
@@ -41,4 +42,8 @@ let
     echo "this builder fails on purpose" >&2
     exit 1
   '' {};
-in { inherit base left right top broken; }
+  # Depends on broken, so it ends failed-dependency (scheduling tests).
+  after-broken = mk "gbc-demo-after-broken" ''
+    cat ${broken} > $out
+  '' {};
+in { inherit base left right top broken after-broken; }
