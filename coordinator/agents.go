@@ -385,6 +385,7 @@ func (c *Coordinator) releaseLocked(buildID, agentID string) {
 	if err := os.RemoveAll(c.uploadDir(agentID, buildID)); err != nil {
 		c.log.Warn("remove upload dir", "build", buildID, "agent", agentID, "err", err)
 	}
+	c.finishLogsLocked(buildID)
 }
 
 // SetAgentActive activates or deactivates an agent. A deactivated agent

@@ -91,6 +91,9 @@ type Config struct {
 	// that has none of its own; zero means no limit.
 	BuildTimeout  time.Duration
 	MaxSilentTime time.Duration
+	// LogCache receives the log of every build that ended (succeeded or
+	// failed), for `nix log` against the cache. Default: Cache.
+	LogCache LogCache
 }
 
 // Coordinator is safe for concurrent use.
@@ -110,6 +113,8 @@ type Coordinator struct {
 	closed bool
 	done   chan struct{}
 	wg     sync.WaitGroup
+	// logMu orders log chunk writes against compressing finished logs.
+	logMu sync.Mutex
 }
 
 // New loads the ready queue from the store and returns a running coordinator.
@@ -144,6 +149,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.MaxLogBytes <= 0 {
 		cfg.MaxLogBytes = DefaultMaxLogBytes
 	}
+	if cfg.LogCache == nil && cfg.Cache != nil {
+		cfg.LogCache = cfg.Cache
+	}
 	for _, d := range []string{"uploads", "cache/nar", "log"} {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("coordinator: create %s: %w", d, err)
@@ -173,6 +181,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if c.spawn() {
 		go c.wakeDeferred()
 	}
+	c.sweepLogs(ctx)
 	st := c.sched.Stats()
 	c.log.Info("coordinator ready", "strategy", cfg.Strategy.String(), "ready", st.Ready, "waiting", st.Waiting,
 		"deferred", st.Deferred, "allocated", st.Allocated, "agents_holding_builds", len(held))

@@ -366,31 +366,6 @@ func verifyFile(dir string, o protocol.OutputResult) (db.OutputResult, error) {
 	}, nil
 }
 
-// Log stores a chunk of the build log at its offset; chunks resent after a
-// reconnect overwrite the same bytes.
-func (s *Session) Log(ctx context.Context, m *protocol.Log) error {
-	if m.Offset < 0 || m.Offset+int64(len(m.Data)) > s.c.cfg.MaxLogBytes {
-		return fmt.Errorf("log chunk at offset %d (+%d bytes) is outside 0..%d", m.Offset, len(m.Data), s.c.cfg.MaxLogBytes)
-	}
-	if _, _, err := s.holding(ctx, m.Build, ""); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(s.c.LogPath(m.Build), os.O_WRONLY|os.O_CREATE, 0o644)
-	if err != nil {
-		return fmt.Errorf("open log of %s: %w", m.Build, err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(m.Data, m.Offset); err != nil {
-		return fmt.Errorf("write log of %s: %w", m.Build, err)
-	}
-	return nil
-}
-
-// LogPath is where a build's log is kept.
-func (c *Coordinator) LogPath(buildID string) string {
-	return filepath.Join(c.cfg.StateDir, "log", buildID)
-}
-
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s

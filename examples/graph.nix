@@ -1,10 +1,11 @@
 # A small derivation graph for the demo and the end-to-end tests: a diamond
-# (base ← left, right ← top) plus one derivation that fails on purpose and
-# one that depends on it.
+# (base ← left, right ← top), one derivation that fails on purpose, one
+# that depends on it, and a slow one that prints, sleeps and prints (for
+# `log --follow`).
 # There is no nixpkgs here, so builders are the host's /bin/sh with the
 # host's coreutils on PATH (the sandbox is off). `nonce` makes every demo run
 # produce new derivations, so the agents really build them.
-{ nonce ? "0", sleep ? "0" }:
+{ nonce ? "0", sleep ? "0", slowSleep ? "3" }:
 let
   mk = name: script: extra: derivation ({
     inherit name nonce;
@@ -46,4 +47,11 @@ let
   after-broken = mk "gbc-demo-after-broken" ''
     cat ${broken} > $out
   '' {};
-in { inherit base left right top broken after-broken; }
+  # Prints, sleeps, prints: for watching `log --follow` stream a build.
+  slow = mk "gbc-demo-slow" ''
+    echo "slow build: first line"
+    sleep ${slowSleep}
+    echo "slow build: last line"
+    echo slow > $out
+  '' {};
+in { inherit base left right top broken after-broken slow; }

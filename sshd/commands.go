@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	iofs "io/fs"
 	"math"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,7 +84,7 @@ func commandTable() []command {
 		{[]string{"builds", "cancel"}, db.RoleOperator, "", "cancel every unfinished build the filters select (as for builds)", setupBuildsCancel},
 		{[]string{"builds"}, db.RoleReader, "", "list builds, newest first", setupBuilds},
 		{[]string{"build", "show"}, db.RoleReader, "BUILD-ID", "show one build", setupBuildShow},
-		{[]string{"log"}, db.RoleReader, "BUILD-ID", "print a build's log as far as the agent sent it", setupLog},
+		{[]string{"log"}, db.RoleReader, "BUILD-ID", "print a build's log (latest attempt); --follow streams it until the attempt ends", setupLog},
 		{[]string{"events"}, db.RoleReader, "", "print events as JSON lines, oldest first", setupEvents},
 		{[]string{"build", "cancel"}, db.RoleOperator, "BUILD-ID", "cancel a build (a running build is stopped on its agent)", setupBuildCancel},
 		{[]string{"build", "priority"}, db.RoleOperator, "BUILD-ID N", "change a build's priority (re-orders everything it waits on)", setupBuildPriority},
@@ -875,26 +873,16 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 }
 
 func setupLog(fs *pflag.FlagSet) func(x *call) error {
+	attempt := fs.Int("attempt", 0, "the log of this attempt (1, 2, …; default: the latest)")
+	follow := fs.BoolP("follow", "f", false, "keep printing the log as it arrives until the attempt ends")
 	return func(x *call) error {
 		if err := needArgs(x, 1, "one build id"); err != nil {
 			return err
 		}
-		// Look the build up first: the id then names a real build and can
-		// be used in a path.
-		b, err := x.s.store.Build(x.ctx, x.args[0])
-		if err != nil {
-			return fmt.Errorf("build %q: %w", truncate(x.args[0], 64), err)
+		if *attempt < 0 {
+			return usageErr("--attempt must be positive")
 		}
-		f, err := os.Open(x.s.coord.LogPath(b.ID))
-		if err != nil {
-			if errors.Is(err, iofs.ErrNotExist) {
-				return fmt.Errorf("build %s has no log yet", b.ID)
-			}
-			return fmt.Errorf("open log of %s: %w", b.ID, err)
-		}
-		defer f.Close()
-		_, err = io.Copy(x.out, f)
-		return err
+		return x.s.coord.CopyLog(x.ctx, x.out, x.args[0], *attempt, *follow)
 	}
 }
 
