@@ -33,6 +33,10 @@ type Config struct {
 	MaxParallelBuilds int      // 1 if zero
 	WorkDir           string   // spool for logs and NAR files
 	Compression       string   // "zstd" if empty
+	// SubstituteURLs are binary caches tried after the coordinator's when
+	// fetching a derivation and its inputs. Their keys must be trusted by
+	// the store (nix.conf, or --nix-config "extra-trusted-public-keys = …").
+	SubstituteURLs []string
 
 	// Reconnect backoff: doubles from MinBackoff to MaxBackoff, with
 	// jitter. Defaults 1s and 30s.
@@ -102,6 +106,10 @@ type Agent struct {
 
 	maxLine atomic.Int64 // the coordinator's line limit, from welcome
 
+	// fwd is the local end of the cache tunnel; nil when the backend
+	// cannot substitute.
+	fwd *cacheForward
+
 	wg sync.WaitGroup // build goroutines
 }
 
@@ -144,6 +152,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("backend %s: %w", a.cfg.Backend.Name(), err)
 	}
 	a.backendVersion = v
+	if _, ok := a.cfg.Backend.(backend.Substituter); ok {
+		if a.fwd, err = newCacheForward(ctx, a); err != nil {
+			return err
+		}
+	}
 	a.log.Info("agent starting", "coordinator", a.cfg.Dialer.Address, "backend", v,
 		"systems", a.cfg.Systems, "max_parallel_builds", a.cfg.MaxParallelBuilds, "work_dir", a.cfg.WorkDir)
 

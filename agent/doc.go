@@ -36,18 +36,25 @@
 //
 // # Decisions
 //
-//   - The agent builds only the derivation it was given. Before building it
-//     asks the backend for a dry run; if that would build any other
-//     derivation, or the .drv itself is not in the local store, the build
-//     ends as setup-failure with those paths in missing. Fetching the .drv
-//     and inputs from the coordinator's cache through the SSH connection is
-//     not done yet, so for now agents must share a store with the
-//     coordinator or already hold the inputs.
-//   - An output that is already valid before the build (built earlier, or
-//     on a store shared with the coordinator) is not rebuilt: nix-store
-//     --realise returns at once and the existing path is packed and
-//     uploaded. Deleting it first to force a rebuild on this agent is left
-//     for later.
+//   - The agent builds only the derivation it was given, and needs nothing
+//     but its SSH connection to get everything else. It listens on a
+//     loopback port and forwards each connection over SSH (direct-tcpip)
+//     to the cache address from welcome (forward.go), so the store sees
+//     the coordinator's cache as http://127.0.0.1:PORT. Before a build
+//     (backend.Substituter, Nix only): nix copy --derivation --from that
+//     URL fetches the .drv closure, then nix-store --realise of the input
+//     paths themselves with --max-jobs 0 substitutes them (coordinator
+//     first, then --substitute-url caches); signatures are required, the
+//     coordinator's key from welcome is trusted, negative narinfo caching
+//     is off. Whatever is still invalid ends the build as setup-failure
+//     listing those paths. Outputs already present are deleted where the
+//     store allows it, and the build runs with substitute = false, so the
+//     output really is built here. The dry run still guards against
+//     building any other derivation. The Guix backend does not substitute
+//     yet: a Guix agent needs the inputs in its store.
+//   - An output that is valid and alive before the build (e.g. a store
+//     shared with the coordinator) cannot be deleted; nix-store --realise
+//     returns at once and the existing path is packed and uploaded.
 //   - Outputs are held by an indirect GC root in the build's work directory
 //     until uploaded; the directory (root, log spool, NAR files) is removed
 //     once the result is acked or the build is canceled.

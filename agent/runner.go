@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path"
@@ -166,6 +167,13 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 	a.mu.Unlock()
 
 	be := a.cfg.Backend
+	noSubstitute := false
+	if sub, ok := be.(backend.Substituter); ok && a.fwd != nil && a.fwd.known() {
+		if res := a.substitute(ctx, sub, r, ls, log); res != nil {
+			return setup(res.reason, res.missing...)
+		}
+		noSubstitute = true
+	}
 	missing, err := be.Missing(ctx, b.Derivation)
 	if err != nil {
 		return setup(fmt.Sprintf("check inputs: %v", err))
@@ -184,6 +192,7 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 		Timeout:       time.Duration(b.TimeoutSeconds) * time.Second,
 		MaxSilentTime: time.Duration(b.MaxSilentTimeSeconds) * time.Second,
 		GCRoot:        filepath.Join(r.dir, "result"),
+		NoSubstitute:  noSubstitute,
 	}
 	br, err := be.Realise(ctx, b.Derivation, opts, ls)
 	if err != nil {
@@ -221,6 +230,47 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 		results = append(results, or)
 	}
 	return &protocol.Succeeded{Build: b.Build, Outputs: results}
+}
+
+// setupProblem is why a build cannot run here.
+type setupProblem struct {
+	reason  string
+	missing []string
+}
+
+// substitute prepares the store for a build by substitution only: fetch
+// the .drv closure, then every input, from the coordinator's cache (through
+// the SSH tunnel) and then the upstream caches; then delete outputs already
+// present, so that building with substitution off really builds them here
+// (ARCHITECTURE.md, "Checked with Nix 2.8").
+func (a *Agent) substitute(ctx context.Context, sub backend.Substituter, r *run, log io.Writer, l *slog.Logger) *setupProblem {
+	b := r.msg
+	_, _, key := a.fwd.current()
+	src := backend.Sources{URLs: append([]string{a.fwd.URL()}, a.cfg.SubstituteURLs...)}
+	if key != "" {
+		src.PublicKeys = []string{key}
+	}
+	if err := sub.FetchDerivation(ctx, b.Derivation, src, log); err != nil {
+		return &setupProblem{reason: fmt.Sprintf("fetch derivation: %v", err), missing: []string{b.Derivation}}
+	}
+	missing, err := sub.SubstituteInputs(ctx, b.Derivation, src, log)
+	if err != nil {
+		return &setupProblem{reason: fmt.Sprintf("substitute inputs: %v", err)}
+	}
+	if len(missing) > 0 {
+		return &setupProblem{reason: "inputs could not be substituted from the coordinator's cache or the upstream caches", missing: missing}
+	}
+	outs := make([]string, 0, len(b.Outputs))
+	for _, o := range b.Outputs {
+		outs = append(outs, o.Path)
+	}
+	if kept := sub.DeleteOutputs(ctx, outs); len(kept) > 0 {
+		// Still referenced (e.g. a shared store): the build returns at once
+		// and the existing output is uploaded.
+		l.Info("outputs already present and in use; not rebuilt", "paths", kept)
+	}
+	l.Info("inputs substituted")
+	return nil
 }
 
 // packAndUpload turns one output into an uploaded file and its report.

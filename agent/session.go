@@ -58,6 +58,10 @@ func (a *Agent) session(ctx context.Context) (welcomed bool, err error) {
 		a.cancelBuild(id, "coordinator asked to abort it after reconnect")
 	}
 
+	if a.fwd != nil {
+		a.fwd.set(client, welcome.CacheAddress, welcome.CachePublicKey)
+		defer a.fwd.set(nil, "", "")
+	}
 	a.setConn(&conn{w: w.Writer, sftp: sc})
 	defer a.setConn(nil)
 	a.replayLogs()

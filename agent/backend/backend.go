@@ -17,6 +17,9 @@ type Options struct {
 	// GCRoot, if set, is a path for an indirect GC root to the outputs, so
 	// they survive a garbage collection until they are uploaded.
 	GCRoot string
+	// NoSubstitute turns substitution off, so the derivation's outputs are
+	// built here even if a configured cache has them.
+	NoSubstitute bool
 }
 
 // Outcome classifies how a realisation ended.

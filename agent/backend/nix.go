@@ -22,6 +22,7 @@ type Nix struct {
 	Config   string // extra NIX_CONFIG lines
 	NixStore string // nix-store command; "nix-store" when empty
 	Store    string // store directory; "/nix/store" when empty
+	NixCmd   string // nix command (for nix copy); "nix" when empty
 }
 
 var _ Backend = (*Nix)(nil)
@@ -66,6 +67,9 @@ func NixRealiseArgs(drv string, opts Options) []string {
 	}
 	if opts.GCRoot != "" {
 		args = append(args, "--add-root", opts.GCRoot)
+	}
+	if opts.NoSubstitute {
+		args = append(args, "--option", "substitute", "false")
 	}
 	return args
 }

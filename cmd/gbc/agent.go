@@ -40,6 +40,7 @@ func runAgent(ctx context.Context, e env, args []string) error {
 	workDir := fs.String("work-dir", defaultWorkDir(), "`DIR` for build logs and compressed NARs before upload")
 	name := fs.String("name", "", "`NAME` shown to operators (default: host name)")
 	nixConfig := fs.StringArray("nix-config", nil, "nix.conf `LINE` (\"key = value\") added to NIX_CONFIG for every nix command, repeatable")
+	substituteURLs := fs.StringArray("substitute-url", nil, "binary cache `URL` tried after the coordinator's cache for derivations and inputs, repeatable (its key must be trusted in nix.conf or --nix-config)")
 	comp := fs.String("compression", "zstd", "`METHOD` for compressing uploaded NARs: zstd, xz, gzip or none")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -103,6 +104,7 @@ func runAgent(ctx context.Context, e env, args []string) error {
 		Systems:           *systems,
 		Features:          *features,
 		RequireTags:       *requireTags,
+		SubstituteURLs:    *substituteURLs,
 		MaxParallelBuilds: *maxParallel,
 		WorkDir:           *workDir,
 		Compression:       *comp,
