@@ -12,6 +12,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)   # cgo for go-sqlite3
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v lzip >/dev/null 2>&1 || need+=(lzip)   # compression tests read real lzip output
+# PostgreSQL backend tests (.ci/run starts the cluster; make test skips them without it)
+command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -17,7 +17,7 @@ import (
 	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db"
-	"github.com/gbc-farm/gbc/db/sqlite"
+	"github.com/gbc-farm/gbc/db/open"
 	"github.com/gbc-farm/gbc/keys"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
@@ -25,9 +25,13 @@ import (
 )
 
 func runCoordinator(ctx context.Context, e env, args []string) error {
+	if len(args) > 0 && args[0] == "migrate-data" {
+		return runMigrateData(ctx, e, args[1:])
+	}
 	fs := pflag.NewFlagSet("coordinator", pflag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	stateDir := fs.String("state-dir", "", "state directory: database, host key, uploads, cache (required)")
+	database := fs.String("database", "", "`URL` of the database: sqlite:PATH or postgres://user:pass@host/db (default sqlite:STATE/gbc.db)")
 	listen := fs.String("listen", "127.0.0.1:2222", "SSH listen address")
 	adminKey := fs.String("admin-key", "", "public key file (.pub) that gets the admin role")
 	comp := fs.String("compression", "zstd", "compression of NARs the cache writes itself (imports, .drv closures)")
@@ -80,7 +84,15 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	store, err := sqlite.Open(ctx, filepath.Join(dir, "gbc.db"), log)
+	dbURL := *database
+	if dbURL == "" {
+		dbURL = "sqlite:" + filepath.Join(dir, "gbc.db")
+	}
+	target, err := open.Parse(dbURL)
+	if err != nil {
+		return usageError{"--database: " + err.Error()}
+	}
+	store, err := target.Open(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -143,7 +155,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	log.Info("coordinator listening", "addr", l.Addr().String(), "host_key", keys.Fingerprint(host.PublicKey()),
+	log.Info("coordinator listening", "addr", l.Addr().String(), "database", target.String(), "host_key", keys.Fingerprint(host.PublicKey()),
 		"state_dir", dir, "compression", *comp, "cache_public_key", bc.PublicKey().String())
 	select {
 	case <-ctx.Done():

@@ -167,3 +167,9 @@ func (s *Store) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	defer tx.Rollback()
 	return fn(tx)
 }
+
+// DB is the writer connection, for tools that work below the Store
+// interface (migrate-data reads a whole farm in one transaction, which on
+// the writer also keeps a running coordinator from changing it meanwhile).
+// Coordinator code must not use it.
+func (s *Store) DB() *sql.DB { return s.w }
