@@ -166,4 +166,3 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("copy into a non-empty database: %v, want ErrNotEmpty", err)
 	}
 }
-
