@@ -42,7 +42,21 @@ var (
 	ErrBadSubmission = errors.New("bad submission")
 	// ErrUnknownAgent: no active agent with that id.
 	ErrUnknownAgent = errors.New("unknown or inactive agent")
+	// ErrUnavailable: the store could not record an agent's result now
+	// (e.g. the database is unreachable beyond the store's own retries).
+	// The result is neither acknowledged nor refused: the session ends and
+	// the agent resends it after reconnecting.
+	ErrUnavailable = errors.New("state store unavailable; resend later")
 )
+
+// unavailable marks a store error that is not a verdict on the request
+// (not found, conflict, exists) as ErrUnavailable.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, db.ErrNotFound) || errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrExists) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
 
 // Defaults for Config fields left zero.
 const (

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,7 +31,7 @@ func (s *Session) holding(ctx context.Context, buildID string, ended db.BuildSta
 		if errors.Is(err, db.ErrNotFound) {
 			return db.Build{}, false, fmt.Errorf("build %s: %w", buildID, ErrNotYourBuild)
 		}
-		return db.Build{}, false, fmt.Errorf("load build %s: %w", buildID, err)
+		return db.Build{}, false, unavailable(fmt.Errorf("load build %s: %w", buildID, err))
 	}
 	if b.AgentID != s.agentID {
 		return b, false, fmt.Errorf("build %s: %w", buildID, ErrNotYourBuild)
@@ -54,7 +55,7 @@ func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
 		return nil
 	}
 	if err := s.c.store.StartBuild(ctx, m.Build, s.agentID, s.c.clk.Now()); err != nil {
-		return fmt.Errorf("start build %s: %w", m.Build, err)
+		return unavailable(fmt.Errorf("start build %s: %w", m.Build, err))
 	}
 	hw := db.Hardware{Cores: m.Hardware.Cores, MemoryBytes: m.Hardware.MemoryBytes, FreeDiskBytes: m.Hardware.FreeDiskBytes,
 		Load1: m.Hardware.Load1, Backend: s.backend, BackendVersion: s.backendVer}
@@ -85,7 +86,7 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.store.FailBuild(ctx, m.Build, s.agentID, c.clk.Now(), reason, m.ExitCode); err != nil {
-		return fmt.Errorf("fail build %s: %w", m.Build, err)
+		return unavailable(fmt.Errorf("fail build %s: %w", m.Build, err))
 	}
 	c.log.Info("build failed", "build", m.Build, "agent", s.agentID, "reason", reason, "exit_code", m.ExitCode)
 	c.releaseLocked(m.Build, s.agentID)
@@ -108,7 +109,9 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures, m.Missing)
+	if err := c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures, m.Missing); err != nil {
+		return unavailable(fmt.Errorf("record setup failure of build %s: %w", m.Build, err))
+	}
 	c.dispatchLocked(ctx)
 	return nil
 }
@@ -118,7 +121,7 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 // limit such failures (counted by the reason's kind prefix) have happened.
 // Setup failures go through SetupFailBuild so that their events
 // (setup-failure, missing-inputs with missing) are written with the change.
-func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID, kind, reason string, limit int, missing []string) {
+func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID, kind, reason string, limit int, missing []string) error {
 	n := 1 // this attempt
 	for _, a := range b.Attempts {
 		if a.Outcome == "requeued" && strings.HasPrefix(a.Reason, kind) {
@@ -134,16 +137,16 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 		c.avoid[b.ID][agentID] = true
 		if !setup {
 			c.requeueLocked(ctx, b.ID, agentID, reason, agentID)
-			return
+			return nil
 		}
 		if err := c.store.SetupFailBuild(ctx, b.ID, agentID, c.clk.Now(), reason, missing, false); err != nil {
 			c.log.Error("requeue build after setup failure", "build", b.ID, "agent", agentID, "reason", reason, "err", err)
-			return
+			return err
 		}
 		c.releaseLocked(b.ID, agentID)
 		c.sched.Requeue(b.ID, agentID)
 		c.log.Info("build requeued", "build", b.ID, "agent", agentID, "reason", reason)
-		return
+		return nil
 	}
 	final := fmt.Sprintf("infrastructure: %s (%d attempts)", reason, n)
 	var err error
@@ -154,11 +157,12 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 	}
 	if err != nil {
 		c.log.Error("fail build after infrastructure failures", "build", b.ID, "err", err)
-		return
+		return err
 	}
 	c.log.Warn("build failed: infrastructure", "build", b.ID, "agent", agentID, "reason", final)
 	c.releaseLocked(b.ID, agentID)
 	c.endedLocked(ctx, b.ID, outcomeFailed)
+	return nil
 }
 
 // Succeeded verifies every uploaded output against the report, moves the
@@ -181,8 +185,18 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	}()
 
 	b, done, err := s.holding(ctx, m.Build, db.StateSucceeded)
-	if err != nil || done {
+	if err != nil {
 		return err
+	}
+	if done {
+		// A resend: the first copy was recorded, possibly by a commit whose
+		// reply was lost, so settle the in-memory side too (all idempotent).
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.releaseLocked(m.Build, s.agentID)
+		c.endedLocked(ctx, m.Build, outcomeSucceeded)
+		c.dispatchLocked(ctx)
+		return nil
 	}
 	dir := c.uploadDir(s.agentID, m.Build)
 	results, verr := c.verify(b, dir, m.Outputs)
@@ -204,11 +218,15 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	if b.State == db.StateAllocated {
 		// A result without a prior "started" implies the start.
 		if err := c.store.StartBuild(ctx, m.Build, s.agentID, c.clk.Now()); err != nil {
-			return fmt.Errorf("start build %s: %w", m.Build, err)
+			return unavailable(fmt.Errorf("start build %s: %w", m.Build, err))
 		}
 	}
+	// Only a nil here lets the caller acknowledge the result. Anything
+	// but a verdict (conflict, not found) leaves it unacknowledged: the
+	// outputs are already published, so the agent's resend verifies
+	// against the cache (see verify) and is recorded then.
 	if err := c.store.SucceedBuild(ctx, m.Build, s.agentID, c.clk.Now(), results); err != nil {
-		return fmt.Errorf("record success of build %s: %w", m.Build, err)
+		return unavailable(fmt.Errorf("record success of build %s: %w", m.Build, err))
 	}
 	c.log.Info("build succeeded", "build", m.Build, "agent", s.agentID, "outputs", len(results))
 	c.releaseLocked(m.Build, s.agentID)
@@ -226,7 +244,15 @@ func (c *Coordinator) publish(ctx context.Context, b db.Build, dir string, repor
 		if c.cfg.Cache == nil {
 			// Names are content hashes, so a file already there has the
 			// same bytes and renaming over it is safe.
-			if err := os.Rename(src, filepath.Join(c.cfg.StateDir, results[i].File)); err != nil {
+			dst := filepath.Join(c.cfg.StateDir, results[i].File)
+			if _, err := os.Lstat(src); errors.Is(err, fs.ErrNotExist) {
+				// Moved by an earlier copy of this result (see
+				// publishedResult, which verified dst again).
+				if _, err := os.Stat(dst); err == nil {
+					continue
+				}
+			}
+			if err := os.Rename(src, dst); err != nil {
 				return fmt.Errorf("move %s into the cache: %w", reported[i].Upload, err)
 			}
 			continue
@@ -282,12 +308,48 @@ func (c *Coordinator) verify(b db.Build, dir string, reported []protocol.OutputR
 			return nil, fmt.Errorf("outputs[%d] (%s): path %q, derivation declares %q", i, o.Name, o.Path, path)
 		}
 		r, err := verifyFile(dir, o)
+		if errors.Is(err, fs.ErrNotExist) {
+			if pr, ok := c.publishedResult(o); ok {
+				r, err = pr, nil
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("outputs[%d] (%s): %w", i, o.Name, err)
 		}
 		results = append(results, r)
 	}
 	return results, nil
+}
+
+// publishedResult accepts a reported output whose upload is gone because
+// an earlier copy of the same result was verified and published before
+// recording it failed (database unavailable). With a Cache, the cache must
+// hold the path with exactly the reported NAR and file hashes and sizes;
+// without one, the file moved into the state directory is verified again.
+func (c *Coordinator) publishedResult(o protocol.OutputResult) (db.OutputResult, bool) {
+	narHash, err1 := nixhash.Parse(o.NarHash)
+	fileHash, err2 := nixhash.Parse(o.FileHash)
+	suffix, err3 := compressionSuffix(o.Compression)
+	if errors.Join(err1, err2, err3) != nil || o.NarSize < 0 || o.FileSize < 0 {
+		return db.OutputResult{}, false
+	}
+	file := filepath.Join("cache", "nar", nixhash.Base32(fileHash.Digest)+".nar"+suffix)
+	if c.cfg.Cache == nil {
+		moved := o
+		moved.Upload = filepath.Base(file)
+		r, err := verifyFile(filepath.Join(c.cfg.StateDir, filepath.Dir(file)), moved)
+		return r, err == nil
+	}
+	ni, err := c.cfg.Cache.Lookup(o.Path)
+	if err != nil || !ni.NarHash.Equal(narHash) || !ni.FileHash.Equal(fileHash) ||
+		ni.NarSize != uint64(o.NarSize) || ni.FileSize != uint64(o.FileSize) {
+		return db.OutputResult{}, false
+	}
+	return db.OutputResult{
+		Name: o.Name, Path: o.Path, NarHash: narHash.String(), NarSize: o.NarSize,
+		FileHash: fileHash.String(), FileSize: o.FileSize, Compression: o.Compression, References: o.References,
+		File: file,
+	}, true
 }
 
 func verifyFile(dir string, o protocol.OutputResult) (db.OutputResult, error) {

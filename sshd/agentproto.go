@@ -94,7 +94,11 @@ func (s *Server) handleAgent(sess ssh.Session) {
 	resultsDone := make(chan struct{})
 	go func() {
 		defer close(resultsDone)
+		dropped := false
 		for m := range results {
+			if dropped {
+				continue // neither ack nor refuse: the agent resends after reconnecting
+			}
 			var err error
 			switch m := m.(type) {
 			case *protocol.Started:
@@ -105,6 +109,17 @@ func (s *Server) handleAgent(sess ssh.Session) {
 				err = cs.SetupFailure(ctx, m)
 			case *protocol.Succeeded:
 				err = cs.Succeeded(ctx, m)
+			}
+			if errors.Is(err, coordinator.ErrUnavailable) {
+				// Not recorded, and not the agent's fault: an error reply
+				// would make the agent drop the result, an ack would lose
+				// it. Ending the session makes the agent reconnect and
+				// resend everything unacknowledged.
+				log.Warn("result not recorded; closing the session so the agent resends it",
+					"type", m.MessageType(), "id", protocol.IDOf(m), "err", err)
+				dropped = true
+				sess.Close()
+				continue
 			}
 			if err != nil {
 				log.Warn("result refused", "type", m.MessageType(), "id", protocol.IDOf(m), "err", err)
