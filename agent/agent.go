@@ -161,6 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		"systems", a.cfg.Systems, "max_parallel_builds", a.cfg.MaxParallelBuilds, "work_dir", a.cfg.WorkDir)
 
 	defer a.wg.Wait()
+	a.recoverUploads(ctx)
 	backoff := a.cfg.MinBackoff
 	for {
 		welcomed, err := a.session(ctx)

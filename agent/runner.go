@@ -126,7 +126,12 @@ func (a *Agent) cancelBuild(id, why string) {
 func (a *Agent) runBuild(ctx context.Context, r *run) {
 	b := r.msg
 	log := a.log.With("build", b.Build, "derivation", b.Derivation)
-	res := a.buildAndUpload(ctx, r, log)
+	a.conclude(ctx, r, a.buildAndUpload(ctx, r, log), log)
+}
+
+// conclude queues a run's result, or settles it when there is nothing to
+// report.
+func (a *Agent) conclude(ctx context.Context, r *run, res protocol.Message, log *slog.Logger) {
 	if r.log != nil {
 		if err := r.log.Close(); err != nil {
 			log.Debug("log flush", "err", err)
@@ -223,13 +228,33 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 	}
 	results := make([]protocol.OutputResult, 0, len(outputs))
 	for _, o := range outputs {
-		or, err := a.packAndUpload(ctx, r, o, log)
+		or, err := a.pack(ctx, r, o, log)
 		if err != nil {
 			return setup(err.Error())
 		}
 		results = append(results, or)
 	}
-	return &protocol.Succeeded{Build: b.Build, Outputs: results}
+	// From here on the build survives an agent restart (recover.go).
+	if err := saveUploadState(r.dir, b, results); err != nil {
+		log.Warn("upload state not saved; a restart will not resume this upload", "err", err)
+	}
+	return a.uploadAll(ctx, r, results, log)
+}
+
+// uploadAll uploads every packed output and returns the success report, or
+// a setup failure, or nil when ctx ended.
+func (a *Agent) uploadAll(ctx context.Context, r *run, results []protocol.OutputResult, log *slog.Logger) protocol.Message {
+	for _, o := range results {
+		err := a.uploadWithRetry(ctx, filepath.Join(r.dir, o.Upload), path.Join(r.msg.UploadDir, o.Upload), log)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			log.Warn("setup failure", "reason", err)
+			return &protocol.SetupFailure{Build: r.msg.Build, Reason: err.Error()}
+		}
+	}
+	return &protocol.Succeeded{Build: r.msg.Build, Outputs: results}
 }
 
 // setupProblem is why a build cannot run here.
@@ -273,8 +298,9 @@ func (a *Agent) substitute(ctx context.Context, sub backend.Substituter, r *run,
 	return nil
 }
 
-// packAndUpload turns one output into an uploaded file and its report.
-func (a *Agent) packAndUpload(ctx context.Context, r *run, o protocol.OutputRef, log *slog.Logger) (protocol.OutputResult, error) {
+// pack turns one output into a compressed NAR file in the build directory
+// and its report.
+func (a *Agent) pack(ctx context.Context, r *run, o protocol.OutputRef, log *slog.Logger) (protocol.OutputResult, error) {
 	be := a.cfg.Backend
 	if _, err := os.Lstat(o.Path); err != nil {
 		return protocol.OutputResult{}, fmt.Errorf("output %s (%s) missing after the build: %w", o.Name, o.Path, err)
@@ -289,9 +315,6 @@ func (a *Agent) packAndUpload(ctx context.Context, r *run, o protocol.OutputRef,
 		return protocol.OutputResult{}, err
 	}
 	log.Info("packed output", "output", o.Name, "nar_size", p.NarSize, "file_size", p.FileSize, "nar_hash", p.NarHash.String())
-	if err := a.uploadWithRetry(ctx, p.File, path.Join(r.msg.UploadDir, name), log); err != nil {
-		return protocol.OutputResult{}, err
-	}
 	return protocol.OutputResult{
 		Name:        o.Name,
 		Path:        o.Path,

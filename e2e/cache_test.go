@@ -267,3 +267,42 @@ func TestChainAcrossStores(t *testing.T) {
 		t.Fatalf("narinfo signed by the coordinator was not refused with another key (err %v)\n%s", err, stderr)
 	}
 }
+
+// TestSubmitFromAnotherStore: an operator whose store is the only one with
+// the derivations runs gbc submit; the coordinator's store stays empty
+// (the closure arrives as a nix-store --export stream through the import
+// command) and an agent with an empty store fetches everything through its
+// SSH connection.
+func TestSubmitFromAnotherStore(t *testing.T) {
+	requireNamespaces(t)
+	dirs := mkdirs(t, "coord", "agent", "operator")
+	coordNix, agentNix, opNix := dirs[0], dirs[1], dirs[2]
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	var drvs []string
+	for _, attr := range []string{"base", "left", "right", "top"} {
+		drvs = append(drvs, nsRun(t, opNix, "nix-instantiate", "../examples/graph.nix", "--argstr", "nonce", nonce, "-A", attr))
+	}
+	f, _ := newNSFarm(t, coordNix)
+	ag := f.addNSAgent(agentNix, "agent-empty")
+
+	out, stderr, err := nsTry(opNix, gbcBin, append([]string{"submit", "--coordinator", f.addr, "--identity", f.admin.Path,
+		"--known-hosts", f.knownHosts, "--wait"}, drvs...)...)
+	if err != nil {
+		t.Fatalf("gbc submit: %v\n%s\n%s\nagent:\n%s", err, out, stderr, ag.log.String())
+	}
+	if n := strings.Count(out, " succeeded "); n != len(drvs) {
+		t.Fatalf("gbc submit printed %d successes, want %d:\n%s", n, len(drvs), out)
+	}
+	ids := lines(out)[:len(drvs)]
+	top := f.show(ids[3])
+	if got := narHashIn(t, agentNix, top.Outputs[0].Path); got.String() != top.Outputs[0].NarHash {
+		t.Fatalf("top: NarHash %s reported, %s in the agent's store", top.Outputs[0].NarHash, got)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(coordNix, "store")); len(ents) != 0 {
+		t.Fatalf("the coordinator's store holds %d entries, want none", len(ents))
+	}
+	// A stream that is not an export (here: empty) is refused, saying where.
+	if r := f.ssh(f.admin, "import"); r.Code != 1 || !strings.Contains(r.Stderr, "offset 0") {
+		t.Fatalf("empty import: exit %d %q %q", r.Code, r.Stdout, r.Stderr)
+	}
+}

@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestUploadResumesAfterAgentKill kills the agent (SIGKILL) while it
+// uploads a large output, starts it again with the same work directory,
+// and checks that the upload continues from what the coordinator already
+// has instead of starting over.
+func TestUploadResumesAfterAgentKill(t *testing.T) {
+	requireNamespaces(t)
+	dirs := mkdirs(t, "coord", "agent")
+	coordNix, agentNix := dirs[0], dirs[1]
+	drv := nsRun(t, coordNix, "nix-instantiate", "testdata/big.nix", "--argstr", "nonce", fmt.Sprint(time.Now().UnixNano()), "--argstr", "mib", "256")
+	f, _ := newNSFarm(t, coordNix)
+	key := newKey(t, f.dir, "big")
+	agentID := f.mustSSH(fmt.Sprintf("agent new --name big --key '%s'", key.Pub))
+	args := []string{"agent", "--coordinator", f.addr, "--identity", key.Path, "--known-hosts", f.knownHosts,
+		"--backend", "nix", "--name", "big", "--work-dir", filepath.Join(f.dir, "big-work")}
+	n, a := nsCmd(agentNix, gbcBin, args...)
+	first := start(t, n, a...)
+
+	id := f.mustSSH("build " + drv)
+	remote := filepath.Join(f.state, "uploads", agentID, id, "out.nar.zst")
+	local := filepath.Join(f.dir, "big-work", "builds", id, "out.nar.zst")
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		// Far enough in that the resume margin (one window of concurrent
+		// writes) leaves something to skip.
+		if st, err := os.Stat(remote); err == nil && st.Size() > 48<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no upload started; agent log:\n%s", first.log.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	first.exited(10 * time.Second)
+	rs, err := os.Stat(remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := os.Stat(local)
+	if err != nil {
+		t.Fatalf("packed file gone after the kill: %v", err)
+	}
+	if rs.Size() >= ls.Size() {
+		t.Skipf("the upload finished (%d bytes) before the kill landed; nothing to resume", ls.Size())
+	}
+	t.Logf("killed the agent with %d of %d bytes on the coordinator", rs.Size(), ls.Size())
+
+	second := start(t, n, a...)
+	m := second.log.waitFor(t, regexp.MustCompile(`msg="uploaded output".* size=(\d+) sent=(\d+) skipped=(\d+)`), 2*time.Minute)
+	size, _ := strconv.ParseInt(m[1], 10, 64)
+	sent, _ := strconv.ParseInt(m[2], 10, 64)
+	skipped, _ := strconv.ParseInt(m[3], 10, 64)
+	t.Logf("after the restart: size %d, sent %d, skipped %d (resumed %.0f%% in)", size, sent, skipped, 100*float64(skipped)/float64(size))
+	if size != ls.Size() || sent+skipped != size || skipped == 0 || skipped < rs.Size()-(1<<20) {
+		t.Fatalf("upload did not resume: size %d sent %d skipped %d, coordinator had %d", size, sent, skipped, rs.Size())
+	}
+	if regexp.MustCompile(`msg=building`).MatchString(second.log.String()) {
+		t.Fatal("the restarted agent built again instead of resuming the upload")
+	}
+	var b buildJSON
+	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if b = f.show(id); b.State == "succeeded" {
+			break
+		}
+	}
+	if b.State != "succeeded" || b.Agent != agentID || b.Outputs[0].FileSize != size {
+		t.Fatalf("build %s on %s, file size %d", b.State, b.Agent, b.Outputs[0].FileSize)
+	}
+}
