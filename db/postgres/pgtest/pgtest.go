@@ -61,6 +61,21 @@ func Schema(t testing.TB) string {
 	t.Helper()
 	base := URL(t)
 	Shared(t)
+	return newSchema(t, base)
+}
+
+// ExclusiveSchema is Schema for a test that restarts the server: it holds
+// the exclusive side of the restart lock instead, so no other PostgreSQL
+// test (in any test binary) runs meanwhile.
+func ExclusiveSchema(t testing.TB) string {
+	t.Helper()
+	base := URL(t)
+	Exclusive(t)
+	return newSchema(t, base)
+}
+
+func newSchema(t testing.TB, base string) string {
+	t.Helper()
 	var b [6]byte
 	rand.Read(b[:])
 	name := "gbct_" + hex.EncodeToString(b[:])
