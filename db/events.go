@@ -147,4 +147,7 @@ func (h Hardware) IsZero() bool { return h == Hardware{} }
 type HookProgress struct {
 	Cursor int64
 	Done   []int64
+	// Registered: MarkHookDone was called for this hook at least once
+	// (a hook that never was starts at the end of the log, see hooks).
+	Registered bool
 }

@@ -47,6 +47,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	maxSilent := fs.Duration("max-silent-time", 0, "default max time without log output of a build that has none (0: none)")
 	maxSetup := fs.Int("max-setup-failures", coordinator.DefaultMaxSetupFailures, "setup failures after which a build fails")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
+	hf := addHookFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil
@@ -134,6 +135,15 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	defer coord.Close()
+	hookList, err := hf.hooks(log, submitVia(coord), store)
+	if err != nil {
+		return err
+	}
+	stopHooks, err := startHooks(ctx, log, store, clk, hookList)
+	if err != nil {
+		return err
+	}
+	defer stopHooks()
 	srv, err := sshd.New(sshd.Config{Coordinator: coord, Store: store, HostKey: host, Logger: log, Clock: clk,
 		MaxUploadBytes: *maxUpload, Cache: bc.Handler(), KeepAlive: *keepalive})
 	if err != nil {

@@ -173,8 +173,12 @@ func testHookProgress(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
 	p, err := s.HookProgress(ctx, "h")
 	must(t, "HookProgress of a new hook", err)
-	if p.Cursor != 0 || len(p.Done) != 0 {
+	if p.Cursor != 0 || len(p.Done) != 0 || p.Registered {
 		t.Fatalf("new hook progress: %+v", p)
+	}
+	must(t, "MarkHookDone 0 (registration)", s.MarkHookDone(ctx, "h", 0, 0))
+	if p, _ = s.HookProgress(ctx, "h"); !p.Registered || p.Cursor != 0 || len(p.Done) != 0 {
+		t.Fatalf("registered hook progress: %+v", p)
 	}
 	must(t, "MarkHookDone 5", s.MarkHookDone(ctx, "h", 5, 0))
 	must(t, "MarkHookDone 3", s.MarkHookDone(ctx, "h", 3, 0))

@@ -125,6 +125,7 @@ func (s *Store) HookProgress(ctx context.Context, hook string) (db.HookProgress,
 	var p db.HookProgress
 	err := s.read(ctx, func(tx txn) error {
 		err := tx.QueryRowContext(ctx, `SELECT cursor FROM hook_cursors WHERE hook = ?`, hook).Scan(&p.Cursor)
+		p.Registered = err == nil
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}

@@ -105,6 +105,7 @@ func (s *Store) HookProgress(ctx context.Context, hook string) (db.HookProgress,
 	var p db.HookProgress
 	err := s.read(ctx, func(tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, `SELECT cursor FROM hook_cursors WHERE hook = ?`, hook).Scan(&p.Cursor)
+		p.Registered = err == nil
 		if err != nil && err != sql.ErrNoRows {
 			return err
 		}
