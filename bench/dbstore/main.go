@@ -1,0 +1,201 @@
+// Command dbstore measures the two db.Store backends side by side at farm
+// scale and prints a table: CreateBuilds rate (batches as the coordinator
+// submits them), AllocateBuild rate and latency with the table full,
+// RunnableBuilds (the queue rebuild at start) and the database size.
+//
+//	go run ./bench/dbstore -n 1000000 -pg postgres://user:pass@127.0.0.1/db
+//
+// Without -pg (or GBC_TEST_POSTGRES) only SQLite is measured. PostgreSQL
+// runs in a fresh schema that is dropped afterwards (-keep to keep it).
+package main
+
+import (
+	"context"
+	"database/sql"
+	"flag"
+	"fmt"
+	"log"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/db/postgres"
+	"github.com/gbc-farm/gbc/db/sqlite"
+)
+
+type figures struct {
+	backend            string
+	createRate         float64 // builds/s
+	createDur          time.Duration
+	allocRate          float64 // allocations/s
+	allocP50, allocP99 time.Duration
+	runnableDur        time.Duration
+	runnable           int
+	bytes              int64
+}
+
+func main() {
+	n := flag.Int("n", 1_000_000, "builds to create")
+	batch := flag.Int("batch", 1000, "builds per CreateBuilds call")
+	allocs := flag.Int("allocs", 20_000, "AllocateBuild calls to time (sequential, as the coordinator makes them under its lock)")
+	pg := flag.String("pg", os.Getenv("GBC_TEST_POSTGRES"), "PostgreSQL URL (a role that may create schemas); empty: SQLite only")
+	keep := flag.Bool("keep", false, "keep the SQLite file and PostgreSQL schema")
+	flag.Parse()
+	ctx := context.Background()
+	var all []figures
+
+	dir, err := os.MkdirTemp("", "gbc-dbbench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if !*keep {
+		defer os.RemoveAll(dir)
+	}
+	path := filepath.Join(dir, "gbc.db")
+	ls, err := sqlite.Open(ctx, path, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	f := measure(ctx, "sqlite", ls, *n, *batch, *allocs)
+	f.bytes = sqliteSize(ctx, ls, path)
+	ls.Close()
+	all = append(all, f)
+
+	if *pg != "" {
+		schema := fmt.Sprintf("gbcbench_%d", time.Now().Unix())
+		admin, err := sql.Open("pgx", *pg)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if _, err := admin.ExecContext(ctx, `CREATE SCHEMA `+schema); err != nil {
+			log.Fatal(err)
+		}
+		if !*keep {
+			defer admin.ExecContext(ctx, `DROP SCHEMA `+schema+` CASCADE`)
+		}
+		u, err := url.Parse(*pg)
+		if err != nil {
+			log.Fatal(err)
+		}
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		ps, err := postgres.Open(ctx, u.String(), nil)
+		if err != nil {
+			log.Fatal(err)
+		}
+		f := measure(ctx, "postgres", ps, *n, *batch, *allocs)
+		if _, err := ps.DB().ExecContext(ctx, `VACUUM ANALYZE`); err != nil {
+			log.Printf("vacuum: %v", err)
+		}
+		if err := ps.DB().QueryRowContext(ctx, `SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')`).Scan(&f.bytes); err != nil {
+			log.Fatal(err)
+		}
+		ps.Close()
+		all = append(all, f)
+	} else {
+		fmt.Fprintln(os.Stderr, "dbstore: no -pg / GBC_TEST_POSTGRES: PostgreSQL not measured")
+	}
+
+	fmt.Printf("\n%d builds (batches of %d, each with 2 tags, 1 feature, 2 outputs and a submitted event); %d sequential allocations\n\n", *n, *batch, *allocs)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "backend\tCreateBuilds builds/s\tcreate total\tAllocateBuild /s\talloc p50\talloc p99\tRunnableBuilds\t(rows)\tdatabase size\t")
+	for _, f := range all {
+		fmt.Fprintf(tw, "%s\t%.0f\t%v\t%.0f\t%v\t%v\t%v\t%d\t%.1f MiB\t\n", f.backend, f.createRate, f.createDur.Round(time.Millisecond),
+			f.allocRate, f.allocP50.Round(time.Microsecond), f.allocP99.Round(time.Microsecond),
+			f.runnableDur.Round(time.Millisecond), f.runnable, float64(f.bytes)/(1<<20))
+	}
+	tw.Flush()
+}
+
+func newBuild(i int, at time.Time) db.NewBuild {
+	id := fmt.Sprintf("%08d-0000-4000-8000-000000000000", i)
+	drv := fmt.Sprintf("/nix/store/%032d-pkg-%d.drv", i, i)
+	return db.NewBuild{
+		ID: id, Derivation: drv, System: "x86_64-linux", Priority: i % 5,
+		Tags:             []db.Tag{{Key: "jobset", Value: "main"}, {Key: "job", Value: fmt.Sprintf("pkg-%d", i)}},
+		RequiredFeatures: []string{"big-parallel"},
+		Outputs: []db.DerivationOutput{
+			{Name: "out", Path: fmt.Sprintf("/nix/store/%032d-pkg-%d", i, i)},
+			{Name: "dev", Path: fmt.Sprintf("/nix/store/%032d-pkg-%d-dev", i, i)},
+		},
+		CreatedAt: at,
+	}
+}
+
+func measure(ctx context.Context, name string, s db.Store, n, batch, allocs int) figures {
+	f := figures{backend: name}
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	start := time.Now()
+	for i := 0; i < n; i += batch {
+		bs := make([]db.NewBuild, 0, batch)
+		for j := i; j < min(i+batch, n); j++ {
+			bs = append(bs, newBuild(j, base.Add(time.Duration(j)*time.Millisecond)))
+		}
+		if err := s.CreateBuilds(ctx, bs); err != nil {
+			log.Fatalf("%s: CreateBuilds at %d: %v", name, i, err)
+		}
+		if (i/batch)%100 == 0 {
+			fmt.Fprintf(os.Stderr, "\r%s: %d/%d builds created", name, i+len(bs), n)
+		}
+	}
+	f.createDur = time.Since(start)
+	f.createRate = float64(n) / f.createDur.Seconds()
+	fmt.Fprintf(os.Stderr, "\r%s: %d builds created in %v\n", name, n, f.createDur.Round(time.Millisecond))
+
+	if err := s.CreateAgent(ctx, db.Agent{ID: "bench-agent", Name: "bench", Active: true, CreatedAt: base}); err != nil {
+		log.Fatal(err)
+	}
+	lat := make([]time.Duration, 0, allocs)
+	start = time.Now()
+	// Spread over the table (not just its first rows).
+	step := max(1, n/max(1, allocs))
+	for k := 0; k < allocs && k*step < n; k++ {
+		id := newBuild(k*step, base).ID
+		t := time.Now()
+		if err := s.AllocateBuild(ctx, id, "bench-agent", base); err != nil {
+			log.Fatalf("%s: AllocateBuild %s: %v", name, id, err)
+		}
+		lat = append(lat, time.Since(t))
+	}
+	total := time.Since(start)
+	f.allocRate = float64(len(lat)) / total.Seconds()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		f.allocP50 = lat[len(lat)/2]
+		f.allocP99 = lat[len(lat)*99/100]
+	}
+	fmt.Fprintf(os.Stderr, "%s: %d allocations in %v\n", name, len(lat), total.Round(time.Millisecond))
+
+	start = time.Now()
+	rb, err := s.RunnableBuilds(ctx)
+	if err != nil {
+		log.Fatalf("%s: RunnableBuilds: %v", name, err)
+	}
+	f.runnableDur, f.runnable = time.Since(start), len(rb)
+	fmt.Fprintf(os.Stderr, "%s: RunnableBuilds %d rows in %v\n", name, len(rb), f.runnableDur.Round(time.Millisecond))
+	return f
+}
+
+// sqliteSize checkpoints the WAL into the main file and returns its size.
+func sqliteSize(ctx context.Context, s *sqlite.Store, path string) int64 {
+	if _, err := s.DB().ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		log.Printf("checkpoint: %v", err)
+	}
+	var total int64
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if st, err := os.Stat(path + suffix); err == nil && !strings.HasSuffix(suffix, "shm") {
+			total += st.Size()
+		}
+	}
+	return total
+}
