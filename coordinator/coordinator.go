@@ -248,6 +248,10 @@ func (c *Coordinator) uploadDir(agentID, buildID string) string {
 	return filepath.Join(c.cfg.StateDir, "uploads", agentID, buildID)
 }
 
+// ScratchDir is a directory on the uploads' filesystem for short-lived
+// files (the probe command), so they land where uploads do.
+func (c *Coordinator) ScratchDir() string { return filepath.Join(c.cfg.StateDir, "uploads") }
+
 // UploadDir is where an agent's files for a build live on disk.
 func (c *Coordinator) UploadDir(agentID, buildID string) string { return c.uploadDir(agentID, buildID) }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -89,6 +90,7 @@ func commandTable() []command {
 		{[]string{"build", "cancel"}, db.RoleOperator, "BUILD-ID", "cancel a build (a running build is stopped on its agent)", setupBuildCancel},
 		{[]string{"build", "priority"}, db.RoleOperator, "BUILD-ID N", "change a build's priority (re-orders everything it waits on)", setupBuildPriority},
 		{[]string{"build"}, db.RoleOperator, "DRV...", "submit derivations; prints one build id per line", setupBuild},
+		{[]string{"probe"}, db.RoleAdmin, "< DATA", "read stdin to the end and report bytes and MB/s (measures the SSH link; bench/upload.sh)", setupProbe},
 		{[]string{"import"}, db.RoleOperator, "< EXPORT-STREAM", "add a nix-store --export (or guix archive --export) stream from stdin to the cache; prints the paths", setupImport},
 	}
 }
@@ -912,6 +914,33 @@ func setupImport(fs *pflag.FlagSet) func(x *call) error {
 			return err
 		}
 		x.s.log.Info("imported into the cache", "paths", len(paths), "fingerprint", x.who.Fingerprint)
+		return nil
+	}
+}
+
+func setupProbe(fs *pflag.FlagSet) func(x *call) error {
+	write := fs.Bool("write", false, "write the bytes to a scratch file beside the uploads (removed afterwards), as an upload would")
+	return func(x *call) error {
+		if len(x.args) != 0 {
+			return usageErr("probe takes no arguments; pipe data to stdin")
+		}
+		var dst io.Writer = io.Discard
+		if *write {
+			f, err := os.CreateTemp(x.s.coord.ScratchDir(), ".probe-")
+			if err != nil {
+				return fmt.Errorf("scratch file: %w", err)
+			}
+			defer os.Remove(f.Name())
+			defer f.Close()
+			dst = f
+		}
+		t0 := time.Now()
+		n, err := io.Copy(dst, x.in)
+		if err != nil {
+			return fmt.Errorf("read stdin after %d bytes: %w", n, err)
+		}
+		d := time.Since(t0)
+		fmt.Fprintf(x.out, "%d bytes in %s (%.1f MB/s)\n", n, d.Round(time.Millisecond), float64(n)/1e6/max(d.Seconds(), 1e-9))
 		return nil
 	}
 }

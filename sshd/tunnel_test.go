@@ -104,3 +104,30 @@ func TestCacheTunnel(t *testing.T) {
 		}
 	}
 }
+
+func TestProbeReadsStdin(t *testing.T) {
+	e := newEnv(t, 0)
+	for _, cmd := range []string{"probe", "probe --write"} {
+		c, err := e.dial(e.admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess, err := c.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		sess.Stdout = &out
+		sess.Stdin = strings.NewReader(strings.Repeat("x", 1_000_000))
+		if err := sess.Run(cmd); err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+		c.Close()
+		if !strings.HasPrefix(out.String(), "1000000 bytes in ") {
+			t.Fatalf("%s printed %q", cmd, out.String())
+		}
+	}
+	if r := e.run(e.operator, "probe"); r.code != 1 || !strings.Contains(r.stderr, "needs role admin") {
+		t.Fatalf("operator probe: %+v", r)
+	}
+}
