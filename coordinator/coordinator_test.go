@@ -33,9 +33,14 @@ type harness struct {
 	clk      *clock.Fake
 	c        *Coordinator
 	seq      atomic.Int64
+	// mod adjusts the Config before each start.
+	mod func(*Config)
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { t.Helper(); return newHarnessWith(t, nil) }
+
+// newHarnessWith is newHarness with mod applied to the Config at each start.
+func newHarnessWith(t *testing.T, mod func(*Config)) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -43,7 +48,7 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, dir: dir, storeDir: filepath.Join(dir, "store"), store: st, clk: clock.NewFake(time.Unix(1_700_000_000, 0))}
+	h := &harness{t: t, dir: dir, storeDir: filepath.Join(dir, "store"), store: st, clk: clock.NewFake(time.Unix(1_700_000_000, 0)), mod: mod}
 	if err := os.MkdirAll(h.storeDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -57,14 +62,18 @@ func newHarness(t *testing.T) *harness {
 
 func (h *harness) start() {
 	h.t.Helper()
-	c, err := New(context.Background(), Config{
+	cfg := Config{
 		StateDir:        filepath.Join(h.dir, "state"),
 		Store:           h.store,
 		Clock:           h.clk,
 		StoreDirs:       []string{h.storeDir},
 		DisconnectGrace: grace,
 		Heartbeat:       time.Hour, // the fake clock moves in minutes; keep the watchdog out of the way
-	})
+	}
+	if h.mod != nil {
+		h.mod(&cfg)
+	}
+	c, err := New(context.Background(), cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -64,8 +66,9 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 	if err != nil {
 		return nil, err
 	}
+	loaded := c.preload(ctx, sub.Derivations, existing)
 	add := func(p string) (int, []string, error) {
-		nb, in, err := c.readDerivation(ctx, p)
+		nb, in, err := c.readDerivation(ctx, p, loaded[p])
 		if err != nil {
 			return 0, nil, err
 		}
@@ -230,23 +233,90 @@ func (c *Coordinator) addClosure(ctx context.Context, builds []db.NewBuild, inpu
 	return nil
 }
 
-func (c *Coordinator) readDerivation(ctx context.Context, p string) (db.NewBuild, []string, error) {
+// preloadWorkers bounds the derivations read and published at once.
+// Publishing a .drv closure is mostly waiting for fsync, which overlaps
+// well, so this is well above the core count.
+const preloadWorkers = 32
+
+type loadedDrv struct {
+	d   *derivation.Derivation
+	err error
+}
+
+// preload reads and publishes the submitted derivations concurrently (those
+// not reused from existing builds); readDerivation then takes the result.
+func (c *Coordinator) preload(ctx context.Context, drvs []string, existing map[string]string) map[string]*loadedDrv {
+	out := make(map[string]*loadedDrv, len(drvs))
+	var todo []string
+	for _, p := range drvs {
+		if _, ok := existing[p]; ok || out[p] != nil {
+			continue
+		}
+		out[p] = &loadedDrv{}
+		todo = append(todo, p)
+	}
+	if len(todo) < 2 {
+		return nil // one derivation: nothing to overlap
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(preloadWorkers, len(todo)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(todo) {
+					return
+				}
+				p := todo[i]
+				if _, err := c.checkDrvPath(p); err != nil {
+					out[p].err = err
+					continue
+				}
+				out[p].d, out[p].err = c.loadDerivation(ctx, p)
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// checkDrvPath accepts a clean absolute .drv path in one of the store directories.
+func (c *Coordinator) checkDrvPath(p string) (storepath.StorePath, error) {
 	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
-		return db.NewBuild{}, nil, fmt.Errorf("%w: %q is not a clean absolute path", ErrBadSubmission, p)
+		return storepath.StorePath{}, fmt.Errorf("%w: %q is not a clean absolute path", ErrBadSubmission, p)
 	}
 	sp, err := storepath.Parse(p)
 	if err != nil {
-		return db.NewBuild{}, nil, fmt.Errorf("%w: %q: %w", ErrBadSubmission, p, err)
+		return storepath.StorePath{}, fmt.Errorf("%w: %q: %w", ErrBadSubmission, p, err)
 	}
 	if !sp.IsDerivation() {
-		return db.NewBuild{}, nil, fmt.Errorf("%w: %q is not a .drv", ErrBadSubmission, p)
+		return storepath.StorePath{}, fmt.Errorf("%w: %q is not a .drv", ErrBadSubmission, p)
 	}
 	if !slices.Contains(c.cfg.StoreDirs, sp.StoreDir) {
-		return db.NewBuild{}, nil, fmt.Errorf("%w: %q is not in a store directory (%s)", ErrBadSubmission, p, strings.Join(c.cfg.StoreDirs, ", "))
+		return storepath.StorePath{}, fmt.Errorf("%w: %q is not in a store directory (%s)", ErrBadSubmission, p, strings.Join(c.cfg.StoreDirs, ", "))
 	}
-	d, err := c.loadDerivation(ctx, p)
-	if err != nil {
+	return sp, nil
+}
+
+// readDerivation reads (or takes the preloaded) derivation p and returns
+// the build to record and its input derivations.
+func (c *Coordinator) readDerivation(ctx context.Context, p string, pre *loadedDrv) (db.NewBuild, []string, error) {
+	if pre != nil && pre.err != nil {
+		return db.NewBuild{}, nil, pre.err
+	}
+	if _, err := c.checkDrvPath(p); err != nil {
 		return db.NewBuild{}, nil, err
+	}
+	var d *derivation.Derivation
+	if pre != nil {
+		d = pre.d
+	} else {
+		var err error
+		if d, err = c.loadDerivation(ctx, p); err != nil {
+			return db.NewBuild{}, nil, err
+		}
 	}
 	if d.System == "" {
 		return db.NewBuild{}, nil, fmt.Errorf("%w: derivation %s has no system", ErrBadSubmission, p)

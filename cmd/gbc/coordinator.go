@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -46,6 +48,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	buildTimeout := fs.Duration("build-timeout", 0, "default timeout of a build that has none (0: none)")
 	maxSilent := fs.Duration("max-silent-time", 0, "default max time without log output of a build that has none (0: none)")
 	maxSetup := fs.Int("max-setup-failures", coordinator.DefaultMaxSetupFailures, "setup failures after which a build fails")
+	pprofListen := fs.String("pprof-listen", "", "serve net/http/pprof on `ADDR` (loopback only; for profiling)")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
 	hf := addHookFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -125,8 +128,14 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Submitted .drv files must live in the farm's store directory; the two
+	// usual ones stay accepted as before.
+	storeDirs := []string{"/nix/store", "/gnu/store"}
+	if !slices.Contains(storeDirs, *storeDir) {
+		storeDirs = append(storeDirs, *storeDir)
+	}
 	coord, err := coordinator.New(ctx, coordinator.Config{
-		StateDir: dir, Store: store, Clock: clk, Logger: log,
+		StateDir: dir, Store: store, Clock: clk, Logger: log, StoreDirs: storeDirs,
 		Cache: bc, CacheAddress: protocol.CacheAddress,
 		Strategy: strat, Heartbeat: *heartbeat, DisconnectGrace: *grace, BuildTimeout: *buildTimeout,
 		MaxSilentTime: *maxSilent, MaxSetupFailures: *maxSetup,
@@ -148,6 +157,11 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		MaxUploadBytes: *maxUpload, Cache: bc.Handler(), KeepAlive: *keepalive})
 	if err != nil {
 		return err
+	}
+	if *pprofListen != "" {
+		if err := servePprof(*pprofListen); err != nil {
+			return err
+		}
 	}
 	if *httpListen != "" {
 		hl, err := net.Listen("tcp", *httpListen)
@@ -176,6 +190,29 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	case err := <-served:
 		return fmt.Errorf("ssh server: %w", err)
 	}
+}
+
+// servePprof serves the Go profiler on a loopback address only: profiles
+// expose internals and cost CPU.
+func servePprof(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--pprof-listen %s: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--pprof-listen %s: want a loopback address", addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--pprof-listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	go (&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}).Serve(l) //nolint:errcheck // lives as long as the process
+	return nil
 }
 
 // ensureAdminKey gives the key in path the admin role; running again with
