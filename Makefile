@@ -20,6 +20,7 @@ test: deps
 	$(GO) vet $(PKGS)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	@[ -n "$$GBC_TEST_POSTGRES" ] || echo "make test: GBC_TEST_POSTGRES is not set, so the PostgreSQL tests skip (.ci/run sets it; see docs/database.md)"
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 
 fmt:
