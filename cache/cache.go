@@ -84,6 +84,10 @@ type Cache struct {
 	log   *slog.Logger
 	info  []byte // nix-cache-info contents
 	locks [64]sync.Mutex
+	zpool *compression.Pool
+	// onStep, set only by tests, observes each durability step of a
+	// batch (see commit).
+	onStep func(op, path string)
 }
 
 // Entry describes one store path to publish. The caller has verified that
@@ -150,7 +154,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Cache, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{dir: dir, opts: opts, log: opts.Logger.With("cache", dir)}
+	c := &Cache{dir: dir, opts: opts, log: opts.Logger.With("cache", dir), zpool: compression.NewPool(0)}
 	for _, d := range []string{dir, filepath.Join(dir, "nar"), filepath.Join(dir, "log")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("cache open: %w", err)
@@ -196,9 +200,13 @@ func (c *Cache) cleanTemps(ctx context.Context) {
 }
 
 func (c *Cache) lockFor(hashPart string) *sync.Mutex {
+	return &c.locks[c.stripe(hashPart)]
+}
+
+func (c *Cache) stripe(hashPart string) int {
 	h := fnv.New32a()
 	h.Write([]byte(hashPart))
-	return &c.locks[h.Sum32()%uint32(len(c.locks))]
+	return int(h.Sum32() % uint32(len(c.locks)))
 }
 
 func (c *Cache) narinfoPath(hashPart string) string {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/nixhash"
@@ -44,7 +43,7 @@ func (c *Cache) spool(ctx context.Context, produce func(w io.Writer) error, extr
 	}()
 	fileHW := nar.NewHashingWriter()
 	bw := bufio.NewWriterSize(io.MultiWriter(tmp, fileHW), 256<<10)
-	cw, err := compression.NewWriter(bw, c.opts.Compression)
+	cw, err := c.zpool.NewWriter(bw, c.opts.Compression)
 	if err != nil {
 		return s, err
 	}
@@ -136,28 +135,31 @@ func (c *Cache) PublishLocal(ctx context.Context, storePath, root string, candid
 
 // PublishDerivationClosure publishes every .drv in drvPath's closure and
 // every input source with its own reference closure, read from root, so an
-// agent with an empty store can substitute all of them. Paths already in the
-// cache are not read again (their recorded references are still followed).
-// It returns every path of the closure.
+// agent with an empty store can substitute all of them, as one batch (see
+// PublishDerivationClosures). Paths already in the cache are not read again
+// (their recorded references are still followed). It returns every path of
+// the closure.
 func (c *Cache) PublishDerivationClosure(ctx context.Context, drvPath, root string) ([]string, error) {
+	bad, err := c.PublishDerivationClosures(ctx, []string{drvPath}, root)
+	if err == nil {
+		err = bad[drvPath]
+	}
+	if err != nil {
+		return nil, err
+	}
 	drvs, err := derivation.ReadClosure(root, drvPath)
 	if err != nil {
 		return nil, fmt.Errorf("cache publish closure %s: %w", drvPath, err)
 	}
-	var srcs []string
-	drvPaths := make([]string, 0, len(drvs))
+	var all, srcs, drvPaths []string
 	for p, d := range drvs {
 		drvPaths = append(drvPaths, p)
 		srcs = append(srcs, d.InputSrcs...)
 	}
 	slices.Sort(drvPaths)
 	slices.Sort(srcs)
-	srcs = slices.Compact(srcs)
-
-	var all []string
 	seen := map[string]bool{}
-	var candidates []string // store listing, read once if a source needs scanning
-	queue := append([]string(nil), srcs...)
+	queue := slices.Compact(srcs)
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
@@ -166,35 +168,15 @@ func (c *Cache) PublishDerivationClosure(ctx context.Context, drvPath, root stri
 		}
 		seen[p] = true
 		all = append(all, p)
-		var refs []string
-		if ni, err := c.Lookup(p); err == nil {
-			for _, r := range ni.References {
-				refs = append(refs, c.opts.StoreDir+"/"+r)
-			}
-		} else {
-			if candidates == nil {
-				if candidates, err = storeListing(root, c.opts.StoreDir); err != nil {
-					return all, fmt.Errorf("cache publish closure %s: %w", drvPath, err)
-				}
-			}
-			e, err := c.PublishLocal(ctx, p, root, candidates)
-			if err != nil {
-				return all, fmt.Errorf("cache publish closure %s: input source: %w", drvPath, err)
-			}
-			refs = e.References
+		ni, err := c.Lookup(p)
+		if err != nil {
+			return all, fmt.Errorf("cache publish closure %s: input source: %w", drvPath, err)
 		}
-		queue = append(queue, refs...)
-	}
-	for _, p := range drvPaths {
-		all = append(all, p)
-		if c.Has(p) {
-			continue
-		}
-		if _, err := c.PublishLocal(ctx, p, root, nil); err != nil {
-			return all, fmt.Errorf("cache publish closure %s: %w", drvPath, err)
+		for _, r := range ni.References {
+			queue = append(queue, c.opts.StoreDir+"/"+r)
 		}
 	}
-	return all, nil
+	return append(all, drvPaths...), nil
 }
 
 // storeListing lists the store directory as seen under root: the

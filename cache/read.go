@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/storepath"
@@ -36,7 +35,7 @@ func (c *Cache) ReadDerivation(ctx context.Context, drvPath string) (*derivation
 		return nil, fmt.Errorf("cache read derivation %s: %w", drvPath, err)
 	}
 	defer f.Close()
-	dec, err := compression.NewReader(f, ni.Compression)
+	dec, err := c.zpool.NewReader(f, ni.Compression)
 	if err != nil {
 		return nil, fmt.Errorf("cache read derivation %s: %w", drvPath, err)
 	}

@@ -350,16 +350,43 @@ func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 			c.log.Error("store cannot record failed-dependency; dependents stay scheduled in the database", "build", id, "dependents", len(deps))
 			return
 		}
+		// The dependents already left the scheduler, so nothing can
+		// dispatch them; recording them (one transaction each) need not
+		// hold the lock that every report and dispatch waits for. A crash
+		// in between leaves the unwritten ones scheduled in the database,
+		// exactly as a crash inside this loop did when it held the lock.
+		// Waiters are woken after the write, so Wait sees the new state.
 		now := c.clk.Now()
-		for _, d := range deps {
-			cause := fmt.Sprintf("dependency failed: input %s (build %s)", d.FailedInput, d.FailedBuild)
-			if err := failer.FailDependency(ctx, d.ID, now, cause); err != nil {
-				c.log.Error("mark failed dependency", "build", d.ID, "err", err)
-				continue
+		write := func(ctx context.Context, locked bool) {
+			var done []string
+			for _, d := range deps {
+				cause := fmt.Sprintf("dependency failed: input %s (build %s)", d.FailedInput, d.FailedBuild)
+				if err := failer.FailDependency(ctx, d.ID, now, cause); err != nil {
+					c.log.Error("mark failed dependency", "build", d.ID, "err", err)
+					continue
+				}
+				c.log.Info("build failed: dependency", "build", d.ID, "cause", cause)
+				done = append(done, d.ID)
 			}
-			c.log.Info("build failed: dependency", "build", d.ID, "cause", cause)
-			c.wakeLocked(d.ID)
+			if !locked {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+			}
+			for _, id := range done {
+				c.wakeLocked(id)
+			}
 		}
+		if c.closed {
+			write(ctx, true)
+			return
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			// The caller's context ends with its request; the writes
+			// must not.
+			write(context.WithoutCancel(ctx), false)
+		}()
 	}
 }
 

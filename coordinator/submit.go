@@ -243,8 +243,10 @@ type loadedDrv struct {
 	err error
 }
 
-// preload reads and publishes the submitted derivations concurrently (those
-// not reused from existing builds); readDerivation then takes the result.
+// preload reads the submitted derivations concurrently (those not reused
+// from existing builds) and publishes the closures of those in this host's
+// store to the cache as one batch, with one durability barrier for all of
+// them; readDerivation then takes the result.
 func (c *Coordinator) preload(ctx context.Context, drvs []string, existing map[string]string) map[string]*loadedDrv {
 	out := make(map[string]*loadedDrv, len(drvs))
 	var todo []string
@@ -258,6 +260,7 @@ func (c *Coordinator) preload(ctx context.Context, drvs []string, existing map[s
 	if len(todo) < 2 {
 		return nil // one derivation: nothing to overlap
 	}
+	local := make([]bool, len(todo)) // read from this host's store
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(preloadWorkers, len(todo)) {
@@ -274,11 +277,39 @@ func (c *Coordinator) preload(ctx context.Context, drvs []string, existing map[s
 					out[p].err = err
 					continue
 				}
-				out[p].d, out[p].err = c.loadDerivation(ctx, p)
+				if c.cfg.Cache == nil {
+					out[p].d, out[p].err = c.loadDerivation(ctx, p)
+					continue
+				}
+				d, err := derivation.ReadFile(p)
+				if err != nil {
+					// Not here (or unreadable): the cache path decides.
+					out[p].d, out[p].err = c.loadDerivation(ctx, p)
+					continue
+				}
+				out[p].d, local[i] = d, true
 			}
 		}()
 	}
 	wg.Wait()
+	var publish []string
+	for i, p := range todo {
+		if local[i] {
+			publish = append(publish, p)
+		}
+	}
+	if len(publish) > 0 {
+		bad, err := c.cfg.Cache.PublishDerivationClosures(ctx, publish, "")
+		for _, p := range publish {
+			e := bad[p]
+			if e == nil {
+				e = err
+			}
+			if e != nil {
+				out[p].d, out[p].err = nil, fmt.Errorf("%w: publish the closure of %s to the cache: %w", ErrBadSubmission, p, e)
+			}
+		}
+	}
 	return out
 }
 
