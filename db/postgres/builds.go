@@ -2,8 +2,6 @@ package postgres
 
 import (
 	"context"
-	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,48 +9,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/db/sqlstore"
 )
 
-func validateNewBuild(b db.NewBuild) error {
-	switch {
-	case b.ID == "":
-		return fmt.Errorf("build with derivation %q: empty id", b.Derivation)
-	case b.Derivation == "":
-		return fmt.Errorf("build %s: empty derivation", b.ID)
-	case b.System == "":
-		return fmt.Errorf("build %s: empty system", b.ID)
-	}
-	seen := make(map[string]bool, len(b.Outputs))
-	for _, o := range b.Outputs {
-		if o.Name == "" {
-			return fmt.Errorf("build %s: output with empty name", b.ID)
-		}
-		if seen[o.Name] {
-			return fmt.Errorf("build %s: output %q declared twice", b.ID, o.Name)
-		}
-		seen[o.Name] = true
-	}
-	return nil
-}
-
-// CreateBuilds records all builds or none; ErrExists (naming the build) if
-// an id is already recorded or repeats within the batch. Each table gets
-// one INSERT … SELECT FROM unnest(arrays), so a batch costs five round
-// trips whatever its size.
-func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
-	seen := make(map[string]bool, len(builds))
-	for _, b := range builds {
-		if err := validateNewBuild(b); err != nil {
-			return err
-		}
-		if seen[b.ID] {
-			return fmt.Errorf("build %s: repeated in the batch: %w", b.ID, db.ErrExists)
-		}
-		seen[b.ID] = true
-	}
-	if len(builds) == 0 {
-		return nil
-	}
+// insertBuilds is the dialect's InsertBuilds: each table gets one
+// INSERT … SELECT FROM unnest(arrays), so a batch costs five round trips
+// whatever its size. The builds are validated and unique within the batch
+// (sqlstore.Store.CreateBuilds checks that first).
+func insertBuilds(ctx context.Context, tx sqlstore.Tx, builds []db.NewBuild) error {
 	var (
 		bID, bDrv, bSys   []string
 		bPrio             []int64
@@ -91,59 +55,55 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 		for i, f := range b.RequiredFeatures {
 			fID, fPos, fFeat = append(fID, b.ID), append(fPos, int64(i)), append(fFeat, f)
 		}
-		e := db.Event{Type: db.EventSubmitted, At: b.CreatedAt, Build: b.ID, Derivation: b.Derivation, System: b.System, Tags: b.Tags}
 		for i, o := range b.Outputs {
 			oID, oName, oPos, oPath = append(oID, b.ID), append(oName, o.Name), append(oPos, int64(i)), append(oPath, o.Path)
-			e.Outputs = append(e.Outputs, db.EventOutput{Name: o.Name, Path: o.Path})
 		}
-		data, err := db.EventData(e)
+		data, err := db.EventData(sqlstore.SubmittedEvent(b))
 		if err != nil {
 			return fmt.Errorf("build %s: submitted event: %w", b.ID, err)
 		}
 		eAt, eBuild, eData = append(eAt, b.CreatedAt.UnixMilli()), append(eBuild, b.ID), append(eData, string(data))
 	}
-	return s.write(ctx, func(tx txn) error {
-		// ORDER BY ord: seq follows the order of the batch.
-		_, err := tx.ExecContext(ctx, `INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds)
-			SELECT id, drv, sys, prio, 'scheduled', created, defer_until, timeout, silent
-			FROM unnest(?::text[], ?::text[], ?::text[], ?::int8[], ?::int8[], ?::int8[], ?::int8[], ?::int8[])
-				WITH ORDINALITY AS t(id, drv, sys, prio, created, defer_until, timeout, silent, ord)
-			ORDER BY ord`, bID, bDrv, bSys, bPrio, bCreated, bDefer, bTimeout, bSilent)
-		if isUnique(err) {
-			return fmt.Errorf("build %s: %w", duplicateKey(err), db.ErrExists)
+	// ORDER BY ord: seq follows the order of the batch.
+	_, err := tx.ExecContext(ctx, `INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds)
+		SELECT id, drv, sys, prio, 'scheduled', created, defer_until, timeout, silent
+		FROM unnest(?::text[], ?::text[], ?::text[], ?::int8[], ?::int8[], ?::int8[], ?::int8[], ?::int8[])
+			WITH ORDINALITY AS t(id, drv, sys, prio, created, defer_until, timeout, silent, ord)
+		ORDER BY ord`, bID, bDrv, bSys, bPrio, bCreated, bDefer, bTimeout, bSilent)
+	if isUnique(err) {
+		return fmt.Errorf("build %s: %w", duplicateKey(err), db.ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("inserting %d builds (first %s): %w", len(builds), builds[0].ID, err)
+	}
+	if len(tID) > 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO build_tags (build_id, pos, key, value)
+			SELECT * FROM unnest(?::text[], ?::int8[], ?::text[], ?::text[])`, tID, tPos, tKey, tVal); err != nil {
+			return fmt.Errorf("inserting tags: %w", err)
 		}
-		if err != nil {
-			return fmt.Errorf("inserting %d builds (first %s): %w", len(builds), builds[0].ID, err)
+	}
+	if len(fID) > 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO build_features (build_id, pos, feature)
+			SELECT * FROM unnest(?::text[], ?::int8[], ?::text[])`, fID, fPos, fFeat); err != nil {
+			return fmt.Errorf("inserting features: %w", err)
 		}
-		if len(tID) > 0 {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO build_tags (build_id, pos, key, value)
-				SELECT * FROM unnest(?::text[], ?::int8[], ?::text[], ?::text[])`, tID, tPos, tKey, tVal); err != nil {
-				return fmt.Errorf("inserting tags: %w", err)
-			}
+	}
+	if len(oID) > 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO build_outputs (build_id, name, pos, path)
+			SELECT * FROM unnest(?::text[], ?::text[], ?::int8[], ?::text[])`, oID, oName, oPos, oPath); err != nil {
+			return fmt.Errorf("inserting outputs: %w", err)
 		}
-		if len(fID) > 0 {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO build_features (build_id, pos, feature)
-				SELECT * FROM unnest(?::text[], ?::int8[], ?::text[])`, fID, fPos, fFeat); err != nil {
-				return fmt.Errorf("inserting features: %w", err)
-			}
-		}
-		if len(oID) > 0 {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO build_outputs (build_id, name, pos, path)
-				SELECT * FROM unnest(?::text[], ?::text[], ?::int8[], ?::text[])`, oID, oName, oPos, oPath); err != nil {
-				return fmt.Errorf("inserting outputs: %w", err)
-			}
-		}
-		// One submitted event per build, ids in batch order (see eventLock).
-		if err := lockEvents(ctx, tx); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO events (type, at, build_id, data)
-			SELECT ?, at, build_id, data FROM unnest(?::int8[], ?::text[], ?::text[]) WITH ORDINALITY AS t(at, build_id, data, ord)
-			ORDER BY ord`, string(db.EventSubmitted), eAt, eBuild, eData); err != nil {
-			return fmt.Errorf("inserting submitted events: %w", err)
-		}
-		return nil
-	})
+	}
+	// One submitted event per build, ids in batch order (see eventLock).
+	if err := lockEvents(ctx, tx); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (type, at, build_id, data)
+		SELECT ?, at, build_id, data FROM unnest(?::int8[], ?::text[], ?::text[]) WITH ORDINALITY AS t(at, build_id, data, ord)
+		ORDER BY ord`, string(db.EventSubmitted), eAt, eBuild, eData); err != nil {
+		return fmt.Errorf("inserting submitted events: %w", err)
+	}
+	return nil
 }
 
 // duplicateKey pulls the value out of a unique violation's detail
@@ -158,320 +118,4 @@ func duplicateKey(err error) string {
 		}
 	}
 	return "(unknown id)"
-}
-
-const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason, defer_until, timeout_seconds, max_silent_seconds`
-
-func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
-	var (
-		b                       db.Build
-		state                   string
-		agentID                 sql.NullString
-		created, started, ended sql.NullInt64
-		deferUntil              sql.NullInt64
-	)
-	if err := sc.Scan(&b.ID, &b.Derivation, &b.System, &b.Priority, &state, &agentID,
-		&created, &started, &ended, &b.FailureReason, &deferUntil, &b.TimeoutSeconds, &b.MaxSilentSeconds); err != nil {
-		return db.Build{}, err
-	}
-	b.State = db.BuildState(state)
-	b.AgentID = agentID.String
-	b.CreatedAt = fromMS(created)
-	b.StartedAt = fromMS(started)
-	b.EndedAt = fromMS(ended)
-	b.DeferUntil = fromMS(deferUntil)
-	return b, nil
-}
-
-// selection is a WHERE clause on builds with its arguments and order; it
-// is used both for the builds themselves and, as a subquery, for their
-// child rows, so one read transaction fetches everything in a few queries
-// however many builds match.
-type selection struct {
-	where string
-	args  []any
-	order string
-	limit int
-}
-
-func (sel selection) query(cols string) string {
-	var q strings.Builder
-	fmt.Fprintf(&q, "SELECT %s FROM builds", cols)
-	if sel.where != "" {
-		fmt.Fprintf(&q, " WHERE %s", sel.where)
-	}
-	if sel.order != "" {
-		fmt.Fprintf(&q, " ORDER BY %s", sel.order)
-	}
-	if sel.limit > 0 {
-		fmt.Fprintf(&q, " LIMIT %d", sel.limit)
-	}
-	return q.String()
-}
-
-// listBuilds returns the selected builds with tags, features and outputs.
-func listBuilds(ctx context.Context, tx txn, sel selection) ([]db.Build, error) {
-	rows, err := tx.QueryContext(ctx, sel.query(buildCols), sel.args...)
-	if err != nil {
-		return nil, err
-	}
-	var (
-		builds []db.Build
-		index  = map[string]int{}
-	)
-	for rows.Next() {
-		b, err := scanBuild(rows)
-		if err != nil {
-			rows.Close()
-			return nil, err
-		}
-		index[b.ID] = len(builds)
-		builds = append(builds, b)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if len(builds) == 0 {
-		return nil, nil
-	}
-	in := "build_id IN (" + sel.query("id") + ")"
-	// Child rows come sorted by build, so each lookup in index is for the
-	// build just seen; the map keeps this correct whatever the order.
-	get := func(id string) *db.Build {
-		if i, ok := index[id]; ok {
-			return &builds[i]
-		}
-		return nil // not in the first query; cannot happen within one snapshot
-	}
-	var id string
-	if err := eachRow(ctx, tx, `SELECT build_id, key, value FROM build_tags WHERE `+in+` ORDER BY build_id, pos`, sel.args,
-		func(rows *sql.Rows) error {
-			var t db.Tag
-			if err := rows.Scan(&id, &t.Key, &t.Value); err != nil {
-				return err
-			}
-			if b := get(id); b != nil {
-				b.Tags = append(b.Tags, t)
-			}
-			return nil
-		}); err != nil {
-		return nil, fmt.Errorf("tags: %w", err)
-	}
-	if err := eachRow(ctx, tx, `SELECT build_id, feature FROM build_features WHERE `+in+` ORDER BY build_id, pos`, sel.args,
-		func(rows *sql.Rows) error {
-			var f string
-			if err := rows.Scan(&id, &f); err != nil {
-				return err
-			}
-			if b := get(id); b != nil {
-				b.RequiredFeatures = append(b.RequiredFeatures, f)
-			}
-			return nil
-		}); err != nil {
-		return nil, fmt.Errorf("features: %w", err)
-	}
-	if err := eachRow(ctx, tx, `SELECT build_id, name, path FROM build_outputs WHERE `+in+` ORDER BY build_id, pos`, sel.args,
-		func(rows *sql.Rows) error {
-			var o db.DerivationOutput
-			if err := rows.Scan(&id, &o.Name, &o.Path); err != nil {
-				return err
-			}
-			if b := get(id); b != nil {
-				b.Outputs = append(b.Outputs, o)
-			}
-			return nil
-		}); err != nil {
-		return nil, fmt.Errorf("outputs: %w", err)
-	}
-	return builds, nil
-}
-
-// eachRow runs a query and calls fn for every row.
-func eachRow(ctx context.Context, tx txn, q string, args []any, fn func(*sql.Rows) error) error {
-	rows, err := tx.QueryContext(ctx, q, args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		if err := fn(rows); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-
-const newestFirst = `created_at DESC NULLS LAST, seq DESC`
-
-// Build returns one build with attempts and results; ErrNotFound.
-func (s *Store) Build(ctx context.Context, id string) (db.Build, error) {
-	var b db.Build
-	err := s.read(ctx, func(tx txn) error {
-		bs, err := listBuilds(ctx, tx, selection{where: "id = ?", args: []any{id}})
-		if err != nil {
-			return err
-		}
-		if len(bs) == 0 {
-			return db.ErrNotFound
-		}
-		b = bs[0]
-		if b.Attempts, err = attempts(ctx, tx, id); err != nil {
-			return fmt.Errorf("attempts: %w", err)
-		}
-		if b.Results, err = results(ctx, tx, id); err != nil {
-			return fmt.Errorf("results: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return db.Build{}, fmt.Errorf("build %s: %w", id, err)
-	}
-	return b, nil
-}
-
-func attempts(ctx context.Context, tx txn, id string) ([]db.Attempt, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, reason, exit_code, hardware
-		FROM attempts WHERE build_id = ? ORDER BY number`, id)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var as []db.Attempt
-	for rows.Next() {
-		var (
-			a                         db.Attempt
-			allocated, started, ended sql.NullInt64
-			hw                        string
-		)
-		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Reason, &a.ExitCode, &hw); err != nil {
-			return nil, err
-		}
-		if hw != "" {
-			if err := json.Unmarshal([]byte(hw), &a.Hardware); err != nil {
-				return nil, fmt.Errorf("attempt %d: hardware: %w", a.Number, err)
-			}
-		}
-		a.AllocatedAt, a.StartedAt, a.EndedAt = fromMS(allocated), fromMS(started), fromMS(ended)
-		as = append(as, a)
-	}
-	return as, rows.Err()
-}
-
-func results(ctx context.Context, tx txn, id string) ([]db.OutputResult, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT name, path, nar_hash, nar_size, file_hash, file_size, compression, file
-		FROM results WHERE build_id = ? ORDER BY pos`, id)
-	if err != nil {
-		return nil, err
-	}
-	var rs []db.OutputResult
-	index := map[string]int{}
-	for rows.Next() {
-		var r db.OutputResult
-		if err := rows.Scan(&r.Name, &r.Path, &r.NarHash, &r.NarSize, &r.FileHash, &r.FileSize, &r.Compression, &r.File); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		index[r.Name] = len(rs)
-		rs = append(rs, r)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if len(rs) == 0 {
-		return nil, nil
-	}
-	rows, err = tx.QueryContext(ctx, `SELECT name, reference FROM result_references WHERE build_id = ? ORDER BY name, pos`, id)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var name, ref string
-		if err := rows.Scan(&name, &ref); err != nil {
-			return nil, err
-		}
-		if i, ok := index[name]; ok {
-			rs[i].References = append(rs[i].References, ref)
-		}
-	}
-	return rs, rows.Err()
-}
-
-func (s *Store) list(ctx context.Context, what string, sel selection) ([]db.Build, error) {
-	var bs []db.Build
-	err := s.read(ctx, func(tx txn) error {
-		var err error
-		bs, err = listBuilds(ctx, tx, sel)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	return bs, nil
-}
-
-// Builds lists builds newest first, without attempts and results.
-func (s *Store) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error) {
-	var conds []string
-	var args []any
-	if f.State != "" {
-		conds = append(conds, "state = ?")
-		args = append(args, string(f.State))
-	}
-	if f.AgentID != "" {
-		conds = append(conds, "agent_id = ?")
-		args = append(args, f.AgentID)
-	}
-	if f.Derivation != "" {
-		conds = append(conds, "derivation = ?")
-		args = append(args, f.Derivation)
-	}
-	sel := selection{where: strings.Join(conds, " AND "), args: args, order: newestFirst, limit: f.Limit}
-	return s.list(ctx, fmt.Sprintf("listing builds (state %q, agent %q, limit %d)", f.State, f.AgentID, f.Limit), sel)
-}
-
-// RunnableBuilds returns all scheduled builds, highest priority first,
-// then oldest first.
-func (s *Store) RunnableBuilds(ctx context.Context) ([]db.Build, error) {
-	return s.list(ctx, "listing runnable builds", selection{
-		where: "state = 'scheduled'",
-		order: "priority DESC, created_at NULLS FIRST, seq",
-	})
-}
-
-// BuildsOnAgent returns the allocated and started builds agentID holds,
-// oldest first.
-func (s *Store) BuildsOnAgent(ctx context.Context, agentID string) ([]db.Build, error) {
-	return s.list(ctx, fmt.Sprintf("listing builds on agent %s", agentID), selection{
-		where: "agent_id = ? AND state IN ('allocated', 'started')",
-		args:  []any{agentID},
-		order: "created_at NULLS FIRST, seq",
-	})
-}
-
-// BuildsForDerivations lists every build of the given derivations, newest
-// first. Chunked like the SQLite backend's (PostgreSQL's limit is 65535
-// parameters), so each chunk is ordered and the chunks follow each other.
-func (s *Store) BuildsForDerivations(ctx context.Context, derivations []string) ([]db.Build, error) {
-	const chunk = 500
-	var out []db.Build
-	for i := 0; i < len(derivations); i += chunk {
-		part := derivations[i:min(i+chunk, len(derivations))]
-		args := make([]any, len(part))
-		for j, d := range part {
-			args[j] = d
-		}
-		bs, err := s.list(ctx, fmt.Sprintf("listing builds of %d derivations", len(part)), selection{
-			where: "derivation IN (?" + strings.Repeat(", ?", len(part)-1) + ")",
-			args:  args,
-			order: newestFirst,
-		})
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, bs...)
-	}
-	return out, nil
 }

@@ -2,12 +2,9 @@ package postgres
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
-	"strings"
 
-	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/db/sqlstore"
 )
 
 // eventLock serialises event writers from their first event to their
@@ -19,147 +16,10 @@ import (
 // re-entrant within a transaction and released at commit or rollback.
 const eventLock = `SELECT pg_advisory_xact_lock(hashtextextended('gbc-events:' || current_schema(), 0))`
 
-func lockEvents(ctx context.Context, tx txn) error {
+// lockEvents is the dialect's LockEvents.
+func lockEvents(ctx context.Context, tx sqlstore.Tx) error {
 	if _, err := tx.ExecContext(ctx, eventLock); err != nil {
 		return fmt.Errorf("taking the event lock: %w", err)
-	}
-	return nil
-}
-
-// insertEvent appends one event inside tx and returns its id.
-func insertEvent(ctx context.Context, tx txn, e db.Event) (int64, error) {
-	if !db.ValidEventType(e.Type) {
-		return 0, fmt.Errorf("event type %q is not known", e.Type)
-	}
-	data, err := db.EventData(e)
-	if err != nil {
-		return 0, err
-	}
-	if err := lockEvents(ctx, tx); err != nil {
-		return 0, err
-	}
-	var id int64
-	err = tx.QueryRowContext(ctx, `INSERT INTO events (type, at, build_id, agent_id, data) VALUES (?, ?, ?, ?, ?) RETURNING id`,
-		string(e.Type), e.At.UnixMilli(), nullString(e.Build), nullString(e.Agent), string(data)).Scan(&id)
-	if err != nil {
-		return 0, fmt.Errorf("appending %s event of build %q: %w", e.Type, e.Build, err)
-	}
-	return id, nil
-}
-
-// buildTags reads a build's tags in order.
-func buildTags(ctx context.Context, tx txn, id string) ([]db.Tag, error) {
-	var tags []db.Tag
-	err := eachRow(ctx, tx, `SELECT key, value FROM build_tags WHERE build_id = ? ORDER BY pos`, []any{id},
-		func(rows *sql.Rows) error {
-			var t db.Tag
-			if err := rows.Scan(&t.Key, &t.Value); err != nil {
-				return err
-			}
-			tags = append(tags, t)
-			return nil
-		})
-	if err != nil {
-		return nil, fmt.Errorf("reading tags of build %s: %w", id, err)
-	}
-	return tags, nil
-}
-
-// AppendEvent records an event that is not part of a build transition.
-func (s *Store) AppendEvent(ctx context.Context, e db.Event) (int64, error) {
-	var id int64
-	err := s.write(ctx, func(tx txn) error {
-		var err error
-		id, err = insertEvent(ctx, tx, e)
-		return err
-	})
-	return id, err
-}
-
-// Events returns matching events in id order.
-func (s *Store) Events(ctx context.Context, f db.EventFilter) ([]db.Event, error) {
-	conds := []string{"id > ?"}
-	args := []any{f.AfterID}
-	if len(f.Types) > 0 {
-		conds = append(conds, "type IN (?"+strings.Repeat(", ?", len(f.Types)-1)+")")
-		for _, t := range f.Types {
-			args = append(args, string(t))
-		}
-	}
-	if f.Build != "" {
-		conds = append(conds, "build_id = ?")
-		args = append(args, f.Build)
-	}
-	q := `SELECT id, type, at, build_id, agent_id, data FROM events WHERE ` + strings.Join(conds, " AND ") + ` ORDER BY id`
-	if f.Limit > 0 {
-		q += fmt.Sprintf(" LIMIT %d", f.Limit)
-	}
-	var events []db.Event
-	err := s.read(ctx, func(tx txn) error {
-		return eachRow(ctx, tx, q, args, func(rows *sql.Rows) error {
-			var (
-				e            db.Event
-				typ, data    string
-				at           sql.NullInt64
-				build, agent sql.NullString
-			)
-			if err := rows.Scan(&e.ID, &typ, &at, &build, &agent, &data); err != nil {
-				return err
-			}
-			e.Type, e.At, e.Build, e.Agent = db.EventType(typ), fromMS(at), build.String, agent.String
-			if err := db.DecodeEventData(&e, []byte(data)); err != nil {
-				return err
-			}
-			events = append(events, e)
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listing events after %d: %w", f.AfterID, err)
-	}
-	return events, nil
-}
-
-// HookProgress returns the hook's cursor and the ids done beyond it.
-func (s *Store) HookProgress(ctx context.Context, hook string) (db.HookProgress, error) {
-	var p db.HookProgress
-	err := s.read(ctx, func(tx txn) error {
-		err := tx.QueryRowContext(ctx, `SELECT cursor FROM hook_cursors WHERE hook = ?`, hook).Scan(&p.Cursor)
-		p.Registered = err == nil
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
-		return eachRow(ctx, tx, `SELECT event_id FROM hook_done WHERE hook = ? AND event_id > ? ORDER BY event_id`,
-			[]any{hook, p.Cursor}, func(rows *sql.Rows) error {
-				var id int64
-				if err := rows.Scan(&id); err != nil {
-					return err
-				}
-				p.Done = append(p.Done, id)
-				return nil
-			})
-	})
-	if err != nil {
-		return db.HookProgress{}, fmt.Errorf("progress of hook %q: %w", hook, err)
-	}
-	return p, nil
-}
-
-// MarkHookDone records a finished event and advances the cursor.
-func (s *Store) MarkHookDone(ctx context.Context, hook string, eventID, cursor int64) error {
-	err := s.write(ctx, func(tx txn) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO hook_done (hook, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, hook, eventID); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO hook_cursors (hook, cursor) VALUES (?, ?)
-			ON CONFLICT (hook) DO UPDATE SET cursor = GREATEST(hook_cursors.cursor, excluded.cursor)`, hook, cursor); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM hook_done WHERE hook = ? AND event_id <= (SELECT cursor FROM hook_cursors WHERE hook = ?)`, hook, hook)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("marking event %d done for hook %q: %w", eventID, hook, err)
 	}
 	return nil
 }

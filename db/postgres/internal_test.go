@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/gbc-farm/gbc/db/sqlstore"
 )
 
 func TestRebind(t *testing.T) {
@@ -31,7 +33,7 @@ func TestRetryable(t *testing.T) {
 		{"connection failure", &pgconn.PgError{Code: "08006"}, true},
 		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
 		{"plain error", errors.New("state conflict"), false},
-		{"ambiguous commit", commitError{&pgconn.PgError{Code: "08006"}}, false},
+		{"ambiguous commit", sqlstore.CommitError{Err: &pgconn.PgError{Code: "08006"}}, false},
 	}
 	for _, c := range cases {
 		if got := Retryable(c.err); got != c.want {

@@ -1,7 +1,9 @@
 // Package postgres implements db.Store on PostgreSQL through pgx's
-// database/sql driver (github.com/jackc/pgx/v5/stdlib).
+// database/sql driver (github.com/jackc/pgx/v5/stdlib): it connects,
+// migrates under an advisory lock, and hands the pool to db/sqlstore with
+// PostgreSQL's dialect (this file, builds.go, events.go, retry.go).
 //
-// The SQL is the SQLite backend's, statement for statement: transitions
+// The SQL is the one both backends share (db/sqlstore): transitions
 // are compare-and-set UPDATEs (under READ COMMITTED PostgreSQL re-checks
 // the WHERE clause on the newest row version after waiting for a
 // concurrent writer, so the check and the change cannot be separated),
@@ -31,14 +33,14 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/db/sqlstore"
 	"github.com/gbc-farm/gbc/migrations"
 )
 
 // Store is a db.Store backed by one PostgreSQL database (or schema).
+// DB() is the pool.
 type Store struct {
-	db     *sql.DB
-	logger *slog.Logger
-	retry  Backoff
+	*sqlstore.Store
 }
 
 var (
@@ -46,6 +48,25 @@ var (
 	_ db.DependencyFailer = (*Store)(nil)
 	_ db.Scheduling       = (*Store)(nil)
 )
+
+// dialect is PostgreSQL's part of the shared SQL.
+func dialect(logger *slog.Logger, retry Backoff) sqlstore.Dialect {
+	return sqlstore.Dialect{
+		Rebind: rebind,
+		// PostgreSQL sorts NULL last ascending, SQLite first; the indexes
+		// (migrations/postgres) are declared to match.
+		NullsFirst:   " NULLS FIRST",
+		NullsLast:    " NULLS LAST",
+		LockEvents:   lockEvents,
+		InsertBuilds: insertBuilds,
+		ReadTx:       sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead},
+		Retry: func(ctx context.Context, try func() error) error {
+			return retry.run(ctx, logger, try)
+		},
+		IsUnique:     isUnique,
+		IsForeignKey: isForeignKey,
+	}
+}
 
 // Options tune Open; the zero value is the production default.
 type Options struct {
@@ -96,15 +117,8 @@ func OpenWith(ctx context.Context, dsn string, logger *slog.Logger, o Options) (
 		return nil, fmt.Errorf("postgres: migrating %s: %w", where, err)
 	}
 	logger.DebugContext(ctx, "postgres store open", "database", where)
-	return &Store{db: pool, logger: logger, retry: o.Retry}, nil
+	return &Store{sqlstore.New(dialect(logger, o.Retry), pool, pool)}, nil
 }
-
-// Close closes the pool.
-func (s *Store) Close() error { return s.db.Close() }
-
-// DB is the underlying pool, for tools that work below the Store
-// interface (migrate-data, benchmarks). Coordinator code must not use it.
-func (s *Store) DB() *sql.DB { return s.db }
 
 // Redact returns dsn with any password replaced, for messages and logs.
 func Redact(dsn string) string {
@@ -113,23 +127,6 @@ func Redact(dsn string) string {
 		return "postgres database (unparsable connection string)"
 	}
 	return fmt.Sprintf("postgres://%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
-}
-
-// ms converts a time to the stored form: unix milliseconds, NULL for the
-// zero time.
-func ms(t time.Time) sql.NullInt64 {
-	if t.IsZero() {
-		return sql.NullInt64{}
-	}
-	return sql.NullInt64{Int64: t.UnixMilli(), Valid: true}
-}
-
-// fromMS is the inverse of ms; times come back in UTC.
-func fromMS(v sql.NullInt64) time.Time {
-	if !v.Valid {
-		return time.Time{}
-	}
-	return time.UnixMilli(v.Int64).UTC()
 }
 
 func pgCode(err error) string {
@@ -143,8 +140,8 @@ func pgCode(err error) string {
 func isForeignKey(err error) bool { return pgCode(err) == "23503" }
 func isUnique(err error) bool     { return pgCode(err) == "23505" }
 
-// rebind turns the ? placeholders the queries are written with (shared
-// with the SQLite backend, so the two stay easy to compare) into $1, $2, ….
+// rebind turns the ? placeholders the shared queries are written with
+// into $1, $2, ….
 // No query here has a ? inside a string literal.
 func rebind(q string) string {
 	if !strings.Contains(q, "?") {
@@ -163,62 +160,4 @@ func rebind(q string) string {
 		b.WriteByte(q[i])
 	}
 	return b.String()
-}
-
-// txn is a transaction whose queries use ? placeholders.
-type txn struct{ tx *sql.Tx }
-
-func (t txn) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	return t.tx.ExecContext(ctx, rebind(q), args...)
-}
-
-func (t txn) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	return t.tx.QueryContext(ctx, rebind(q), args...)
-}
-
-func (t txn) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
-	return t.tx.QueryRowContext(ctx, rebind(q), args...)
-}
-
-func (t txn) PrepareContext(ctx context.Context, q string) (*sql.Stmt, error) {
-	return t.tx.PrepareContext(ctx, rebind(q))
-}
-
-// commitError marks a failed COMMIT: whether it took effect is unknown
-// unless the driver says nothing was sent.
-type commitError struct{ err error }
-
-func (e commitError) Error() string { return "commit: " + e.err.Error() }
-func (e commitError) Unwrap() error { return e.err }
-
-// write runs fn in one READ COMMITTED transaction, retrying the whole
-// transaction while the connection is lost (see retry.go).
-func (s *Store) write(ctx context.Context, fn func(tx txn) error) error {
-	return s.withRetry(ctx, func() error {
-		tx, err := s.db.BeginTx(ctx, nil)
-		if err != nil {
-			return fmt.Errorf("begin: %w", err)
-		}
-		defer tx.Rollback()
-		if err := fn(txn{tx}); err != nil {
-			return err
-		}
-		if err := tx.Commit(); err != nil {
-			return commitError{err}
-		}
-		return nil
-	})
-}
-
-// read runs fn in one read-only REPEATABLE READ transaction, so multi-query
-// reads see one snapshot.
-func (s *Store) read(ctx context.Context, fn func(tx txn) error) error {
-	return s.withRetry(ctx, func() error {
-		tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead})
-		if err != nil {
-			return fmt.Errorf("begin read: %w", err)
-		}
-		defer tx.Rollback()
-		return fn(txn{tx})
-	})
 }

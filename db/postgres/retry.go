@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/gbc-farm/gbc/db/sqlstore"
 )
 
 // Backoff is how a Store retries while the server is unreachable: waits
@@ -27,20 +30,20 @@ type Backoff struct {
 // never acknowledges an unrecorded result).
 var DefaultBackoff = Backoff{First: 50 * time.Millisecond, Max: 2 * time.Second, Total: 30 * time.Second}
 
-// withRetry runs fn until it succeeds, fails for a reason other than a
-// lost connection, or the backoff is used up.
-func (s *Store) withRetry(ctx context.Context, fn func() error) error {
+// run runs fn until it succeeds, fails for a reason other than a lost
+// connection, or the backoff is used up.
+func (b Backoff) run(ctx context.Context, logger *slog.Logger, fn func() error) error {
 	start := time.Now()
-	wait := s.retry.First
+	wait := b.First
 	for try := 1; ; try++ {
 		err := fn()
 		if err == nil || !Retryable(err) || ctx.Err() != nil {
 			return err
 		}
-		if time.Since(start)+wait > s.retry.Total {
+		if time.Since(start)+wait > b.Total {
 			return fmt.Errorf("database unreachable for %v (%d tries): %w", time.Since(start).Round(time.Millisecond), try, err)
 		}
-		s.logger.WarnContext(ctx, "database connection lost, retrying", "try", try, "wait", wait, "err", err)
+		logger.WarnContext(ctx, "database connection lost, retrying", "try", try, "wait", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -48,7 +51,7 @@ func (s *Store) withRetry(ctx context.Context, fn func() error) error {
 			return err
 		case <-t.C:
 		}
-		wait = min(2*wait, s.retry.Max)
+		wait = min(2*wait, b.Max)
 	}
 }
 
@@ -60,9 +63,9 @@ func Retryable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
-	var ce commitError
+	var ce sqlstore.CommitError
 	if errors.As(err, &ce) {
-		return pgconn.SafeToRetry(ce.err)
+		return pgconn.SafeToRetry(ce.Err)
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {

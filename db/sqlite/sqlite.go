@@ -1,4 +1,6 @@
-// Package sqlite implements db.Store on SQLite (mattn/go-sqlite3).
+// Package sqlite implements db.Store on SQLite (mattn/go-sqlite3): it
+// opens the file, migrates it and hands its two pools to db/sqlstore, which
+// holds the SQL both backends share.
 //
 // All writes go through one connection (MaxOpenConns 1) whose transactions
 // start with BEGIN IMMEDIATE, so writers queue in database/sql instead of
@@ -16,26 +18,39 @@ import (
 	"net/url"
 	"path/filepath"
 	"runtime"
-	"time"
 
 	"github.com/mattn/go-sqlite3"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/db/sqlstore"
 	"github.com/gbc-farm/gbc/migrations"
 )
 
-// Store is a db.Store backed by one SQLite file.
+// Store is a db.Store backed by one SQLite file. DB() is the writer
+// connection.
 type Store struct {
-	w      *sql.DB // the single writer connection
-	r      *sql.DB // read-only pool
-	logger *slog.Logger
-	path   string
+	*sqlstore.Store
+	path string
 }
 
 var (
 	_ db.Store            = (*Store)(nil)
 	_ db.DependencyFailer = (*Store)(nil)
+	_ db.Scheduling       = (*Store)(nil)
 )
+
+// dialect is SQLite's part of the shared SQL: ? placeholders and NULL
+// ordering as written, no event lock (the single writer commits in id
+// order), no retries (there is no connection to lose), reads on the
+// read-only pool.
+func dialect() sqlstore.Dialect {
+	return sqlstore.Dialect{
+		ReadTx:            sql.TxOptions{ReadOnly: true},
+		DirectSingleReads: true,
+		IsUnique:          isUnique,
+		IsForeignKey:      isForeignKey,
+	}
+}
 
 // busyTimeoutMS bounds how long a connection waits for another process's
 // lock (or a checkpoint) before failing.
@@ -103,29 +118,7 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error)
 		return nil, fmt.Errorf("sqlite: opening %s read-only: %w", abs, err)
 	}
 	logger.DebugContext(ctx, "sqlite store open", "path", abs)
-	return &Store{w: w, r: r, logger: logger, path: abs}, nil
-}
-
-// Close closes both pools.
-func (s *Store) Close() error {
-	return errors.Join(s.r.Close(), s.w.Close())
-}
-
-// ms converts a time to the stored form: unix milliseconds, NULL for the
-// zero time.
-func ms(t time.Time) sql.NullInt64 {
-	if t.IsZero() {
-		return sql.NullInt64{}
-	}
-	return sql.NullInt64{Int64: t.UnixMilli(), Valid: true}
-}
-
-// fromMS is the inverse of ms; times come back in UTC.
-func fromMS(v sql.NullInt64) time.Time {
-	if !v.Valid {
-		return time.Time{}
-	}
-	return time.UnixMilli(v.Int64).UTC()
+	return &Store{Store: sqlstore.New(dialect(), w, r), path: abs}, nil
 }
 
 func isConstraint(err error, code sqlite3.ErrNoExtended) bool {
@@ -140,36 +133,3 @@ func isForeignKey(err error) bool {
 func isUnique(err error) bool {
 	return isConstraint(err, sqlite3.ErrConstraintPrimaryKey) || isConstraint(err, sqlite3.ErrConstraintUnique)
 }
-
-// write runs fn in one immediate transaction on the writer.
-func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	defer tx.Rollback()
-	if err := fn(tx); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
-}
-
-// read runs fn in one transaction on the reader pool, so multi-query reads
-// see one snapshot.
-func (s *Store) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
-	if err != nil {
-		return fmt.Errorf("begin read: %w", err)
-	}
-	defer tx.Rollback()
-	return fn(tx)
-}
-
-// DB is the writer connection, for tools that work below the Store
-// interface (migrate-data reads a whole farm in one transaction, which on
-// the writer also keeps a running coordinator from changing it meanwhile).
-// Coordinator code must not use it.
-func (s *Store) DB() *sql.DB { return s.w }

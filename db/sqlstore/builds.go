@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -32,80 +32,100 @@ func validateNewBuild(b db.NewBuild) error {
 	return nil
 }
 
+// SubmittedEvent is the event CreateBuilds records for b.
+func SubmittedEvent(b db.NewBuild) db.Event {
+	e := db.Event{Type: db.EventSubmitted, At: b.CreatedAt, Build: b.ID, Derivation: b.Derivation, System: b.System, Tags: b.Tags}
+	for _, o := range b.Outputs {
+		e.Outputs = append(e.Outputs, db.EventOutput{Name: o.Name, Path: o.Path})
+	}
+	return e
+}
+
 // CreateBuilds records all builds or none; ErrExists (naming the build) if
 // an id is already recorded or repeats within the batch.
 func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
+	seen := make(map[string]bool, len(builds))
 	for _, b := range builds {
 		if err := validateNewBuild(b); err != nil {
 			return err
 		}
+		if seen[b.ID] {
+			return fmt.Errorf("build %s: repeated in the batch: %w", b.ID, db.ErrExists)
+		}
+		seen[b.ID] = true
 	}
 	if len(builds) == 0 {
 		return nil
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
-		stmts := make([]*sql.Stmt, 0, 4)
-		defer func() {
-			for _, st := range stmts {
-				st.Close()
-			}
-		}()
-		prep := func(q string) (*sql.Stmt, error) {
-			st, err := tx.PrepareContext(ctx, q)
-			if err != nil {
-				return nil, fmt.Errorf("preparing %q: %w", q, err)
-			}
-			stmts = append(stmts, st)
-			return st, nil
+	insert := s.d.InsertBuilds
+	if insert == nil {
+		insert = s.insertBuilds
+	}
+	return s.write(ctx, func(tx Tx) error { return insert(ctx, tx, builds) })
+}
+
+// insertBuilds is the portable CreateBuilds: prepared statements, one row
+// at a time, which SQLite runs in-process at little cost per row.
+func (s *Store) insertBuilds(ctx context.Context, tx Tx, builds []db.NewBuild) error {
+	stmts := make([]*sql.Stmt, 0, 4)
+	defer func() {
+		for _, st := range stmts {
+			st.Close()
 		}
-		insBuild, err := prep(`INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds)
-			VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?)`)
+	}()
+	prep := func(q string) (*sql.Stmt, error) {
+		st, err := tx.PrepareContext(ctx, q)
 		if err != nil {
+			return nil, fmt.Errorf("preparing %q: %w", q, err)
+		}
+		stmts = append(stmts, st)
+		return st, nil
+	}
+	insBuild, err := prep(`INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds)
+		VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	insTag, err := prep(`INSERT INTO build_tags (build_id, pos, key, value) VALUES (?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	insFeature, err := prep(`INSERT INTO build_features (build_id, pos, feature) VALUES (?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	insOutput, err := prep(`INSERT INTO build_outputs (build_id, name, pos, path) VALUES (?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	for _, b := range builds {
+		_, err := insBuild.ExecContext(ctx, b.ID, b.Derivation, b.System, b.Priority, ms(b.CreatedAt), ms(b.DeferUntil), b.TimeoutSeconds, b.MaxSilentSeconds)
+		if s.isUnique(err) {
+			return fmt.Errorf("build %s: %w", b.ID, db.ErrExists)
+		}
+		if err != nil {
+			return fmt.Errorf("build %s: insert: %w", b.ID, err)
+		}
+		for i, t := range b.Tags {
+			if _, err := insTag.ExecContext(ctx, b.ID, i, t.Key, t.Value); err != nil {
+				return fmt.Errorf("build %s: tag %s=%s: %w", b.ID, t.Key, t.Value, err)
+			}
+		}
+		for i, f := range b.RequiredFeatures {
+			if _, err := insFeature.ExecContext(ctx, b.ID, i, f); err != nil {
+				return fmt.Errorf("build %s: feature %s: %w", b.ID, f, err)
+			}
+		}
+		for i, o := range b.Outputs {
+			if _, err := insOutput.ExecContext(ctx, b.ID, o.Name, i, o.Path); err != nil {
+				return fmt.Errorf("build %s: output %s: %w", b.ID, o.Name, err)
+			}
+		}
+		if _, err := s.insertEvent(ctx, tx, SubmittedEvent(b)); err != nil {
 			return err
 		}
-		insTag, err := prep(`INSERT INTO build_tags (build_id, pos, key, value) VALUES (?, ?, ?, ?)`)
-		if err != nil {
-			return err
-		}
-		insFeature, err := prep(`INSERT INTO build_features (build_id, pos, feature) VALUES (?, ?, ?)`)
-		if err != nil {
-			return err
-		}
-		insOutput, err := prep(`INSERT INTO build_outputs (build_id, name, pos, path) VALUES (?, ?, ?, ?)`)
-		if err != nil {
-			return err
-		}
-		for _, b := range builds {
-			_, err := insBuild.ExecContext(ctx, b.ID, b.Derivation, b.System, b.Priority, ms(b.CreatedAt), ms(b.DeferUntil), b.TimeoutSeconds, b.MaxSilentSeconds)
-			if isUnique(err) {
-				return fmt.Errorf("build %s: %w", b.ID, db.ErrExists)
-			}
-			if err != nil {
-				return fmt.Errorf("build %s: insert: %w", b.ID, err)
-			}
-			for i, t := range b.Tags {
-				if _, err := insTag.ExecContext(ctx, b.ID, i, t.Key, t.Value); err != nil {
-					return fmt.Errorf("build %s: tag %s=%s: %w", b.ID, t.Key, t.Value, err)
-				}
-			}
-			for i, f := range b.RequiredFeatures {
-				if _, err := insFeature.ExecContext(ctx, b.ID, i, f); err != nil {
-					return fmt.Errorf("build %s: feature %s: %w", b.ID, f, err)
-				}
-			}
-			e := db.Event{Type: db.EventSubmitted, At: b.CreatedAt, Build: b.ID, Derivation: b.Derivation, System: b.System, Tags: b.Tags}
-			for i, o := range b.Outputs {
-				if _, err := insOutput.ExecContext(ctx, b.ID, o.Name, i, o.Path); err != nil {
-					return fmt.Errorf("build %s: output %s: %w", b.ID, o.Name, err)
-				}
-				e.Outputs = append(e.Outputs, db.EventOutput{Name: o.Name, Path: o.Path})
-			}
-			if _, err := insertEvent(ctx, tx, e); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason, defer_until, timeout_seconds, max_silent_seconds`
@@ -158,7 +178,7 @@ func (sel selection) query(cols string) string {
 }
 
 // listBuilds returns the selected builds with tags, features and outputs.
-func listBuilds(ctx context.Context, tx *sql.Tx, sel selection) ([]db.Build, error) {
+func listBuilds(ctx context.Context, tx Tx, sel selection) ([]db.Build, error) {
 	rows, err := tx.QueryContext(ctx, sel.query(buildCols), sel.args...)
 	if err != nil {
 		return nil, err
@@ -236,7 +256,7 @@ func listBuilds(ctx context.Context, tx *sql.Tx, sel selection) ([]db.Build, err
 }
 
 // eachRow runs a query and calls fn for every row.
-func eachRow(ctx context.Context, tx *sql.Tx, q string, args []any, fn func(*sql.Rows) error) error {
+func eachRow(ctx context.Context, tx Tx, q string, args []any, fn func(*sql.Rows) error) error {
 	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return err
@@ -250,12 +270,10 @@ func eachRow(ctx context.Context, tx *sql.Tx, q string, args []any, fn func(*sql
 	return rows.Err()
 }
 
-const newestFirst = `created_at DESC, seq DESC`
-
 // Build returns one build with attempts and results; ErrNotFound.
 func (s *Store) Build(ctx context.Context, id string) (db.Build, error) {
 	var b db.Build
-	err := s.read(ctx, func(tx *sql.Tx) error {
+	err := s.read(ctx, func(tx Tx) error {
 		bs, err := listBuilds(ctx, tx, selection{where: "id = ?", args: []any{id}})
 		if err != nil {
 			return err
@@ -278,7 +296,7 @@ func (s *Store) Build(ctx context.Context, id string) (db.Build, error) {
 	return b, nil
 }
 
-func attempts(ctx context.Context, tx *sql.Tx, id string) ([]db.Attempt, error) {
+func attempts(ctx context.Context, tx Tx, id string) ([]db.Attempt, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, reason, exit_code, hardware
 		FROM attempts WHERE build_id = ? ORDER BY number`, id)
 	if err != nil {
@@ -306,7 +324,7 @@ func attempts(ctx context.Context, tx *sql.Tx, id string) ([]db.Attempt, error) 
 	return as, rows.Err()
 }
 
-func results(ctx context.Context, tx *sql.Tx, id string) ([]db.OutputResult, error) {
+func results(ctx context.Context, tx Tx, id string) ([]db.OutputResult, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT name, path, nar_hash, nar_size, file_hash, file_size, compression, file
 		FROM results WHERE build_id = ? ORDER BY pos`, id)
 	if err != nil {
@@ -349,7 +367,7 @@ func results(ctx context.Context, tx *sql.Tx, id string) ([]db.OutputResult, err
 
 func (s *Store) list(ctx context.Context, what string, sel selection) ([]db.Build, error) {
 	var bs []db.Build
-	err := s.read(ctx, func(tx *sql.Tx) error {
+	err := s.read(ctx, func(tx Tx) error {
 		var err error
 		bs, err = listBuilds(ctx, tx, sel)
 		return err
@@ -376,7 +394,7 @@ func (s *Store) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error
 		conds = append(conds, "derivation = ?")
 		args = append(args, f.Derivation)
 	}
-	sel := selection{where: strings.Join(conds, " AND "), args: args, order: newestFirst, limit: f.Limit}
+	sel := selection{where: strings.Join(conds, " AND "), args: args, order: s.newestFirst, limit: f.Limit}
 	return s.list(ctx, fmt.Sprintf("listing builds (state %q, agent %q, limit %d)", f.State, f.AgentID, f.Limit), sel)
 }
 
@@ -385,7 +403,7 @@ func (s *Store) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error
 func (s *Store) RunnableBuilds(ctx context.Context) ([]db.Build, error) {
 	return s.list(ctx, "listing runnable builds", selection{
 		where: "state = 'scheduled'",
-		order: "priority DESC, created_at, seq",
+		order: s.runnableOrder,
 	})
 }
 
@@ -395,12 +413,14 @@ func (s *Store) BuildsOnAgent(ctx context.Context, agentID string) ([]db.Build, 
 	return s.list(ctx, fmt.Sprintf("listing builds on agent %s", agentID), selection{
 		where: "agent_id = ? AND state IN ('allocated', 'started')",
 		args:  []any{agentID},
-		order: "created_at, seq",
+		order: s.oldestFirst,
 	})
 }
 
 // BuildsForDerivations lists every build of the given derivations, newest
-// first, in chunks so the statement stays under SQLite's variable limit.
+// first, in chunks so the statement stays under SQLite's variable limit
+// (PostgreSQL's is 65535); each chunk is ordered and the chunks follow
+// each other.
 func (s *Store) BuildsForDerivations(ctx context.Context, derivations []string) ([]db.Build, error) {
 	const chunk = 500
 	var out []db.Build
@@ -413,7 +433,7 @@ func (s *Store) BuildsForDerivations(ctx context.Context, derivations []string) 
 		bs, err := s.list(ctx, fmt.Sprintf("listing builds of %d derivations", len(part)), selection{
 			where: "derivation IN (?" + strings.Repeat(", ?", len(part)-1) + ")",
 			args:  args,
-			order: newestFirst,
+			order: s.newestFirst,
 		})
 		if err != nil {
 			return nil, err

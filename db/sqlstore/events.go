@@ -1,22 +1,29 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/gbc-farm/gbc/db"
 )
 
-// insertEvent appends one event inside tx and returns its id.
-func insertEvent(ctx context.Context, tx *sql.Tx, e db.Event) (int64, error) {
+// insertEvent appends one event inside tx and returns its id, taking the
+// dialect's event lock first (see Dialect.LockEvents).
+func (s *Store) insertEvent(ctx context.Context, tx Tx, e db.Event) (int64, error) {
 	if !db.ValidEventType(e.Type) {
 		return 0, fmt.Errorf("event type %q is not known", e.Type)
 	}
 	data, err := db.EventData(e)
 	if err != nil {
 		return 0, err
+	}
+	if s.d.LockEvents != nil {
+		if err := s.d.LockEvents(ctx, tx); err != nil {
+			return 0, err
+		}
 	}
 	var id int64
 	err = tx.QueryRowContext(ctx, `INSERT INTO events (type, at, build_id, agent_id, data) VALUES (?, ?, ?, ?, ?) RETURNING id`,
@@ -28,7 +35,7 @@ func insertEvent(ctx context.Context, tx *sql.Tx, e db.Event) (int64, error) {
 }
 
 // buildTags reads a build's tags in order.
-func buildTags(ctx context.Context, tx *sql.Tx, id string) ([]db.Tag, error) {
+func buildTags(ctx context.Context, tx Tx, id string) ([]db.Tag, error) {
 	var tags []db.Tag
 	err := eachRow(ctx, tx, `SELECT key, value FROM build_tags WHERE build_id = ? ORDER BY pos`, []any{id},
 		func(rows *sql.Rows) error {
@@ -48,9 +55,9 @@ func buildTags(ctx context.Context, tx *sql.Tx, id string) ([]db.Tag, error) {
 // AppendEvent records an event that is not part of a build transition.
 func (s *Store) AppendEvent(ctx context.Context, e db.Event) (int64, error) {
 	var id int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		var err error
-		id, err = insertEvent(ctx, tx, e)
+		id, err = s.insertEvent(ctx, tx, e)
 		return err
 	})
 	return id, err
@@ -75,7 +82,7 @@ func (s *Store) Events(ctx context.Context, f db.EventFilter) ([]db.Event, error
 		q += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
 	var events []db.Event
-	err := s.read(ctx, func(tx *sql.Tx) error {
+	err := s.read(ctx, func(tx Tx) error {
 		return eachRow(ctx, tx, q, args, func(rows *sql.Rows) error {
 			var (
 				e            db.Event
@@ -103,10 +110,10 @@ func (s *Store) Events(ctx context.Context, f db.EventFilter) ([]db.Event, error
 // HookProgress returns the hook's cursor and the ids done beyond it.
 func (s *Store) HookProgress(ctx context.Context, hook string) (db.HookProgress, error) {
 	var p db.HookProgress
-	err := s.read(ctx, func(tx *sql.Tx) error {
+	err := s.read(ctx, func(tx Tx) error {
 		err := tx.QueryRowContext(ctx, `SELECT cursor FROM hook_cursors WHERE hook = ?`, hook).Scan(&p.Cursor)
 		p.Registered = err == nil
-		if err != nil && err != sql.ErrNoRows {
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
 		return eachRow(ctx, tx, `SELECT event_id FROM hook_done WHERE hook = ? AND event_id > ? ORDER BY event_id`,
@@ -127,12 +134,12 @@ func (s *Store) HookProgress(ctx context.Context, hook string) (db.HookProgress,
 
 // MarkHookDone records a finished event and advances the cursor.
 func (s *Store) MarkHookDone(ctx context.Context, hook string, eventID, cursor int64) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO hook_done (hook, event_id) VALUES (?, ?)`, hook, eventID); err != nil {
+	err := s.write(ctx, func(tx Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO hook_done (hook, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, hook, eventID); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO hook_cursors (hook, cursor) VALUES (?, ?)
-			ON CONFLICT (hook) DO UPDATE SET cursor = MAX(cursor, excluded.cursor)`, hook, cursor); err != nil {
+			ON CONFLICT (hook) DO UPDATE SET cursor = CASE WHEN excluded.cursor > hook_cursors.cursor THEN excluded.cursor ELSE hook_cursors.cursor END`, hook, cursor); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx, `DELETE FROM hook_done WHERE hook = ? AND event_id <= (SELECT cursor FROM hook_cursors WHERE hook = ?)`, hook, hook)

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -39,8 +39,8 @@ type changed struct {
 // build's latest attempt number; the rule's event is appended last, in
 // the same transaction.
 func (s *Store) transition(ctx context.Context, id string, r rule, set string, setArgs []any,
-	then func(tx *sql.Tx, c changed) error) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	then func(tx Tx, c changed) error) error {
+	err := s.write(ctx, func(tx Tx) error {
 		var q strings.Builder
 		args := append(append([]any(nil), setArgs...), id)
 		fmt.Fprintf(&q, "UPDATE builds SET %s WHERE id = ? AND state IN (", set)
@@ -65,7 +65,7 @@ func (s *Store) transition(ctx context.Context, id string, r rule, set string, s
 		if errors.Is(err, sql.ErrNoRows) {
 			return whyNot(ctx, tx, id, r)
 		}
-		if isForeignKey(err) {
+		if s.isForeignKey(err) {
 			// Only AllocateBuild sets agent_id.
 			return fmt.Errorf("agent %s: %w", r.agentID, db.ErrNotFound)
 		}
@@ -92,7 +92,7 @@ func (s *Store) transition(ctx context.Context, id string, r rule, set string, s
 		if e.Tags, err = buildTags(ctx, tx, id); err != nil {
 			return err
 		}
-		_, err = insertEvent(ctx, tx, e)
+		_, err = s.insertEvent(ctx, tx, e)
 		return err
 	})
 	if err != nil {
@@ -105,7 +105,7 @@ func (s *Store) transition(ctx context.Context, id string, r rule, set string, s
 }
 
 // whyNot explains a transition whose UPDATE matched no row.
-func whyNot(ctx context.Context, tx *sql.Tx, id string, r rule) error {
+func whyNot(ctx context.Context, tx Tx, id string, r rule) error {
 	var (
 		state  string
 		holder sql.NullString
@@ -126,7 +126,7 @@ func whyNot(ctx context.Context, tx *sql.Tx, id string, r rule) error {
 }
 
 // setAttempt updates one attempt, which must exist.
-func setAttempt(ctx context.Context, tx *sql.Tx, id string, number int, set string, args ...any) error {
+func setAttempt(ctx context.Context, tx Tx, id string, number int, set string, args ...any) error {
 	args = append(args, id, number)
 	res, err := tx.ExecContext(ctx, `UPDATE attempts SET `+set+` WHERE build_id = ? AND number = ?`, args...)
 	if err != nil {
@@ -149,7 +149,7 @@ func (s *Store) AllocateBuild(ctx context.Context, id, agentID string, at time.T
 		rule{op: "allocating", from: []db.BuildState{db.StateScheduled}, agentID: agentID, at: at, event: db.Event{Type: db.EventAllocated}},
 		`state = 'allocated', agent_id = ?, attempts = attempts + 1, started_at = NULL, ended_at = NULL, failure_reason = ''`,
 		[]any{agentID},
-		func(tx *sql.Tx, c changed) error {
+		func(tx Tx, c changed) error {
 			n := c.attempt
 			_, err := tx.ExecContext(ctx,
 				`INSERT INTO attempts (build_id, number, agent_id, allocated_at) VALUES (?, ?, ?, ?)`,
@@ -166,7 +166,7 @@ func (s *Store) StartBuild(ctx context.Context, id, agentID string, at time.Time
 	return s.transition(ctx, id,
 		rule{op: "starting", from: []db.BuildState{db.StateAllocated}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventStarted}},
 		`state = 'started', started_at = ?`, []any{ms(at)},
-		func(tx *sql.Tx, c changed) error {
+		func(tx Tx, c changed) error {
 			n := c.attempt
 			return setAttempt(ctx, tx, id, n, `started_at = ?`, ms(at))
 		})
@@ -186,7 +186,7 @@ func (s *Store) SucceedBuild(ctx context.Context, id, agentID string, at time.Ti
 	return s.transition(ctx, id,
 		rule{op: "succeeding", from: []db.BuildState{db.StateStarted}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventSucceeded, Outputs: outs}},
 		`state = 'succeeded', ended_at = ?, failure_reason = ''`, []any{ms(at)},
-		func(tx *sql.Tx, c changed) error {
+		func(tx Tx, c changed) error {
 			n := c.attempt
 			if err := insertResults(ctx, tx, id, results); err != nil {
 				return err
@@ -195,7 +195,7 @@ func (s *Store) SucceedBuild(ctx context.Context, id, agentID string, at time.Ti
 		})
 }
 
-func insertResults(ctx context.Context, tx *sql.Tx, id string, results []db.OutputResult) error {
+func insertResults(ctx context.Context, tx Tx, id string, results []db.OutputResult) error {
 	if len(results) == 0 {
 		return nil
 	}
@@ -230,7 +230,7 @@ func (s *Store) FailBuild(ctx context.Context, id, agentID string, at time.Time,
 	return s.transition(ctx, id,
 		rule{op: "failing", from: held, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventFailed, Reason: reason, ExitCode: exitCode}},
 		`state = 'failed', ended_at = ?, failure_reason = ?`, []any{ms(at), reason},
-		func(tx *sql.Tx, c changed) error {
+		func(tx Tx, c changed) error {
 			n := c.attempt
 			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'failed', reason = ?, exit_code = ?`,
 				ms(at), reason, exitCode)
@@ -243,7 +243,7 @@ func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Ti
 	return s.transition(ctx, id,
 		rule{op: "requeueing", from: held, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventRequeued, Reason: reason}},
 		`state = 'scheduled', started_at = NULL, ended_at = NULL`, nil,
-		func(tx *sql.Tx, c changed) error {
+		func(tx Tx, c changed) error {
 			n := c.attempt
 			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'requeued', reason = ?`, ms(at), reason)
 		})
@@ -255,7 +255,7 @@ func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error 
 	return s.transition(ctx, id,
 		rule{op: "canceling", from: active, at: at, event: db.Event{Type: db.EventCanceled}},
 		`state = 'canceled', ended_at = ?`, []any{ms(at)},
-		func(tx *sql.Tx, c changed) error {
+		func(tx Tx, c changed) error {
 			n := c.attempt
 			_, err := tx.ExecContext(ctx, `UPDATE attempts SET ended_at = ?, outcome = 'canceled'
 				WHERE build_id = ? AND number = ? AND outcome = ''`, ms(at), id, n)
@@ -296,7 +296,7 @@ func (s *Store) SetupFailBuild(ctx context.Context, id, agentID string, at time.
 	if final {
 		events = append(events, db.Event{Type: db.EventFailed, Reason: reason})
 	}
-	return s.transition(ctx, id, r, set, args, func(tx *sql.Tx, c changed) error {
+	return s.transition(ctx, id, r, set, args, func(tx Tx, c changed) error {
 		if err := setAttempt(ctx, tx, id, c.attempt, `ended_at = ?, outcome = ?, reason = ?`, ms(at), outcome, reason); err != nil {
 			return err
 		}
@@ -306,7 +306,7 @@ func (s *Store) SetupFailBuild(ctx context.Context, id, agentID string, at time.
 		}
 		for _, e := range events {
 			e.At, e.Build, e.Agent, e.Attempt, e.Derivation, e.System, e.Tags = at, id, agentID, c.attempt, c.derivation, c.system, tags
-			if _, err := insertEvent(ctx, tx, e); err != nil {
+			if _, err := s.insertEvent(ctx, tx, e); err != nil {
 				return err
 			}
 		}
@@ -321,7 +321,7 @@ func (s *Store) SetAttemptHardware(ctx context.Context, id, agentID string, hw d
 	if err != nil {
 		return fmt.Errorf("hardware of build %s: %w", id, err)
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE attempts SET hardware = ?
 			WHERE build_id = ? AND agent_id = ? AND number = (SELECT attempts FROM builds WHERE id = ? AND agent_id = ?)`,
 			string(b), id, agentID, id, agentID)

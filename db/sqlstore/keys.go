@@ -1,4 +1,4 @@
-package postgres
+package sqlstore
 
 import (
 	"context"
@@ -34,7 +34,7 @@ func nullString(s string) sql.NullString {
 	return sql.NullString{String: s, Valid: s != ""}
 }
 
-func insertKey(ctx context.Context, tx txn, k db.Key) error {
+func (s *Store) insertKey(ctx context.Context, tx Tx, k db.Key) error {
 	if err := validateKey(k); err != nil {
 		return err
 	}
@@ -51,7 +51,7 @@ func insertKey(ctx context.Context, tx txn, k db.Key) error {
 	_, err := tx.ExecContext(ctx,
 		`INSERT INTO keys (fingerprint, authorized_key, role, agent_id, comment, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
 		k.Fingerprint, k.AuthorizedKey, string(k.Role), nullString(k.AgentID), k.Comment, ms(k.CreatedAt))
-	if isUnique(err) {
+	if s.isUnique(err) {
 		return fmt.Errorf("key %s: %w", k.Fingerprint, db.ErrExists)
 	}
 	if err != nil {
@@ -63,7 +63,7 @@ func insertKey(ctx context.Context, tx txn, k db.Key) error {
 // PutKey records a new key; ErrExists if the fingerprint is known,
 // ErrNotFound if an agent key names an unknown agent.
 func (s *Store) PutKey(ctx context.Context, k db.Key) error {
-	return s.write(ctx, func(tx txn) error { return insertKey(ctx, tx, k) })
+	return s.write(ctx, func(tx Tx) error { return s.insertKey(ctx, tx, k) })
 }
 
 const keyCols = `fingerprint, authorized_key, role, agent_id, comment, created_at`
@@ -87,7 +87,7 @@ func scanKey(sc interface{ Scan(...any) error }) (db.Key, error) {
 // Key returns the key with that fingerprint; ErrNotFound.
 func (s *Store) Key(ctx context.Context, fingerprint string) (db.Key, error) {
 	var k db.Key
-	err := s.read(ctx, func(tx txn) error {
+	err := s.readOne(ctx, func(tx Tx) error {
 		var err error
 		k, err = scanKey(tx.QueryRowContext(ctx, `SELECT `+keyCols+` FROM keys WHERE fingerprint = ?`, fingerprint))
 		return err
@@ -104,9 +104,9 @@ func (s *Store) Key(ctx context.Context, fingerprint string) (db.Key, error) {
 // Keys lists all keys, oldest first.
 func (s *Store) Keys(ctx context.Context) ([]db.Key, error) {
 	var ks []db.Key
-	err := s.read(ctx, func(tx txn) error {
+	err := s.readOne(ctx, func(tx Tx) error {
 		ks = nil
-		return eachRow(ctx, tx, `SELECT `+keyCols+` FROM keys ORDER BY created_at NULLS FIRST, fingerprint`, nil,
+		return eachRow(ctx, tx, `SELECT `+keyCols+` FROM keys ORDER BY `+s.keysOrder, nil,
 			func(rows *sql.Rows) error {
 				k, err := scanKey(rows)
 				ks = append(ks, k)
@@ -121,7 +121,7 @@ func (s *Store) Keys(ctx context.Context) ([]db.Key, error) {
 
 // DeleteKey removes a key; ErrNotFound.
 func (s *Store) DeleteKey(ctx context.Context, fingerprint string) error {
-	return s.write(ctx, func(tx txn) error {
+	return s.write(ctx, func(tx Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM keys WHERE fingerprint = ?`, fingerprint)
 		if err != nil {
 			return fmt.Errorf("deleting key %s: %w", fingerprint, err)
@@ -150,18 +150,18 @@ func (s *Store) CreateAgent(ctx context.Context, a db.Agent, keys ...db.Key) err
 				a.ID, keys[i].Fingerprint, keys[i].Role, keys[i].AgentID)
 		}
 	}
-	return s.write(ctx, func(tx txn) error {
+	return s.write(ctx, func(tx Tx) error {
 		_, err := tx.ExecContext(ctx,
 			`INSERT INTO agents (id, name, active, created_at, last_seen_at) VALUES (?, ?, ?, ?, ?)`,
 			a.ID, a.Name, a.Active, ms(a.CreatedAt), ms(a.LastSeenAt))
-		if isUnique(err) {
+		if s.isUnique(err) {
 			return fmt.Errorf("agent %s: %w", a.ID, db.ErrExists)
 		}
 		if err != nil {
 			return fmt.Errorf("agent %s: insert: %w", a.ID, err)
 		}
 		for _, k := range keys {
-			if err := insertKey(ctx, tx, k); err != nil {
+			if err := s.insertKey(ctx, tx, k); err != nil {
 				return fmt.Errorf("agent %s: %w", a.ID, err)
 			}
 		}
@@ -187,7 +187,7 @@ func scanAgent(sc interface{ Scan(...any) error }) (db.Agent, error) {
 // Agent returns one agent; ErrNotFound.
 func (s *Store) Agent(ctx context.Context, id string) (db.Agent, error) {
 	var a db.Agent
-	err := s.read(ctx, func(tx txn) error {
+	err := s.readOne(ctx, func(tx Tx) error {
 		var err error
 		a, err = scanAgent(tx.QueryRowContext(ctx, `SELECT `+agentCols+` FROM agents WHERE id = ?`, id))
 		return err
@@ -204,9 +204,9 @@ func (s *Store) Agent(ctx context.Context, id string) (db.Agent, error) {
 // Agents lists all agents, oldest first.
 func (s *Store) Agents(ctx context.Context) ([]db.Agent, error) {
 	var as []db.Agent
-	err := s.read(ctx, func(tx txn) error {
+	err := s.readOne(ctx, func(tx Tx) error {
 		as = nil
-		return eachRow(ctx, tx, `SELECT `+agentCols+` FROM agents ORDER BY created_at NULLS FIRST, id`, nil,
+		return eachRow(ctx, tx, `SELECT `+agentCols+` FROM agents ORDER BY `+s.agentsOrder, nil,
 			func(rows *sql.Rows) error {
 				a, err := scanAgent(rows)
 				as = append(as, a)
@@ -220,7 +220,7 @@ func (s *Store) Agents(ctx context.Context) ([]db.Agent, error) {
 }
 
 func (s *Store) updateAgent(ctx context.Context, what, id, query string, args ...any) error {
-	return s.write(ctx, func(tx txn) error {
+	return s.write(ctx, func(tx Tx) error {
 		res, err := tx.ExecContext(ctx, query, args...)
 		if err != nil {
 			return fmt.Errorf("%s agent %s: %w", what, id, err)

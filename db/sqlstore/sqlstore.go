@@ -1,0 +1,239 @@
+// Package sqlstore is the one SQL implementation of db.Store (and of
+// db.DependencyFailer and db.Scheduling) that the SQLite and PostgreSQL
+// backends share. The SQL is written once, with ? placeholders and the
+// schema in migrations/<dialect>; a Dialect supplies the few things that
+// really differ: placeholder rebinding, NULL ordering, how event ids are
+// kept in commit order, how transactions are begun and retried, bulk
+// submission, and error classification. The backends (db/sqlite,
+// db/postgres) open their pools, migrate, and hand both to New.
+//
+// Transitions are compare-and-set UPDATEs (see transitions.go); reads of
+// several queries run in one read-only transaction, so they see one
+// snapshot on either backend.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gbc-farm/gbc/db"
+)
+
+// Dialect is what a backend contributes besides its pools. Zero fields
+// mean "portable default", which is what SQLite uses.
+type Dialect struct {
+	// Rebind turns the ? placeholders every statement here is written
+	// with into the driver's (PostgreSQL: $1, $2, …); nil keeps them.
+	Rebind func(q string) string
+
+	// NullsFirst and NullsLast are appended to ascending and descending
+	// ORDER BY terms on nullable columns so that a row without CreatedAt
+	// sorts as SQLite sorts NULL natively (first ascending, last
+	// descending); SQLite leaves them empty so its indexes serve the
+	// order, PostgreSQL says " NULLS FIRST" / " NULLS LAST".
+	NullsFirst, NullsLast string
+
+	// LockEvents, if set, runs in a writer transaction before each event
+	// insert and must serialise event writers until commit, so that event
+	// ids become visible in commit order (a reader that saw id N must
+	// never later find a new event below N). SQLite's single writer
+	// gives that for free.
+	LockEvents func(ctx context.Context, tx Tx) error
+
+	// InsertBuilds, if set, replaces the portable row-by-row insert of
+	// CreateBuilds: the builds, their tags, features and outputs, and one
+	// SubmittedEvent each, in batch order (seq and event ids follow it).
+	// The builds are validated and their ids unique within the batch; an
+	// id already stored must come back wrapping db.ErrExists.
+	InsertBuilds func(ctx context.Context, tx Tx, builds []db.NewBuild) error
+
+	// ReadTx begins the read-only transaction of a multi-query read.
+	ReadTx sql.TxOptions
+	// DirectSingleReads runs single-statement reads (Key, Keys, Agent,
+	// Agents) on the reader pool without a transaction: one statement
+	// sees one snapshot anyway, and SQLite saves a BEGIN/COMMIT on every
+	// SSH authentication.
+	DirectSingleReads bool
+
+	// Retry runs one try of a whole transaction (begin to commit) again
+	// while that is safe and worthwhile; nil runs it once. A failed
+	// COMMIT comes back as a CommitError, whose outcome is unknown.
+	Retry func(ctx context.Context, try func() error) error
+
+	// IsUnique and IsForeignKey classify constraint violations.
+	IsUnique, IsForeignKey func(error) bool
+}
+
+// Store is a db.Store on one SQL database.
+type Store struct {
+	d    Dialect
+	w, r *sql.DB
+
+	// ORDER BY clauses with the dialect's NULL placement.
+	newestFirst, oldestFirst, runnableOrder, keysOrder, agentsOrder string
+}
+
+var (
+	_ db.Store            = (*Store)(nil)
+	_ db.DependencyFailer = (*Store)(nil)
+	_ db.Scheduling       = (*Store)(nil)
+)
+
+// New returns a Store writing through writer and reading through reader
+// (which may be the same pool). Both must be migrated already. The Store
+// owns them from now on: Close closes them.
+func New(d Dialect, writer, reader *sql.DB) *Store {
+	if reader == nil {
+		reader = writer
+	}
+	return &Store{
+		d: d, w: writer, r: reader,
+		newestFirst:   "created_at DESC" + d.NullsLast + ", seq DESC",
+		oldestFirst:   "created_at" + d.NullsFirst + ", seq",
+		runnableOrder: "priority DESC, created_at" + d.NullsFirst + ", seq",
+		keysOrder:     "created_at" + d.NullsFirst + ", fingerprint",
+		agentsOrder:   "created_at" + d.NullsFirst + ", id",
+	}
+}
+
+// Close closes the pools.
+func (s *Store) Close() error {
+	if s.r == s.w {
+		return s.w.Close()
+	}
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// DB is the writer pool, for tools that work below the Store interface
+// (migrate-data reads a whole farm in one transaction, which on SQLite's
+// single writer also keeps a running coordinator from changing it
+// meanwhile; benchmarks measure sizes). Coordinator code must not use it.
+func (s *Store) DB() *sql.DB { return s.w }
+
+// queryer is what both *sql.Tx and *sql.DB offer.
+type queryer interface {
+	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+	PrepareContext(ctx context.Context, q string) (*sql.Stmt, error)
+}
+
+// Tx runs statements written with ? placeholders in a transaction (or,
+// for single-statement reads, on a pool), rebinding them for the driver.
+type Tx struct {
+	q      queryer
+	rebind func(string) string
+}
+
+func (t Tx) sql(q string) string {
+	if t.rebind == nil {
+		return q
+	}
+	return t.rebind(q)
+}
+
+// ExecContext is sql.Tx.ExecContext with ? placeholders.
+func (t Tx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return t.q.ExecContext(ctx, t.sql(q), args...)
+}
+
+// QueryContext is sql.Tx.QueryContext with ? placeholders.
+func (t Tx) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return t.q.QueryContext(ctx, t.sql(q), args...)
+}
+
+// QueryRowContext is sql.Tx.QueryRowContext with ? placeholders.
+func (t Tx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	return t.q.QueryRowContext(ctx, t.sql(q), args...)
+}
+
+// PrepareContext is sql.Tx.PrepareContext with ? placeholders.
+func (t Tx) PrepareContext(ctx context.Context, q string) (*sql.Stmt, error) {
+	return t.q.PrepareContext(ctx, t.sql(q))
+}
+
+// CommitError marks a failed COMMIT: whether it took effect is unknown
+// unless the driver says nothing was sent, so a retry policy must not
+// simply run the transaction again.
+type CommitError struct{ Err error }
+
+func (e CommitError) Error() string { return "commit: " + e.Err.Error() }
+func (e CommitError) Unwrap() error { return e.Err }
+
+func (s *Store) retry(ctx context.Context, try func() error) error {
+	if s.d.Retry == nil {
+		return try()
+	}
+	return s.d.Retry(ctx, try)
+}
+
+// write runs fn in one writer transaction (the driver's default
+// isolation: SQLite BEGIN IMMEDIATE on its single connection, PostgreSQL
+// READ COMMITTED), retried as the dialect says.
+func (s *Store) write(ctx context.Context, fn func(tx Tx) error) error {
+	return s.retry(ctx, func() error {
+		tx, err := s.w.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		defer tx.Rollback()
+		if err := fn(Tx{tx, s.d.Rebind}); err != nil {
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return CommitError{err}
+		}
+		return nil
+	})
+}
+
+// read runs fn in one read-only transaction on the reader pool, so
+// multi-query reads see one snapshot.
+func (s *Store) read(ctx context.Context, fn func(tx Tx) error) error {
+	return s.retry(ctx, func() error {
+		opts := s.d.ReadTx
+		tx, err := s.r.BeginTx(ctx, &opts)
+		if err != nil {
+			return fmt.Errorf("begin read: %w", err)
+		}
+		defer tx.Rollback()
+		return fn(Tx{tx, s.d.Rebind})
+	})
+}
+
+// readOne runs a read of a single statement (see
+// Dialect.DirectSingleReads).
+func (s *Store) readOne(ctx context.Context, fn func(tx Tx) error) error {
+	if !s.d.DirectSingleReads {
+		return s.read(ctx, fn)
+	}
+	return s.retry(ctx, func() error { return fn(Tx{s.r, s.d.Rebind}) })
+}
+
+func (s *Store) isUnique(err error) bool {
+	return err != nil && s.d.IsUnique != nil && s.d.IsUnique(err)
+}
+
+func (s *Store) isForeignKey(err error) bool {
+	return err != nil && s.d.IsForeignKey != nil && s.d.IsForeignKey(err)
+}
+
+// ms converts a time to the stored form: unix milliseconds, NULL for the
+// zero time.
+func ms(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixMilli(), Valid: true}
+}
+
+// fromMS is the inverse of ms; times come back in UTC.
+func fromMS(v sql.NullInt64) time.Time {
+	if !v.Valid {
+		return time.Time{}
+	}
+	return time.UnixMilli(v.Int64).UTC()
+}
