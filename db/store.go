@@ -1,5 +1,6 @@
 // Package db holds the coordinator's durable state behind one interface,
-// Store, with a SQLite implementation and a test suite that every
+// Store, with one SQL implementation (sqlstore) run on SQLite and
+// PostgreSQL (sqlite, postgres) and a test suite that every
 // implementation must pass (dbtest).
 package db
 
@@ -236,16 +237,16 @@ type Store interface {
 // input failed. FailDependency moves a scheduled build to
 // failed-dependency with cause as its failure reason; ErrNotFound,
 // ErrConflict for any other state. It is kept out of Store for now so that
-// existing Store implementations (fakes included) keep compiling; the
-// SQLite store implements it and dbtest checks it when present.
+// existing Store implementations (fakes included) keep compiling; both
+// backends implement it (sqlstore) and dbtest checks it when present.
 type DependencyFailer interface {
 	FailDependency(ctx context.Context, id string, at time.Time, cause string) error
 }
 
 // Scheduling is implemented by stores that support the scheduler's
 // queries and changes (issue 5). Kept out of Store like DependencyFailer so
-// existing fakes keep compiling; the SQLite store implements it and dbtest
-// checks it when present.
+// existing fakes keep compiling; both backends implement it (sqlstore) and
+// dbtest checks it when present.
 type Scheduling interface {
 	// SetBuildPriority changes a scheduled, allocated or started build's
 	// priority; ErrNotFound, ErrConflict once the build has ended.
