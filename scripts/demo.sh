@@ -19,7 +19,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say "keys and coordinator in $work"
 ssh-keygen -q -t ed25519 -N '' -C demo-admin -f "$work/admin"
 for a in 1 2; do ssh-keygen -q -t ed25519 -N '' -C "demo-agent-$a" -f "$work/agent$a"; done
-"$gbc" coordinator --state-dir "$work/state" --listen 127.0.0.1:0 \
+"$gbc" coordinator --state-dir "$work/state" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
   --admin-key "$work/admin.pub" 2>"$work/coordinator.log" &
 pids+=($!)
 addr=
@@ -30,6 +30,7 @@ for _ in $(seq 100); do
 done
 [ -n "$addr" ] || { echo "coordinator did not start:"; cat "$work/coordinator.log"; exit 1; }
 port=${addr##*:}
+http=$(grep -o 'http=127\.0\.0\.1:[0-9]*' "$work/coordinator.log" | head -n1 | cut -d= -f2 || true)
 echo "[127.0.0.1]:$port $(cat "$work/state/ssh_host_ed25519_key.pub")" >"$work/known_hosts"
 gssh() {
   ssh -p "$port" -i "$work/admin" -o IdentitiesOnly=yes -o BatchMode=yes \
@@ -65,7 +66,17 @@ say "ssh coordinator builds"
 gssh builds --limit 10
 
 say "ssh coordinator build show <top> --json"
-gssh build show "$topid" --json
+gssh build show "$topid" --json | tee "$work/top.json"
+
+say "a Nix client substitutes top's output from the coordinator's signed cache"
+topout=$(grep -o '"path": *"[^"]*"' "$work/top.json" | head -n1 | sed 's/.*"\(\/[^"]*\)"$/\1/')
+echo "cache: http://$http  key: $(cat "$work/state/signing-key.pub")"
+curl -fsS "http://$http/$(basename "$topout" | cut -c1-32).narinfo" 2>/dev/null || true
+NIX_CONFIG="$NIX_CONFIG"$'\nrequire-sigs = true\ntrusted-public-keys = '"$(cat "$work/state/signing-key.pub")" \
+  nix --extra-experimental-features nix-command copy --from "http://$http" \
+  --to "local?root=$work/client-store" "$topout"
+echo "valid in the empty client store ($work/client-store):"
+nix-store --store "local?root=$work/client-store" --verify-path "$topout" && echo "  $topout (signature and NarHash checked)"
 
 say "try it yourself (while this shell waits; Ctrl-C to stop the demo)"
 cat <<TXT

@@ -11,6 +11,7 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)   # e2e: one store per 
 command -v mount >/dev/null 2>&1 || need+=(mount)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)   # cgo for go-sqlite3
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
+command -v curl >/dev/null 2>&1 || need+=(curl)   # make demo fetches a narinfo
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v lzip >/dev/null 2>&1 || need+=(lzip)   # compression tests read real lzip output
 # PostgreSQL backend tests (.ci/run starts the cluster; make test skips them without it)
