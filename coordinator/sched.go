@@ -351,22 +351,31 @@ func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 			return
 		}
 		// The dependents already left the scheduler, so nothing can
-		// dispatch them; recording them (one transaction each) need not
+		// dispatch them; recording them (one transaction for all) need not
 		// hold the lock that every report and dispatch waits for. A crash
-		// in between leaves the unwritten ones scheduled in the database,
-		// exactly as a crash inside this loop did when it held the lock.
+		// before the commit leaves them all scheduled in the database, as
+		// a crash before the write did when it held the lock.
 		// Waiters are woken after the write, so Wait sees the new state.
 		now := c.clk.Now()
+		batch := make([]db.DependencyFailure, len(deps))
+		for i, d := range deps {
+			batch[i] = db.DependencyFailure{ID: d.ID,
+				Cause: fmt.Sprintf("dependency failed: input %s (build %s)", d.FailedInput, d.FailedBuild)}
+		}
 		write := func(ctx context.Context, locked bool) {
 			var done []string
-			for _, d := range deps {
-				cause := fmt.Sprintf("dependency failed: input %s (build %s)", d.FailedInput, d.FailedBuild)
-				if err := failer.FailDependency(ctx, d.ID, now, cause); err != nil {
-					c.log.Error("mark failed dependency", "build", d.ID, "err", err)
-					continue
+			skipped, err := failer.FailDependencies(ctx, now, batch)
+			if err != nil {
+				c.log.Error("mark failed dependencies", "build", id, "dependents", len(batch), "err", err)
+			} else {
+				for _, d := range batch {
+					if e := skipped[d.ID]; e != nil {
+						c.log.Error("mark failed dependency", "build", d.ID, "err", e)
+						continue
+					}
+					c.log.Info("build failed: dependency", "build", d.ID, "cause", d.Cause)
+					done = append(done, d.ID)
 				}
-				c.log.Info("build failed: dependency", "build", d.ID, "cause", cause)
-				done = append(done, d.ID)
 			}
 			if !locked {
 				c.mu.Lock()

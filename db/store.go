@@ -241,6 +241,17 @@ type Store interface {
 // backends implement it (sqlstore) and dbtest checks it when present.
 type DependencyFailer interface {
 	FailDependency(ctx context.Context, id string, at time.Time, cause string) error
+	// FailDependencies does the same for many builds in one transaction.
+	// Builds that are not scheduled (ErrConflict) or unknown (ErrNotFound)
+	// are left as they are and returned in skipped with that error; any
+	// other error means none was changed.
+	FailDependencies(ctx context.Context, at time.Time, deps []DependencyFailure) (skipped map[string]error, err error)
+}
+
+// DependencyFailure is one build to move to failed-dependency and why.
+type DependencyFailure struct {
+	ID    string
+	Cause string
 }
 
 // Scheduling is implemented by stores that support the scheduler's

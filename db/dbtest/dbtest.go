@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"RunnableAndOnAgent", testRunnableAndOnAgent},
 		{"ConcurrentTransitions", testConcurrentTransitions},
 		{"FailDependency", testFailDependency},
+		{"FailDependencies", testFailDependencies},
 		{"Scheduling", testScheduling},
 		{"ConcurrentReadsAndWrites", testConcurrentReadsAndWrites},
 		{"Events", testEvents},
@@ -819,6 +820,56 @@ func testFailDependency(t *testing.T, s db.Store) {
 	must(t, "Builds", err)
 	if got := ids(bs); !reflect.DeepEqual(got, []string{"dep"}) {
 		t.Errorf("Builds(failed-dependency) = %v", got)
+	}
+}
+
+// testFailDependencies: one batch moves every scheduled build, skips (and
+// reports) the allocated and unknown ones without failing the rest, and
+// writes one failed-dependency event per moved build with its cause.
+func testFailDependencies(t *testing.T, s db.Store) {
+	fd, ok := s.(db.DependencyFailer)
+	if !ok {
+		t.Skip("store does not implement db.DependencyFailer")
+	}
+	ctx := ctxFor(t)
+	newAgent(t, s, "a1")
+	createBuilds(t, s, newBuild("d1", 0), newBuild("d2", 1), newBuild("d3", 2), newBuild("held", 3))
+	must(t, "allocate", s.AllocateBuild(ctx, "held", "a1", at(4)))
+	skipped, err := fd.FailDependencies(ctx, at(5), []db.DependencyFailure{
+		{ID: "d1", Cause: "input x failed (build b0)"},
+		{ID: "held", Cause: "c"},
+		{ID: "d2", Cause: "input y failed (build b0)"},
+		{ID: "nope", Cause: "c"},
+		{ID: "d3", Cause: "input z failed (build b0)"},
+	})
+	must(t, "FailDependencies", err)
+	if len(skipped) != 2 {
+		t.Errorf("skipped = %v, want held and nope", skipped)
+	}
+	mustErrIs(t, "skipped held", skipped["held"], db.ErrConflict)
+	mustErrIs(t, "skipped nope", skipped["nope"], db.ErrNotFound)
+	for id, cause := range map[string]string{"d1": "input x failed (build b0)", "d2": "input y failed (build b0)", "d3": "input z failed (build b0)"} {
+		b, err := s.Build(ctx, id)
+		must(t, "Build", err)
+		if b.State != db.StateFailedDependency || b.FailureReason != cause {
+			t.Errorf("%s after FailDependencies: state %s, reason %q", id, b.State, b.FailureReason)
+		}
+		sameTime(t, "EndedAt", b.EndedAt, at(5))
+		es, err := s.Events(ctx, db.EventFilter{Build: id, Types: []db.EventType{db.EventFailedDependency}})
+		must(t, "Events", err)
+		if len(es) != 1 || es[0].Reason != cause || es[0].Derivation != "/nix/store/"+id+"-x.drv" || len(es[0].Tags) != 2 {
+			t.Errorf("%s failed-dependency events: %+v", id, es)
+		}
+	}
+	if got := state(t, s, "held"); got != db.StateAllocated {
+		t.Errorf("held is %s, want allocated", got)
+	}
+	// A second batch over the same builds changes nothing and says why.
+	skipped, err = fd.FailDependencies(ctx, at(6), []db.DependencyFailure{{ID: "d1", Cause: "again"}})
+	must(t, "FailDependencies again", err)
+	mustErrIs(t, "again d1", skipped["d1"], db.ErrConflict)
+	if skipped, err := fd.FailDependencies(ctx, at(6), nil); err != nil || len(skipped) != 0 {
+		t.Errorf("empty batch: %v, %v", skipped, err)
 	}
 }
 

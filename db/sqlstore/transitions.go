@@ -41,67 +41,78 @@ type changed struct {
 func (s *Store) transition(ctx context.Context, id string, r rule, set string, setArgs []any,
 	then func(tx Tx, c changed) error) error {
 	err := s.write(ctx, func(tx Tx) error {
-		var q strings.Builder
-		args := append(append([]any(nil), setArgs...), id)
-		fmt.Fprintf(&q, "UPDATE builds SET %s WHERE id = ? AND state IN (", set)
-		for i, st := range r.from {
-			if i > 0 {
-				q.WriteString(", ")
-			}
-			q.WriteString("?")
-			args = append(args, string(st))
-		}
-		q.WriteString(")")
-		if r.holder {
-			q.WriteString(" AND agent_id = ?")
-			args = append(args, r.agentID)
-		}
-		q.WriteString(" RETURNING attempts, derivation, system, agent_id")
-		var (
-			c     changed
-			agent sql.NullString
-		)
-		err := tx.QueryRowContext(ctx, q.String(), args...).Scan(&c.attempt, &c.derivation, &c.system, &agent)
-		if errors.Is(err, sql.ErrNoRows) {
-			return whyNot(ctx, tx, id, r)
-		}
-		if s.isForeignKey(err) {
-			// Only AllocateBuild sets agent_id.
-			return fmt.Errorf("agent %s: %w", r.agentID, db.ErrNotFound)
-		}
-		if err != nil {
-			return fmt.Errorf("updating build: %w", err)
-		}
-		c.agentID = agent.String
-		if then != nil {
-			if err := then(tx, c); err != nil {
-				return err
-			}
-		}
-		if r.event.Type == "" {
-			return nil
-		}
-		e := r.event
-		e.At, e.Build, e.Derivation, e.System = r.at, id, c.derivation, c.system
-		if e.Agent == "" {
-			e.Agent = c.agentID
-		}
-		if c.attempt > 0 && c.agentID != "" {
-			e.Attempt = c.attempt
-		}
-		if e.Tags, err = buildTags(ctx, tx, id); err != nil {
-			return err
-		}
-		_, err = s.insertEvent(ctx, tx, e)
-		return err
+		return s.transitionTx(ctx, tx, id, r, set, setArgs, then)
 	})
 	if err != nil {
-		if r.agentID != "" {
-			return fmt.Errorf("%s build %s (agent %s): %w", r.op, id, r.agentID, err)
-		}
-		return fmt.Errorf("%s build %s: %w", r.op, id, err)
+		return r.wrap(id, err)
 	}
 	return nil
+}
+
+func (r rule) wrap(id string, err error) error {
+	if r.agentID != "" {
+		return fmt.Errorf("%s build %s (agent %s): %w", r.op, id, r.agentID, err)
+	}
+	return fmt.Errorf("%s build %s: %w", r.op, id, err)
+}
+
+// transitionTx is transition inside the caller's writer transaction, so
+// that several transitions can share one commit.
+func (s *Store) transitionTx(ctx context.Context, tx Tx, id string, r rule, set string, setArgs []any,
+	then func(tx Tx, c changed) error) error {
+	var q strings.Builder
+	args := append(append([]any(nil), setArgs...), id)
+	fmt.Fprintf(&q, "UPDATE builds SET %s WHERE id = ? AND state IN (", set)
+	for i, st := range r.from {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("?")
+		args = append(args, string(st))
+	}
+	q.WriteString(")")
+	if r.holder {
+		q.WriteString(" AND agent_id = ?")
+		args = append(args, r.agentID)
+	}
+	q.WriteString(" RETURNING attempts, derivation, system, agent_id")
+	var (
+		c     changed
+		agent sql.NullString
+	)
+	err := tx.QueryRowContext(ctx, q.String(), args...).Scan(&c.attempt, &c.derivation, &c.system, &agent)
+	if errors.Is(err, sql.ErrNoRows) {
+		return whyNot(ctx, tx, id, r)
+	}
+	if s.isForeignKey(err) {
+		// Only AllocateBuild sets agent_id.
+		return fmt.Errorf("agent %s: %w", r.agentID, db.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("updating build: %w", err)
+	}
+	c.agentID = agent.String
+	if then != nil {
+		if err := then(tx, c); err != nil {
+			return err
+		}
+	}
+	if r.event.Type == "" {
+		return nil
+	}
+	e := r.event
+	e.At, e.Build, e.Derivation, e.System = r.at, id, c.derivation, c.system
+	if e.Agent == "" {
+		e.Agent = c.agentID
+	}
+	if c.attempt > 0 && c.agentID != "" {
+		e.Attempt = c.attempt
+	}
+	if e.Tags, err = buildTags(ctx, tx, id); err != nil {
+		return err
+	}
+	_, err = s.insertEvent(ctx, tx, e)
+	return err
 }
 
 // whyNot explains a transition whose UPDATE matched no row.
@@ -271,9 +282,47 @@ func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error 
 // becomes the failure reason. Not yet part of db.Store (adding a method
 // would break existing fakes); see db.DependencyFailer.
 func (s *Store) FailDependency(ctx context.Context, id string, at time.Time, cause string) error {
-	return s.transition(ctx, id,
-		rule{op: "failing dependency of", from: []db.BuildState{db.StateScheduled}, at: at, event: db.Event{Type: db.EventFailedDependency, Reason: cause}},
+	return s.transition(ctx, id, failDependencyRule(at, cause),
 		`state = 'failed-dependency', ended_at = ?, failure_reason = ?`, []any{ms(at), cause}, nil)
+}
+
+func failDependencyRule(at time.Time, cause string) rule {
+	return rule{op: "failing dependency of", from: []db.BuildState{db.StateScheduled}, at: at,
+		event: db.Event{Type: db.EventFailedDependency, Reason: cause}}
+}
+
+// FailDependencies is FailDependency for many builds in one transaction:
+// one commit (and, on SQLite, one turn of the single writer) instead of
+// one per dependent. A build that is not scheduled (ErrConflict) or not
+// there (ErrNotFound) is skipped and reported in skipped; any other error
+// rolls the whole set back.
+func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.DependencyFailure) (skipped map[string]error, err error) {
+	if len(deps) == 0 {
+		return nil, nil
+	}
+	err = s.write(ctx, func(tx Tx) error {
+		skipped = nil // a retried transaction starts over
+		for _, d := range deps {
+			r := failDependencyRule(at, d.Cause)
+			err := s.transitionTx(ctx, tx, d.ID, r,
+				`state = 'failed-dependency', ended_at = ?, failure_reason = ?`, []any{ms(at), d.Cause}, nil)
+			switch {
+			case err == nil:
+			case errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound):
+				if skipped == nil {
+					skipped = map[string]error{}
+				}
+				skipped[d.ID] = r.wrap(d.ID, err)
+			default:
+				return r.wrap(d.ID, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failing %d dependents: %w", len(deps), err)
+	}
+	return skipped, nil
 }
 
 // SetupFailBuild: allocated or started → scheduled (or failed when final),
