@@ -285,22 +285,19 @@ func (s *Session) canTake(b scheduler.Build) bool {
 
 // assignLocked records the allocation and pushes the build to the agent.
 func (c *Coordinator) assignLocked(ctx context.Context, s *Session, id string) error {
-	if err := c.store.AllocateBuild(ctx, id, s.agentID, c.clk.Now()); err != nil {
-		return err
-	}
-	b, err := c.store.Build(ctx, id)
+	a, err := c.allocate(ctx, id, s.agentID)
 	if err != nil {
-		return fmt.Errorf("reload allocated build: %w", err)
+		return err
 	}
 	if err := os.MkdirAll(c.uploadDir(s.agentID, id), 0o755); err != nil {
 		c.log.Error("create upload dir", "build", id, "err", err)
 	}
 	s.holds[id] = true
-	outs := make([]protocol.OutputRef, 0, len(b.Outputs))
-	for _, o := range b.Outputs {
+	outs := make([]protocol.OutputRef, 0, len(a.Outputs))
+	for _, o := range a.Outputs {
 		outs = append(outs, protocol.OutputRef{Name: o.Name, Path: o.Path})
 	}
-	timeout, silent := b.TimeoutSeconds, b.MaxSilentSeconds
+	timeout, silent := a.TimeoutSeconds, a.MaxSilentSeconds
 	if timeout == 0 {
 		timeout = int(c.cfg.BuildTimeout.Seconds())
 	}
@@ -309,15 +306,33 @@ func (c *Coordinator) assignLocked(ctx context.Context, s *Session, id string) e
 	}
 	s.push(&protocol.Build{
 		Build:                id,
-		Derivation:           b.Derivation,
-		System:               b.System,
+		Derivation:           a.Derivation,
+		System:               a.System,
 		Outputs:              outs,
 		TimeoutSeconds:       timeout,
 		MaxSilentTimeSeconds: silent,
 		UploadDir:            "/uploads/" + id,
 	})
-	c.log.Info("build allocated", "build", id, "agent", s.agentID, "system", b.System, "priority", b.Priority)
+	c.log.Info("build allocated", "build", id, "agent", s.agentID, "system", a.System, "priority", a.Priority)
 	return nil
+}
+
+// allocate records the allocation and returns what the agent needs, in
+// one transaction where the store can (db.Scheduling), else with a read
+// after it.
+func (c *Coordinator) allocate(ctx context.Context, id, agentID string) (db.Allocation, error) {
+	if sc, ok := c.store.(db.Scheduling); ok {
+		return sc.AllocateBuildFor(ctx, id, agentID, c.clk.Now())
+	}
+	if err := c.store.AllocateBuild(ctx, id, agentID, c.clk.Now()); err != nil {
+		return db.Allocation{}, err
+	}
+	b, err := c.store.Build(ctx, id)
+	if err != nil {
+		return db.Allocation{}, fmt.Errorf("reload allocated build: %w", err)
+	}
+	return db.Allocation{ID: id, Derivation: b.Derivation, System: b.System, Priority: b.Priority,
+		Attempt: len(b.Attempts), Outputs: b.Outputs, TimeoutSeconds: b.TimeoutSeconds, MaxSilentSeconds: b.MaxSilentSeconds}, nil
 }
 
 // outcome is how a build ended, for dependency handling.

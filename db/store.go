@@ -265,4 +265,20 @@ type Scheduling interface {
 	// BuildsForDerivations returns every build (any state, newest first,
 	// without attempts and results) of any of the derivations.
 	BuildsForDerivations(ctx context.Context, derivations []string) ([]Build, error)
+	// AllocateBuildFor is AllocateBuild that also returns, from the same
+	// transaction, what an agent needs to run the build, so dispatch need
+	// not read the build again.
+	AllocateBuildFor(ctx context.Context, id, agentID string, at time.Time) (Allocation, error)
+}
+
+// Allocation is an allocated build as dispatch sends it to the agent.
+type Allocation struct {
+	ID               string
+	Derivation       string
+	System           string
+	Priority         int
+	Attempt          int
+	Outputs          []DerivationOutput
+	TimeoutSeconds   int // 0: the coordinator's default
+	MaxSilentSeconds int // 0: the coordinator's default
 }

@@ -42,6 +42,7 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"FailDependency", testFailDependency},
 		{"FailDependencies", testFailDependencies},
 		{"Scheduling", testScheduling},
+		{"AllocateBuildFor", testAllocateBuildFor},
 		{"ConcurrentReadsAndWrites", testConcurrentReadsAndWrites},
 		{"Events", testEvents},
 		{"SetupFailBuild", testSetupFailBuild},
@@ -944,6 +945,47 @@ func testConcurrentReadsAndWrites(t *testing.T, s db.Store) {
 // testScheduling runs only for stores that implement db.Scheduling: build
 // options round-trip, priorities change until a build ends, and builds are
 // found by derivation.
+// testAllocateBuildFor: the allocation returns what the agent needs (as
+// Build would read it afterwards), opens the attempt and records the
+// event; errors are AllocateBuild's.
+func testAllocateBuildFor(t *testing.T, s db.Store) {
+	sc, ok := s.(db.Scheduling)
+	if !ok {
+		t.Skip("store does not implement db.Scheduling")
+	}
+	ctx := ctxFor(t)
+	newAgent(t, s, "a1")
+	nb := newBuild("b1", 0)
+	nb.Priority, nb.TimeoutSeconds, nb.MaxSilentSeconds = 7, 3600, 300
+	createBuilds(t, s, nb, newBuild("b2", 1))
+	a, err := sc.AllocateBuildFor(ctx, "b1", "a1", at(5))
+	must(t, "AllocateBuildFor", err)
+	want := db.Allocation{ID: "b1", Derivation: nb.Derivation, System: nb.System, Priority: 7, Attempt: 1,
+		Outputs: nb.Outputs, TimeoutSeconds: 3600, MaxSilentSeconds: 300}
+	if !reflect.DeepEqual(a, want) {
+		t.Errorf("AllocateBuildFor = %+v, want %+v", a, want)
+	}
+	b, err := s.Build(ctx, "b1")
+	must(t, "Build", err)
+	if b.State != db.StateAllocated || b.AgentID != "a1" || len(b.Attempts) != 1 {
+		t.Errorf("after AllocateBuildFor: %+v", b)
+	}
+	es, err := s.Events(ctx, db.EventFilter{Build: "b1", Types: []db.EventType{db.EventAllocated}})
+	must(t, "Events", err)
+	if len(es) != 1 || es[0].Agent != "a1" || es[0].Attempt != 1 {
+		t.Errorf("allocated events: %+v", es)
+	}
+	a2, err := sc.AllocateBuildFor(ctx, "b2", "a1", at(6))
+	must(t, "AllocateBuildFor b2", err)
+	if a2.TimeoutSeconds != 0 || a2.MaxSilentSeconds != 0 || a2.Priority != 0 || len(a2.Outputs) != 2 {
+		t.Errorf("AllocateBuildFor b2 = %+v", a2)
+	}
+	_, err = sc.AllocateBuildFor(ctx, "b1", "a1", at(7))
+	mustErrIs(t, "AllocateBuildFor twice", err, db.ErrConflict)
+	_, err = sc.AllocateBuildFor(ctx, "nope", "a1", at(7))
+	mustErrIs(t, "AllocateBuildFor unknown build", err, db.ErrNotFound)
+}
+
 func testScheduling(t *testing.T, s db.Store) {
 	sc, ok := s.(db.Scheduling)
 	if !ok {

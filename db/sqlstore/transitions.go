@@ -156,6 +156,18 @@ var (
 
 // AllocateBuild: scheduled → allocated, opening attempt n+1 for agentID.
 func (s *Store) AllocateBuild(ctx context.Context, id, agentID string, at time.Time) error {
+	return s.allocate(ctx, id, agentID, at, nil)
+}
+
+// AllocateBuildFor is AllocateBuild returning the allocated build's run
+// parameters, read in the same transaction.
+func (s *Store) AllocateBuildFor(ctx context.Context, id, agentID string, at time.Time) (db.Allocation, error) {
+	var a db.Allocation
+	err := s.allocate(ctx, id, agentID, at, &a)
+	return a, err
+}
+
+func (s *Store) allocate(ctx context.Context, id, agentID string, at time.Time, out *db.Allocation) error {
 	return s.transition(ctx, id,
 		rule{op: "allocating", from: []db.BuildState{db.StateScheduled}, agentID: agentID, at: at, event: db.Event{Type: db.EventAllocated}},
 		`state = 'allocated', agent_id = ?, attempts = attempts + 1, started_at = NULL, ended_at = NULL, failure_reason = ''`,
@@ -168,6 +180,29 @@ func (s *Store) AllocateBuild(ctx context.Context, id, agentID string, at time.T
 			if err != nil {
 				return fmt.Errorf("opening attempt %d: %w", n, err)
 			}
+			if out == nil {
+				return nil
+			}
+			a := db.Allocation{ID: id, Derivation: c.derivation, System: c.system, Attempt: n}
+			var timeout, silent sql.NullInt64
+			if err := tx.QueryRowContext(ctx, `SELECT priority, timeout_seconds, max_silent_seconds FROM builds WHERE id = ?`, id).
+				Scan(&a.Priority, &timeout, &silent); err != nil {
+				return fmt.Errorf("reading allocated build: %w", err)
+			}
+			a.TimeoutSeconds, a.MaxSilentSeconds = int(timeout.Int64), int(silent.Int64)
+			err = eachRow(ctx, tx, `SELECT name, path FROM build_outputs WHERE build_id = ? ORDER BY pos`, []any{id},
+				func(rows *sql.Rows) error {
+					var o db.DerivationOutput
+					if err := rows.Scan(&o.Name, &o.Path); err != nil {
+						return err
+					}
+					a.Outputs = append(a.Outputs, o)
+					return nil
+				})
+			if err != nil {
+				return fmt.Errorf("reading outputs of allocated build: %w", err)
+			}
+			*out = a
 			return nil
 		})
 }
