@@ -85,6 +85,7 @@ type Cache struct {
 	info  []byte // nix-cache-info contents
 	locks [64]sync.Mutex
 	zpool *compression.Pool
+	bufs  sync.Pool // *bufio.Writer of 256 KiB for spool
 	// onStep, set only by tests, observes each durability step of a
 	// batch (see commit).
 	onStep func(op, path string)

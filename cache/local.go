@@ -42,7 +42,17 @@ func (c *Cache) spool(ctx context.Context, produce func(w io.Writer) error, extr
 		}
 	}()
 	fileHW := nar.NewHashingWriter()
-	bw := bufio.NewWriterSize(io.MultiWriter(tmp, fileHW), 256<<10)
+	bw, _ := c.bufs.Get().(*bufio.Writer)
+	if bw == nil {
+		bw = bufio.NewWriterSize(nil, 256<<10)
+	}
+	// Reused: a fresh 256 KiB buffer per spooled .drv cost more than the
+	// rest of publishing it.
+	bw.Reset(io.MultiWriter(tmp, fileHW))
+	defer func() {
+		bw.Reset(nil)
+		c.bufs.Put(bw)
+	}()
 	cw, err := c.zpool.NewWriter(bw, c.opts.Compression)
 	if err != nil {
 		return s, err

@@ -14,12 +14,21 @@ import (
 
 const bufSize = 256 << 10
 
+// dumpSlack is room for the NAR framing around a single file's contents.
+const dumpSlack = 4 << 10
+
 // Dump writes the NAR serialisation of the file, directory or symlink at
 // path to w, byte-identical to `nix-store --dump path`. Symlinks are
 // recorded, never followed; only the owner-executable bit of regular files
 // is kept, as Nix does. Sockets, devices and FIFOs are refused.
 func Dump(w io.Writer, path string) error {
-	d := dumper{w: bufio.NewWriterSize(w, bufSize)}
+	size := bufSize
+	if st, err := os.Lstat(path); err == nil && st.Mode().IsRegular() && st.Size() < bufSize-dumpSlack {
+		// A small file (a .drv, typically) needs a small buffer: a
+		// fresh 256 KiB one per call dominated publishing many of them.
+		size = int(st.Size()) + dumpSlack
+	}
+	d := dumper{w: bufio.NewWriterSize(w, size)}
 	d.str(magic)
 	if err := d.node(path, 0); err != nil {
 		return err
