@@ -336,11 +336,24 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 		return fmt.Errorf("cache publish %s: %s is %d bytes (%s), entry says FileSize %d", e.StorePath, compressedFile, st.Size(), st.Mode().Type(), e.FileSize)
 	}
 	url := narURL(e.FileHash, e.Compression)
-	if err := c.placeNar(compressedFile, filepath.Join(c.dir, filepath.FromSlash(url))); err != nil {
-		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
-	}
 	body, err := c.render(sp, &e, url)
 	if err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	// The narinfo's temp file is written before the NAR is placed so that
+	// both files' syncs run at once (one journal commit on most
+	// filesystems) instead of one after the other. The narinfo itself
+	// still appears only after the NAR's rename is durable.
+	info, err := writeTemp(c.dir, body)
+	if err != nil {
+		return fmt.Errorf("cache publish %s: write narinfo: %w", e.StorePath, err)
+	}
+	defer func() {
+		if info != "" {
+			os.Remove(info)
+		}
+	}()
+	if err := c.placeNar(compressedFile, filepath.Join(c.dir, filepath.FromSlash(url)), info); err != nil {
 		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
 	}
 	mu := c.lockFor(sp.HashPart)
@@ -350,7 +363,11 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 	if done, err := c.alreadyPublished(sp, e.NarHash); done || err != nil {
 		return err
 	}
-	if err := writeFileAtomic(c.narinfoPath(sp.HashPart), body); err != nil {
+	if err := os.Rename(info, c.narinfoPath(sp.HashPart)); err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	info = ""
+	if err := syncDir(c.dir); err != nil {
 		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
 	}
 	c.log.InfoContext(ctx, "published", "path", e.StorePath, "nar_size", e.NarSize, "file_size", e.FileSize, "compression", e.Compression)
@@ -379,24 +396,25 @@ func (c *Cache) alreadyPublished(sp storepath.StorePath, narHash nixhash.Hash) (
 	return true, nil
 }
 
-// placeNar moves src to dst. NAR files are named by content hash, so an
-// existing dst already holds these bytes.
-func (c *Cache) placeNar(src, dst string) error {
+// placeNar moves src to dst, durably, and makes also (a file already
+// written, not yet synced) durable, syncing both at once. NAR files are
+// named by content hash, so an existing dst already holds these bytes.
+func (c *Cache) placeNar(src, dst, also string) error {
 	if _, err := os.Stat(dst); err == nil {
+		if err := fsyncFile(also); err != nil {
+			return err
+		}
 		return os.Remove(src)
-	}
-	f, err := os.Open(src)
-	if err != nil {
-		return err
 	}
 	// The caller's file may not be synced; make its bytes durable before a
 	// narinfo can point at them.
-	serr := f.Sync()
-	f.Close()
-	if serr != nil {
-		return fmt.Errorf("sync %s: %w", src, serr)
+	alsoErr := make(chan error, 1)
+	go func() { alsoErr <- fsyncFile(also) }()
+	serr := fsyncFile(src)
+	if err := errors.Join(serr, <-alsoErr); err != nil {
+		return err
 	}
-	err = os.Rename(src, dst)
+	err := os.Rename(src, dst)
 	if errors.Is(err, syscall.EXDEV) {
 		err = copyAcross(src, dst)
 	}

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,6 +28,22 @@ func writeFileAtomic(path string, b []byte) error {
 		return err
 	}
 	return nil
+}
+
+// writeTemp writes b to a new world-readable temp file in dir, without
+// syncing it, and returns its name.
+func writeTemp(dir string, b []byte) (string, error) {
+	tmp, err := os.CreateTemp(dir, tmpPrefix)
+	if err != nil {
+		return "", err
+	}
+	_, werr := tmp.Write(b)
+	cerr := tmp.Chmod(0o644)
+	if err := errors.Join(werr, cerr, tmp.Close()); err != nil {
+		os.Remove(tmp.Name())
+		return "", err
+	}
+	return tmp.Name(), nil
 }
 
 // finishTemp makes a fully written temp file durable and renames it to
