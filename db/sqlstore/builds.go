@@ -98,6 +98,15 @@ func (s *Store) insertBuilds(ctx context.Context, tx Tx, builds []db.NewBuild) e
 	if err != nil {
 		return err
 	}
+	// One prepared event insert for the batch where the dialect needs no
+	// event lock (SQLite: its single writer already orders them); else
+	// insertEvent takes the lock per event.
+	var insEvent *sql.Stmt
+	if s.d.LockEvents == nil {
+		if insEvent, err = prep(insertEventSQL); err != nil {
+			return err
+		}
+	}
 	for _, b := range builds {
 		_, err := insBuild.ExecContext(ctx, b.ID, b.Derivation, b.System, b.Priority, ms(b.CreatedAt), ms(b.DeferUntil), b.TimeoutSeconds, b.MaxSilentSeconds)
 		if s.isUnique(err) {
@@ -121,8 +130,19 @@ func (s *Store) insertBuilds(ctx context.Context, tx Tx, builds []db.NewBuild) e
 				return fmt.Errorf("build %s: output %s: %w", b.ID, o.Name, err)
 			}
 		}
-		if _, err := s.insertEvent(ctx, tx, SubmittedEvent(b)); err != nil {
+		if insEvent == nil {
+			if _, err := s.insertEvent(ctx, tx, SubmittedEvent(b)); err != nil {
+				return err
+			}
+			continue
+		}
+		e := SubmittedEvent(b)
+		args, err := eventArgs(e)
+		if err != nil {
 			return err
+		}
+		if _, err := insEvent.ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("appending %s event of build %q: %w", e.Type, e.Build, err)
 		}
 	}
 	return nil

@@ -13,10 +13,7 @@ import (
 // insertEvent appends one event inside tx and returns its id, taking the
 // dialect's event lock first (see Dialect.LockEvents).
 func (s *Store) insertEvent(ctx context.Context, tx Tx, e db.Event) (int64, error) {
-	if !db.ValidEventType(e.Type) {
-		return 0, fmt.Errorf("event type %q is not known", e.Type)
-	}
-	data, err := db.EventData(e)
+	args, err := eventArgs(e)
 	if err != nil {
 		return 0, err
 	}
@@ -26,12 +23,25 @@ func (s *Store) insertEvent(ctx context.Context, tx Tx, e db.Event) (int64, erro
 		}
 	}
 	var id int64
-	err = tx.QueryRowContext(ctx, `INSERT INTO events (type, at, build_id, agent_id, data) VALUES (?, ?, ?, ?, ?) RETURNING id`,
-		string(e.Type), e.At.UnixMilli(), nullString(e.Build), nullString(e.Agent), string(data)).Scan(&id)
+	err = tx.QueryRowContext(ctx, insertEventSQL+` RETURNING id`, args...).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("appending %s event of build %q: %w", e.Type, e.Build, err)
 	}
 	return id, nil
+}
+
+const insertEventSQL = `INSERT INTO events (type, at, build_id, agent_id, data) VALUES (?, ?, ?, ?, ?)`
+
+// eventArgs checks e and returns the arguments of insertEventSQL.
+func eventArgs(e db.Event) ([]any, error) {
+	if !db.ValidEventType(e.Type) {
+		return nil, fmt.Errorf("event type %q is not known", e.Type)
+	}
+	data, err := db.EventData(e)
+	if err != nil {
+		return nil, err
+	}
+	return []any{string(e.Type), e.At.UnixMilli(), nullString(e.Build), nullString(e.Agent), string(data)}, nil
 }
 
 // buildTags reads a build's tags in order.
