@@ -126,6 +126,38 @@ type queryer interface {
 type Tx struct {
 	q      queryer
 	rebind func(string) string
+	// stmts, if set, prepares each distinct statement once and reuses
+	// it: for transactions that run the same few statements many times.
+	stmts *stmtCache
+}
+
+type stmtCache struct {
+	m map[string]*sql.Stmt
+}
+
+// prepared returns the cached statement for q (already rebound), or nil
+// when there is no cache or q could not be prepared (the caller then runs
+// q directly and gets the same error from it).
+func (t Tx) prepared(ctx context.Context, q string) *sql.Stmt {
+	if t.stmts == nil {
+		return nil
+	}
+	if st, ok := t.stmts.m[q]; ok {
+		return st
+	}
+	st, err := t.q.PrepareContext(ctx, q)
+	if err != nil {
+		return nil
+	}
+	t.stmts.m[q] = st
+	return st
+}
+
+func (c *stmtCache) close() {
+	for _, st := range c.m {
+		st.Close()
+	}
+	clear(c.m)
 }
 
 func (t Tx) sql(q string) string {
@@ -137,16 +169,25 @@ func (t Tx) sql(q string) string {
 
 // ExecContext is sql.Tx.ExecContext with ? placeholders.
 func (t Tx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	if st := t.prepared(ctx, t.sql(q)); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
 	return t.q.ExecContext(ctx, t.sql(q), args...)
 }
 
 // QueryContext is sql.Tx.QueryContext with ? placeholders.
 func (t Tx) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if st := t.prepared(ctx, t.sql(q)); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
 	return t.q.QueryContext(ctx, t.sql(q), args...)
 }
 
 // QueryRowContext is sql.Tx.QueryRowContext with ? placeholders.
 func (t Tx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	if st := t.prepared(ctx, t.sql(q)); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
 	return t.q.QueryRowContext(ctx, t.sql(q), args...)
 }
 
@@ -174,13 +215,28 @@ func (s *Store) retry(ctx context.Context, try func() error) error {
 // isolation: SQLite BEGIN IMMEDIATE on its single connection, PostgreSQL
 // READ COMMITTED), retried as the dialect says.
 func (s *Store) write(ctx context.Context, fn func(tx Tx) error) error {
+	return s.writeTx(ctx, false, fn)
+}
+
+// writeRepeated is write for a transaction that runs the same statements
+// many times (a batch of transitions): each is prepared once.
+func (s *Store) writeRepeated(ctx context.Context, fn func(tx Tx) error) error {
+	return s.writeTx(ctx, true, fn)
+}
+
+func (s *Store) writeTx(ctx context.Context, cached bool, fn func(tx Tx) error) error {
 	return s.retry(ctx, func() error {
 		tx, err := s.w.BeginTx(ctx, nil)
 		if err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
 		defer tx.Rollback()
-		if err := fn(Tx{tx, s.d.Rebind}); err != nil {
+		t := Tx{q: tx, rebind: s.d.Rebind}
+		if cached {
+			t.stmts = &stmtCache{m: map[string]*sql.Stmt{}}
+			defer t.stmts.close()
+		}
+		if err := fn(t); err != nil {
 			return err
 		}
 		if err := tx.Commit(); err != nil {
@@ -200,7 +256,7 @@ func (s *Store) read(ctx context.Context, fn func(tx Tx) error) error {
 			return fmt.Errorf("begin read: %w", err)
 		}
 		defer tx.Rollback()
-		return fn(Tx{tx, s.d.Rebind})
+		return fn(Tx{q: tx, rebind: s.d.Rebind})
 	})
 }
 
@@ -210,7 +266,7 @@ func (s *Store) readOne(ctx context.Context, fn func(tx Tx) error) error {
 	if !s.d.DirectSingleReads {
 		return s.read(ctx, fn)
 	}
-	return s.retry(ctx, func() error { return fn(Tx{s.r, s.d.Rebind}) })
+	return s.retry(ctx, func() error { return fn(Tx{q: s.r, rebind: s.d.Rebind}) })
 }
 
 func (s *Store) isUnique(err error) bool {

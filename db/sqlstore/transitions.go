@@ -335,7 +335,7 @@ func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.De
 	if len(deps) == 0 {
 		return nil, nil
 	}
-	err = s.write(ctx, func(tx Tx) error {
+	err = s.writeRepeated(ctx, func(tx Tx) error {
 		skipped = nil // a retried transaction starts over
 		for _, d := range deps {
 			r := failDependencyRule(at, d.Cause)
