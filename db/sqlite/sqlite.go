@@ -69,6 +69,10 @@ func dsn(path string, readOnly bool) string {
 		q.Set("_journal_mode", "WAL")
 		q.Set("_synchronous", "NORMAL")
 		q.Set("_txlock", "immediate")
+		// 64 MiB of page cache for the one writer connection (default
+		// 2 MiB): with a large queue the builds indexes a transition
+		// updates no longer fit the default and every row re-reads pages.
+		q.Set("_cache_size", "-65536")
 	}
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 }
