@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -871,6 +873,46 @@ func testFailDependencies(t *testing.T, s db.Store) {
 	mustErrIs(t, "again d1", skipped["d1"], db.ErrConflict)
 	if skipped, err := fd.FailDependencies(ctx, at(6), nil); err != nil || len(skipped) != 0 {
 		t.Errorf("empty batch: %v, %v", skipped, err)
+	}
+
+	// More dependents than one statement binds, in an order that is not
+	// the id order: every one moves, and the events follow deps' order.
+	const many = 1100
+	var (
+		bs    []db.NewBuild
+		batch []db.DependencyFailure
+	)
+	for i := range many {
+		id := fmt.Sprintf("m%04d", i)
+		bs = append(bs, newBuild(id, 10))
+		batch = append(batch, db.DependencyFailure{ID: id, Cause: fmt.Sprintf("input %d failed", i%2)})
+	}
+	createBuilds(t, s, bs...)
+	slices.Reverse(batch)
+	skipped, err = fd.FailDependencies(ctx, at(11), batch)
+	must(t, "FailDependencies many", err)
+	if len(skipped) != 0 {
+		t.Errorf("many: skipped %d", len(skipped))
+	}
+	es, err := s.Events(ctx, db.EventFilter{Types: []db.EventType{db.EventFailedDependency}})
+	must(t, "Events", err)
+	var got []string
+	for _, e := range es {
+		if strings.HasPrefix(e.Build, "m") {
+			got = append(got, e.Build+" "+e.Reason)
+		}
+	}
+	var want []string
+	for _, d := range batch {
+		want = append(want, d.ID+" "+d.Cause)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("many: %d events, want %d in deps order", len(got), len(want))
+	}
+	fd1, err := s.Builds(ctx, db.BuildFilter{State: db.StateFailedDependency})
+	must(t, "Builds", err)
+	if len(fd1) != many+3 {
+		t.Errorf("many: %d failed-dependency builds, want %d", len(fd1), many+3)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -328,27 +329,101 @@ func failDependencyRule(at time.Time, cause string) rule {
 
 // FailDependencies is FailDependency for many builds in one transaction:
 // one commit (and, on SQLite, one turn of the single writer) instead of
-// one per dependent. A build that is not scheduled (ErrConflict) or not
-// there (ErrNotFound) is skipped and reported in skipped; any other error
-// rolls the whole set back.
+// one per dependent, and set-based: one UPDATE per distinct cause (a
+// failed build's dependents usually share one) and one tag read per chunk
+// instead of statements per build. Events are appended in the order of
+// deps. A build that is not scheduled (ErrConflict) or not there
+// (ErrNotFound) is skipped and reported in skipped; any other error rolls
+// the whole set back.
 func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.DependencyFailure) (skipped map[string]error, err error) {
 	if len(deps) == 0 {
 		return nil, nil
 	}
 	err = s.writeRepeated(ctx, func(tx Tx) error {
-		skipped = nil // a retried transaction starts over
+		skipped = map[string]error{} // a retried transaction starts over
+		changedByID := make(map[string]changed, len(deps))
+		// Group by cause, keeping first-seen order; a repeated id is a
+		// conflict on its second appearance, as two single calls would be.
+		var causes []string
+		byCause := map[string][]string{}
+		seen := make(map[string]bool, len(deps))
+		for _, d := range deps {
+			if seen[d.ID] {
+				continue
+			}
+			seen[d.ID] = true
+			if _, ok := byCause[d.Cause]; !ok {
+				causes = append(causes, d.Cause)
+			}
+			byCause[d.Cause] = append(byCause[d.Cause], d.ID)
+		}
+		for _, cause := range causes {
+			for ids := range slices.Chunk(byCause[cause], setChunk) {
+				q := `UPDATE builds SET state = 'failed-dependency', ended_at = ?, failure_reason = ?
+					WHERE state = 'scheduled' AND id IN (` + placeholders(len(ids)) + `)
+					RETURNING id, attempts, derivation, system, agent_id`
+				args := append([]any{ms(at), cause}, anys(ids)...)
+				err := eachRow(ctx, tx, q, args, func(rows *sql.Rows) error {
+					var (
+						id    string
+						c     changed
+						agent sql.NullString
+					)
+					if err := rows.Scan(&id, &c.attempt, &c.derivation, &c.system, &agent); err != nil {
+						return err
+					}
+					c.agentID = agent.String
+					changedByID[id] = c
+					return nil
+				})
+				if err != nil {
+					return fmt.Errorf("failing dependents: %w", err)
+				}
+			}
+		}
+		var moved []string
+		for _, d := range deps {
+			if _, ok := changedByID[d.ID]; ok && seen[d.ID] {
+				moved = append(moved, d.ID)
+			}
+		}
+		tags := map[string][]db.Tag{}
+		for ids := range slices.Chunk(moved, setChunk) {
+			err := eachRow(ctx, tx, `SELECT build_id, key, value FROM build_tags WHERE build_id IN (`+placeholders(len(ids))+`) ORDER BY build_id, pos`,
+				anys(ids), func(rows *sql.Rows) error {
+					var (
+						id string
+						t  db.Tag
+					)
+					if err := rows.Scan(&id, &t.Key, &t.Value); err != nil {
+						return err
+					}
+					tags[id] = append(tags[id], t)
+					return nil
+				})
+			if err != nil {
+				return fmt.Errorf("reading tags of dependents: %w", err)
+			}
+		}
 		for _, d := range deps {
 			r := failDependencyRule(at, d.Cause)
-			err := s.transitionTx(ctx, tx, d.ID, r,
-				`state = 'failed-dependency', ended_at = ?, failure_reason = ?`, []any{ms(at), d.Cause}, nil)
-			switch {
-			case err == nil:
-			case errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound):
-				if skipped == nil {
-					skipped = map[string]error{}
+			c, ok := changedByID[d.ID]
+			if !ok || !seen[d.ID] {
+				// Not moved, or a repeat of one that was: say why.
+				err := whyNot(ctx, tx, d.ID, r)
+				if err == nil || !(errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound)) {
+					return r.wrap(d.ID, err)
 				}
 				skipped[d.ID] = r.wrap(d.ID, err)
-			default:
+				continue
+			}
+			seen[d.ID] = false // a later repeat is reported as above
+			e := r.event
+			e.At, e.Build, e.Derivation, e.System, e.Agent, e.Tags = at, d.ID, c.derivation, c.system, c.agentID, tags[d.ID]
+			if c.attempt > 0 && c.agentID != "" {
+				e.Attempt = c.attempt
+			}
+			if _, err := s.insertEvent(ctx, tx, e); err != nil {
 				return r.wrap(d.ID, err)
 			}
 		}
@@ -357,7 +432,26 @@ func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.De
 	if err != nil {
 		return nil, fmt.Errorf("failing %d dependents: %w", len(deps), err)
 	}
+	if len(skipped) == 0 {
+		skipped = nil
+	}
 	return skipped, nil
+}
+
+// setChunk bounds the ids bound in one statement (SQLite allows 32,766
+// variables, PostgreSQL 65,535).
+const setChunk = 500
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+func anys(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, v := range ss {
+		out[i] = v
+	}
+	return out
 }
 
 // SetupFailBuild: allocated or started → scheduled (or failed when final),
