@@ -359,8 +359,12 @@ func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.De
 		}
 		for _, cause := range causes {
 			for ids := range slices.Chunk(byCause[cause], setChunk) {
+				// "state || ''" keeps SQLite's planner off the
+				// (state, priority, …) queue index: with a long id list
+				// and no statistics it otherwise walks every scheduled
+				// build instead of looking up each id.
 				q := `UPDATE builds SET state = 'failed-dependency', ended_at = ?, failure_reason = ?
-					WHERE state = 'scheduled' AND id IN (` + placeholders(len(ids)) + `)
+					WHERE id IN (` + placeholders(len(ids)) + `) AND state || '' = 'scheduled'
 					RETURNING id, attempts, derivation, system, agent_id`
 				args := append([]any{ms(at), cause}, anys(ids)...)
 				err := eachRow(ctx, tx, q, args, func(rows *sql.Rows) error {
