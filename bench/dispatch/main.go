@@ -251,7 +251,9 @@ func (b *bench) startCoordinator(ctx context.Context, state string) error {
 	if err := b.coord.Start(); err != nil {
 		return fmt.Errorf("start %s coordinator: %w", b.cfg.gbc, err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	// The coordinator rebuilds its queue before it listens: allow for
+	// that (about 25,000 builds/s) on top of the start itself.
+	deadline := time.Now().Add(30*time.Second + time.Duration(b.cfg.queue)*time.Second/5000)
 	for {
 		if b.admin, err = b.dial(signer); err == nil {
 			return nil
