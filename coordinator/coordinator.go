@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -187,6 +188,10 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
+	// The rebuild's transient heap (rows, parsed .drv files, AddBatch's
+	// indexes) is several times what the queue keeps; without this the
+	// runtime keeps those pages and RSS stays near the rebuild's peak.
+	debug.FreeOSMemory()
 	// Builds held by agents when the coordinator stopped stay with them for
 	// one grace period, so reconnecting agents can continue them.
 	for agentID := range held {

@@ -60,35 +60,56 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 		}
 		heldBuilds = append(heldBuilds, bs...)
 	}
-	all := append(runnable, heldBuilds...)
-	// Inputs are not stored; re-read each derivation once.
-	inputsOf := map[string][]string{}
-	live := map[string]bool{}
-	for _, b := range all {
-		live[b.Derivation] = true
+	// The rebuild's peak memory is what is held at once: at 1,000,000
+	// queued builds the store's rows (with outputs and tags) were about a
+	// third of it, and a copy of them (append) another. So the rows are
+	// converted one by one and each is dropped once converted, and input
+	// paths share the string of the live build's derivation instead of
+	// keeping the parsed .drv's own copy.
+	live := make(map[string]string, len(runnable)+len(heldBuilds))
+	for _, bs := range [][]db.Build{runnable, heldBuilds} {
+		for _, b := range bs {
+			live[b.Derivation] = b.Derivation
+		}
 	}
+	inputsOf := map[string][]string{}
 	var unresolved []string
 	seen := map[string]bool{}
-	batch := make([]scheduler.Build, 0, len(all))
-	for _, b := range all {
+	batch := make([]scheduler.Build, 0, len(runnable)+len(heldBuilds))
+	add := func(b db.NewBuild) {
 		in, ok := inputsOf[b.Derivation]
 		if !ok {
+			var err error
 			in, err = c.inputDerivations(b.Derivation)
 			if err != nil {
 				// Without its inputs the build still runs; the agent reports
 				// anything missing as a setup failure.
 				c.log.Warn("re-read derivation for dependencies", "build", b.ID, "err", err)
 			}
-			inputsOf[b.Derivation] = in
-			for _, d := range in {
-				if !live[d] && !seen[d] {
+			for i, d := range in {
+				if s, ok := live[d]; ok {
+					in[i] = s
+					continue
+				}
+				if !seen[d] {
 					seen[d] = true
 					unresolved = append(unresolved, d)
 				}
 			}
+			inputsOf[b.Derivation] = in
 		}
-		batch = append(batch, toSched(b.NewBuild, in))
+		batch = append(batch, toSched(b, in))
 	}
+	for i := range runnable {
+		add(runnable[i].NewBuild)
+		runnable[i] = db.Build{}
+	}
+	runnable = nil
+	// Held builds are few; their rows are kept for Restore below.
+	for _, b := range heldBuilds {
+		add(b.NewBuild)
+	}
+	live, inputsOf, seen = nil, nil, nil
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.resolveInputsLocked(ctx, unresolved); err != nil {
