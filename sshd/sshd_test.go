@@ -65,6 +65,16 @@ func keyLine(s gossh.Signer, comment string) string {
 
 func newEnv(t *testing.T, maxLine int) *env {
 	t.Helper()
+	return newEnvWith(t, func(c *Config) {
+		c.MaxLineBytes = maxLine
+		c.MaxUploadBytes = 1 << 20
+	})
+}
+
+// newEnvWith starts a server on 127.0.0.1 over a real SQLite store and
+// coordinator; adjust sets the server options a test needs.
+func newEnvWith(t *testing.T, adjust func(*Config)) *env {
+	t.Helper()
 	dir := t.TempDir()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "gbc.db"), nil)
@@ -83,7 +93,9 @@ func newEnv(t *testing.T, maxLine int) *env {
 		t.Fatal(err)
 	}
 	e.hostKey = host.PublicKey()
-	srv, err := New(Config{Coordinator: c, Store: st, HostKey: host, MaxLineBytes: maxLine, MaxUploadBytes: 1 << 20})
+	cfg := Config{Coordinator: c, Store: st, HostKey: host}
+	adjust(&cfg)
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

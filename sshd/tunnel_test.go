@@ -5,17 +5,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/gbc-farm/gbc/coordinator"
-	"github.com/gbc-farm/gbc/db"
-	"github.com/gbc-farm/gbc/db/sqlite"
-	"github.com/gbc-farm/gbc/keys"
 	"github.com/gbc-farm/gbc/protocol"
 )
 
@@ -23,42 +18,8 @@ import (
 // the path itself.
 func newTunnelEnv(t *testing.T) *env {
 	t.Helper()
-	dir := t.TempDir()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(dir, "gbc.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, store: st, storeDir: filepath.Join(dir, "store")}
-	c, err := coordinator.New(ctx, coordinator.Config{StateDir: filepath.Join(dir, "state"), Store: st, StoreDirs: []string{e.storeDir}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.coord = c
-	host, err := keys.LoadOrCreateHostKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.hostKey = host.PublicKey()
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "cache says "+r.URL.Path) })
-	srv, err := New(Config{Coordinator: c, Store: st, HostKey: host, Cache: h})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = l.Addr().String()
-	go srv.Serve(l)
-	t.Cleanup(func() {
-		srv.Close()
-		c.Close()
-		st.Close()
-	})
-	e.admin, e.operator, e.reader = newSigner(t), newSigner(t), newSigner(t)
-	e.putKey(e.reader, db.RoleReader, "")
-	return e
+	return newEnvWith(t, func(c *Config) { c.Cache = h })
 }
 
 func tunnelGet(client *gossh.Client, path string) (string, error) {
