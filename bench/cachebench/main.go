@@ -5,6 +5,8 @@
 package main
 
 import (
+	"github.com/gbc-farm/gbc/bench/internal/httpload"
+
 	"context"
 	"crypto/rand"
 	"flag"
@@ -232,45 +234,6 @@ func fetch(h http.Handler, paths []string, conc int, dur time.Duration) (fetchRe
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 
-	var total atomic.Int64
-	var firstErr atomic.Pointer[error]
-	lats := make([][]time.Duration, conc)
-	deadline := time.Now().Add(dur)
-	t0 := time.Now()
-	var wg sync.WaitGroup
-	for w := range conc {
-		wg.Go(func() {
-			k, _ := rand.Int(rand.Reader, big.NewInt(int64(len(paths))))
-			i := int(k.Int64())
-			for n := 0; time.Now().Before(deadline); n++ {
-				i = (i + 7919) % len(paths) // stride through every narinfo
-				s := time.Now()
-				resp, err := client.Get(base + paths[i])
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != 200 {
-						err = fmt.Errorf("GET %s: %s", paths[i], resp.Status)
-					}
-				}
-				if err != nil {
-					firstErr.CompareAndSwap(nil, &err)
-					return
-				}
-				if n%16 == 0 {
-					lats[w] = append(lats[w], time.Since(s))
-				}
-				total.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	r := fetchResult{reqs: total.Load(), wall: time.Since(t0)}
-	for _, l := range lats {
-		r.lat = append(r.lat, l...)
-	}
-	if p := firstErr.Load(); p != nil {
-		return r, *p
-	}
-	return r, nil
+	r, err := httpload.Run(client, base, paths, conc, dur, 16)
+	return fetchResult{reqs: r.Requests, lat: r.Latencies, wall: r.Wall}, err
 }

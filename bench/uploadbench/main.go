@@ -11,6 +11,8 @@
 package main
 
 import (
+	"github.com/gbc-farm/gbc/bench/internal/httpload"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -20,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -31,7 +32,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -504,43 +504,6 @@ func fillCache(ctx context.Context, state string, n int) ([]string, error) {
 func fetch(tr *http.Transport, base string, paths []string, conc int, dur time.Duration) (int64, []time.Duration, time.Duration, error) {
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	var total atomic.Int64
-	var firstErr atomic.Pointer[error]
-	lats := make([][]time.Duration, conc)
-	deadline := time.Now().Add(dur)
-	t0 := time.Now()
-	var wg sync.WaitGroup
-	for w := range conc {
-		wg.Go(func() {
-			k, _ := rand.Int(rand.Reader, big.NewInt(int64(len(paths))))
-			i := int(k.Int64())
-			for time.Now().Before(deadline) {
-				i = (i + 7919) % len(paths)
-				s := time.Now()
-				resp, err := client.Get(base + paths[i])
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != 200 {
-						err = fmt.Errorf("GET %s: %s", paths[i], resp.Status)
-					}
-				}
-				if err != nil {
-					firstErr.CompareAndSwap(nil, &err)
-					return
-				}
-				lats[w] = append(lats[w], time.Since(s))
-				total.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	if p := firstErr.Load(); p != nil {
-		return 0, nil, 0, *p
-	}
-	return total.Load(), all, time.Since(t0), nil
+	r, err := httpload.Run(client, base, paths, conc, dur, 1)
+	return r.Requests, r.Latencies, r.Wall, err
 }
