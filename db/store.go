@@ -124,6 +124,14 @@ type NewBuild struct {
 	// 0 means the coordinator's default when it dispatches.
 	TimeoutSeconds   int
 	MaxSilentSeconds int
+	// InputDerivations are the .drv paths of the derivation's inputs
+	// (its inputDrvs), recorded so that the queue can be rebuilt at start
+	// without re-reading every .drv. Nil means not recorded (builds from
+	// before migration 0004, or a caller that did not read the .drv): the
+	// coordinator then re-reads the .drv. A derivation without inputs has
+	// a non-nil empty slice. Paths must be non-empty and contain no
+	// newline.
+	InputDerivations []string
 }
 
 // Build is a build with everything `build show` needs.
@@ -269,6 +277,31 @@ type Scheduling interface {
 	// transaction, what an agent needs to run the build, so dispatch need
 	// not read the build again.
 	AllocateBuildFor(ctx context.Context, id, agentID string, at time.Time) (Allocation, error)
+	// ScheduledBuildsPage returns up to limit builds in state scheduled
+	// that were recorded after the position after (0: from the first), in
+	// recording order, with only what the in-memory queue needs, and the
+	// position of the last one (after itself when the page is empty, which
+	// means the end). Positions are keyset cursors, so each page costs the
+	// same however far the walk is and rebuilding the queue at start never
+	// holds more than one page of rows. Within a page, an input path equal
+	// to a derivation of the page (or to an earlier input) is the same
+	// string, not a copy per build.
+	ScheduledBuildsPage(ctx context.Context, after int64, limit int) (page []QueuedBuild, last int64, err error)
+}
+
+// QueuedBuild is a scheduled build as the in-memory queue needs it: no
+// outputs, timeouts, attempts or results.
+type QueuedBuild struct {
+	ID               string
+	Derivation       string
+	System           string
+	Priority         int
+	Tags             []Tag
+	RequiredFeatures []string
+	CreatedAt        time.Time
+	DeferUntil       time.Time // zero: not deferred
+	// InputDerivations as recorded (see NewBuild): nil when not recorded.
+	InputDerivations []string
 }
 
 // Allocation is an allocated build as dispatch sends it to the agent.

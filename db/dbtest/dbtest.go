@@ -45,6 +45,8 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"FailDependencies", testFailDependencies},
 		{"Scheduling", testScheduling},
 		{"AllocateBuildFor", testAllocateBuildFor},
+		{"InputDerivations", testInputDerivations},
+		{"ScheduledBuildsPage", testScheduledBuildsPage},
 		{"ConcurrentReadsAndWrites", testConcurrentReadsAndWrites},
 		{"Events", testEvents},
 		{"SetupFailBuild", testSetupFailBuild},

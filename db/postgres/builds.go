@@ -22,6 +22,7 @@ func insertBuilds(ctx context.Context, tx sqlstore.Tx, builds []db.NewBuild) err
 		bPrio             []int64
 		bCreated, bDefer  []*int64
 		bTimeout, bSilent []int64
+		bInputs           []*string // NULL: inputs not recorded
 		tID, tKey, tVal   []string
 		tPos              []int64
 		fID, fFeat        []string
@@ -49,6 +50,11 @@ func insertBuilds(ctx context.Context, tx sqlstore.Tx, builds []db.NewBuild) err
 		}
 		bDefer = append(bDefer, deferUntil)
 		bTimeout, bSilent = append(bTimeout, int64(b.TimeoutSeconds)), append(bSilent, int64(b.MaxSilentSeconds))
+		var inputs *string
+		if v := sqlstore.EncodeInputs(b.Derivation, b.InputDerivations); v.Valid {
+			inputs = &v.String
+		}
+		bInputs = append(bInputs, inputs)
 		for i, t := range b.Tags {
 			tID, tPos, tKey, tVal = append(tID, b.ID), append(tPos, int64(i)), append(tKey, t.Key), append(tVal, t.Value)
 		}
@@ -65,11 +71,11 @@ func insertBuilds(ctx context.Context, tx sqlstore.Tx, builds []db.NewBuild) err
 		eAt, eBuild, eData = append(eAt, b.CreatedAt.UnixMilli()), append(eBuild, b.ID), append(eData, string(data))
 	}
 	// ORDER BY ord: seq follows the order of the batch.
-	_, err := tx.ExecContext(ctx, `INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds)
-		SELECT id, drv, sys, prio, 'scheduled', created, defer_until, timeout, silent
-		FROM unnest(?::text[], ?::text[], ?::text[], ?::int8[], ?::int8[], ?::int8[], ?::int8[], ?::int8[])
-			WITH ORDINALITY AS t(id, drv, sys, prio, created, defer_until, timeout, silent, ord)
-		ORDER BY ord`, bID, bDrv, bSys, bPrio, bCreated, bDefer, bTimeout, bSilent)
+	_, err := tx.ExecContext(ctx, `INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds, input_drvs)
+		SELECT id, drv, sys, prio, 'scheduled', created, defer_until, timeout, silent, inputs
+		FROM unnest(?::text[], ?::text[], ?::text[], ?::int8[], ?::int8[], ?::int8[], ?::int8[], ?::int8[], ?::text[])
+			WITH ORDINALITY AS t(id, drv, sys, prio, created, defer_until, timeout, silent, inputs, ord)
+		ORDER BY ord`, bID, bDrv, bSys, bPrio, bCreated, bDefer, bTimeout, bSilent, bInputs)
 	if isUnique(err) {
 		return fmt.Errorf("build %s: %w", duplicateKey(err), db.ErrExists)
 	}

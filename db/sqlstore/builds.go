@@ -19,6 +19,9 @@ func validateNewBuild(b db.NewBuild) error {
 	case b.System == "":
 		return fmt.Errorf("build %s: empty system", b.ID)
 	}
+	if err := validateInputs(b.ID, b.InputDerivations); err != nil {
+		return err
+	}
 	seen := make(map[string]bool, len(b.Outputs))
 	for _, o := range b.Outputs {
 		if o.Name == "" {
@@ -81,8 +84,8 @@ func (s *Store) insertBuilds(ctx context.Context, tx Tx, builds []db.NewBuild) e
 		stmts = append(stmts, st)
 		return st, nil
 	}
-	insBuild, err := prep(`INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds)
-		VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?)`)
+	insBuild, err := prep(`INSERT INTO builds (id, derivation, system, priority, state, created_at, defer_until, timeout_seconds, max_silent_seconds, input_drvs)
+		VALUES (?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -108,7 +111,8 @@ func (s *Store) insertBuilds(ctx context.Context, tx Tx, builds []db.NewBuild) e
 		}
 	}
 	for _, b := range builds {
-		_, err := insBuild.ExecContext(ctx, b.ID, b.Derivation, b.System, b.Priority, ms(b.CreatedAt), ms(b.DeferUntil), b.TimeoutSeconds, b.MaxSilentSeconds)
+		_, err := insBuild.ExecContext(ctx, b.ID, b.Derivation, b.System, b.Priority, ms(b.CreatedAt), ms(b.DeferUntil), b.TimeoutSeconds, b.MaxSilentSeconds,
+			EncodeInputs(b.Derivation, b.InputDerivations))
 		if s.isUnique(err) {
 			return fmt.Errorf("build %s: %w", b.ID, db.ErrExists)
 		}
@@ -148,20 +152,22 @@ func (s *Store) insertBuilds(ctx context.Context, tx Tx, builds []db.NewBuild) e
 	return nil
 }
 
-const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason, defer_until, timeout_seconds, max_silent_seconds`
+const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason, defer_until, timeout_seconds, max_silent_seconds, input_drvs`
 
-func scanBuild(sc interface{ Scan(...any) error }) (db.Build, error) {
+func scanBuild(sc interface{ Scan(...any) error }, in *interner) (db.Build, error) {
 	var (
 		b                       db.Build
 		state                   string
 		agentID                 sql.NullString
 		created, started, ended sql.NullInt64
 		deferUntil              sql.NullInt64
+		inputs                  sql.NullString
 	)
 	if err := sc.Scan(&b.ID, &b.Derivation, &b.System, &b.Priority, &state, &agentID,
-		&created, &started, &ended, &b.FailureReason, &deferUntil, &b.TimeoutSeconds, &b.MaxSilentSeconds); err != nil {
+		&created, &started, &ended, &b.FailureReason, &deferUntil, &b.TimeoutSeconds, &b.MaxSilentSeconds, &inputs); err != nil {
 		return db.Build{}, err
 	}
+	b.InputDerivations = in.decode(b.Derivation, inputs)
 	b.State = db.BuildState(state)
 	b.AgentID = agentID.String
 	b.CreatedAt = fromMS(created)
@@ -206,9 +212,10 @@ func listBuilds(ctx context.Context, tx Tx, sel selection) ([]db.Build, error) {
 	var (
 		builds []db.Build
 		index  = map[string]int{}
+		intern = newInterner(0)
 	)
 	for rows.Next() {
-		b, err := scanBuild(rows)
+		b, err := scanBuild(rows, intern)
 		if err != nil {
 			rows.Close()
 			return nil, err
