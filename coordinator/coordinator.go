@@ -109,6 +109,10 @@ type Config struct {
 	// LogCache receives the log of every build that ended (succeeded or
 	// failed), for `nix log` against the cache. Default: Cache.
 	LogCache LogCache
+
+	// restorePage is the queue rebuild's page size (0: defaultRestorePage);
+	// tests make it small to cross pages with a few builds.
+	restorePage int
 }
 
 // Coordinator is safe for concurrent use.
@@ -163,6 +167,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if cfg.MaxLogBytes <= 0 {
 		cfg.MaxLogBytes = DefaultMaxLogBytes
+	}
+	if cfg.restorePage <= 0 {
+		cfg.restorePage = defaultRestorePage
 	}
 	if cfg.LogCache == nil && cfg.Cache != nil {
 		cfg.LogCache = cfg.Cache

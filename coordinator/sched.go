@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/derivation"
@@ -24,34 +25,62 @@ import (
 
 // toSched converts a recorded build for the scheduler.
 func toSched(b db.NewBuild, inputs []string) scheduler.Build {
-	sb := scheduler.Build{
+	return scheduler.Build{
 		ID:         b.ID,
 		Derivation: b.Derivation,
 		System:     b.System,
 		InputDrvs:  inputs,
 		Features:   b.RequiredFeatures,
+		Tags:       tagMap(b.Tags),
 		Priority:   b.Priority,
 		CreatedAt:  b.CreatedAt,
 		DeferUntil: b.DeferUntil,
 	}
-	if len(b.Tags) > 0 {
-		sb.Tags = make(map[string]string, len(b.Tags))
-		for _, t := range b.Tags {
-			sb.Tags[t.Key] = t.Value
-		}
-	}
-	return sb
 }
+
+// queuedToSched converts a page row of the queue rebuild.
+func queuedToSched(b db.QueuedBuild, inputs []string) scheduler.Build {
+	return scheduler.Build{
+		ID:         b.ID,
+		Derivation: b.Derivation,
+		System:     b.System,
+		InputDrvs:  inputs,
+		Features:   b.RequiredFeatures,
+		Tags:       tagMap(b.Tags),
+		Priority:   b.Priority,
+		CreatedAt:  b.CreatedAt,
+		DeferUntil: b.DeferUntil,
+	}
+}
+
+func tagMap(tags []db.Tag) map[string]string {
+	if len(tags) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(tags))
+	for _, t := range tags {
+		m[t.Key] = t.Value
+	}
+	return m
+}
+
+// defaultRestorePage is how many scheduled builds the queue rebuild reads
+// and queues at a time: the rebuild's transient memory is about one page
+// of rows (a few MB), not the whole queue.
+const defaultRestorePage = 10000
 
 // restore rebuilds the scheduler from the database: scheduled builds are
 // queued, allocated and started builds are put back with the agent that
 // holds them (it may reconnect and continue them within the grace period).
 // It returns the agents that hold builds.
+//
+// The scheduled builds come a page at a time (db.Scheduling's
+// ScheduledBuildsPage, in recording order, which is inputs first in
+// practice; the scheduler is exact in any order, AddBatch sorts each page)
+// with their recorded input derivations; only builds recorded before
+// inputs were stored (or by a store without the paged read) have their
+// .drv re-read.
 func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
-	runnable, err := c.store.RunnableBuilds(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("load runnable builds: %w", err)
-	}
 	var heldBuilds []db.Build
 	for _, st := range []db.BuildState{db.StateAllocated, db.StateStarted} {
 		bs, err := c.store.Builds(ctx, db.BuildFilter{State: st})
@@ -60,63 +89,17 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 		}
 		heldBuilds = append(heldBuilds, bs...)
 	}
-	// The rebuild's peak memory is what is held at once: at 1,000,000
-	// queued builds the store's rows (with outputs and tags) were about a
-	// third of it, and a copy of them (append) another. So the rows are
-	// converted one by one and each is dropped once converted, and input
-	// paths share the string of the live build's derivation instead of
-	// keeping the parsed .drv's own copy.
-	live := make(map[string]string, len(runnable)+len(heldBuilds))
-	for _, bs := range [][]db.Build{runnable, heldBuilds} {
-		for _, b := range bs {
-			live[b.Derivation] = b.Derivation
-		}
-	}
-	inputsOf := map[string][]string{}
-	var unresolved []string
-	seen := map[string]bool{}
-	batch := make([]scheduler.Build, 0, len(runnable)+len(heldBuilds))
-	add := func(b db.NewBuild) {
-		in, ok := inputsOf[b.Derivation]
-		if !ok {
-			var err error
-			in, err = c.inputDerivations(b.Derivation)
-			if err != nil {
-				// Without its inputs the build still runs; the agent reports
-				// anything missing as a setup failure.
-				c.log.Warn("re-read derivation for dependencies", "build", b.ID, "err", err)
-			}
-			for i, d := range in {
-				if s, ok := live[d]; ok {
-					in[i] = s
-					continue
-				}
-				if !seen[d] {
-					seen[d] = true
-					unresolved = append(unresolved, d)
-				}
-			}
-			inputsOf[b.Derivation] = in
-		}
-		batch = append(batch, toSched(b, in))
-	}
-	for i := range runnable {
-		add(runnable[i].NewBuild)
-		runnable[i] = db.Build{}
-	}
-	runnable = nil
-	// Held builds are few; their rows are kept for Restore below.
-	for _, b := range heldBuilds {
-		add(b.NewBuild)
-	}
-	live, inputsOf, seen = nil, nil, nil
+	// Nothing else runs yet; the lock is for the scheduler's invariant.
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.resolveInputsLocked(ctx, unresolved); err != nil {
-		return nil, err
+	r := &restorer{c: c, unresolved: map[string]struct{}{}}
+	// Held builds first: few, and usually inputs of the queued ones.
+	batch := make([]scheduler.Build, 0, len(heldBuilds))
+	for _, b := range heldBuilds {
+		batch = append(batch, toSched(b.NewBuild, r.inputs(b.ID, b.Derivation, b.InputDerivations)))
 	}
-	if err := c.sched.AddBatch(batch); err != nil {
-		return nil, fmt.Errorf("rebuild queue: %w", err)
+	if err := r.add(batch); err != nil {
+		return nil, err
 	}
 	held := map[string]bool{}
 	for _, b := range heldBuilds {
@@ -128,7 +111,107 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 		}
 		held[b.AgentID] = true
 	}
+	if sc, ok := c.store.(db.Scheduling); ok {
+		for after := int64(0); ; {
+			page, last, err := sc.ScheduledBuildsPage(ctx, after, c.cfg.restorePage)
+			if err != nil {
+				return nil, fmt.Errorf("load scheduled builds: %w", err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			batch = batch[:0]
+			for i := range page {
+				batch = append(batch, queuedToSched(page[i], r.inputs(page[i].ID, page[i].Derivation, page[i].InputDerivations)))
+			}
+			if err := r.add(batch); err != nil {
+				return nil, err
+			}
+			after = last
+		}
+	} else {
+		runnable, err := c.store.RunnableBuilds(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("load runnable builds: %w", err)
+		}
+		for len(runnable) > 0 {
+			n := min(c.cfg.restorePage, len(runnable))
+			batch = batch[:0]
+			for i := range n {
+				b := &runnable[i].NewBuild
+				batch = append(batch, toSched(*b, r.inputs(b.ID, b.Derivation, b.InputDerivations)))
+				runnable[i] = db.Build{}
+			}
+			if err := r.add(batch); err != nil {
+				return nil, err
+			}
+			runnable = runnable[n:]
+		}
+	}
+	clear(batch)
+	unresolved := make([]string, 0, len(r.unresolved))
+	for d := range r.unresolved {
+		unresolved = append(unresolved, d)
+	}
+	r.unresolved = nil
+	if err := c.resolveInputsLocked(ctx, unresolved); err != nil {
+		return nil, err
+	}
 	return held, nil
+}
+
+// restorer is the state of one queue rebuild.
+type restorer struct {
+	c *Coordinator
+	// unresolved holds input derivations that had no live build when the
+	// page naming them was queued; once every page is in, those still
+	// without one are looked up (resolveInputsLocked).
+	unresolved map[string]struct{}
+	// reread memoizes re-read .drv inputs per derivation for the current
+	// batch (rebuilds of one derivation share them).
+	reread map[string][]string
+}
+
+// inputs returns a build's input derivations: as recorded, else re-read
+// from its .drv (host store, else the cache).
+func (r *restorer) inputs(id, drv string, recorded []string) []string {
+	if recorded != nil {
+		return recorded
+	}
+	if in, ok := r.reread[drv]; ok {
+		return in
+	}
+	in, err := r.c.inputDerivations(drv)
+	if err != nil {
+		// Without its inputs the build still runs; the agent reports
+		// anything missing as a setup failure.
+		r.c.log.Warn("re-read derivation for dependencies", "build", id, "err", err)
+	}
+	if r.reread == nil {
+		r.reread = map[string][]string{}
+	}
+	r.reread[drv] = in
+	return in
+}
+
+// add queues one batch and notes its inputs that have no live build yet.
+func (r *restorer) add(batch []scheduler.Build) error {
+	if err := r.c.sched.AddBatch(batch); err != nil {
+		return fmt.Errorf("rebuild queue: %w", err)
+	}
+	for i := range batch {
+		for _, in := range batch[i].InputDrvs {
+			if _, ok := r.unresolved[in]; ok {
+				continue
+			}
+			if live, _ := r.c.sched.Derivation(in); !live {
+				// A re-read path may be a substring of its whole .drv.
+				r.unresolved[strings.Clone(in)] = struct{}{}
+			}
+		}
+	}
+	clear(r.reread)
+	return nil
 }
 
 // resolveInputsLocked marks as available, in the derivation-ordered

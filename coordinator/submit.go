@@ -363,6 +363,9 @@ func (c *Coordinator) readDerivation(ctx context.Context, p string, pre *loadedD
 	for _, in := range d.InputDrvs {
 		inputs = append(inputs, in.Path)
 	}
+	// Recorded with the build, so that a restart rebuilds the queue
+	// without re-reading the .drv.
+	nb.InputDerivations = inputs
 	return nb, inputs, nil
 }
 
