@@ -38,6 +38,8 @@ type figures struct {
 	allocP50, allocP99 time.Duration
 	runnableDur        time.Duration
 	runnable           int
+	pagedDur           time.Duration
+	paged              int
 	bytes              int64
 }
 
@@ -47,6 +49,7 @@ func main() {
 	allocs := flag.Int("allocs", 20_000, "AllocateBuild calls to time (sequential, as the coordinator makes them under its lock)")
 	pg := flag.String("pg", os.Getenv("GBC_TEST_POSTGRES"), "PostgreSQL URL (a role that may create schemas); empty: SQLite only")
 	keep := flag.Bool("keep", false, "keep the SQLite file and PostgreSQL schema")
+	inputs := flag.Int("inputs", 0, "input derivations recorded per build (the previous builds' .drv paths)")
 	flag.Parse()
 	ctx := context.Background()
 	var all []figures
@@ -63,7 +66,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	f := measure(ctx, "sqlite", ls, *n, *batch, *allocs)
+	f := measure(ctx, "sqlite", ls, *n, *batch, *allocs, *inputs)
 	f.bytes = sqliteSize(ctx, ls, path)
 	ls.Close()
 	all = append(all, f)
@@ -91,7 +94,7 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		f := measure(ctx, "postgres", ps, *n, *batch, *allocs)
+		f := measure(ctx, "postgres", ps, *n, *batch, *allocs, *inputs)
 		if _, err := ps.DB().ExecContext(ctx, `VACUUM ANALYZE`); err != nil {
 			log.Printf("vacuum: %v", err)
 		}
@@ -106,22 +109,32 @@ func main() {
 		fmt.Fprintln(os.Stderr, "dbstore: no -pg / GBC_TEST_POSTGRES: PostgreSQL not measured")
 	}
 
-	fmt.Printf("\n%d builds (batches of %d, each with 2 tags, 1 feature, 2 outputs and a submitted event); %d sequential allocations\n\n", *n, *batch, *allocs)
+	fmt.Printf("\n%d builds (batches of %d, each with 2 tags, 1 feature, 2 outputs, %d input derivations and a submitted event); %d sequential allocations\n\n", *n, *batch, *inputs, *allocs)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "backend\tCreateBuilds builds/s\tcreate total\tAllocateBuild /s\talloc p50\talloc p99\tRunnableBuilds\t(rows)\tdatabase size\t")
+	fmt.Fprintln(tw, "backend\tCreateBuilds builds/s\tcreate total\tAllocateBuild /s\talloc p50\talloc p99\tRunnableBuilds\t(rows)\tpaged, 10,000 a page\t(rows)\tdatabase size\t")
 	for _, f := range all {
-		fmt.Fprintf(tw, "%s\t%.0f\t%v\t%.0f\t%v\t%v\t%v\t%d\t%.1f MiB\t\n", f.backend, f.createRate, f.createDur.Round(time.Millisecond),
+		fmt.Fprintf(tw, "%s\t%.0f\t%v\t%.0f\t%v\t%v\t%v\t%d\t%v\t%d\t%.1f MiB\t\n", f.backend, f.createRate, f.createDur.Round(time.Millisecond),
 			f.allocRate, f.allocP50.Round(time.Microsecond), f.allocP99.Round(time.Microsecond),
-			f.runnableDur.Round(time.Millisecond), f.runnable, float64(f.bytes)/(1<<20))
+			f.runnableDur.Round(time.Millisecond), f.runnable, f.pagedDur.Round(time.Millisecond), f.paged, float64(f.bytes)/(1<<20))
 	}
 	tw.Flush()
 }
 
-func newBuild(i int, at time.Time) db.NewBuild {
+func drvPath(i int) string { return fmt.Sprintf("/nix/store/%032d-pkg-%d.drv", i, i) }
+
+func newBuild(i int, at time.Time, inputs int) db.NewBuild {
 	id := fmt.Sprintf("%08d-0000-4000-8000-000000000000", i)
-	drv := fmt.Sprintf("/nix/store/%032d-pkg-%d.drv", i, i)
+	drv := drvPath(i)
+	var in []string
+	if inputs > 0 {
+		in = make([]string, 0, inputs)
+		for k := 1; k <= inputs && k <= i; k++ {
+			in = append(in, drvPath(i-k))
+		}
+	}
 	return db.NewBuild{
-		ID: id, Derivation: drv, System: "x86_64-linux", Priority: i % 5,
+		InputDerivations: in,
+		ID:               id, Derivation: drv, System: "x86_64-linux", Priority: i % 5,
 		Tags:             []db.Tag{{Key: "jobset", Value: "main"}, {Key: "job", Value: fmt.Sprintf("pkg-%d", i)}},
 		RequiredFeatures: []string{"big-parallel"},
 		Outputs: []db.DerivationOutput{
@@ -132,14 +145,14 @@ func newBuild(i int, at time.Time) db.NewBuild {
 	}
 }
 
-func measure(ctx context.Context, name string, s db.Store, n, batch, allocs int) figures {
+func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inputs int) figures {
 	f := figures{backend: name}
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	start := time.Now()
 	for i := 0; i < n; i += batch {
 		bs := make([]db.NewBuild, 0, batch)
 		for j := i; j < min(i+batch, n); j++ {
-			bs = append(bs, newBuild(j, base.Add(time.Duration(j)*time.Millisecond)))
+			bs = append(bs, newBuild(j, base.Add(time.Duration(j)*time.Millisecond), inputs))
 		}
 		if err := s.CreateBuilds(ctx, bs); err != nil {
 			log.Fatalf("%s: CreateBuilds at %d: %v", name, i, err)
@@ -160,7 +173,7 @@ func measure(ctx context.Context, name string, s db.Store, n, batch, allocs int)
 	// Spread over the table (not just its first rows).
 	step := max(1, n/max(1, allocs))
 	for k := 0; k < allocs && k*step < n; k++ {
-		id := newBuild(k*step, base).ID
+		id := newBuild(k*step, base, 0).ID
 		t := time.Now()
 		if err := s.AllocateBuild(ctx, id, "bench-agent", base); err != nil {
 			log.Fatalf("%s: AllocateBuild %s: %v", name, id, err)
@@ -183,6 +196,24 @@ func measure(ctx context.Context, name string, s db.Store, n, batch, allocs int)
 	}
 	f.runnableDur, f.runnable = time.Since(start), len(rb)
 	fmt.Fprintf(os.Stderr, "%s: RunnableBuilds %d rows in %v\n", name, len(rb), f.runnableDur.Round(time.Millisecond))
+	rb = nil
+
+	// The coordinator's start-up read: pages of 10,000 (keyset).
+	start = time.Now()
+	sc := s.(db.Scheduling)
+	for after := int64(0); ; {
+		page, last, err := sc.ScheduledBuildsPage(ctx, after, 10000)
+		if err != nil {
+			log.Fatalf("%s: ScheduledBuildsPage after %d: %v", name, after, err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		f.paged += len(page)
+		after = last
+	}
+	f.pagedDur = time.Since(start)
+	fmt.Fprintf(os.Stderr, "%s: ScheduledBuildsPage %d rows in %v\n", name, f.paged, f.pagedDur.Round(time.Millisecond))
 	return f
 }
 
