@@ -315,3 +315,46 @@ type Allocation struct {
 	TimeoutSeconds   int // 0: the coordinator's default
 	MaxSilentSeconds int // 0: the coordinator's default
 }
+
+// EventPruning is implemented by stores that can delete old events (the
+// coordinator's --event-retention). Kept out of Store like
+// DependencyFailer so existing fakes keep compiling; both backends
+// implement it (sqlstore) and dbtest checks it when present.
+//
+// The log is only ever pruned from its start, so one id describes what is
+// gone: every event with id ≤ PrunedThrough was deleted, every event above
+// it is kept. Ids are never reused after a prune.
+type EventPruning interface {
+	// PruneEvents deletes, in one transaction, at most limit events from
+	// the start of the log: the longest prefix of events that happened
+	// before before, that lie below every event still pending for one of
+	// hooks (a matching event above the hook's cursor that it has not
+	// finished), and that is not the newest event (kept so the id
+	// sequence survives a copy with migrate-data). Progress rows of hooks
+	// not in hooks hold nothing back. Call it again while More is set; each
+	// call is a short writer transaction of its own.
+	PruneEvents(ctx context.Context, before time.Time, hooks []HookFilter, limit int) (PruneResult, error)
+	// EventsPruned is Events that also returns, from the same snapshot,
+	// the id through which the log was pruned (0: never), so a reader
+	// resuming below it can tell that events are missing.
+	EventsPruned(ctx context.Context, f EventFilter) (events []Event, prunedThrough int64, err error)
+}
+
+// HookFilter is a hook as pruning sees it: its progress key and the event
+// types it runs on.
+type HookFilter struct {
+	Name  string
+	Types []EventType
+}
+
+// PruneResult is what one PruneEvents call did.
+type PruneResult struct {
+	Deleted       int
+	PrunedThrough int64 // every event with id ≤ this is gone
+	// More: the batch was full; another call may delete more.
+	More bool
+	// HeldBy and HeldAt name the hook whose pending event stopped the
+	// prefix, when that (and not the age of the events) stopped it.
+	HeldBy string
+	HeldAt int64
+}

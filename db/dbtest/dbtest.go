@@ -52,6 +52,8 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"SetupFailBuild", testSetupFailBuild},
 		{"AttemptHardware", testAttemptHardware},
 		{"HookProgress", testHookProgress},
+		{"EventRetention", testEventRetention},
+		{"EventRetentionHooks", testEventRetentionHooks},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -75,6 +75,19 @@ func (s *Store) AppendEvent(ctx context.Context, e db.Event) (int64, error) {
 
 // Events returns matching events in id order.
 func (s *Store) Events(ctx context.Context, f db.EventFilter) ([]db.Event, error) {
+	var events []db.Event
+	err := s.read(ctx, func(tx Tx) error {
+		var err error
+		events, err = listEvents(ctx, tx, f)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing events after %d: %w", f.AfterID, err)
+	}
+	return events, nil
+}
+
+func listEvents(ctx context.Context, tx Tx, f db.EventFilter) ([]db.Event, error) {
 	conds := []string{"id > ?"}
 	args := []any{f.AfterID}
 	if len(f.Types) > 0 {
@@ -92,29 +105,24 @@ func (s *Store) Events(ctx context.Context, f db.EventFilter) ([]db.Event, error
 		q += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
 	var events []db.Event
-	err := s.read(ctx, func(tx Tx) error {
-		return eachRow(ctx, tx, q, args, func(rows *sql.Rows) error {
-			var (
-				e            db.Event
-				typ, data    string
-				at           sql.NullInt64
-				build, agent sql.NullString
-			)
-			if err := rows.Scan(&e.ID, &typ, &at, &build, &agent, &data); err != nil {
-				return err
-			}
-			e.Type, e.At, e.Build, e.Agent = db.EventType(typ), fromMS(at), build.String, agent.String
-			if err := db.DecodeEventData(&e, []byte(data)); err != nil {
-				return err
-			}
-			events = append(events, e)
-			return nil
-		})
+	err := eachRow(ctx, tx, q, args, func(rows *sql.Rows) error {
+		var (
+			e            db.Event
+			typ, data    string
+			at           sql.NullInt64
+			build, agent sql.NullString
+		)
+		if err := rows.Scan(&e.ID, &typ, &at, &build, &agent, &data); err != nil {
+			return err
+		}
+		e.Type, e.At, e.Build, e.Agent = db.EventType(typ), fromMS(at), build.String, agent.String
+		if err := db.DecodeEventData(&e, []byte(data)); err != nil {
+			return err
+		}
+		events = append(events, e)
+		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("listing events after %d: %w", f.AfterID, err)
-	}
-	return events, nil
+	return events, err
 }
 
 // HookProgress returns the hook's cursor and the ids done beyond it.
