@@ -51,6 +51,8 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	pprofListen := fs.String("pprof-listen", "", "serve net/http/pprof on `ADDR` (loopback only; for profiling)")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
 	hf := addHookFlags(fs)
+	retention := daysDuration(coordinator.DefaultEventRetention)
+	fs.Var(&retention, "event-retention", "delete events older than this (30d, 720h; 0: keep forever); events a hook has not finished stay")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil
@@ -153,6 +155,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	defer stopHooks()
+	defer startRetention(ctx, log, store, clk, time.Duration(retention), hookList)()
 	srv, err := sshd.New(sshd.Config{Coordinator: coord, Store: store, HostKey: host, Logger: log, Clock: clk,
 		MaxUploadBytes: *maxUpload, Cache: bc.Handler(), KeepAlive: *keepalive})
 	if err != nil {
