@@ -42,10 +42,33 @@ func setupEvents(fs *pflag.FlagSet) func(x *call) error {
 			}
 		}
 		enc := json.NewEncoder(x.out)
+		pruner, _ := x.s.store.(db.EventPruning)
 		for {
-			es, err := x.s.store.Events(x.ctx, f)
+			var (
+				es     []db.Event
+				pruned int64
+				err    error
+			)
+			if pruner != nil {
+				// The page and how far the log was pruned come from one
+				// snapshot, so a gap is reported exactly when rows after
+				// the position are gone, also while following.
+				es, pruned, err = pruner.EventsPruned(x.ctx, f)
+			} else {
+				es, err = x.s.store.Events(x.ctx, f)
+			}
 			if err != nil {
 				return err
+			}
+			if pruned > f.AfterID {
+				// Stderr, so stdout stays one event per line.
+				if f.AfterID > 0 {
+					fmt.Fprintf(x.errOut, "events: pruned through id %d: the events after id %d up to %d were deleted by the event retention and are missing; continuing after %d\n",
+						pruned, f.AfterID, pruned, pruned)
+				} else {
+					fmt.Fprintf(x.errOut, "events: pruned through id %d: older events were deleted by the event retention; the log starts after %d\n", pruned, pruned)
+				}
+				f.AfterID = pruned
 			}
 			for _, e := range es {
 				if err := enc.Encode(e); err != nil {

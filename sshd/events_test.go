@@ -114,3 +114,42 @@ func TestEventsCommand(t *testing.T) {
 }
 
 func jsonInt(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestEventsAfterPrune: resuming below the pruned range says on stderr
+// how far the log was pruned instead of returning a silent gap; stdout
+// still holds only events; resuming above it says nothing.
+func TestEventsAfterPrune(t *testing.T) {
+	e := newEnv(t, 0)
+	ctx := t.Context()
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var ids []int64
+	for i := range 5 {
+		id, err := e.store.AppendEvent(ctx, db.Event{Type: db.EventAgentConnected, At: base.Add(time.Duration(i) * time.Hour), Agent: "a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	var p db.EventPruning = e.store
+	if r, err := p.PruneEvents(ctx, base.Add(150*time.Minute), nil, 100); err != nil || r.PrunedThrough != ids[2] {
+		t.Fatalf("prune: %+v %v", r, err)
+	}
+	for _, c := range []struct {
+		cmd, note string
+	}{
+		{"events --since " + jsonInt(ids[0]), "events: pruned through id " + jsonInt(ids[2]) + ": the events after id " + jsonInt(ids[0])},
+		{"events", "events: pruned through id " + jsonInt(ids[2]) + ": older events were deleted"},
+		{"events --type agent-connected --since " + jsonInt(ids[2]), ""},
+	} {
+		r := e.run(e.reader, c.cmd)
+		if r.code != 0 {
+			t.Fatalf("%s: exit %d %s", c.cmd, r.code, r.stderr)
+		}
+		if got := decodeEvents(t, r.stdout); len(got) != 2 || got[0].ID != ids[3] || got[1].ID != ids[4] {
+			t.Errorf("%s: stdout %s", c.cmd, r.stdout)
+		}
+		if c.note == "" && r.stderr != "" || !strings.HasPrefix(r.stderr, c.note) || strings.Count(r.stderr, "\n") > 1 {
+			t.Errorf("%s: stderr %q, want it to start with %q", c.cmd, r.stderr, c.note)
+		}
+	}
+}
