@@ -36,12 +36,16 @@ func (s *Store) PruneEvents(ctx context.Context, before time.Time, hooks []db.Ho
 		if newest <= floor {
 			floor, heldBy = newest, ""
 		}
-		end, n, byAge, err := prunablePrefix(ctx, tx, floor, before.UnixMilli(), limit)
+		from, err := prunedThrough(ctx, tx)
+		if err != nil {
+			return err
+		}
+		end, n, byAge, err := prunablePrefix(ctx, tx, from, floor, before.UnixMilli(), limit)
 		if err != nil {
 			return err
 		}
 		if n > 0 {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id <= ?`, end); err != nil {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE id > ? AND id <= ?`, from, end); err != nil {
 				return fmt.Errorf("deleting events through %d: %w", end, err)
 			}
 			// Done marks beyond a cursor for events that are gone mean
@@ -119,12 +123,15 @@ func pendingFloor(ctx context.Context, tx Tx, hooks []db.HookFilter) (int64, str
 	return floor, by, nil
 }
 
-// prunablePrefix walks the log from its lowest id and returns the last id
-// of the prefix below floor whose events all happened before cutoff (unix
-// ms), at most limit of them, with their number; byAge reports that a
-// young event ended the prefix.
-func prunablePrefix(ctx context.Context, tx Tx, floor, cutoff int64, limit int) (end int64, n int, byAge bool, err error) {
-	rows, err := tx.QueryContext(ctx, `SELECT id, at FROM events WHERE id < ? ORDER BY id LIMIT ?`, floor, limit)
+// prunablePrefix walks the log from its lowest id (above from, the
+// pruned-through id) and returns the last id of the prefix below floor
+// whose events all happened before cutoff (unix ms), at most limit of
+// them, with their number; byAge reports that a young event ended the
+// prefix. Starting the index range above from matters on PostgreSQL: the
+// rows earlier batches deleted stay in the index until vacuum, and a walk
+// from the start would step over all of them again in every batch.
+func prunablePrefix(ctx context.Context, tx Tx, from, floor, cutoff int64, limit int) (end int64, n int, byAge bool, err error) {
+	rows, err := tx.QueryContext(ctx, `SELECT id, at FROM events WHERE id > ? AND id < ? ORDER BY id LIMIT ?`, from, floor, limit)
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("reading the oldest events: %w", err)
 	}
