@@ -1,7 +1,9 @@
 // Command dbstore measures the two db.Store backends side by side at farm
 // scale and prints a table: CreateBuilds rate (batches as the coordinator
 // submits them), AllocateBuild rate and latency with the table full,
-// RunnableBuilds (the queue rebuild at start) and the database size.
+// RunnableBuilds (the queue rebuild at start), the database size, and
+// event pruning (--event-retention): rows/s, how long each batch holds the
+// writer, and AllocateBuild latency while a prune runs.
 //
 //	go run ./bench/dbstore -n 1000000 -pg postgres://user:pass@127.0.0.1/db
 //
@@ -41,6 +43,12 @@ type figures struct {
 	pagedDur           time.Duration
 	paged              int
 	bytes              int64
+
+	pruned                                      int
+	pruneDur                                    time.Duration
+	batchP50, batchMax                          time.Duration
+	pruneAllocs                                 int
+	pruneAllocP50, pruneAllocP99, pruneAllocMax time.Duration
 }
 
 func main() {
@@ -50,6 +58,8 @@ func main() {
 	pg := flag.String("pg", os.Getenv("GBC_TEST_POSTGRES"), "PostgreSQL URL (a role that may create schemas); empty: SQLite only")
 	keep := flag.Bool("keep", false, "keep the SQLite file and PostgreSQL schema")
 	inputs := flag.Int("inputs", 0, "input derivations recorded per build (the previous builds' .drv paths)")
+	pruneBatch := flag.Int("prune-batch", 10_000, "events deleted per PruneEvents transaction (0: do not measure pruning)")
+	prunePause := flag.Bool("prune-pause", true, "rest as long as each batch took before the next, as the coordinator's pruner does")
 	flag.Parse()
 	ctx := context.Background()
 	var all []figures
@@ -68,6 +78,7 @@ func main() {
 	}
 	f := measure(ctx, "sqlite", ls, *n, *batch, *allocs, *inputs)
 	f.bytes = sqliteSize(ctx, ls, path)
+	measurePrune(ctx, &f, ls, *n, *allocs, *pruneBatch, *prunePause)
 	ls.Close()
 	all = append(all, f)
 
@@ -103,6 +114,7 @@ func main() {
 			WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')`).Scan(&f.bytes); err != nil {
 			log.Fatal(err)
 		}
+		measurePrune(ctx, &f, ps, *n, *allocs, *pruneBatch, *prunePause)
 		ps.Close()
 		all = append(all, f)
 	} else {
@@ -118,6 +130,79 @@ func main() {
 			f.runnableDur.Round(time.Millisecond), f.runnable, f.pagedDur.Round(time.Millisecond), f.paged, float64(f.bytes)/(1<<20))
 	}
 	tw.Flush()
+	if *pruneBatch > 0 {
+		fmt.Printf("\nPruning every event but the newest, %d per transaction (pause between batches: %v), while one client allocates sequentially\n\n", *pruneBatch, *prunePause)
+		tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "backend\tevents pruned\ttotal\trows/s\tbatch p50\tbatch max\tallocs meanwhile\talloc p50\talloc p99\talloc max\t")
+		for _, f := range all {
+			fmt.Fprintf(tw, "%s\t%d\t%v\t%.0f\t%v\t%v\t%d\t%v\t%v\t%v\t\n", f.backend, f.pruned, f.pruneDur.Round(time.Millisecond),
+				float64(f.pruned)/f.pruneDur.Seconds(), f.batchP50.Round(time.Microsecond), f.batchMax.Round(time.Microsecond),
+				f.pruneAllocs, f.pruneAllocP50.Round(time.Microsecond), f.pruneAllocP99.Round(time.Microsecond), f.pruneAllocMax.Round(time.Microsecond))
+		}
+		tw.Flush()
+	}
+}
+
+// measurePrune deletes every event but the newest through PruneEvents in
+// batches, timing each batch (the time it holds the writer), while one
+// client allocates builds the allocation phase left alone, to see what a
+// prune costs the dispatch path.
+func measurePrune(ctx context.Context, f *figures, s db.Store, n, allocs, batch int, pause bool) {
+	p, ok := s.(db.EventPruning)
+	if batch <= 0 || !ok {
+		return
+	}
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	stop := make(chan struct{})
+	lat := make(chan []time.Duration)
+	go func() {
+		var ls []time.Duration
+		step := max(1, n/max(1, allocs))
+		for k := 0; k*step+step/2 < n; k++ {
+			select {
+			case <-stop:
+				lat <- ls
+				return
+			default:
+			}
+			id := newBuild(k*step+step/2, base, 0).ID
+			t := time.Now()
+			if err := s.AllocateBuild(ctx, id, "bench-agent", base); err != nil {
+				log.Fatalf("%s: AllocateBuild %s during prune: %v", f.backend, id, err)
+			}
+			ls = append(ls, time.Since(t))
+		}
+		<-stop
+		lat <- ls
+	}()
+	var batches []time.Duration
+	start := time.Now()
+	for {
+		t := time.Now()
+		r, err := p.PruneEvents(ctx, base.Add(1000*24*time.Hour), nil, batch)
+		if err != nil {
+			log.Fatalf("%s: PruneEvents: %v", f.backend, err)
+		}
+		d := time.Since(t)
+		batches = append(batches, d)
+		f.pruned += r.Deleted
+		if !r.More {
+			break
+		}
+		if pause {
+			time.Sleep(d) // as coordinator.EventRetention rests between batches
+		}
+	}
+	f.pruneDur = time.Since(start)
+	close(stop)
+	ls := <-lat
+	slices.Sort(batches)
+	f.batchP50, f.batchMax = batches[len(batches)/2], batches[len(batches)-1]
+	slices.Sort(ls)
+	if f.pruneAllocs = len(ls); len(ls) > 0 {
+		f.pruneAllocP50, f.pruneAllocP99, f.pruneAllocMax = ls[len(ls)/2], ls[len(ls)*99/100], ls[len(ls)-1]
+	}
+	fmt.Fprintf(os.Stderr, "%s: pruned %d events in %d batches, %v\n", f.backend, f.pruned, len(batches), f.pruneDur.Round(time.Millisecond))
 }
 
 func drvPath(i int) string { return fmt.Sprintf("/nix/store/%032d-pkg-%d.drv", i, i) }
