@@ -17,7 +17,7 @@ func (s *Scheduler) less(a, b int32) bool {
 	if x.created != y.created {
 		return x.created < y.created
 	}
-	return x.id < y.id
+	return s.idLess(a, b)
 }
 
 func (s *Scheduler) hpush(x int32) {

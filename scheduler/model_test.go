@@ -268,11 +268,19 @@ func runModel(t *testing.T, data []byte) {
 	const ndrv = 10
 	drv := func(i int) string { return fmt.Sprintf("/nix/store/%02d-d.drv", i) }
 	nextID := 0
+	// Every other id is a UUID, which the scheduler keeps as bytes; both
+	// forms start with "b" so that they interleave in the id order.
+	idOf := func(n int) string {
+		if n%2 == 1 {
+			return fmt.Sprintf("b%07x-0000-4000-8000-%012x", n, n)
+		}
+		return fmt.Sprintf("b%02d", n)
+	}
 	pick := func() string { // any id, live or not
 		if nextID == 0 {
 			return "none"
 		}
-		return fmt.Sprintf("b%02d", src.n(nextID))
+		return idOf(src.n(nextID))
 	}
 	var log []string
 	fail := func(format string, args ...any) {
@@ -283,7 +291,7 @@ func runModel(t *testing.T, data []byte) {
 		switch op := src.n(10); op {
 		case 0, 1, 2: // add
 			di := 1 + src.n(ndrv-1)
-			b := Build{ID: fmt.Sprintf("b%02d", nextID), Derivation: drv(di), Priority: src.n(4)}
+			b := Build{ID: idOf(nextID), Derivation: drv(di), Priority: src.n(4)}
 			nextID++
 			b.System = []string{"x86_64-linux", "aarch64-linux"}[src.n(2)]
 			if src.n(4) == 0 {

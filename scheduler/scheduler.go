@@ -134,8 +134,8 @@ const (
 
 // build is the internal record; int32 indexes keep it near 100 bytes.
 type build struct {
-	id       string
-	inputs   []int32 // derivation indexes, deduplicated
+	uid      [16]byte // the id when it is a UUID (see ids.go)
+	inputs   []int32  // derivation indexes, deduplicated
 	created  int64
 	drv      int32
 	bucket   int32
@@ -152,6 +152,7 @@ type build struct {
 	mark     uint32
 	state    bstate
 	dying    bool
+	oddID    bool // the id is not a UUID: it is in Scheduler.oddIDs
 }
 
 // ref names a build slot at one generation, so slots can be reused while
@@ -190,9 +191,11 @@ type Scheduler struct {
 	builds []build
 	free   []int32
 	byID   strIndex // build id → slot
+	oddIDs map[int32]string
 
 	drvs      []drvNode
 	drvByPath strIndex // derivation path → drvs index
+	paths     strArena // the bytes of drvs' paths
 
 	buckets         []bucket
 	bucketByKey     map[string]int32
@@ -240,7 +243,7 @@ func (s *Scheduler) Add(b Build) error {
 	case b.System == "":
 		return fmt.Errorf("scheduler: add build %q: empty System", b.ID)
 	}
-	if _, dup := s.byID.get(b.ID, s.idOf); dup {
+	if _, dup := s.lookupID(b.ID); dup {
 		return fmt.Errorf("scheduler: add build %q: duplicate ID", b.ID)
 	}
 	for _, in := range b.InputDrvs {
@@ -268,7 +271,7 @@ func (s *Scheduler) Add(b Build) error {
 	for _, u := range up {
 		if slices.Contains(inputs, s.builds[u].drv) {
 			return fmt.Errorf("scheduler: add build %q: dependency cycle through build %q (%s)",
-				b.ID, s.builds[u].id, s.drvs[s.builds[u].drv].path)
+				b.ID, s.idOf(u), s.drvs[s.builds[u].drv].path)
 		}
 	}
 	bk := s.internBucket(b.System, b.Features, b.Tags)
@@ -280,7 +283,6 @@ func (s *Scheduler) Add(b Build) error {
 		created = s.clk.Now()
 	}
 	*nb = build{
-		id:      strings.Clone(b.ID), // don't pin a caller's larger buffer
 		inputs:  inputs,
 		created: created.UnixNano(),
 		drv:     d,
@@ -298,7 +300,8 @@ func (s *Scheduler) Add(b Build) error {
 	if !b.DeferUntil.IsZero() {
 		s.deferUntil[idx] = b.DeferUntil.UnixNano()
 	}
-	s.byID.put(b.ID, idx, s.idOf)
+	s.setID(idx, b.ID)
+	s.byID.insert(s.hashID(idx), idx, s.hashID)
 	for _, di := range inputs {
 		if s.blocking(di) {
 			s.builds[idx].waiting++
@@ -482,7 +485,7 @@ func (s *Scheduler) makeAvailable(d, finishing int32) (nowRunnable []string) {
 			y := r.idx
 			s.builds[y].waiting--
 			if s.refresh(y) {
-				nowRunnable = append(nowRunnable, s.builds[y].id)
+				nowRunnable = append(nowRunnable, s.idOf(y))
 			}
 		}
 	}
@@ -497,7 +500,7 @@ func (s *Scheduler) makeAvailable(d, finishing int32) (nowRunnable []string) {
 // Succeeded records a successful build (its derivation becomes available) and
 // releases its agent slot. It returns the builds that became runnable.
 func (s *Scheduler) Succeeded(id string) (nowRunnable []string) {
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return nil
 	}
@@ -517,14 +520,14 @@ func (s *Scheduler) Succeeded(id string) (nowRunnable []string) {
 // is still queued or running, dependents wait for that one instead.
 // Allocated dependents (possible only in permissive mode) are left running.
 func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return nil
 	}
 	s.failed++
 	x := &s.builds[idx]
 	x.dying = true
-	cause := Dep{FailedBuild: x.id, FailedInput: s.drvs[x.drv].path}
+	cause := Dep{FailedBuild: s.idOf(idx), FailedInput: s.drvs[x.drv].path}
 	F := []int32{idx}
 	if !s.drvs[x.drv].available && s.allDying(x.drv) {
 		gone := map[int32]bool{x.drv: true}
@@ -543,7 +546,7 @@ func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
 				y.dying = true
 				F = append(F, r.idx)
 				dep := cause
-				dep.ID, dep.Derivation = y.id, s.drvs[y.drv].path
+				dep.ID, dep.Derivation = s.idOf(r.idx), s.drvs[y.drv].path
 				failedDependency = append(failedDependency, dep)
 				if e := y.drv; !gone[e] && !s.drvs[e].available && s.allDying(e) {
 					gone[e] = true
@@ -562,7 +565,7 @@ func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
 // mode where a derivation without a live build no longer blocks: those that
 // become runnable are returned.
 func (s *Scheduler) Cancel(id string) (nowRunnable []string) {
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return nil
 	}
@@ -574,7 +577,7 @@ func (s *Scheduler) Cancel(id string) (nowRunnable []string) {
 // failure. If avoidAgent is set, that agent gets the build only when it has
 // nothing else to do. The retry limit is the caller's.
 func (s *Scheduler) Requeue(id, avoidAgent string) {
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return
 	}
@@ -593,7 +596,7 @@ func (s *Scheduler) Requeue(id, avoidAgent string) {
 // SetPriority changes a build's own priority; everything it waits on,
 // directly or not, is re-ordered through derived priority.
 func (s *Scheduler) SetPriority(id string, p int) {
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return
 	}
@@ -649,7 +652,7 @@ func (s *Scheduler) Wake() (nowRunnable []string) {
 		x := s.deferred[0]
 		s.dremove(x)
 		if s.refresh(x) {
-			nowRunnable = append(nowRunnable, s.builds[x].id)
+			nowRunnable = append(nowRunnable, s.idOf(x))
 		}
 	}
 	return nowRunnable
@@ -751,7 +754,7 @@ func (s *Scheduler) AllocatedTo(agentID string) []string {
 	}
 	out := make([]string, 0, len(s.agents[ai].slots))
 	for x := range s.agents[ai].slots {
-		out = append(out, s.builds[x].id)
+		out = append(out, s.idOf(x))
 	}
 	sort.Strings(out)
 	return out
@@ -759,7 +762,7 @@ func (s *Scheduler) AllocatedTo(agentID string) []string {
 
 // StateOf reports where a build is; false once it finished or is unknown.
 func (s *Scheduler) StateOf(id string) (State, bool) {
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return 0, false
 	}
@@ -778,7 +781,7 @@ func (s *Scheduler) StateOf(id string) (State, bool) {
 // Lookup returns a queued or allocated build as submitted (priority is its own,
 // not derived).
 func (s *Scheduler) Lookup(id string) (Build, bool) {
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return Build{}, false
 	}
@@ -788,7 +791,7 @@ func (s *Scheduler) Lookup(id string) (Build, bool) {
 // Order reports the ordering keys of a build: derived priority and the number
 // of builds waiting on it.
 func (s *Scheduler) Order(id string) (derivedPriority, dependents int, ok bool) {
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return 0, 0, false
 	}
@@ -827,7 +830,7 @@ func (s *Scheduler) export(idx int32) Build {
 	b := &s.builds[idx]
 	bk := &s.buckets[b.bucket]
 	out := Build{
-		ID:         b.id,
+		ID:         s.idOf(idx),
 		Derivation: s.drvs[b.drv].path,
 		System:     bk.system,
 		Priority:   int(b.prio),
@@ -851,7 +854,6 @@ func (s *Scheduler) export(idx int32) Build {
 	return out
 }
 
-func (s *Scheduler) idOf(i int32) string   { return s.builds[i].id }
 func (s *Scheduler) pathOf(i int32) string { return s.drvs[i].path }
 
 func (s *Scheduler) allocSlot() int32 {
@@ -868,7 +870,7 @@ func (s *Scheduler) internDrv(path string) int32 {
 	if d, ok := s.drvByPath.get(path, s.pathOf); ok {
 		return d
 	}
-	path = strings.Clone(path) // don't pin the caller's larger buffer
+	path = s.paths.clone(path) // don't pin the caller's larger buffer
 	d := int32(len(s.drvs))
 	s.drvs = append(s.drvs, drvNode{path: path})
 	s.drvByPath.put(path, d, s.pathOf)
@@ -1115,7 +1117,7 @@ func (s *Scheduler) freeSlot(x int32) (nowRunnable []string) {
 			}
 			s.builds[r.idx].waiting--
 			if s.refresh(r.idx) {
-				nowRunnable = append(nowRunnable, s.builds[r.idx].id)
+				nowRunnable = append(nowRunnable, s.idOf(r.idx))
 			}
 		}
 	}
@@ -1126,7 +1128,8 @@ func (s *Scheduler) freeSlot(x int32) (nowRunnable []string) {
 			s.compact(di)
 		}
 	}
-	s.byID.del(b.id, s.idOf)
+	s.byID.remove(s.hashID(x), func(v int32) bool { return v == x })
+	s.clearID(x)
 	*b = build{gen: b.gen + 1, mark: b.mark, hpos: -1, dpos: -1, agent: -1, avoid: -1}
 	s.free = append(s.free, x)
 	return nowRunnable
@@ -1307,7 +1310,7 @@ func (s *Scheduler) Restore(id, agentID string) error {
 	if agentID == "" {
 		return fmt.Errorf("scheduler: restore build %q: empty agent", id)
 	}
-	idx, ok := s.byID.get(id, s.idOf)
+	idx, ok := s.lookupID(id)
 	if !ok {
 		return fmt.Errorf("scheduler: restore build %q: unknown build", id)
 	}
