@@ -73,6 +73,7 @@ type config struct {
 	probeConc int
 	keep      bool
 	noInputs  bool
+	coordArgs string
 	workDir   string
 	pprofDir  string
 }
@@ -90,6 +91,7 @@ func main() {
 	flag.IntVar(&cfg.rounds, "rounds", 1000, "probe rounds (dispatch latency samples)")
 	flag.IntVar(&cfg.probeConc, "probe-conc", 10, "agents running probe rounds at once")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the work directory")
+	flag.StringVar(&cfg.coordArgs, "coordinator-args", "", "extra `ARGS` for gbc coordinator, space-separated (e.g. \"--memory-limit 450MiB\")")
 	flag.BoolVar(&cfg.noInputs, "no-inputs", false, "record the queue without input derivations, as builds from before migration 0004 (the coordinator re-reads each .drv at start)")
 	flag.StringVar(&cfg.pprofDir, "pprof", "", "write coordinator CPU profiles of the batch submit and the probe rounds into `DIR`")
 	flag.Parse()
@@ -243,6 +245,7 @@ func (b *bench) startCoordinator(ctx context.Context, state string) error {
 	b.coord = exec.CommandContext(ctx, b.cfg.gbc, "coordinator", "--state-dir", state,
 		"--listen", b.addr, "--admin-key", keyFile+".pub", "--store-dir", b.storeDir,
 		"--heartbeat", "1h", "--disconnect-grace", "1h")
+	b.coord.Args = append(b.coord.Args, strings.Fields(b.cfg.coordArgs)...)
 	if b.cfg.pprofDir != "" {
 		if b.pprof, err = freePort(); err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -50,6 +51,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	maxSetup := fs.Int("max-setup-failures", coordinator.DefaultMaxSetupFailures, "setup failures after which a build fails")
 	pprofListen := fs.String("pprof-listen", "", "serve net/http/pprof on `ADDR` (loopback only; for profiling)")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
+	memLimit := fs.String("memory-limit", "", "soft limit of the Go heap and runtime (`SIZE` such as 450MiB, as GOMEMLIMIT, which applies when this is not given): the garbage collector runs more often near it, trading CPU for RSS; it is not a hard cap (docs/scheduling.md)")
 	hf := addHookFlags(fs)
 	retention := daysDuration(coordinator.DefaultEventRetention)
 	fs.Var(&retention, "event-retention", "delete events older than this (30d, 720h; 0: keep forever); events a hook has not finished stay")
@@ -79,6 +81,14 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		return usageError{"--max-upload-bytes must be positive"}
 	}
 	log := e.log
+	if *memLimit != "" {
+		n, err := parseMemoryLimit(*memLimit)
+		if err != nil {
+			return usageError{"--" + err.Error()}
+		}
+		debug.SetMemoryLimit(n)
+		log.Info("memory limit set", "bytes", n)
+	}
 	dir, err := filepath.Abs(*stateDir)
 	if err != nil {
 		return fmt.Errorf("state dir %q: %w", *stateDir, err)

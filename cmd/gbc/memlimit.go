@@ -1,0 +1,32 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// parseMemoryLimit reads a --memory-limit value in GOMEMLIMIT's syntax: a
+// non-negative integer number of bytes with an optional unit B, KiB, MiB,
+// GiB or TiB.
+func parseMemoryLimit(v string) (int64, error) {
+	num, mult := v, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"B", 1}} {
+		if n, ok := strings.CutSuffix(v, u.suffix); ok {
+			num, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("memory limit %q: want a byte count such as 450MiB or 2GiB", v)
+	}
+	if n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("memory limit %q: too large", v)
+	}
+	return n * mult, nil
+}
