@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"runtime"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 
@@ -31,6 +32,7 @@ import (
 type Store struct {
 	*sqlstore.Store
 	path string
+	ckpt *checkpointer
 }
 
 var (
@@ -81,6 +83,10 @@ func dsn(path string, readOnly bool) string {
 // the schema this binary knows. A database migrated by a newer binary is
 // refused with an error wrapping migrations.ErrTooNew.
 func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error) {
+	return open(ctx, path, logger, checkpointInterval)
+}
+
+func open(ctx context.Context, path string, logger *slog.Logger, ckptEvery time.Duration) (*Store, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -88,10 +94,7 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: resolving %q: %w", path, err)
 	}
-	w, err := sql.Open("sqlite3", dsn(abs, false))
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: opening %s: %w", abs, err)
-	}
+	w := sql.OpenDB(newWriterConnector(dsn(abs, false)))
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
@@ -121,8 +124,18 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error)
 		r.Close()
 		return nil, fmt.Errorf("sqlite: opening %s read-only: %w", abs, err)
 	}
+	// The checkpointer's connection writes the database file, so it is
+	// not one of the read-only readers.
+	cp, err := sql.Open("sqlite3", dsn(abs, false))
+	if err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("sqlite: opening %s for checkpoints: %w", abs, err)
+	}
+	cp.SetMaxOpenConns(1)
 	logger.DebugContext(ctx, "sqlite store open", "path", abs)
-	return &Store{Store: sqlstore.New(dialect(), w, r), path: abs}, nil
+	return &Store{Store: sqlstore.New(dialect(), w, r), path: abs,
+		ckpt: startCheckpointer(cp, ckptEvery, logger)}, nil
 }
 
 func isConstraint(err error, code sqlite3.ErrNoExtended) bool {
@@ -136,4 +149,10 @@ func isForeignKey(err error) bool {
 
 func isUnique(err error) bool {
 	return isConstraint(err, sqlite3.ErrConstraintPrimaryKey) || isConstraint(err, sqlite3.ErrConstraintUnique)
+}
+
+// Close stops the checkpointer and closes the pools; the last connection
+// to close checkpoints what is left.
+func (s *Store) Close() error {
+	return errors.Join(s.ckpt.close(), s.Store.Close())
 }
