@@ -201,6 +201,8 @@ type Store interface {
 	// StartBuild moves allocated → started; the agent must hold the build.
 	StartBuild(ctx context.Context, id, agentID string, at time.Time) error
 	// SucceedBuild records verified results and moves started → succeeded.
+	// From allocated it records the implied start too (with its event),
+	// in the same transaction.
 	SucceedBuild(ctx context.Context, id, agentID string, at time.Time, results []OutputResult) error
 	// FailBuild records a build failure (the derivation's fault): allocated
 	// or started → failed (allocated too, so a timeout can be recorded for
@@ -250,6 +252,7 @@ type Store interface {
 type DependencyFailer interface {
 	FailDependency(ctx context.Context, id string, at time.Time, cause string) error
 	// FailDependencies does the same for many builds in one transaction.
+	// Nobody waits on it, so a store may let other writes go first.
 	// Builds that are not scheduled (ErrConflict) or unknown (ErrNotFound)
 	// are left as they are and returned in skipped with that error; any
 	// other error means none was changed.

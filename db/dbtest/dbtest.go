@@ -49,6 +49,7 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"ScheduledBuildsPage", testScheduledBuildsPage},
 		{"ConcurrentReadsAndWrites", testConcurrentReadsAndWrites},
 		{"Events", testEvents},
+		{"SucceedImpliesStart", testSucceedImpliesStart},
 		{"SetupFailBuild", testSetupFailBuild},
 		{"AttemptHardware", testAttemptHardware},
 		{"HookProgress", testHookProgress},
@@ -428,7 +429,7 @@ func testIllegalTransitions(t *testing.T, s db.Store) {
 	}
 	legal := map[db.BuildState]map[string]bool{
 		db.StateScheduled: {"allocate": true, "cancel": true},
-		db.StateAllocated: {"start": true, "fail": true, "requeue": true, "cancel": true},
+		db.StateAllocated: {"start": true, "succeed": true, "fail": true, "requeue": true, "cancel": true},
 		db.StateStarted:   {"succeed": true, "fail": true, "requeue": true, "cancel": true},
 	}
 	n := 0

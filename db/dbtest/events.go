@@ -214,3 +214,48 @@ func testHookProgress(t *testing.T, s db.Store) {
 		t.Errorf("concurrent marks: %d done, want 20", len(q.Done))
 	}
 }
+
+// testSucceedImpliesStart: a success reported for a build still allocated
+// records the start too, in one transaction: started_at on the build and
+// its attempt, and a started event before the succeeded one.
+func testSucceedImpliesStart(t *testing.T, s db.Store) {
+	ctx := ctxFor(t)
+	newAgent(t, s, "a1")
+	createBuilds(t, s, newBuild("s1", 0))
+	must(t, "AllocateBuild", s.AllocateBuild(ctx, "s1", "a1", at(10)))
+	res := []db.OutputResult{{Name: "out", Path: "/nix/store/s1-out", NarHash: "sha256:abc", NarSize: 10, FileHash: "sha256:def", FileSize: 5, Compression: "zstd", File: "f1"}}
+	must(t, "SucceedBuild from allocated", s.SucceedBuild(ctx, "s1", "a1", at(20), res))
+	b, err := s.Build(ctx, "s1")
+	must(t, "Build", err)
+	if b.State != db.StateSucceeded || !b.StartedAt.Equal(at(20)) || !b.EndedAt.Equal(at(20)) {
+		t.Errorf("build: state %s, started %v, ended %v; want succeeded, both %v", b.State, b.StartedAt, b.EndedAt, at(20))
+	}
+	if len(b.Attempts) != 1 || !b.Attempts[0].StartedAt.Equal(at(20)) || b.Attempts[0].Outcome != "succeeded" {
+		t.Errorf("attempts: %+v", b.Attempts)
+	}
+	if len(b.Results) != 1 || b.Results[0].Path != "/nix/store/s1-out" {
+		t.Errorf("results: %+v", b.Results)
+	}
+	es, err := s.Events(ctx, db.EventFilter{Build: "s1"})
+	must(t, "Events", err)
+	want := []db.EventType{db.EventSubmitted, db.EventAllocated, db.EventStarted, db.EventSucceeded}
+	if got := eventTypes(es); !reflect.DeepEqual(got, want) {
+		t.Errorf("events %v, want %v", got, want)
+	}
+	// Another agent can neither start nor succeed it, and a refused
+	// success records nothing.
+	newAgent(t, s, "a2")
+	createBuilds(t, s, newBuild("s2", 1))
+	must(t, "AllocateBuild s2", s.AllocateBuild(ctx, "s2", "a1", at(30)))
+	mustErrIs(t, "SucceedBuild by a2", s.SucceedBuild(ctx, "s2", "a2", at(31), res), db.ErrConflict)
+	b, err = s.Build(ctx, "s2")
+	must(t, "Build s2", err)
+	if b.State != db.StateAllocated || !b.StartedAt.IsZero() {
+		t.Errorf("after a refused success: state %s, started %v", b.State, b.StartedAt)
+	}
+	es, err = s.Events(ctx, db.EventFilter{Build: "s2"})
+	must(t, "Events s2", err)
+	if got := eventTypes(es); !reflect.DeepEqual(got, []db.EventType{db.EventSubmitted, db.EventAllocated}) {
+		t.Errorf("events after a refused success: %v", got)
+	}
+}

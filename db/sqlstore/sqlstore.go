@@ -71,6 +71,7 @@ type Dialect struct {
 type Store struct {
 	d    Dialect
 	w, r *sql.DB
+	gate *writeGate
 
 	// ORDER BY clauses with the dialect's NULL placement.
 	newestFirst, oldestFirst, runnableOrder, keysOrder, agentsOrder string
@@ -90,7 +91,7 @@ func New(d Dialect, writer, reader *sql.DB) *Store {
 		reader = writer
 	}
 	return &Store{
-		d: d, w: writer, r: reader,
+		d: d, w: writer, r: reader, gate: newWriteGate(),
 		newestFirst:   "created_at DESC" + d.NullsLast + ", seq DESC",
 		oldestFirst:   "created_at" + d.NullsFirst + ", seq",
 		runnableOrder: "priority DESC, created_at" + d.NullsFirst + ", seq",
@@ -215,12 +216,16 @@ func (s *Store) retry(ctx context.Context, try func() error) error {
 // isolation: SQLite BEGIN IMMEDIATE on its single connection, PostgreSQL
 // READ COMMITTED), retried as the dialect says.
 func (s *Store) write(ctx context.Context, fn func(tx Tx) error) error {
+	s.gate.enter()
+	defer s.gate.leave()
 	return s.writeTx(ctx, false, fn)
 }
 
-// writeRepeated is write for a transaction that runs the same statements
-// many times (a batch of transitions): each is prepared once.
-func (s *Store) writeRepeated(ctx context.Context, fn func(tx Tx) error) error {
+// writeBackground runs a batch nobody waits on (the same statements many
+// times, each prepared once), after letting foreground writes go first
+// (see writeGate).
+func (s *Store) writeBackground(ctx context.Context, fn func(tx Tx) error) error {
+	s.gate.yield(ctx)
 	return s.writeTx(ctx, true, fn)
 }
 

@@ -210,16 +210,28 @@ func (s *Store) allocate(ctx context.Context, id, agentID string, at time.Time, 
 
 // StartBuild: allocated → started; agentID must hold the build.
 func (s *Store) StartBuild(ctx context.Context, id, agentID string, at time.Time) error {
-	return s.transition(ctx, id,
-		rule{op: "starting", from: []db.BuildState{db.StateAllocated}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventStarted}},
-		`state = 'started', started_at = ?`, []any{ms(at)},
+	err := s.write(ctx, func(tx Tx) error { return s.startTx(ctx, tx, id, agentID, at) })
+	if err != nil {
+		return startRule(agentID, at).wrap(id, err)
+	}
+	return nil
+}
+
+func startRule(agentID string, at time.Time) rule {
+	return rule{op: "starting", from: []db.BuildState{db.StateAllocated}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventStarted}}
+}
+
+func (s *Store) startTx(ctx context.Context, tx Tx, id, agentID string, at time.Time) error {
+	return s.transitionTx(ctx, tx, id, startRule(agentID, at), `state = 'started', started_at = ?`, []any{ms(at)},
 		func(tx Tx, c changed) error {
-			n := c.attempt
-			return setAttempt(ctx, tx, id, n, `started_at = ?`, ms(at))
+			return setAttempt(ctx, tx, id, c.attempt, `started_at = ?`, ms(at))
 		})
 }
 
-// SucceedBuild: started → succeeded with the verified results.
+// SucceedBuild: started → succeeded with the verified results. From
+// allocated, the start is implied (a result without a prior "started",
+// or one whose "started" is still in flight): it is recorded, with its
+// event, in the same transaction, so a success costs one commit.
 func (s *Store) SucceedBuild(ctx context.Context, id, agentID string, at time.Time, results []db.OutputResult) error {
 	seen := map[string]bool{}
 	var outs []db.EventOutput
@@ -230,16 +242,25 @@ func (s *Store) SucceedBuild(ctx context.Context, id, agentID string, at time.Ti
 		seen[r.Name] = true
 		outs = append(outs, db.EventOutput{Name: r.Name, Path: r.Path, NarHash: r.NarHash, NarSize: r.NarSize})
 	}
-	return s.transition(ctx, id,
-		rule{op: "succeeding", from: []db.BuildState{db.StateStarted}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventSucceeded, Outputs: outs}},
-		`state = 'succeeded', ended_at = ?, failure_reason = ''`, []any{ms(at)},
-		func(tx Tx, c changed) error {
-			n := c.attempt
-			if err := insertResults(ctx, tx, id, results); err != nil {
-				return err
-			}
-			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'succeeded'`, ms(at))
-		})
+	r := rule{op: "succeeding", from: []db.BuildState{db.StateStarted}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventSucceeded, Outputs: outs}}
+	err := s.write(ctx, func(tx Tx) error {
+		// Usually already started; then this matches no row.
+		if err := s.startTx(ctx, tx, id, agentID, at); err != nil && !errors.Is(err, db.ErrConflict) {
+			return err
+		}
+		return s.transitionTx(ctx, tx, id, r, `state = 'succeeded', ended_at = ?, failure_reason = ''`, []any{ms(at)},
+			func(tx Tx, c changed) error {
+				n := c.attempt
+				if err := insertResults(ctx, tx, id, results); err != nil {
+					return err
+				}
+				return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'succeeded'`, ms(at))
+			})
+	})
+	if err != nil {
+		return r.wrap(id, err)
+	}
+	return nil
 }
 
 func insertResults(ctx context.Context, tx Tx, id string, results []db.OutputResult) error {
@@ -334,12 +355,14 @@ func failDependencyRule(at time.Time, cause string) rule {
 // instead of statements per build. Events are appended in the order of
 // deps. A build that is not scheduled (ErrConflict) or not there
 // (ErrNotFound) is skipped and reported in skipped; any other error rolls
-// the whole set back.
+// the whole set back. It is a background write: it lets transitions that
+// are waiting for the writer go first (see writeGate), so callers with
+// many dependents should pass them in chunks.
 func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.DependencyFailure) (skipped map[string]error, err error) {
 	if len(deps) == 0 {
 		return nil, nil
 	}
-	err = s.writeRepeated(ctx, func(tx Tx) error {
+	err = s.writeBackground(ctx, func(tx Tx) error {
 		skipped = map[string]error{} // a retried transaction starts over
 		changedByID := make(map[string]changed, len(deps))
 		// Group by cause, keeping first-seen order; a repeated id is a
