@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/gbc-farm/gbc/cache"
 	"github.com/gbc-farm/gbc/compression"
@@ -83,11 +84,12 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 		reason += ": " + truncate(m.Message, 1000)
 	}
 	c := s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	// Recorded before taking the lock, as in Succeeded.
 	if err := c.store.FailBuild(ctx, m.Build, s.agentID, c.clk.Now(), reason, m.ExitCode); err != nil {
 		return unavailable(fmt.Errorf("fail build %s: %w", m.Build, err))
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.log.Info("build failed", "build", m.Build, "agent", s.agentID, "reason", reason, "exit_code", m.ExitCode)
 	c.releaseLocked(m.Build, s.agentID)
 	c.endedLocked(ctx, m.Build, outcomeFailed)
@@ -171,6 +173,7 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 // says what did not match.
 func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	c := s.c
+	start := time.Now()
 	c.mu.Lock()
 	if c.verifying[m.Build] {
 		c.mu.Unlock()
@@ -199,6 +202,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		return nil
 	}
 	dir := c.uploadDir(s.agentID, m.Build)
+	loaded := time.Now()
 	results, verr := c.verify(b, dir, m.Outputs)
 	if verr != nil {
 		c.mu.Lock()
@@ -210,17 +214,18 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		}
 		return fmt.Errorf("%w: %w", ErrVerification, verr)
 	}
+	verified := time.Now()
 	if err := c.publish(ctx, b, dir, m.Outputs, results); err != nil {
 		return err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if b.State == db.StateAllocated {
-		// A result without a prior "started" implies the start.
-		if err := c.store.StartBuild(ctx, m.Build, s.agentID, c.clk.Now()); err != nil {
-			return unavailable(fmt.Errorf("start build %s: %w", m.Build, err))
-		}
-	}
+	published := time.Now()
+	// Recorded before taking the coordinator lock: the store's
+	// compare-and-set (this agent, allocated or started) is what makes it
+	// safe, and a requeue or cancel racing with it finds the build
+	// succeeded and changes nothing. Dispatch, which every report waits
+	// for, is not held up by this commit.
+	// A result without a prior "started" implies the start: SucceedBuild
+	// records both in one commit.
 	// Only a nil here lets the caller acknowledge the result. Anything
 	// but a verdict (conflict, not found) leaves it unacknowledged: the
 	// outputs are already published, so the agent's resend verifies
@@ -228,10 +233,20 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	if err := c.store.SucceedBuild(ctx, m.Build, s.agentID, c.clk.Now(), results); err != nil {
 		return unavailable(fmt.Errorf("record success of build %s: %w", m.Build, err))
 	}
-	c.log.Info("build succeeded", "build", m.Build, "agent", s.agentID, "outputs", len(results))
+	recorded := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	locked := time.Now()
 	c.releaseLocked(m.Build, s.agentID)
 	c.endedLocked(ctx, m.Build, outcomeSucceeded)
 	c.dispatchLocked(ctx)
+	// Where a slow success spent its time: the database (load, record),
+	// the upload's bytes (verify), the disk (publish: fsyncs), contention
+	// for the coordinator lock, or dispatching what it released.
+	c.log.Info("build succeeded", "build", m.Build, "agent", s.agentID, "outputs", len(results),
+		"load_ms", millis(loaded.Sub(start)), "verify_ms", millis(verified.Sub(loaded)),
+		"publish_ms", millis(published.Sub(verified)), "record_ms", millis(recorded.Sub(published)),
+		"lock_ms", millis(locked.Sub(recorded)), "dispatch_ms", millis(time.Since(locked)))
 	return nil
 }
 
@@ -427,6 +442,9 @@ func verifyFile(dir string, o protocol.OutputResult) (db.OutputResult, error) {
 		File:        filepath.Join("cache", "nar", nixhash.Base32(gotFile.Digest)+".nar"+suffix),
 	}, nil
 }
+
+// millis is a duration in milliseconds with µs precision, for logs.
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func truncate(s string, n int) string {
 	if len(s) <= n {

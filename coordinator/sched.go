@@ -439,6 +439,11 @@ func (c *Coordinator) allocate(ctx context.Context, id, agentID string) (db.Allo
 		Attempt: len(b.Attempts), Outputs: b.Outputs, TimeoutSeconds: b.TimeoutSeconds, MaxSilentSeconds: b.MaxSilentSeconds}, nil
 }
 
+// failChunk is how many failed-dependency transitions share one
+// transaction: large enough to amortise the commit, small enough that a
+// success waiting behind it is not delayed by more than a few ms.
+const failChunk = 32
+
 // outcome is how a build ended, for dependency handling.
 type outcome int
 
@@ -483,11 +488,16 @@ func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 		}
 		write := func(ctx context.Context, locked bool) {
 			var done []string
-			skipped, err := failer.FailDependencies(ctx, now, batch)
-			if err != nil {
-				c.log.Error("mark failed dependencies", "build", id, "dependents", len(batch), "err", err)
-			} else {
-				for _, d := range batch {
+			// In chunks: the store lets waiting transitions (a success,
+			// an allocation) go between them, so a build with thousands
+			// of dependents does not hold up dispatch for its length.
+			for chunk := range slices.Chunk(batch, failChunk) {
+				skipped, err := failer.FailDependencies(ctx, now, chunk)
+				if err != nil {
+					c.log.Error("mark failed dependencies", "build", id, "dependents", len(chunk), "err", err)
+					continue
+				}
+				for _, d := range chunk {
 					if e := skipped[d.ID]; e != nil {
 						c.log.Error("mark failed dependency", "build", d.ID, "err", e)
 						continue

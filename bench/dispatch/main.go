@@ -802,6 +802,10 @@ func (a *agent) round(pr *probe) error {
 		return fmt.Errorf("agent %d: prerequisite not received", a.i)
 	}
 	pr.pLatency = time.Since(pr.freedAt)
+	// As the real agent does before it builds (agent/runner.go).
+	if err := a.send(&protocol.Started{Header: a.hdr(), Build: pm.Build}); err != nil {
+		return err
+	}
 	out, err := a.upload(pm, pr.p)
 	if err != nil {
 		return err
