@@ -48,6 +48,7 @@ var (
 func dialect() sqlstore.Dialect {
 	return sqlstore.Dialect{
 		ReadTx:            sql.TxOptions{ReadOnly: true},
+		SingleWriter:      true,
 		DirectSingleReads: true,
 		IsUnique:          isUnique,
 		IsForeignKey:      isForeignKey,

@@ -6,54 +6,113 @@ import (
 	"time"
 )
 
-// writeGate lets background batches (FailDependencies) step aside for
-// the writes an agent or operator is waiting on. On SQLite there is one
-// writer, and on PostgreSQL every event-writing transaction takes the
-// same advisory lock, so a 99-build failed-dependency batch used to hold
-// up the next build's success and allocation for its whole length (the
-// dispatch benchmark's tail). A background batch now starts only when no
-// foreground write is waiting or running, or after maxYield, so it is
-// delayed but never starved.
-type writeGate struct {
-	mu   sync.Mutex
-	fg   int           // foreground writes waiting or running
-	idle chan struct{} // closed while fg == 0
+// writeLock orders this process's writers. On SQLite there is one writer
+// connection, and on PostgreSQL every event-writing transaction takes the
+// same advisory lock, so writes queue either way; the order they queue in
+// decides dispatch latency. Three classes:
+//
+//   - urgent: transitions the coordinator makes while holding the lock
+//     every agent report and dispatch waits for (allocate, requeue,
+//     cancel, setup failure). They go first.
+//   - normal: everything else a caller is waiting on (a success, a
+//     submission, a key), first come first served.
+//   - background: batches nobody waits on (failed-dependency marking,
+//     event pruning). One starts only when no other write is waiting or
+//     running, or after maxYield, so it is delayed but never starved.
+//
+// With a single-writer dialect the lock also serialises the writers
+// themselves (database/sql hands its one connection to a random waiter);
+// otherwise it only counts them, for background batches to yield.
+type writeLock struct {
+	exclusive bool
+
+	mu      sync.Mutex
+	held    bool
+	waiting [2][]chan struct{} // urgent, normal; FIFO
+	busy    int                // writes waiting or running
+	idle    chan struct{}      // closed while busy == 0
 }
+
+const (
+	urgent = iota
+	normal
+)
 
 // maxYield bounds how long one background batch waits for a quiet
-// moment: under a constant stream of foreground writes it then competes
-// like any other writer.
+// moment: under a constant stream of writes it then queues like a normal
+// one.
 const maxYield = 20 * time.Millisecond
 
-func newWriteGate() *writeGate {
-	g := &writeGate{idle: make(chan struct{})}
-	close(g.idle)
-	return g
+func newWriteLock(exclusive bool) *writeLock {
+	l := &writeLock{exclusive: exclusive, idle: make(chan struct{})}
+	close(l.idle)
+	return l
 }
 
-func (g *writeGate) enter() {
-	g.mu.Lock()
-	if g.fg == 0 {
-		g.idle = make(chan struct{})
+func (l *writeLock) lock(ctx context.Context, class int) error {
+	l.mu.Lock()
+	if l.busy == 0 {
+		l.idle = make(chan struct{})
 	}
-	g.fg++
-	g.mu.Unlock()
-}
-
-func (g *writeGate) leave() {
-	g.mu.Lock()
-	g.fg--
-	if g.fg == 0 {
-		close(g.idle)
+	l.busy++
+	if !l.exclusive || !l.held {
+		l.held = l.exclusive
+		l.mu.Unlock()
+		return nil
 	}
-	g.mu.Unlock()
+	ch := make(chan struct{})
+	l.waiting[class] = append(l.waiting[class], ch)
+	l.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	for i, w := range l.waiting[class] {
+		if w == ch {
+			l.waiting[class] = append(l.waiting[class][:i], l.waiting[class][i+1:]...)
+			l.doneLocked()
+			l.mu.Unlock()
+			return ctx.Err()
+		}
+	}
+	l.mu.Unlock()
+	// Granted while giving up: pass it on.
+	l.unlock()
+	return ctx.Err()
 }
 
-// yield waits until no foreground write is in flight, at most maxYield.
-func (g *writeGate) yield(ctx context.Context) {
-	g.mu.Lock()
-	idle := g.idle
-	g.mu.Unlock()
+func (l *writeLock) unlock() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.doneLocked()
+	if !l.exclusive {
+		return
+	}
+	for c := range l.waiting {
+		if len(l.waiting[c]) > 0 {
+			ch := l.waiting[c][0]
+			l.waiting[c] = l.waiting[c][1:]
+			close(ch) // held passes to it
+			return
+		}
+	}
+	l.held = false
+}
+
+func (l *writeLock) doneLocked() {
+	l.busy--
+	if l.busy == 0 {
+		close(l.idle)
+	}
+}
+
+// yield waits until no write is waiting or running, at most maxYield.
+func (l *writeLock) yield(ctx context.Context) {
+	l.mu.Lock()
+	idle := l.idle
+	l.mu.Unlock()
 	select {
 	case <-idle:
 		return

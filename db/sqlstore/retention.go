@@ -23,7 +23,7 @@ func (s *Store) PruneEvents(ctx context.Context, before time.Time, hooks []db.Ho
 		return db.PruneResult{}, fmt.Errorf("pruning events: batch limit %d is not positive", limit)
 	}
 	var res db.PruneResult
-	err := s.write(ctx, func(tx Tx) error {
+	err := s.writeBackground(ctx, func(tx Tx) error {
 		res = db.PruneResult{}
 		floor, heldBy, err := pendingFloor(ctx, tx, hooks)
 		if err != nil {

@@ -63,6 +63,11 @@ type Dialect struct {
 	// COMMIT comes back as a CommitError, whose outcome is unknown.
 	Retry func(ctx context.Context, try func() error) error
 
+	// SingleWriter says the database takes one writer at a time (SQLite):
+	// writers then queue in this process, in priority order, instead of
+	// on the pool's one connection in random order.
+	SingleWriter bool
+
 	// IsUnique and IsForeignKey classify constraint violations.
 	IsUnique, IsForeignKey func(error) bool
 }
@@ -71,7 +76,7 @@ type Dialect struct {
 type Store struct {
 	d    Dialect
 	w, r *sql.DB
-	gate *writeGate
+	wl   *writeLock
 
 	// ORDER BY clauses with the dialect's NULL placement.
 	newestFirst, oldestFirst, runnableOrder, keysOrder, agentsOrder string
@@ -91,7 +96,7 @@ func New(d Dialect, writer, reader *sql.DB) *Store {
 		reader = writer
 	}
 	return &Store{
-		d: d, w: writer, r: reader, gate: newWriteGate(),
+		d: d, w: writer, r: reader, wl: newWriteLock(d.SingleWriter),
 		newestFirst:   "created_at DESC" + d.NullsLast + ", seq DESC",
 		oldestFirst:   "created_at" + d.NullsFirst + ", seq",
 		runnableOrder: "priority DESC, created_at" + d.NullsFirst + ", seq",
@@ -216,17 +221,29 @@ func (s *Store) retry(ctx context.Context, try func() error) error {
 // isolation: SQLite BEGIN IMMEDIATE on its single connection, PostgreSQL
 // READ COMMITTED), retried as the dialect says.
 func (s *Store) write(ctx context.Context, fn func(tx Tx) error) error {
-	s.gate.enter()
-	defer s.gate.leave()
-	return s.writeTx(ctx, false, fn)
+	return s.writeAs(ctx, normal, false, fn)
+}
+
+// writeUrgent is write for the transitions the coordinator makes under
+// its lock (see writeLock).
+func (s *Store) writeUrgent(ctx context.Context, fn func(tx Tx) error) error {
+	return s.writeAs(ctx, urgent, false, fn)
 }
 
 // writeBackground runs a batch nobody waits on (the same statements many
-// times, each prepared once), after letting foreground writes go first
-// (see writeGate).
+// times, each prepared once), after letting other writes go first (see
+// writeLock).
 func (s *Store) writeBackground(ctx context.Context, fn func(tx Tx) error) error {
-	s.gate.yield(ctx)
-	return s.writeTx(ctx, true, fn)
+	s.wl.yield(ctx)
+	return s.writeAs(ctx, normal, true, fn)
+}
+
+func (s *Store) writeAs(ctx context.Context, class int, cached bool, fn func(tx Tx) error) error {
+	if err := s.wl.lock(ctx, class); err != nil {
+		return fmt.Errorf("waiting to write: %w", err)
+	}
+	defer s.wl.unlock()
+	return s.writeTx(ctx, cached, fn)
 }
 
 func (s *Store) writeTx(ctx context.Context, cached bool, fn func(tx Tx) error) error {

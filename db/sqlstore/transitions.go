@@ -18,6 +18,7 @@ type rule struct {
 	op      string          // for messages: "allocating", …
 	from    []db.BuildState // states the build may be in
 	holder  bool            // the build's agent must be the caller's
+	urgent  bool            // made under the coordinator lock: writes first (see writeLock)
 	agentID string          // the caller's agent, if any
 	at      time.Time
 	event   db.Event // Type and details; build, agent, attempt, derivation, system, tags and time are filled in
@@ -41,7 +42,11 @@ type changed struct {
 // the same transaction.
 func (s *Store) transition(ctx context.Context, id string, r rule, set string, setArgs []any,
 	then func(tx Tx, c changed) error) error {
-	err := s.write(ctx, func(tx Tx) error {
+	write := s.write
+	if r.urgent {
+		write = s.writeUrgent
+	}
+	err := write(ctx, func(tx Tx) error {
 		return s.transitionTx(ctx, tx, id, r, set, setArgs, then)
 	})
 	if err != nil {
@@ -170,7 +175,7 @@ func (s *Store) AllocateBuildFor(ctx context.Context, id, agentID string, at tim
 
 func (s *Store) allocate(ctx context.Context, id, agentID string, at time.Time, out *db.Allocation) error {
 	return s.transition(ctx, id,
-		rule{op: "allocating", from: []db.BuildState{db.StateScheduled}, agentID: agentID, at: at, event: db.Event{Type: db.EventAllocated}},
+		rule{op: "allocating", urgent: true, from: []db.BuildState{db.StateScheduled}, agentID: agentID, at: at, event: db.Event{Type: db.EventAllocated}},
 		`state = 'allocated', agent_id = ?, attempts = attempts + 1, started_at = NULL, ended_at = NULL, failure_reason = ''`,
 		[]any{agentID},
 		func(tx Tx, c changed) error {
@@ -309,7 +314,7 @@ func (s *Store) FailBuild(ctx context.Context, id, agentID string, at time.Time,
 // as requeued with the reason. AgentID keeps naming the last agent.
 func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Time, reason string) error {
 	return s.transition(ctx, id,
-		rule{op: "requeueing", from: held, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventRequeued, Reason: reason}},
+		rule{op: "requeueing", urgent: true, from: held, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventRequeued, Reason: reason}},
 		`state = 'scheduled', started_at = NULL, ended_at = NULL`, nil,
 		func(tx Tx, c changed) error {
 			n := c.attempt
@@ -321,7 +326,7 @@ func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Ti
 // build was allocated or started) is closed as canceled.
 func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error {
 	return s.transition(ctx, id,
-		rule{op: "canceling", from: active, at: at, event: db.Event{Type: db.EventCanceled}},
+		rule{op: "canceling", urgent: true, from: active, at: at, event: db.Event{Type: db.EventCanceled}},
 		`state = 'canceled', ended_at = ?`, []any{ms(at)},
 		func(tx Tx, c changed) error {
 			n := c.attempt
@@ -493,7 +498,7 @@ func (s *Store) SetupFailBuild(ctx context.Context, id, agentID string, at time.
 	}
 	// The events are appended in the callback rather than by the rule, so
 	// that setup-failure comes first and the others follow in id order.
-	r := rule{op: "recording setup failure of", from: held, holder: true, agentID: agentID, at: at}
+	r := rule{op: "recording setup failure of", urgent: true, from: held, holder: true, agentID: agentID, at: at}
 	events := []db.Event{{Type: db.EventSetupFailure, Reason: reason, Missing: missing}}
 	if len(missing) > 0 {
 		events = append(events, db.Event{Type: db.EventMissingInputs, Reason: reason, Missing: missing})
