@@ -258,6 +258,10 @@ func (a *fakeAgent) succeed(b *protocol.Build, out protocol.OutputResult) error 
 	if err := a.s.Started(context.Background(), &protocol.Started{Build: b.Build}); err != nil {
 		return err
 	}
+	// A resent start (after a reconnect) is acknowledged again.
+	if err := a.s.Started(context.Background(), &protocol.Started{Build: b.Build}); err != nil {
+		return fmt.Errorf("resent start: %w", err)
+	}
 	return a.s.Succeeded(context.Background(), &protocol.Succeeded{Build: b.Build, Outputs: []protocol.OutputResult{out}})
 }
 

@@ -46,23 +46,40 @@ func (s *Session) holding(ctx context.Context, buildID string, ended db.BuildSta
 	return b, false, nil
 }
 
-// Started records that the agent began building.
+// Started records that the agent began building. The write comes first
+// and the build is read only when it is refused: the store's
+// compare-and-set checks the holder, and the read then tells a resend
+// (already started, acknowledged again) from another agent's build.
 func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
-	b, _, err := s.holding(ctx, m.Build, "")
-	if err != nil {
-		return err
-	}
-	if b.State == db.StateStarted {
-		return nil
-	}
-	if err := s.c.store.StartBuild(ctx, m.Build, s.agentID, s.c.clk.Now()); err != nil {
-		return unavailable(fmt.Errorf("start build %s: %w", m.Build, err))
+	if m.Build == "" {
+		return errors.New("missing build id")
 	}
 	hw := db.Hardware{Cores: m.Hardware.Cores, MemoryBytes: m.Hardware.MemoryBytes, FreeDiskBytes: m.Hardware.FreeDiskBytes,
 		Load1: m.Hardware.Load1, Backend: s.backend, BackendVersion: s.backendVer}
-	if err := s.c.store.SetAttemptHardware(ctx, m.Build, s.agentID, hw); err != nil {
-		// The facts are informational; the start itself is recorded.
-		s.c.log.Warn("record attempt hardware", "build", m.Build, "agent", s.agentID, "err", err)
+	var err error
+	sc, one := s.c.store.(db.Scheduling)
+	if one {
+		err = sc.StartBuildWith(ctx, m.Build, s.agentID, s.c.clk.Now(), hw)
+	} else {
+		err = s.c.store.StartBuild(ctx, m.Build, s.agentID, s.c.clk.Now())
+	}
+	if errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound) {
+		b, _, herr := s.holding(ctx, m.Build, "")
+		if herr != nil {
+			return herr
+		}
+		if b.State == db.StateStarted {
+			return nil
+		}
+	}
+	if err != nil {
+		return unavailable(fmt.Errorf("start build %s: %w", m.Build, err))
+	}
+	if !one {
+		if err := s.c.store.SetAttemptHardware(ctx, m.Build, s.agentID, hw); err != nil {
+			// The facts are informational; the start itself is recorded.
+			s.c.log.Warn("record attempt hardware", "build", m.Build, "agent", s.agentID, "err", err)
+		}
 	}
 	s.c.log.Info("build started", "build", m.Build, "agent", s.agentID)
 	return nil

@@ -290,6 +290,9 @@ type Scheduling interface {
 	// to a derivation of the page (or to an earlier input) is the same
 	// string, not a copy per build.
 	ScheduledBuildsPage(ctx context.Context, after int64, limit int) (page []QueuedBuild, last int64, err error)
+	// StartBuildWith is StartBuild that also records the agent's hardware
+	// report on the attempt, in the same transaction.
+	StartBuildWith(ctx context.Context, id, agentID string, at time.Time, hw Hardware) error
 }
 
 // QueuedBuild is a scheduled build as the in-memory queue needs it: no

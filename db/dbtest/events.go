@@ -157,6 +157,25 @@ func testAttemptHardware(t *testing.T, s db.Store) {
 	if !b.Attempts[0].Hardware.IsZero() || b.Attempts[1].Hardware != hw {
 		t.Fatalf("attempt hardware: %+v / %+v", b.Attempts[0].Hardware, b.Attempts[1].Hardware)
 	}
+	if sc, ok := s.(db.Scheduling); ok {
+		createBuilds(t, s, newBuild("h2", 1))
+		mustErrIs(t, "StartBuildWith before allocation", sc.StartBuildWith(ctx, "h2", "a1", at(4), hw), db.ErrConflict)
+		must(t, "AllocateBuild h2", s.AllocateBuild(ctx, "h2", "a1", at(5)))
+		mustErrIs(t, "StartBuildWith by a non-holder", sc.StartBuildWith(ctx, "h2", "a2", at(6), hw), db.ErrConflict)
+		must(t, "StartBuildWith", sc.StartBuildWith(ctx, "h2", "a1", at(6), hw))
+		mustErrIs(t, "StartBuildWith again", sc.StartBuildWith(ctx, "h2", "a1", at(7), hw), db.ErrConflict)
+		b, err := s.Build(ctx, "h2")
+		must(t, "Build h2", err)
+		if b.State != db.StateStarted || !b.StartedAt.Equal(at(6)) || len(b.Attempts) != 1 ||
+			b.Attempts[0].Hardware != hw || !b.Attempts[0].StartedAt.Equal(at(6)) {
+			t.Errorf("after StartBuildWith: state %s, started %v, attempts %+v", b.State, b.StartedAt, b.Attempts)
+		}
+		es, err := s.Events(ctx, db.EventFilter{Build: "h2"})
+		must(t, "Events h2", err)
+		if got := eventTypes(es); !reflect.DeepEqual(got, []db.EventType{db.EventSubmitted, db.EventAllocated, db.EventStarted}) {
+			t.Errorf("events of h2: %v", got)
+		}
+	}
 	bs, err := s.Builds(ctx, db.BuildFilter{Derivation: "/nix/store/h1-x.drv"})
 	must(t, "Builds by derivation", err)
 	if len(bs) != 1 || bs[0].ID != "h1" {

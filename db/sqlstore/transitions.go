@@ -215,7 +215,21 @@ func (s *Store) allocate(ctx context.Context, id, agentID string, at time.Time, 
 
 // StartBuild: allocated → started; agentID must hold the build.
 func (s *Store) StartBuild(ctx context.Context, id, agentID string, at time.Time) error {
-	err := s.write(ctx, func(tx Tx) error { return s.startTx(ctx, tx, id, agentID, at) })
+	err := s.write(ctx, func(tx Tx) error { return s.startTx(ctx, tx, id, agentID, at, "") })
+	if err != nil {
+		return startRule(agentID, at).wrap(id, err)
+	}
+	return nil
+}
+
+// StartBuildWith is StartBuild recording the hardware report on the
+// attempt in the same transaction: one commit per start instead of two.
+func (s *Store) StartBuildWith(ctx context.Context, id, agentID string, at time.Time, hw db.Hardware) error {
+	b, err := json.Marshal(hw)
+	if err != nil {
+		return fmt.Errorf("hardware of build %s: %w", id, err)
+	}
+	err = s.write(ctx, func(tx Tx) error { return s.startTx(ctx, tx, id, agentID, at, string(b)) })
 	if err != nil {
 		return startRule(agentID, at).wrap(id, err)
 	}
@@ -226,9 +240,14 @@ func startRule(agentID string, at time.Time) rule {
 	return rule{op: "starting", from: []db.BuildState{db.StateAllocated}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventStarted}}
 }
 
-func (s *Store) startTx(ctx context.Context, tx Tx, id, agentID string, at time.Time) error {
+// startTx starts the build; hardware, if not empty, is the JSON report
+// to keep on the attempt.
+func (s *Store) startTx(ctx context.Context, tx Tx, id, agentID string, at time.Time, hardware string) error {
 	return s.transitionTx(ctx, tx, id, startRule(agentID, at), `state = 'started', started_at = ?`, []any{ms(at)},
 		func(tx Tx, c changed) error {
+			if hardware != "" {
+				return setAttempt(ctx, tx, id, c.attempt, `started_at = ?, hardware = ?`, ms(at), hardware)
+			}
 			return setAttempt(ctx, tx, id, c.attempt, `started_at = ?`, ms(at))
 		})
 }
@@ -250,7 +269,7 @@ func (s *Store) SucceedBuild(ctx context.Context, id, agentID string, at time.Ti
 	r := rule{op: "succeeding", from: []db.BuildState{db.StateStarted}, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventSucceeded, Outputs: outs}}
 	err := s.write(ctx, func(tx Tx) error {
 		// Usually already started; then this matches no row.
-		if err := s.startTx(ctx, tx, id, agentID, at); err != nil && !errors.Is(err, db.ErrConflict) {
+		if err := s.startTx(ctx, tx, id, agentID, at, ""); err != nil && !errors.Is(err, db.ErrConflict) {
 			return err
 		}
 		return s.transitionTx(ctx, tx, id, r, `state = 'succeeded', ended_at = ?, failure_reason = ''`, []any{ms(at)},
