@@ -70,7 +70,7 @@ type config struct {
 	queue     int
 	agents    int
 	rounds    int
-	probeConc int
+	probeConc []int
 	keep      bool
 	noInputs  bool
 	coordArgs string
@@ -89,12 +89,15 @@ func main() {
 	flag.IntVar(&cfg.queue, "queue", 1000000, "builds queued for the dispatch measurement")
 	flag.IntVar(&cfg.agents, "agents", 50, "simulated agents")
 	flag.IntVar(&cfg.rounds, "rounds", 1000, "probe rounds (dispatch latency samples)")
-	flag.IntVar(&cfg.probeConc, "probe-conc", 10, "agents running probe rounds at once")
+	flag.Var(intList{&cfg.probeConc}, "probe-conc", "agents running probe rounds at once; a comma-separated list runs -rounds rounds at each (default 1,10: one success at a time, then ten)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the work directory")
 	flag.StringVar(&cfg.coordArgs, "coordinator-args", "", "extra `ARGS` for gbc coordinator, space-separated (e.g. \"--memory-limit 450MiB\")")
 	flag.BoolVar(&cfg.noInputs, "no-inputs", false, "record the queue without input derivations, as builds from before migration 0004 (the coordinator re-reads each .drv at start)")
 	flag.StringVar(&cfg.pprofDir, "pprof", "", "write coordinator CPU profiles of the batch submit and the probe rounds into `DIR`")
 	flag.Parse()
+	if len(cfg.probeConc) == 0 {
+		cfg.probeConc = []int{1, 10}
+	}
 	if err := run(context.Background(), &cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "dispatch bench:", err)
 		os.Exit(1)
@@ -828,6 +831,85 @@ func (a *agent) round(pr *probe) error {
 	return a.waitHeld()
 }
 
+// probeRounds runs cfg.rounds probe rounds with conc agents probing at
+// once and adds their latency rows.
+func (b *bench) probeRounds(phase, conc int, agents []*agent) error {
+	cfg := b.cfg
+	// Probe derivations, written before the clock starts.
+	probes := make([]*probe, cfg.rounds)
+	for i := range probes {
+		sys := fmt.Sprintf("probe-%d", i%conc)
+		p, ph, err := b.writeDrv(fmt.Sprintf("probe-%d-p-%d", phase, i), sys, nil)
+		if err != nil {
+			return err
+		}
+		d, _, err := b.writeDrv(fmt.Sprintf("probe-%d-d-%d", phase, i), sys, map[string][]byte{p: ph})
+		if err != nil {
+			return err
+		}
+		probes[i] = &probe{p: p, d: d, gotD: make(chan time.Time, 1), gotP: make(chan *protocol.Build, 1)}
+	}
+	fmt.Fprintf(os.Stderr, "running %d probe rounds on %d agents at once\n", cfg.rounds, conc)
+	var elapsed time.Duration
+	if err := b.profile(fmt.Sprintf("probes-conc%d", conc), func() error {
+		start := time.Now() // inside: see the submit-batch profile
+		defer func() { elapsed = time.Since(start) }()
+		var wg sync.WaitGroup
+		errs := make([]error, conc)
+		for w := range conc {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < len(probes); i += conc {
+					if err := agents[w].round(probes[i]); err != nil {
+						errs[w] = err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}); err != nil {
+		return err
+	}
+	var dl, pl []time.Duration
+	for _, p := range probes {
+		dl = append(dl, p.dispatchWait)
+		pl = append(pl, p.pLatency)
+	}
+	b.add(fmt.Sprintf("dispatch: prerequisite succeeded → dependent received (%d agents, %d probing)", cfg.agents, conc),
+		len(dl), elapsed, pcts(dl)+"; verify + publish + record + dispatch")
+	b.add(fmt.Sprintf("dispatch: background build failed (99 dependents failed-dependency) → next build received (%d probing)", conc), len(pl), 0, pcts(pl))
+	return nil
+}
+
+// intList is a flag holding comma-separated positive integers.
+type intList struct{ v *[]int }
+
+func (l intList) String() string {
+	if l.v == nil {
+		return ""
+	}
+	s := make([]string, len(*l.v))
+	for i, n := range *l.v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l intList) Set(v string) error {
+	*l.v = nil
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("%q: want positive integers separated by commas", v)
+		}
+		*l.v = append(*l.v, n)
+	}
+	return nil
+}
+
 func (b *bench) dispatch(ctx context.Context) error {
 	cfg := b.cfg
 	// Submitting a million builds over SSH would take hours on this path
@@ -887,22 +969,6 @@ func (b *bench) dispatch(ctx context.Context) error {
 	rss, hwm := b.rss()
 	b.add(fmt.Sprintf("coordinator memory, %d queued, no agents", cfg.queue), cfg.queue, 0, "VmRSS "+rss+", VmHWM "+hwm)
 
-	// Probe derivations, written before the clock starts.
-	probes := make([]*probe, cfg.rounds)
-	for i := range probes {
-		ag := i % min(cfg.probeConc, cfg.agents)
-		sys := fmt.Sprintf("probe-%d", ag)
-		p, ph, err := b.writeDrv(fmt.Sprintf("probe-p-%d", i), sys, nil)
-		if err != nil {
-			return err
-		}
-		d, _, err := b.writeDrv(fmt.Sprintf("probe-d-%d", i), sys, map[string][]byte{p: ph})
-		if err != nil {
-			return err
-		}
-		probes[i] = &probe{p: p, d: d, gotD: make(chan time.Time, 1), gotP: make(chan *protocol.Build, 1)}
-	}
-
 	fmt.Fprintf(os.Stderr, "connecting %d agents\n", cfg.agents)
 	start = time.Now()
 	agents := make([]*agent, cfg.agents)
@@ -920,39 +986,11 @@ func (b *bench) dispatch(ctx context.Context) error {
 	}
 	b.add(fmt.Sprintf("connect %d agents, each gets a build", cfg.agents), cfg.agents, time.Since(start), "register + SSH + hello + first build")
 
-	fmt.Fprintf(os.Stderr, "running %d probe rounds on %d agents\n", cfg.rounds, min(cfg.probeConc, cfg.agents))
-	conc := min(cfg.probeConc, cfg.agents)
-	var elapsed time.Duration
-	if err := b.profile("probes", func() error {
-		start := time.Now() // inside: see the submit-batch profile
-		defer func() { elapsed = time.Since(start) }()
-		var wg sync.WaitGroup
-		errs := make([]error, conc)
-		for w := range conc {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := w; i < len(probes); i += conc {
-					if err := agents[w].round(probes[i]); err != nil {
-						errs[w] = err
-						return
-					}
-				}
-			}()
+	for phase, pc := range cfg.probeConc {
+		if err := b.probeRounds(phase, min(pc, cfg.agents), agents); err != nil {
+			return err
 		}
-		wg.Wait()
-		return errors.Join(errs...)
-	}); err != nil {
-		return err
 	}
-	var dl, pl []time.Duration
-	for _, p := range probes {
-		dl = append(dl, p.dispatchWait)
-		pl = append(pl, p.pLatency)
-	}
-	b.add(fmt.Sprintf("dispatch: prerequisite succeeded → dependent received (%d agents, %d probing)", cfg.agents, conc),
-		len(dl), elapsed, pcts(dl)+"; verify + publish + record + dispatch")
-	b.add("dispatch: background build failed (99 dependents failed-dependency) → next build received", len(pl), 0, pcts(pl))
 	rss, hwm = b.rss()
 	b.add(fmt.Sprintf("coordinator memory, %d queued, %d agents, after the rounds", cfg.queue, cfg.agents), cfg.queue, 0, "VmRSS "+rss+", VmHWM "+hwm)
 	if st, err := command(b.admin, "status"); err == nil {
