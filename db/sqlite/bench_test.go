@@ -130,3 +130,68 @@ func BenchmarkRunnableBuilds(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTransitions measures the write path of a dispatch round on a
+// 100k-build database: failed-dependency in chunks of 32 (what a failure
+// with many dependents costs the writer) and allocate+start+succeed of
+// one build.
+func BenchmarkTransitions(b *testing.B) {
+	ctx := b.Context()
+	s := open(b, filepath.Join(b.TempDir(), "bench.db"))
+	defer s.Close()
+	if err := s.CreateAgent(ctx, db.Agent{ID: "a1", Name: "a1", Active: true}); err != nil {
+		b.Fatal(err)
+	}
+	fill(b, s, 10000)
+	at := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
+	next := 0
+	take := func(n int) []string {
+		if next+n > benchBuilds {
+			b.Skip("out of builds")
+		}
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = benchBuild(next, at).ID
+			next++
+		}
+		return ids
+	}
+	b.Run("fail-dependencies-32", func(b *testing.B) {
+		if b.N*32 > benchBuilds/2 {
+			b.N = benchBuilds / 64
+		}
+		start := time.Now()
+		for range b.N {
+			var deps []db.DependencyFailure
+			for _, id := range take(32) {
+				deps = append(deps, db.DependencyFailure{ID: id, Cause: "dependency failed: input /nix/store/x.drv (build y)"})
+			}
+			if _, err := s.FailDependencies(ctx, at, deps); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*32)/time.Since(start).Seconds(), "builds/s")
+	})
+	b.Run("allocate-start-succeed", func(b *testing.B) {
+		if b.N > benchBuilds/4 {
+			b.N = benchBuilds / 4
+		}
+		hw := db.Hardware{Cores: 8, Backend: "nix"}
+		start := time.Now()
+		for range b.N {
+			id := take(1)[0]
+			if _, err := s.AllocateBuildFor(ctx, id, "a1", at); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.StartBuildWith(ctx, id, "a1", at, hw); err != nil {
+				b.Fatal(err)
+			}
+			res := []db.OutputResult{{Name: "out", Path: "/nix/store/" + id + "-pkg", NarHash: "sha256:x", NarSize: 1, FileHash: "sha256:y", FileSize: 1, Compression: "zstd", File: "f"},
+				{Name: "dev", Path: "/nix/store/" + id + "-pkg-dev", NarHash: "sha256:x", NarSize: 1, FileHash: "sha256:y", FileSize: 1, Compression: "zstd", File: "f"}}
+			if err := s.SucceedBuild(ctx, id, "a1", at, res); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "rounds/s")
+	})
+}
