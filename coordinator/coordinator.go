@@ -86,8 +86,15 @@ type Config struct {
 	Heartbeat time.Duration
 	// MaxAttempts bounds infrastructure failures (bad uploads) per build.
 	MaxAttempts int
-	// MaxSetupFailures bounds setup failures per build.
+	// MaxSetupFailures bounds setup failures per build. A setup failure
+	// after which the build waits for an input build here does not count
+	// (see SetupFailure).
 	MaxSetupFailures int
+	// SubmitMissingInputs makes a setup failure submit builds for the
+	// missing input derivations the agent reported (those without a live
+	// or succeeded build here), tagged needed-by=<build>, before the build
+	// is requeued, so that it waits for them instead of failing again.
+	SubmitMissingInputs bool
 	// MaxLogBytes bounds a stored build log.
 	MaxLogBytes int64
 	// Cache receives every verified output (signed narinfo + NAR) and, on

@@ -116,6 +116,16 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 
 // SetupFailure sends the build back to the queue, preferring another agent
 // next time; after MaxSetupFailures it fails the build.
+//
+// With Config.SubmitMissingInputs, the missing input derivations the agent
+// reported are submitted first (submitMissingInputs), outside the lock
+// (Submit takes it) and before the requeue, so the build is never back in
+// the queue without the input builds it has to wait for. A setup failure
+// after which the build waits for an input build here (just submitted, or
+// already queued or running) does not count toward MaxSetupFailures: its
+// next attempt comes only after that input was built, and it keeps no
+// agent avoided (the agent was not at fault). It is recorded with the
+// reason prefixed "waiting for inputs: ". Anything else counts as before.
 func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) error {
 	b, _, err := s.holding(ctx, m.Build, "")
 	if err != nil {
@@ -126,8 +136,24 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 		reason += " (missing " + truncate(strings.Join(m.Missing, " "), 1000) + ")"
 	}
 	c := s.c
+	if c.cfg.SubmitMissingInputs && len(m.Missing) > 0 {
+		c.submitMissingInputs(ctx, b, m.Missing)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if waitFor := c.blockingInputsLocked(b.ID); len(waitFor) > 0 {
+		reason = waitingForInputs + reason
+		if err := c.store.SetupFailBuild(ctx, b.ID, s.agentID, c.clk.Now(), reason, m.Missing, false); err != nil {
+			c.log.Error("requeue build after setup failure", "build", b.ID, "agent", s.agentID, "reason", reason, "err", err)
+			return unavailable(fmt.Errorf("record setup failure of build %s: %w", m.Build, err))
+		}
+		c.releaseLocked(b.ID, s.agentID)
+		c.sched.Requeue(b.ID, "")
+		c.log.Info("build requeued to wait for its inputs", "build", b.ID, "agent", s.agentID,
+			"waiting_for", waitFor, "reason", reason)
+		c.dispatchLocked(ctx)
+		return nil
+	}
 	if err := c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures, m.Missing); err != nil {
 		return unavailable(fmt.Errorf("record setup failure of build %s: %w", m.Build, err))
 	}
@@ -143,6 +169,8 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID, kind, reason string, limit int, missing []string) error {
 	n := 1 // this attempt
 	for _, a := range b.Attempts {
+		// Setup failures that left the build waiting for its inputs
+		// start with waitingForInputs and so do not count here.
 		if a.Outcome == "requeued" && strings.HasPrefix(a.Reason, kind) {
 			n++
 		}

@@ -84,6 +84,12 @@ func RetryFailed(n int, submit SubmitFunc, builds BuildReader, isBad func(error)
 // (.drv paths in a missing-inputs event) that has no build here yet,
 // tagged needed-by=<build>. Missing output paths without a .drv are
 // skipped: their deriver is not known here.
+//
+// The coordinator already does this when it records the setup failure
+// (coordinator.Config.SubmitMissingInputs), before requeueing the build,
+// so the build waits for them; this handler then finds builds and does
+// nothing. It remains the at-least-once path: a submission that failed
+// there for a passing reason (a busy database) is retried from the event.
 func SubmitMissingInputs(submit SubmitFunc, builds BuildReader, isBad func(error) bool) Handler {
 	return func(ctx context.Context, e db.Event) error {
 		if e.Type != db.EventMissingInputs {

@@ -150,7 +150,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		StateDir: dir, Store: store, Clock: clk, Logger: log, StoreDirs: storeDirs,
 		Cache: bc, CacheAddress: protocol.CacheAddress,
 		Strategy: strat, Heartbeat: *heartbeat, DisconnectGrace: *grace, BuildTimeout: *buildTimeout,
-		MaxSilentTime: *maxSilent, MaxSetupFailures: *maxSetup,
+		MaxSilentTime: *maxSilent, MaxSetupFailures: *maxSetup, SubmitMissingInputs: *hf.submitMissing,
 	})
 	if err != nil {
 		return err

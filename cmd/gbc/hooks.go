@@ -38,7 +38,7 @@ func addHookFlags(fs *pflag.FlagSet) hookFlags {
 		tries:         fs.Int("hook-tries", hooks.DefaultMaxTries, "tries per event before it is reported as hook-failed"),
 		backoff:       fs.Duration("hook-backoff", hooks.DefaultBackoff, "wait before the second try of a failed hook (doubles after each)"),
 		retryFailed:   fs.Int("retry-failed", 0, "resubmit a failed build up to `N` times, tagged retry=<k> retry-of=<build> (0: off)"),
-		submitMissing: fs.Bool("submit-missing-inputs", true, "on missing-inputs, submit builds for the missing input derivations that have none"),
+		submitMissing: fs.Bool("submit-missing-inputs", true, "on a setup failure naming missing input derivations, submit builds for those without a live or succeeded one (needed-by=<build>) and let the build wait for them"),
 	}
 }
 

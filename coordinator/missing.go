@@ -1,0 +1,143 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/hooks"
+)
+
+// waitingForInputs prefixes the reason of a setup failure after which the
+// build waits for input builds here; such attempts do not count toward
+// Config.MaxSetupFailures (infraFailureLocked counts reasons starting with
+// "setup-failure").
+const waitingForInputs = "waiting for inputs: "
+
+// submitMissingInputs submits a build for every missing input derivation
+// an agent reported for build b (the .drv paths among missing) that has no
+// live or succeeded build here, tagged needed-by=<b> with b's priority.
+// In permissive mode a live build of an input blocks its dependents, so b,
+// requeued after this, waits until those builds succeed.
+//
+// It must be called without c.mu (Submit takes it). Nothing here is fatal
+// to the setup failure: a derivation that cannot be submitted (not in a
+// store directory, neither in this host's store nor in the cache) or a
+// store error is logged, and b is requeued as without this (the failure
+// then counts, unless b waits for another input). The missing-inputs event
+// written with the setup failure still runs the submit-missing-inputs
+// hook, which retries a submission that failed for a passing reason and
+// skips what was submitted here.
+func (c *Coordinator) submitMissingInputs(ctx context.Context, b db.Build, missing []string) []string {
+	var drvs []string
+	seen := map[string]bool{}
+	for _, p := range missing {
+		// Output paths without a .drv name no deriver known here.
+		if !strings.HasSuffix(p, ".drv") || p == b.Derivation || seen[p] {
+			continue
+		}
+		seen[p] = true
+		drvs = append(drvs, p)
+	}
+	if len(drvs) == 0 {
+		return nil
+	}
+	if len(drvs) > MaxSubmit {
+		c.log.Warn("agent reported more missing input derivations than one submission takes; submitting the first ones",
+			"build", b.ID, "missing", len(drvs), "submitted_at_most", MaxSubmit)
+		drvs = drvs[:MaxSubmit]
+	}
+	have, err := c.liveOrSucceeded(ctx, drvs)
+	if err != nil {
+		c.log.Warn("missing inputs not submitted: look up their builds", "build", b.ID, "err", err)
+		return nil
+	}
+	var todo []string
+	for _, d := range drvs {
+		if !have[d] {
+			todo = append(todo, d)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	submit := func(ds []string) error {
+		_, err := c.Submit(ctx, Submission{Derivations: ds, Priority: b.Priority,
+			Tags: []db.Tag{{Key: hooks.TagNeededBy, Value: b.ID}}})
+		return err
+	}
+	err = submit(todo)
+	if err == nil {
+		c.log.Info("submitted missing inputs", "build", b.ID, "derivations", todo)
+		return todo
+	}
+	if !errors.Is(err, ErrBadSubmission) || len(todo) == 1 {
+		c.log.Warn("missing input not submitted; the build is requeued without waiting for it",
+			"build", b.ID, "derivations", todo, "err", err)
+		return nil
+	}
+	// A submission is all or none: one by one, so that one unreadable
+	// .drv does not keep the others from being built.
+	var done []string
+	for _, d := range todo {
+		if err := submit([]string{d}); err != nil {
+			c.log.Warn("missing input not submitted; the build is requeued without waiting for it",
+				"build", b.ID, "derivations", []string{d}, "err", err)
+			continue
+		}
+		done = append(done, d)
+	}
+	if len(done) > 0 {
+		c.log.Info("submitted missing inputs", "build", b.ID, "derivations", done)
+	}
+	return done
+}
+
+// liveOrSucceeded reports which derivations have a build here that is
+// queued, running or succeeded.
+func (c *Coordinator) liveOrSucceeded(ctx context.Context, drvs []string) (map[string]bool, error) {
+	var bs []db.Build
+	if sc, ok := c.store.(db.Scheduling); ok {
+		var err error
+		if bs, err = sc.BuildsForDerivations(ctx, drvs); err != nil {
+			return nil, fmt.Errorf("look up builds of %d derivations: %w", len(drvs), err)
+		}
+	} else {
+		for _, d := range drvs {
+			got, err := c.store.Builds(ctx, db.BuildFilter{Derivation: d})
+			if err != nil {
+				return nil, fmt.Errorf("look up builds of %s: %w", d, err)
+			}
+			bs = append(bs, got...)
+		}
+	}
+	have := map[string]bool{}
+	for _, b := range bs {
+		switch b.State {
+		case db.StateScheduled, db.StateAllocated, db.StateStarted, db.StateSucceeded:
+			have[b.Derivation] = true
+		}
+	}
+	return have, nil
+}
+
+// blockingInputsLocked returns the input derivations of a queued or
+// allocated build that have a live build here that has not succeeded:
+// the build waits for them once it is requeued (in permissive mode a live
+// input build blocks its dependents; in derivation-ordered mode any input
+// not available does).
+func (c *Coordinator) blockingInputsLocked(id string) []string {
+	sb, ok := c.sched.Lookup(id)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, in := range sb.InputDrvs {
+		if live, avail := c.sched.Derivation(in); live && !avail {
+			out = append(out, in)
+		}
+	}
+	return out
+}
