@@ -346,6 +346,15 @@ type EventPruning interface {
 	EventsPruned(ctx context.Context, f EventFilter) (events []Event, prunedThrough int64, err error)
 }
 
+// EventHead is implemented by stores that can say where the event log
+// ends without reading it: a new hook starts there, and reading a long
+// log to find its end left a heap's worth of garbage right after the
+// start-up rebuild. Both backends implement it (sqlstore).
+type EventHead interface {
+	// LastEventID is the newest event's id, 0 when there is none.
+	LastEventID(ctx context.Context) (int64, error)
+}
+
 // HookFilter is a hook as pruning sees it: its progress key and the event
 // types it runs on.
 type HookFilter struct {

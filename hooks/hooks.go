@@ -283,6 +283,9 @@ func mapKeys(m map[int64]bool) []int64 {
 }
 
 func (r *Runner) lastEventID(ctx context.Context) (int64, error) {
+	if h, ok := r.cfg.Store.(db.EventHead); ok {
+		return h.LastEventID(ctx)
+	}
 	var last int64
 	for {
 		es, err := r.cfg.Store.Events(ctx, db.EventFilter{AfterID: last, Limit: 10000})

@@ -21,6 +21,11 @@ func eventTypes(es []db.Event) []db.EventType {
 // build's details; filters and resumption by id work.
 func testEvents(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
+	if h, ok := s.(db.EventHead); ok {
+		if last, err := h.LastEventID(ctx); err != nil || last != 0 {
+			t.Errorf("LastEventID of an empty log: %d, %v; want 0", last, err)
+		}
+	}
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("e1", 0), newBuild("e2", 1))
 	must(t, "AllocateBuild", s.AllocateBuild(ctx, "e1", "a1", at(10)))
@@ -46,6 +51,13 @@ func testEvents(t *testing.T, s db.Store) {
 
 	all, err := s.Events(ctx, db.EventFilter{})
 	must(t, "Events", err)
+	if h, ok := s.(db.EventHead); ok && len(all) > 0 {
+		last, err := h.LastEventID(ctx)
+		must(t, "LastEventID", err)
+		if last != all[len(all)-1].ID {
+			t.Errorf("LastEventID %d, newest listed %d", last, all[len(all)-1].ID)
+		}
+	}
 	want := []db.EventType{db.EventSubmitted, db.EventSubmitted, db.EventAllocated, db.EventStarted, db.EventSucceeded,
 		db.EventAllocated, db.EventRequeued, db.EventAllocated, db.EventFailed, db.EventAgentAbsent}
 	if got := eventTypes(all); !reflect.DeepEqual(got, want) {

@@ -87,6 +87,19 @@ func (s *Store) Events(ctx context.Context, f db.EventFilter) ([]db.Event, error
 	return events, nil
 }
 
+// LastEventID is the newest event's id (0: none): the primary key's last
+// entry on either backend.
+func (s *Store) LastEventID(ctx context.Context) (int64, error) {
+	var id int64
+	err := s.readOne(ctx, func(tx Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM events`).Scan(&id)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("newest event id: %w", err)
+	}
+	return id, nil
+}
+
 func listEvents(ctx context.Context, tx Tx, f db.EventFilter) ([]db.Event, error) {
 	conds := []string{"id > ?"}
 	args := []any{f.AfterID}

@@ -86,6 +86,7 @@ var (
 	_ db.Store            = (*Store)(nil)
 	_ db.DependencyFailer = (*Store)(nil)
 	_ db.Scheduling       = (*Store)(nil)
+	_ db.EventHead        = (*Store)(nil)
 )
 
 // New returns a Store writing through writer and reading through reader
