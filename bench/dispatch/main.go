@@ -71,6 +71,7 @@ type config struct {
 	agents    int
 	rounds    int
 	probeConc []int
+	noStarted bool
 	keep      bool
 	noInputs  bool
 	coordArgs string
@@ -94,6 +95,7 @@ func main() {
 	flag.StringVar(&cfg.coordArgs, "coordinator-args", "", "extra `ARGS` for gbc coordinator, space-separated (e.g. \"--memory-limit 450MiB\")")
 	flag.BoolVar(&cfg.noInputs, "no-inputs", false, "record the queue without input derivations, as builds from before migration 0004 (the coordinator re-reads each .drv at start)")
 	flag.StringVar(&cfg.pprofDir, "pprof", "", "write coordinator CPU profiles of the batch submit and the probe rounds into `DIR`")
+	flag.BoolVar(&cfg.noStarted, "no-started", false, "probe agents report success without a prior started (as this bench did before 2026-11-28; the coordinator then records the start with the success)")
 	flag.Parse()
 	if len(cfg.probeConc) == 0 {
 		cfg.probeConc = []int{1, 10}
@@ -806,8 +808,10 @@ func (a *agent) round(pr *probe) error {
 	}
 	pr.pLatency = time.Since(pr.freedAt)
 	// As the real agent does before it builds (agent/runner.go).
-	if err := a.send(&protocol.Started{Header: a.hdr(), Build: pm.Build}); err != nil {
-		return err
+	if !a.b.cfg.noStarted {
+		if err := a.send(&protocol.Started{Header: a.hdr(), Build: pm.Build}); err != nil {
+			return err
+		}
 	}
 	out, err := a.upload(pm, pr.p)
 	if err != nil {
