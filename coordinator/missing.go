@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/hooks"
 )
 
@@ -16,9 +17,74 @@ import (
 // "setup-failure").
 const waitingForInputs = "waiting for inputs: "
 
+// missingDerivations returns the derivations behind what an agent
+// reported missing for build b: the .drv paths among missing, and for a
+// missing output path the input derivation of b that declares it. An
+// agent that substitutes through the coordinator's cache reports the
+// input paths it could not substitute (outputs, not derivations); the
+// coordinator has b's derivation and finds their derivers there. Paths
+// that are neither (sources, outputs of no input of b) are left out.
+func (c *Coordinator) missingDerivations(ctx context.Context, b db.Build, missing []string) []string {
+	var drvs []string
+	seen := map[string]bool{}
+	outputs := map[string]bool{}
+	for _, p := range missing {
+		if p == b.Derivation || seen[p] {
+			continue
+		}
+		seen[p] = true
+		if strings.HasSuffix(p, ".drv") {
+			drvs = append(drvs, p)
+		} else {
+			outputs[p] = true
+		}
+	}
+	if len(outputs) == 0 {
+		return drvs
+	}
+	inputs := b.InputDerivations
+	if inputs == nil {
+		in, err := c.inputDerivations(b.Derivation)
+		if err != nil {
+			c.log.Warn("missing outputs not traced to their derivations: read the build's derivation",
+				"build", b.ID, "derivation", b.Derivation, "err", err)
+			return drvs
+		}
+		inputs = in
+	}
+	for _, in := range inputs {
+		if seen[in] {
+			continue
+		}
+		d, err := c.readDrv(ctx, in)
+		if err != nil {
+			c.log.Warn("missing outputs not traced to their derivations: read an input derivation",
+				"build", b.ID, "derivation", in, "err", err)
+			continue
+		}
+		for _, o := range d.Outputs {
+			if outputs[o.Path] {
+				seen[in] = true
+				drvs = append(drvs, in)
+				break
+			}
+		}
+	}
+	return drvs
+}
+
+// readDrv reads a derivation from this host's store, else the cache.
+func (c *Coordinator) readDrv(ctx context.Context, p string) (*derivation.Derivation, error) {
+	d, err := derivation.ReadFile(p)
+	if err != nil && c.cfg.Cache != nil {
+		d, err = c.cfg.Cache.ReadDerivation(ctx, p)
+	}
+	return d, err
+}
+
 // submitMissingInputs submits a build for every missing input derivation
-// an agent reported for build b (the .drv paths among missing) that has no
-// live or succeeded build here, tagged needed-by=<b> with b's priority.
+// drvs (see missingDerivations) that has no live or succeeded build here,
+// tagged needed-by=<b> with b's priority, and returns those it submitted.
 // In permissive mode a live build of an input blocks its dependents, so b,
 // requeued after this, waits until those builds succeed.
 //
@@ -27,20 +93,10 @@ const waitingForInputs = "waiting for inputs: "
 // store directory, neither in this host's store nor in the cache) or a
 // store error is logged, and b is requeued as without this (the failure
 // then counts, unless b waits for another input). The missing-inputs event
-// written with the setup failure still runs the submit-missing-inputs
-// hook, which retries a submission that failed for a passing reason and
-// skips what was submitted here.
-func (c *Coordinator) submitMissingInputs(ctx context.Context, b db.Build, missing []string) []string {
-	var drvs []string
-	seen := map[string]bool{}
-	for _, p := range missing {
-		// Output paths without a .drv name no deriver known here.
-		if !strings.HasSuffix(p, ".drv") || p == b.Derivation || seen[p] {
-			continue
-		}
-		seen[p] = true
-		drvs = append(drvs, p)
-	}
+// written with the setup failure names drvs too, so the
+// submit-missing-inputs hook retries a submission that failed for a
+// passing reason and skips what was submitted here.
+func (c *Coordinator) submitMissingInputs(ctx context.Context, b db.Build, drvs []string) []string {
 	if len(drvs) == 0 {
 		return nil
 	}

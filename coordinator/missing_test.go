@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/hooks"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
@@ -274,5 +275,58 @@ func TestSetupFailureDerivationOrdered(t *testing.T) {
 	}
 	if r := h.build(bID).Attempts[0].Reason; !strings.HasPrefix(r, "setup-failure: ") {
 		t.Fatalf("attempt reason %q, want a counted setup-failure", r)
+	}
+}
+
+// An agent that substitutes through the coordinator's cache reports the
+// input paths it could not get, not their derivations: the coordinator
+// finds the input derivation declaring a missing output in the build's own
+// derivation, submits it, and names it in the missing-inputs event too (so
+// the hook, which only takes .drv paths, sees it). A missing source path
+// that no input declares is left alone.
+func TestSetupFailureMissingOutputPath(t *testing.T) {
+	h, _ := missingHarness(t, scheduler.Permissive)
+	in := h.drv("a", "x86_64-linux")
+	d, err := derivation.ReadFile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := d.Outputs[0].Path
+	source := h.storePath("source.sh")
+	top := h.drv("b", "x86_64-linux", withInput(in))
+	bID := h.submit(0, top)[0]
+	ag := h.agent("x", protocol.Hello{MaxParallelBuilds: 2})
+	if ag.next().Build != bID {
+		t.Fatal("B not dispatched")
+	}
+	ctx := context.Background()
+	if err := ag.s.SetupFailure(ctx, &protocol.SetupFailure{Build: bID,
+		Reason: "inputs could not be substituted", Missing: []string{out, source}}); err != nil {
+		t.Fatal(err)
+	}
+	bs := h.buildsOf(in)
+	if len(bs) != 1 || !hasTag(bs[0], hooks.TagNeededBy, bID) {
+		t.Fatalf("builds of the input: %+v", bs)
+	}
+	if st := h.queueState(bID); st != "waiting" {
+		t.Fatalf("B is %s, want waiting", st)
+	}
+	es, err := h.store.Events(ctx, db.EventFilter{Build: bID, Types: []db.EventType{db.EventMissingInputs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || strings.Join(es[0].Missing, " ") != strings.Join([]string{out, source, in}, " ") {
+		t.Fatalf("missing-inputs events %+v, want missing %s %s %s", es, out, source, in)
+	}
+	ab := ag.next()
+	if ab.Build != bs[0].ID {
+		t.Fatalf("got %s, want the input", ab.Build)
+	}
+	ag.idle()
+	if err := ag.succeed(ab, ag.upload(ab, "a")); err != nil {
+		t.Fatal(err)
+	}
+	if ag.next().Build != bID {
+		t.Fatal("B not dispatched after its input")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -136,14 +137,23 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 		reason += " (missing " + truncate(strings.Join(m.Missing, " "), 1000) + ")"
 	}
 	c := s.c
+	// The event's missing list: what the agent reported, plus the input
+	// derivations behind reported output paths, for the hook.
+	missing := m.Missing
 	if c.cfg.SubmitMissingInputs && len(m.Missing) > 0 {
-		c.submitMissingInputs(ctx, b, m.Missing)
+		drvs := c.missingDerivations(ctx, b, m.Missing)
+		for _, d := range drvs {
+			if !slices.Contains(missing, d) {
+				missing = append(slices.Clip(missing), d)
+			}
+		}
+		c.submitMissingInputs(ctx, b, drvs)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if waitFor := c.blockingInputsLocked(b.ID); len(waitFor) > 0 {
 		reason = waitingForInputs + reason
-		if err := c.store.SetupFailBuild(ctx, b.ID, s.agentID, c.clk.Now(), reason, m.Missing, false); err != nil {
+		if err := c.store.SetupFailBuild(ctx, b.ID, s.agentID, c.clk.Now(), reason, missing, false); err != nil {
 			c.log.Error("requeue build after setup failure", "build", b.ID, "agent", s.agentID, "reason", reason, "err", err)
 			return unavailable(fmt.Errorf("record setup failure of build %s: %w", m.Build, err))
 		}
@@ -154,7 +164,7 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 		c.dispatchLocked(ctx)
 		return nil
 	}
-	if err := c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures, m.Missing); err != nil {
+	if err := c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures, missing); err != nil {
 		return unavailable(fmt.Errorf("record setup failure of build %s: %w", m.Build, err))
 	}
 	c.dispatchLocked(ctx)

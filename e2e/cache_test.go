@@ -67,15 +67,16 @@ func nsTry(nixDir, name string, args ...string) (string, string, error) {
 
 var httpRE = regexp.MustCompile(`cache listening" http=(127\.0\.0\.1:\d+)`)
 
-// newNSFarm is newFarm with the coordinator in nixDir's namespace; it
-// also serves the cache on --http-listen and returns that address.
-func newNSFarm(t *testing.T, nixDir string) (*farm, string) {
+// newNSFarm is newFarm with the coordinator in nixDir's namespace (extra
+// coordinator flags appended); it also serves the cache on --http-listen
+// and returns that address.
+func newNSFarm(t *testing.T, nixDir string, extra ...string) (*farm, string) {
 	t.Helper()
 	f := &farm{t: t, dir: t.TempDir()}
 	f.state = filepath.Join(f.dir, "state")
 	f.admin = newKey(t, f.dir, "admin")
-	name, args := nsCmd(nixDir, gbcBin, "coordinator", "--state-dir", f.state, "--listen", "127.0.0.1:0",
-		"--admin-key", f.admin.Path+".pub", "--http-listen", "127.0.0.1:0")
+	name, args := nsCmd(nixDir, gbcBin, append([]string{"coordinator", "--state-dir", f.state, "--listen", "127.0.0.1:0",
+		"--admin-key", f.admin.Path + ".pub", "--http-listen", "127.0.0.1:0"}, extra...)...)
 	f.coord = start(t, name, args...)
 	m := f.coord.log.waitFor(t, addrRE, 30*time.Second)
 	f.addr, f.port = m[1], m[2]

@@ -82,8 +82,9 @@ func RetryFailed(n int, submit SubmitFunc, builds BuildReader, isBad func(error)
 
 // SubmitMissingInputs submits a build for every missing input derivation
 // (.drv paths in a missing-inputs event) that has no build here yet,
-// tagged needed-by=<build>. Missing output paths without a .drv are
-// skipped: their deriver is not known here.
+// tagged needed-by=<build>. Other paths are skipped: the coordinator
+// traces missing output paths to their input derivations and adds those
+// to the event.
 //
 // The coordinator already does this when it records the setup failure
 // (coordinator.Config.SubmitMissingInputs), before requeueing the build,
