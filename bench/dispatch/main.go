@@ -1,6 +1,6 @@
 // Command dispatch measures the coordinator through its real product paths:
-// a `gbc coordinator` process (SQLite, signed cache, SSH server) on a
-// loopback port, operators submitting over SSH (golang.org/x/crypto/ssh and
+// a `gbc coordinator` process (SQLite, or PostgreSQL with -database; signed
+// cache, SSH server) on a loopback port, operators submitting over SSH (golang.org/x/crypto/ssh and
 // OpenSSH), and simulated agents speaking gbc-agent-v1 over SSH with SFTP
 // uploads. It prints a table:
 //
@@ -52,6 +52,7 @@ import (
 
 	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/db/postgres"
 	"github.com/gbc-farm/gbc/db/sqlite"
 	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/nar"
@@ -77,6 +78,7 @@ type config struct {
 	coordArgs string
 	workDir   string
 	pprofDir  string
+	database  string
 }
 
 func main() {
@@ -95,6 +97,7 @@ func main() {
 	flag.StringVar(&cfg.coordArgs, "coordinator-args", "", "extra `ARGS` for gbc coordinator, space-separated (e.g. \"--memory-limit 450MiB\")")
 	flag.BoolVar(&cfg.noInputs, "no-inputs", false, "record the queue without input derivations, as builds from before migration 0004 (the coordinator re-reads each .drv at start)")
 	flag.StringVar(&cfg.pprofDir, "pprof", "", "write coordinator CPU profiles of the batch submit and the probe rounds into `DIR`")
+	flag.StringVar(&cfg.database, "database", "", "run the coordinator on PostgreSQL: a postgres:// `URL` whose role has CREATEDB; each coordinator run gets a fresh database gbc_bench_<random> on that server (same user, password and parameters, e.g. ?synchronous_commit=off), dropped at the end unless -keep (default: SQLite in the state directory)")
 	flag.BoolVar(&cfg.noStarted, "no-started", false, "probe agents report success without a prior started (as this bench did before 2026-11-28; the coordinator then records the start with the success)")
 	flag.Parse()
 	if len(cfg.probeConc) == 0 {
@@ -119,6 +122,7 @@ type bench struct {
 	adminKey    string // OpenSSH private key file
 	adminSigner ssh.Signer
 	rows        []row
+	pgDBs       []*pgDatabase // created for this run, dropped at the end
 }
 
 func run(ctx context.Context, cfg *config) error {
@@ -131,13 +135,22 @@ func run(ctx context.Context, cfg *config) error {
 	} else {
 		fmt.Fprintln(os.Stderr, "work dir:", dir)
 	}
+	if err := checkDatabaseFlag(cfg.database); err != nil {
+		return err
+	}
 	b := &bench{cfg: cfg, dir: dir, storeDir: filepath.Join(dir, "store")}
 	if err := os.MkdirAll(b.storeDir, 0o755); err != nil {
 		return err
 	}
+	// Deferred first so it runs last, after the coordinator has stopped.
+	defer b.dropDatabases()
 	defer b.stopCoordinator()
 	if cfg.submit > 0 {
-		if err := b.startCoordinator(ctx, filepath.Join(dir, "state-submit")); err != nil {
+		dbURL, err := b.newDatabase(ctx)
+		if err != nil {
+			return err
+		}
+		if err := b.startCoordinator(ctx, filepath.Join(dir, "state-submit"), dbURL); err != nil {
 			return err
 		}
 		if err := b.submitRate(ctx); err != nil {
@@ -152,6 +165,34 @@ func run(ctx context.Context, cfg *config) error {
 	}
 	b.print()
 	return nil
+}
+
+// newDatabase returns the --database URL for a fresh coordinator: "" (SQLite
+// in its state directory) or a new PostgreSQL database on -database's server.
+func (b *bench) newDatabase(ctx context.Context) (string, error) {
+	if b.cfg.database == "" {
+		return "", nil
+	}
+	p, err := createPGDatabase(ctx, b.cfg.database)
+	if err != nil {
+		return "", err
+	}
+	b.pgDBs = append(b.pgDBs, p)
+	fmt.Fprintln(os.Stderr, "created database", postgres.Redact(p.url))
+	return p.url, nil
+}
+
+func (b *bench) dropDatabases() {
+	for _, p := range b.pgDBs {
+		if b.cfg.keep {
+			fmt.Fprintln(os.Stderr, "kept database", postgres.Redact(p.url))
+			p.server.Close()
+			continue
+		}
+		if err := p.drop(); err != nil {
+			fmt.Fprintln(os.Stderr, "dispatch bench:", err)
+		}
+	}
 }
 
 func (b *bench) add(what string, n int, d time.Duration, note string) {
@@ -230,7 +271,9 @@ func (b *bench) dial(signer ssh.Signer) (*ssh.Client, error) {
 	})
 }
 
-func (b *bench) startCoordinator(ctx context.Context, state string) error {
+// startCoordinator starts `gbc coordinator` on state; dbURL is its
+// --database ("" for its default, SQLite in the state directory).
+func (b *bench) startCoordinator(ctx context.Context, state, dbURL string) error {
 	if b.adminSigner == nil {
 		signer, _, keyFile, err := newKey(b.dir, "admin")
 		if err != nil {
@@ -250,6 +293,9 @@ func (b *bench) startCoordinator(ctx context.Context, state string) error {
 	b.coord = exec.CommandContext(ctx, b.cfg.gbc, "coordinator", "--state-dir", state,
 		"--listen", b.addr, "--admin-key", keyFile+".pub", "--store-dir", b.storeDir,
 		"--heartbeat", "1h", "--disconnect-grace", "1h")
+	if dbURL != "" {
+		b.coord.Args = append(b.coord.Args, "--database", dbURL)
+	}
 	b.coord.Args = append(b.coord.Args, strings.Fields(b.cfg.coordArgs)...)
 	if b.cfg.pprofDir != "" {
 		if b.pprof, err = freePort(); err != nil {
@@ -930,8 +976,21 @@ func (b *bench) dispatch(ctx context.Context) error {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return err
 	}
+	dbURL, err := b.newDatabase(ctx)
+	if err != nil {
+		return err
+	}
+	backend := "SQLite"
+	if dbURL != "" {
+		backend = "PostgreSQL"
+	}
 	start := time.Now()
-	st, err := sqlite.Open(ctx, filepath.Join(state, "gbc.db"), nil)
+	var st db.Store
+	if dbURL == "" {
+		st, err = sqlite.Open(ctx, filepath.Join(state, "gbc.db"), nil)
+	} else {
+		st, err = postgres.Open(ctx, dbURL, nil)
+	}
 	if err != nil {
 		return err
 	}
@@ -959,10 +1018,10 @@ func (b *bench) dispatch(ctx context.Context) error {
 	if err := st.Close(); err != nil {
 		return err
 	}
-	b.add("record the queue in SQLite (Store.CreateBuilds, 10,000 per call)", len(drvs), time.Since(start), "in-process, no coordinator")
+	b.add("record the queue in "+backend+" (Store.CreateBuilds, 10,000 per call)", len(drvs), time.Since(start), "in-process, no coordinator")
 	fmt.Fprintf(os.Stderr, "starting the coordinator on %d queued builds\n", cfg.queue)
 	start = time.Now()
-	if err := b.startCoordinator(ctx, state); err != nil {
+	if err := b.startCoordinator(ctx, state, dbURL); err != nil {
 		return err
 	}
 	note := "inputs recorded"
@@ -997,6 +1056,7 @@ func (b *bench) dispatch(ctx context.Context) error {
 	}
 	rss, hwm = b.rss()
 	b.add(fmt.Sprintf("coordinator memory, %d queued, %d agents, after the rounds", cfg.queue, cfg.agents), cfg.queue, 0, "VmRSS "+rss+", VmHWM "+hwm)
+	b.add("database size after the rounds", cfg.queue, 0, b.databaseSize(ctx, state))
 	if st, err := command(b.admin, "status"); err == nil {
 		fmt.Fprintln(os.Stderr, firstLines(st, 6))
 	}
@@ -1007,6 +1067,27 @@ func (b *bench) dispatch(ctx context.Context) error {
 		a.client.Close()
 	}
 	return nil
+}
+
+// databaseSize is the coordinator's database on disk: the SQLite file and
+// its WAL, or what PostgreSQL reports for the run's database (whose server
+// memory is not in the coordinator's VmRSS).
+func (b *bench) databaseSize(ctx context.Context, state string) string {
+	mb := func(n int64) string { return fmt.Sprintf("%.0f MB", float64(n)/1e6) }
+	if b.cfg.database != "" {
+		n, err := b.pgDBs[len(b.pgDBs)-1].size(ctx)
+		if err != nil {
+			return "? (" + err.Error() + ")"
+		}
+		return "PostgreSQL " + mb(n)
+	}
+	var n int64
+	for _, f := range []string{"gbc.db", "gbc.db-wal"} {
+		if fi, err := os.Stat(filepath.Join(state, f)); err == nil {
+			n += fi.Size()
+		}
+	}
+	return "SQLite file + WAL " + mb(n)
 }
 
 func firstLines(s string, n int) string {
