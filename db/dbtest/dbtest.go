@@ -893,6 +893,12 @@ func testFailDependencies(t *testing.T, s db.Store) {
 		batch = append(batch, db.DependencyFailure{ID: id, Cause: fmt.Sprintf("input %d failed", i%2)})
 	}
 	createBuilds(t, s, bs...)
+	// Two were tried and requeued: their events name the agent and the
+	// attempt, the others neither (a batch mixes NULL and set columns).
+	for _, id := range []string{"m0000", "m0001"} {
+		must(t, "allocate "+id, s.AllocateBuild(ctx, id, "a1", at(10)))
+		must(t, "requeue "+id, s.SetupFailBuild(ctx, id, "a1", at(10), "setup-failure: x", nil, false))
+	}
 	slices.Reverse(batch)
 	skipped, err = fd.FailDependencies(ctx, at(11), batch)
 	must(t, "FailDependencies many", err)
@@ -903,8 +909,17 @@ func testFailDependencies(t *testing.T, s db.Store) {
 	must(t, "Events", err)
 	var got []string
 	for _, e := range es {
-		if strings.HasPrefix(e.Build, "m") {
-			got = append(got, e.Build+" "+e.Reason)
+		if !strings.HasPrefix(e.Build, "m") {
+			continue
+		}
+		got = append(got, e.Build+" "+e.Reason)
+		wantAgent, wantAttempt := "", 0
+		if e.Build == "m0000" || e.Build == "m0001" {
+			wantAgent, wantAttempt = "a1", 1
+		}
+		if e.Agent != wantAgent || e.Attempt != wantAttempt || !e.At.Equal(at(11)) ||
+			e.Derivation != "/nix/store/"+e.Build+"-x.drv" || e.System == "" || len(e.Tags) != 2 {
+			t.Errorf("many: event of %s: %+v, want agent %q attempt %d", e.Build, e, wantAgent, wantAttempt)
 		}
 	}
 	var want []string

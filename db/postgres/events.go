@@ -23,3 +23,28 @@ func lockEvents(ctx context.Context, tx sqlstore.Tx) error {
 	}
 	return nil
 }
+
+// insertEvents is the dialect's InsertEvents: one INSERT … SELECT FROM
+// unnest(arrays), ids in slice order (ORDER BY the ordinality, as
+// insertBuilds does for submitted events).
+func insertEvents(ctx context.Context, tx sqlstore.Tx, events []sqlstore.EventRow) error {
+	typ, data := make([]string, len(events)), make([]string, len(events))
+	at := make([]int64, len(events))
+	build, agent := make([]*string, len(events)), make([]*string, len(events))
+	for i := range events {
+		e := &events[i]
+		typ[i], at[i], data[i] = e.Type, e.At, e.Data
+		if e.Build.Valid {
+			build[i] = &e.Build.String
+		}
+		if e.Agent.Valid {
+			agent[i] = &e.Agent.String
+		}
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO events (type, at, build_id, agent_id, data)
+		SELECT e_type, e_at, e_build, e_agent, e_data
+		FROM unnest(?::text[], ?::int8[], ?::text[], ?::text[], ?::text[])
+			WITH ORDINALITY AS t(e_type, e_at, e_build, e_agent, e_data, ord)
+		ORDER BY ord`, typ, at, build, agent, data)
+	return err
+}

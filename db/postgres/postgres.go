@@ -58,6 +58,7 @@ func dialect(logger *slog.Logger, retry Backoff) sqlstore.Dialect {
 		NullsFirst:   " NULLS FIRST",
 		NullsLast:    " NULLS LAST",
 		LockEvents:   lockEvents,
+		InsertEvents: insertEvents,
 		InsertBuilds: insertBuilds,
 		ReadTx:       sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead},
 		Retry: func(ctx context.Context, try func() error) error {

@@ -34,14 +34,60 @@ const insertEventSQL = `INSERT INTO events (type, at, build_id, agent_id, data) 
 
 // eventArgs checks e and returns the arguments of insertEventSQL.
 func eventArgs(e db.Event) ([]any, error) {
-	if !db.ValidEventType(e.Type) {
-		return nil, fmt.Errorf("event type %q is not known", e.Type)
-	}
-	data, err := db.EventData(e)
+	r, err := eventRow(e)
 	if err != nil {
 		return nil, err
 	}
-	return []any{string(e.Type), e.At.UnixMilli(), nullString(e.Build), nullString(e.Agent), string(data)}, nil
+	return []any{r.Type, r.At, r.Build, r.Agent, r.Data}, nil
+}
+
+// EventRow is one event as the events table stores it, for
+// Dialect.InsertEvents.
+type EventRow struct {
+	Type         string
+	At           int64 // Unix milliseconds
+	Build, Agent sql.NullString
+	Data         string // JSON
+}
+
+func eventRow(e db.Event) (EventRow, error) {
+	if !db.ValidEventType(e.Type) {
+		return EventRow{}, fmt.Errorf("event type %q is not known", e.Type)
+	}
+	data, err := db.EventData(e)
+	if err != nil {
+		return EventRow{}, err
+	}
+	return EventRow{Type: string(e.Type), At: e.At.UnixMilli(), Build: nullString(e.Build), Agent: nullString(e.Agent), Data: string(data)}, nil
+}
+
+// insertEvents appends events in order inside tx: with one statement
+// where the dialect has InsertEvents, else one insertEvent each.
+func (s *Store) insertEvents(ctx context.Context, tx Tx, events []db.Event) error {
+	if s.d.InsertEvents == nil || len(events) < 2 {
+		for _, e := range events {
+			if _, err := s.insertEvent(ctx, tx, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	rows := make([]EventRow, len(events))
+	for i, e := range events {
+		var err error
+		if rows[i], err = eventRow(e); err != nil {
+			return fmt.Errorf("%s event of build %q: %w", e.Type, e.Build, err)
+		}
+	}
+	if s.d.LockEvents != nil {
+		if err := s.d.LockEvents(ctx, tx); err != nil {
+			return err
+		}
+	}
+	if err := s.d.InsertEvents(ctx, tx, rows); err != nil {
+		return fmt.Errorf("appending %d events (first: %s of build %q): %w", len(events), events[0].Type, events[0].Build, err)
+	}
+	return nil
 }
 
 // buildTags reads a build's tags in order.

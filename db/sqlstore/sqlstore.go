@@ -43,6 +43,13 @@ type Dialect struct {
 	// gives that for free.
 	LockEvents func(ctx context.Context, tx Tx) error
 
+	// InsertEvents, if set, appends several events with one statement,
+	// ids in slice order, in a writer transaction that already holds
+	// LockEvents. Without it they are inserted one by one, which on a
+	// client-server database is a round trip each with the event lock
+	// held (FailDependencies writes up to a chunk's worth at once).
+	InsertEvents func(ctx context.Context, tx Tx, events []EventRow) error
+
 	// InsertBuilds, if set, replaces the portable row-by-row insert of
 	// CreateBuilds: the builds, their tags, features and outputs, and one
 	// SubmittedEvent each, in batch order (seq and event ids follow it).
