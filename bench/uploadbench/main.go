@@ -18,6 +18,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,6 +30,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -54,13 +57,19 @@ func main() {
 	conc := flag.Int("c", 32, "concurrent HTTP clients")
 	dur := flag.Duration("d", 3*time.Second, "fetch time per transport")
 	flag.StringVar(&variants, "variants", "", "extra SFTP settings to compare, e.g. 64x32,16x128 (requests x KiB per write)")
+	flag.StringVar(&coordArgs, "coordinator-args", "", "extra `ARGS` for gbc coordinator, space-separated")
+	flag.StringVar(&pprofDir, "pprof", "", "after the rounds, upload each output repeatedly for -pprof-time and write CPU and block profiles of both ends into `DIR` (client-*.pprof: this process, the agent's upload code; server-*.pprof: the coordinator)")
+	flag.DurationVar(&pprofTime, "pprof-time", 10*time.Second, "profiling time per output with -pprof")
 	flag.Parse()
 	if err := run(*gbc, *mib, *rounds, *nInfo, *conc, *dur); err != nil {
 		log.Fatal(err)
 	}
 }
 
-var variants string
+var (
+	variants, coordArgs, pprofDir string
+	pprofTime                     time.Duration
+)
 
 func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 	ctx := context.Background()
@@ -83,8 +92,18 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 	if err := os.WriteFile(filepath.Join(dir, "admin.pub"), adminPub, 0o644); err != nil {
 		return err
 	}
-	coord := exec.Command(gbc, "coordinator", "--state-dir", state, "--listen", "127.0.0.1:0",
-		"--admin-key", filepath.Join(dir, "admin.pub"), "--http-listen", "127.0.0.1:0")
+	args := []string{"coordinator", "--state-dir", state, "--listen", "127.0.0.1:0",
+		"--admin-key", filepath.Join(dir, "admin.pub"), "--http-listen", "127.0.0.1:0"}
+	args = append(args, strings.Fields(coordArgs)...)
+	var pprofAddr string
+	if pprofDir != "" {
+		if pprofAddr, err = freeAddr(); err != nil {
+			return err
+		}
+		// 10 µs: blocking shorter than a packet's worth of work is noise.
+		args = append(args, "--pprof-listen", pprofAddr, "--pprof-block-rate", "10000")
+	}
+	coord := exec.Command(gbc, args...)
 	coord.Env = nixEnv()
 	stderr, _ := coord.StderrPipe()
 	if err := coord.Start(); err != nil {
@@ -220,6 +239,11 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 				return fmt.Errorf("variant %s: %w", v, err)
 			}
 			fmt.Printf("  variant %-8s %.1f MB/s\n", v, mbps(p.FileSize, d))
+		}
+		if pprofDir != "" {
+			if err := profileUploads(ctx, sc, p.File, uploadDir, kind, pprofAddr); err != nil {
+				return fmt.Errorf("profile %s: %w", kind, err)
+			}
 		}
 		ms, mr, mw := median(sf), median(raw), median(rawW)
 		fmt.Printf("%-15s %9.1f %7.2f %10.1f %14.1f %9.0f%% %14.1f %9.0f%% %10.1f\n", kind, float64(p.FileSize)/(1<<20), pack.Seconds(),
@@ -410,6 +434,84 @@ func seqUpload(c *sftp.Client, local, remote string) error {
 		return err
 	}
 	return rf.Close()
+}
+
+// profileUploads uploads local again and again for pprofTime while both
+// ends record CPU and block profiles, written as DIR/{client,server}-KIND-{cpu,block}.pprof.
+func profileUploads(ctx context.Context, sc *sftp.Client, local, uploadDir, kind, pprofAddr string) error {
+	if err := os.MkdirAll(pprofDir, 0o755); err != nil {
+		return err
+	}
+	secs := int(pprofTime.Seconds())
+	fetched := make(chan error, 2)
+	for _, prof := range []string{"profile", "block"} {
+		go func() {
+			fetched <- fetchProfile(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", pprofAddr, prof, secs),
+				filepath.Join(pprofDir, fmt.Sprintf("server-%s-%s.pprof", kind, map[string]string{"profile": "cpu", "block": "block"}[prof])))
+		}()
+	}
+	cpu, err := os.Create(filepath.Join(pprofDir, "client-"+kind+"-cpu.pprof"))
+	if err != nil {
+		return err
+	}
+	defer cpu.Close()
+	runtime.SetBlockProfileRate(10000)
+	defer runtime.SetBlockProfileRate(0)
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		return err
+	}
+	var n int64
+	t0 := time.Now()
+	for i := 0; time.Since(t0) < time.Duration(secs)*time.Second; i++ {
+		remote := fmt.Sprintf("%s/%s-prof-%d.nar.zst", uploadDir, kind, i)
+		st, err := upload.Upload(ctx, sc, local, remote, nil)
+		if err != nil {
+			pprof.StopCPUProfile()
+			return err
+		}
+		n += st.Sent
+		sc.Remove(remote)
+	}
+	pprof.StopCPUProfile()
+	fmt.Printf("  profiled %s: %.1f MB/s over %s\n", kind, mbps(n, time.Since(t0)), time.Since(t0).Round(time.Millisecond))
+	bf, err := os.Create(filepath.Join(pprofDir, "client-"+kind+"-block.pprof"))
+	if err != nil {
+		return err
+	}
+	defer bf.Close()
+	if err := pprof.Lookup("block").WriteTo(bf, 0); err != nil {
+		return err
+	}
+	return errors.Join(<-fetched, <-fetched)
+}
+
+func fetchProfile(url, dst string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
 
 func timed(f func() error) (time.Duration, error) {

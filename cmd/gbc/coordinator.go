@@ -9,6 +9,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"time"
@@ -50,6 +51,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	maxSilent := fs.Duration("max-silent-time", 0, "default max time without log output of a build that has none (0: none)")
 	maxSetup := fs.Int("max-setup-failures", coordinator.DefaultMaxSetupFailures, "setup failures after which a build fails")
 	pprofListen := fs.String("pprof-listen", "", "serve net/http/pprof on `ADDR` (loopback only; for profiling)")
+	pprofBlock := fs.Int("pprof-block-rate", 0, "with --pprof-listen: record blocking events of this many `NS` or longer (and mutex contention) for /debug/pprof/block and /debug/pprof/mutex; 0: off (recording costs CPU)")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
 	memLimit := fs.String("memory-limit", "", "soft limit of the Go heap and runtime (`SIZE` such as 450MiB, as GOMEMLIMIT, which applies when this is not given): the garbage collector runs more often near it, trading CPU for RSS; it is not a hard cap (docs/scheduling.md)")
 	hf := addHookFlags(fs)
@@ -174,6 +176,10 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if *pprofListen != "" {
 		if err := servePprof(*pprofListen); err != nil {
 			return err
+		}
+		if *pprofBlock > 0 {
+			runtime.SetBlockProfileRate(*pprofBlock)
+			runtime.SetMutexProfileFraction(100)
 		}
 	}
 	if *httpListen != "" {
