@@ -484,9 +484,11 @@ func TestInterruptedUploadResumes(t *testing.T) {
 	a := newTestAgent(t, f, f.knownHosts(t, f.hostKey.PublicKey()))
 	runAgent(t, a)
 	cs := f.nextSession(t)
-	// Random bytes do not compress, so the upload is about 4 MB.
-	drv, out := instantiate(t, "/usr/bin/head -c 4000000 /dev/urandom > $out")
-	const cutAt = 2 << 20
+	// Random bytes do not compress, so the upload is about 24 MB: the
+	// cut comes well past the resume margin (one window of concurrent
+	// writes, ~4 MiB), so resuming has something to skip.
+	drv, out := instantiate(t, "/usr/bin/head -c 24000000 /dev/urandom > $out")
+	const cutAt = 16 << 20
 	f.cutSFTPAfter.Store(cutAt)
 	f.sendBuild(t, cs, 9, "bu", drv, out)
 	expect[*protocol.Ack](t, cs, nil)

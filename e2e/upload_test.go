@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/gbc-farm/gbc/agent/upload"
 )
 
 // TestUploadResumesAfterAgentKill kills the agent (SIGKILL) while it
@@ -65,7 +67,7 @@ func TestUploadResumesAfterAgentKill(t *testing.T) {
 	sent, _ := strconv.ParseInt(m[2], 10, 64)
 	skipped, _ := strconv.ParseInt(m[3], 10, 64)
 	t.Logf("after the restart: size %d, sent %d, skipped %d (resumed %.0f%% in)", size, sent, skipped, 100*float64(skipped)/float64(size))
-	if size != ls.Size() || sent+skipped != size || skipped == 0 || skipped < rs.Size()-(1<<20) {
+	if size != ls.Size() || sent+skipped != size || skipped == 0 || skipped < upload.ResumeOffset(rs.Size(), ls.Size()) {
 		t.Fatalf("upload did not resume: size %d sent %d skipped %d, coordinator had %d", size, sent, skipped, rs.Size())
 	}
 	if regexp.MustCompile(`msg=building`).MatchString(second.log.String()) {

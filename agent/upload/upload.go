@@ -26,13 +26,23 @@ func ClientOptions() []sftp.ClientOption {
 	return []sftp.ClientOption{
 		sftp.UseConcurrentWrites(true),
 		sftp.MaxConcurrentRequestsPerFile(concurrentRequests),
-		sftp.MaxPacket(packetSize),
+		// Unchecked: more than the 32 KiB every SFTP server must take.
+		// The only server an agent talks to is the coordinator's
+		// (pkg/sftp, which reads messages up to 256 KiB; the sshd tests
+		// upload with these options).
+		sftp.MaxPacketUnchecked(packetSize),
 	}
 }
 
 const (
 	concurrentRequests = 16
-	packetSize         = 32 << 10
+	// packetSize is the data in one SFTP write: 252 KiB, the largest
+	// multiple of 4 KiB whose write message (plus type, id, handle,
+	// offset and length) stays within pkg/sftp's 256 KiB message limit.
+	// Every write costs a request, a response and an extra SSH packet
+	// for its header on both ends; at 32 KiB that per-write cost
+	// held uploads to ~70 % of a raw SSH channel (docs/cache.md).
+	packetSize = 252 << 10
 	// resumeMargin is how far before the remote size a resumed upload
 	// starts. With concurrent writes a dropped connection can leave the
 	// remote file longer than its contiguous prefix: later packets landed,

@@ -136,7 +136,9 @@ func startPipeServer(t *testing.T, limit int64) *pipeServer {
 }
 
 func TestUploadResumes(t *testing.T) {
-	const size = 3<<20 + 12345
+	// Large enough that the cut leaves more than the resume margin
+	// (one window of writes) to skip.
+	const size = 3*resumeMargin + 12345
 	data := make([]byte, size)
 	rand.Read(data)
 	local := filepath.Join(t.TempDir(), "out.nar.zst")
@@ -146,7 +148,7 @@ func TestUploadResumes(t *testing.T) {
 	remote := filepath.Join(t.TempDir(), "out.nar.zst")
 	ctx := context.Background()
 
-	cutAt := int64(2 << 20)
+	cutAt := int64(2 * resumeMargin)
 	first := startPipeServer(t, cutAt)
 	if _, err := Upload(ctx, first.client, local, remote, nil); err == nil {
 		t.Fatal("upload through a cut connection reported success")
