@@ -42,9 +42,100 @@ func TestCheckpointOffTheWritePath(t *testing.T) {
 	if frames <= 1000 || done != frames {
 		t.Errorf("checkpoint: %d of %d WAL frames copied; want all, and more than 1,000 (no automatic checkpoint ran)", done, frames)
 	}
+	// Writes keep coming while checkpoints run: a checkpoint beside them
+	// never reaches the WAL's end, so a long WAL is finished between
+	// writes and the next write starts it over instead of growing it.
+	s.ckpt.restartAt = 100
+	more := func(round int) {
+		t.Helper()
+		bs := make([]db.NewBuild, 100)
+		for j := range bs {
+			id := fmt.Sprintf("m%02d-%03d", round, j)
+			bs[j] = db.NewBuild{ID: id, Derivation: "/nix/store/" + id + ".drv", System: "x86_64-linux"}
+		}
+		if err := s.CreateBuilds(ctx, bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	more(0)
+	before, _, err := s.ckpt.checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames, done, err = s.ckpt.round(ctx)
+	if err != nil || done != frames {
+		t.Fatalf("round: %d of %d frames, %v", done, frames, err)
+	}
+	more(1)
+	after, _, err := s.ckpt.checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after >= before {
+		t.Errorf("WAL not started over: %d frames after a finished round and one write, %d before", after, before)
+	}
+	var limit int64
+	if err := s.DB().QueryRowContext(ctx, "PRAGMA journal_size_limit").Scan(&limit); err != nil || limit != walSizeLimit {
+		t.Errorf("writer journal_size_limit = %d, %v; want %d", limit, err, walSizeLimit)
+	}
 	// The data is readable through a fresh store after the checkpoint.
 	bs, err := s.Builds(ctx, db.BuildFilter{Limit: 5000})
-	if err != nil || len(bs) != 4000 {
+	if err != nil || len(bs) != 4200 {
 		t.Fatalf("Builds: %d, %v", len(bs), err)
+	}
+}
+
+// TestWALBoundedUnderSteadyWrites: with a writer that never pauses, a
+// checkpoint beside it never sees the WAL's end and the WAL only grows; a
+// round that finishes the tail between writes lets the next write start
+// it over, so its length stays near what one round's interval of writes
+// takes. Compared, not timed: the same writes run in both cases.
+func TestWALBoundedUnderSteadyWrites(t *testing.T) {
+	longest := func(t *testing.T, restartAt int) int {
+		ctx := t.Context()
+		s, err := open(ctx, filepath.Join(t.TempDir(), "gbc.db"), nil, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		s.ckpt.restartAt = restartAt
+		stop := make(chan struct{})
+		wrote := make(chan error, 1)
+		go func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					wrote <- nil
+					return
+				default:
+				}
+				id := fmt.Sprintf("w%06d-padding-padding-padding-padding-padding", i)
+				err := s.CreateBuilds(ctx, []db.NewBuild{{ID: id, Derivation: "/nix/store/" + id + ".drv", System: "x86_64-linux"}})
+				if err != nil {
+					wrote <- err
+					return
+				}
+			}
+		}()
+		most := 0
+		for range 40 {
+			time.Sleep(5 * time.Millisecond)
+			frames, _, err := s.ckpt.round(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			most = max(most, frames)
+		}
+		close(stop)
+		if err := <-wrote; err != nil {
+			t.Fatal(err)
+		}
+		return most
+	}
+	bounded := longest(t, 200)
+	unbounded := longest(t, 1<<30)
+	t.Logf("longest WAL: %d frames finishing between writes, %d beside writes only", bounded, unbounded)
+	if bounded*4 > unbounded {
+		t.Errorf("finishing rounds between writes kept the WAL at %d frames, beside writes only %d: it was not started over", bounded, unbounded)
 	}
 }

@@ -135,8 +135,9 @@ func open(ctx context.Context, path string, logger *slog.Logger, ckptEvery time.
 	}
 	cp.SetMaxOpenConns(1)
 	logger.DebugContext(ctx, "sqlite store open", "path", abs)
-	return &Store{Store: sqlstore.New(dialect(), w, r), path: abs,
-		ckpt: startCheckpointer(cp, ckptEvery, logger)}, nil
+	st := sqlstore.New(dialect(), w, r)
+	return &Store{Store: st, path: abs,
+		ckpt: startCheckpointer(cp, ckptEvery, st.WhileQuiet, logger)}, nil
 }
 
 func isConstraint(err error, code sqlite3.ErrNoExtended) bool {

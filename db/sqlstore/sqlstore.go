@@ -246,6 +246,20 @@ func (s *Store) writeBackground(ctx context.Context, fn func(tx Tx) error) error
 	return s.writeAs(ctx, normal, true, fn)
 }
 
+// WhileQuiet runs fn while no write of this process runs, waiting for its
+// turn as a background batch does: for maintenance that must see the
+// database between writes (SQLite's checkpointer finishing a WAL so the
+// next write can start it over). Only single-writer dialects exclude
+// writes; elsewhere fn just runs.
+func (s *Store) WhileQuiet(ctx context.Context, fn func() error) error {
+	s.wl.yield(ctx)
+	if err := s.wl.lock(ctx, normal); err != nil {
+		return fmt.Errorf("waiting for a quiet moment: %w", err)
+	}
+	defer s.wl.unlock()
+	return fn()
+}
+
 func (s *Store) writeAs(ctx context.Context, class int, cached bool, fn func(tx Tx) error) error {
 	if err := s.wl.lock(ctx, class); err != nil {
 		return fmt.Errorf("waiting to write: %w", err)
