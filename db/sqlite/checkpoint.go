@@ -69,11 +69,11 @@ func (c *walConnector) Driver() driver.Driver                        { return c.
 // checkpointer runs PASSIVE checkpoints until closed.
 type checkpointer struct {
 	db        *sql.DB
-	restartAt int // WAL frames from which a round finishes between writes
-	quiet func(context.Context, func() error) error // runs fn while no write runs
-	log   *slog.Logger
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	restartAt int                                       // WAL frames from which a round finishes between writes
+	quiet     func(context.Context, func() error) error // runs fn while no write runs
+	log       *slog.Logger
+	stop      chan struct{}
+	wg        sync.WaitGroup
 }
 
 func startCheckpointer(db *sql.DB, interval time.Duration, quiet func(context.Context, func() error) error, log *slog.Logger) *checkpointer {
