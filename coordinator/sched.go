@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/gbc-farm/gbc/db"
-	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
 	"github.com/gbc-farm/gbc/storepath"
@@ -254,10 +253,7 @@ func (c *Coordinator) resolveInputsLocked(ctx context.Context, drvs []string) er
 // outputsInCache reports whether every output of the derivation has a
 // narinfo in the cache directory (the cache names them by hash part).
 func (c *Coordinator) outputsInCache(drvPath string) bool {
-	d, err := derivation.ReadFile(drvPath)
-	if err != nil && c.cfg.Cache != nil {
-		d, err = c.cfg.Cache.ReadDerivation(context.Background(), drvPath)
-	}
+	d, err := c.readDrv(context.Background(), drvPath)
 	if err != nil || len(d.Outputs) == 0 {
 		return false
 	}

@@ -415,10 +415,7 @@ func (c *Coordinator) Import(ctx context.Context, r io.Reader) ([]string, error)
 // inputDerivations re-reads a recorded derivation's input .drv paths, from
 // this host's store or the cache.
 func (c *Coordinator) inputDerivations(p string) ([]string, error) {
-	d, err := derivation.ReadFile(p)
-	if err != nil && c.cfg.Cache != nil {
-		d, err = c.cfg.Cache.ReadDerivation(context.Background(), p)
-	}
+	d, err := c.readDrv(context.Background(), p)
 	if err != nil {
 		return nil, err
 	}
