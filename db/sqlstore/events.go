@@ -12,15 +12,28 @@ import (
 
 // insertEvent appends one event inside tx and returns its id, taking the
 // dialect's event lock first (see Dialect.LockEvents).
+// lockEvents takes the dialect's event lock unless this transaction
+// already holds it (it is held until commit).
+func (s *Store) lockEvents(ctx context.Context, tx Tx) error {
+	if s.d.LockEvents == nil || (tx.eventsLocked != nil && *tx.eventsLocked) {
+		return nil
+	}
+	if err := s.d.LockEvents(ctx, tx); err != nil {
+		return err
+	}
+	if tx.eventsLocked != nil {
+		*tx.eventsLocked = true
+	}
+	return nil
+}
+
 func (s *Store) insertEvent(ctx context.Context, tx Tx, e db.Event) (int64, error) {
 	args, err := eventArgs(e)
 	if err != nil {
 		return 0, err
 	}
-	if s.d.LockEvents != nil {
-		if err := s.d.LockEvents(ctx, tx); err != nil {
-			return 0, err
-		}
+	if err := s.lockEvents(ctx, tx); err != nil {
+		return 0, err
 	}
 	var id int64
 	err = tx.QueryRowContext(ctx, insertEventSQL+` RETURNING id`, args...).Scan(&id)
@@ -79,10 +92,8 @@ func (s *Store) insertEvents(ctx context.Context, tx Tx, events []db.Event) erro
 			return fmt.Errorf("%s event of build %q: %w", e.Type, e.Build, err)
 		}
 	}
-	if s.d.LockEvents != nil {
-		if err := s.d.LockEvents(ctx, tx); err != nil {
-			return err
-		}
+	if err := s.lockEvents(ctx, tx); err != nil {
+		return err
 	}
 	if err := s.d.InsertEvents(ctx, tx, rows); err != nil {
 		return fmt.Errorf("appending %d events (first: %s of build %q): %w", len(events), events[0].Type, events[0].Build, err)

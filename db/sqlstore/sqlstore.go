@@ -143,6 +143,10 @@ type Tx struct {
 	// stmts, if set, prepares each distinct statement once and reuses
 	// it: for transactions that run the same few statements many times.
 	stmts *stmtCache
+	// eventsLocked, in a writer transaction, records that the dialect's
+	// event lock is held (until commit), so a transaction writing several
+	// events takes it once.
+	eventsLocked *bool
 }
 
 type stmtCache struct {
@@ -275,7 +279,7 @@ func (s *Store) writeTx(ctx context.Context, cached bool, fn func(tx Tx) error) 
 			return fmt.Errorf("begin: %w", err)
 		}
 		defer tx.Rollback()
-		t := Tx{q: tx, rebind: s.d.Rebind}
+		t := Tx{q: tx, rebind: s.d.Rebind, eventsLocked: new(bool)}
 		if cached {
 			t.stmts = &stmtCache{m: map[string]*sql.Stmt{}}
 			defer t.stmts.close()

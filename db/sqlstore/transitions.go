@@ -30,6 +30,11 @@ type changed struct {
 	derivation string
 	system     string
 	agentID    string
+	// What an allocation hands the agent besides outputs, returned by the
+	// same UPDATE so that dispatch (under the coordinator lock) does not
+	// spend another statement (a round trip on PostgreSQL) reading them.
+	priority                 int
+	timeoutSec, maxSilentSec sql.NullInt64
 }
 
 // transition changes one build in a writer transaction. The precondition
@@ -81,12 +86,13 @@ func (s *Store) transitionTx(ctx context.Context, tx Tx, id string, r rule, set 
 		q.WriteString(" AND agent_id = ?")
 		args = append(args, r.agentID)
 	}
-	q.WriteString(" RETURNING attempts, derivation, system, agent_id")
+	q.WriteString(" RETURNING attempts, derivation, system, agent_id, priority, timeout_seconds, max_silent_seconds")
 	var (
 		c     changed
 		agent sql.NullString
 	)
-	err := tx.QueryRowContext(ctx, q.String(), args...).Scan(&c.attempt, &c.derivation, &c.system, &agent)
+	err := tx.QueryRowContext(ctx, q.String(), args...).Scan(&c.attempt, &c.derivation, &c.system, &agent,
+		&c.priority, &c.timeoutSec, &c.maxSilentSec)
 	if errors.Is(err, sql.ErrNoRows) {
 		return whyNot(ctx, tx, id, r)
 	}
@@ -189,13 +195,8 @@ func (s *Store) allocate(ctx context.Context, id, agentID string, at time.Time, 
 			if out == nil {
 				return nil
 			}
-			a := db.Allocation{ID: id, Derivation: c.derivation, System: c.system, Attempt: n}
-			var timeout, silent sql.NullInt64
-			if err := tx.QueryRowContext(ctx, `SELECT priority, timeout_seconds, max_silent_seconds FROM builds WHERE id = ?`, id).
-				Scan(&a.Priority, &timeout, &silent); err != nil {
-				return fmt.Errorf("reading allocated build: %w", err)
-			}
-			a.TimeoutSeconds, a.MaxSilentSeconds = int(timeout.Int64), int(silent.Int64)
+			a := db.Allocation{ID: id, Derivation: c.derivation, System: c.system, Attempt: n, Priority: c.priority,
+				TimeoutSeconds: int(c.timeoutSec.Int64), MaxSilentSeconds: int(c.maxSilentSec.Int64)}
 			err = eachRow(ctx, tx, `SELECT name, path FROM build_outputs WHERE build_id = ? ORDER BY pos`, []any{id},
 				func(rows *sql.Rows) error {
 					var o db.DerivationOutput
