@@ -22,23 +22,9 @@ import (
 // scheduler keeps only what ordering and matching need; what an agent needs
 // to run a build (outputs, timeouts) is read from the store at dispatch.
 
-// toSched converts a recorded build for the scheduler.
-func toSched(b db.NewBuild, inputs []string) scheduler.Build {
-	return scheduler.Build{
-		ID:         b.ID,
-		Derivation: b.Derivation,
-		System:     b.System,
-		InputDrvs:  inputs,
-		Features:   b.RequiredFeatures,
-		Tags:       tagMap(b.Tags),
-		Priority:   b.Priority,
-		CreatedAt:  b.CreatedAt,
-		DeferUntil: b.DeferUntil,
-	}
-}
-
-// queuedToSched converts a page row of the queue rebuild.
-func queuedToSched(b db.QueuedBuild, inputs []string) scheduler.Build {
+// toSched converts a queued build (a page row of the rebuild, or a new
+// build's db.NewBuild.Queued) for the scheduler, with its resolved inputs.
+func toSched(b db.QueuedBuild, inputs []string) scheduler.Build {
 	return scheduler.Build{
 		ID:         b.ID,
 		Derivation: b.Derivation,
@@ -95,7 +81,7 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 	// Held builds first: few, and usually inputs of the queued ones.
 	batch := make([]scheduler.Build, 0, len(heldBuilds))
 	for _, b := range heldBuilds {
-		batch = append(batch, toSched(b.NewBuild, r.inputs(b.ID, b.Derivation, b.InputDerivations)))
+		batch = append(batch, toSched(b.Queued(), r.inputs(b.ID, b.Derivation, b.InputDerivations)))
 	}
 	if err := r.add(batch); err != nil {
 		return nil, err
@@ -121,7 +107,7 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 			}
 			batch = batch[:0]
 			for i := range page {
-				batch = append(batch, queuedToSched(page[i], r.inputs(page[i].ID, page[i].Derivation, page[i].InputDerivations)))
+				batch = append(batch, toSched(page[i], r.inputs(page[i].ID, page[i].Derivation, page[i].InputDerivations)))
 			}
 			if err := r.add(batch); err != nil {
 				return nil, err
@@ -138,7 +124,7 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 			batch = batch[:0]
 			for i := range n {
 				b := &runnable[i].NewBuild
-				batch = append(batch, toSched(*b, r.inputs(b.ID, b.Derivation, b.InputDerivations)))
+				batch = append(batch, toSched(b.Queued(), r.inputs(b.ID, b.Derivation, b.InputDerivations)))
 				runnable[i] = db.Build{}
 			}
 			if err := r.add(batch); err != nil {

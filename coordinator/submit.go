@@ -114,7 +114,7 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 	var unresolved []string
 	batch := make([]scheduler.Build, len(builds))
 	for i, b := range builds {
-		batch[i] = toSched(b, inputs[i])
+		batch[i] = toSched(b.Queued(), inputs[i])
 		for _, in := range inputs[i] {
 			if _, ok := byDrv[in]; !ok {
 				unresolved = append(unresolved, in)

@@ -310,6 +310,14 @@ type QueuedBuild struct {
 	InputDerivations []string
 }
 
+// Queued is what the in-memory queue needs of a new build (the fields
+// ScheduledBuildsPage returns for a recorded one).
+func (b NewBuild) Queued() QueuedBuild {
+	return QueuedBuild{ID: b.ID, Derivation: b.Derivation, System: b.System, Priority: b.Priority,
+		Tags: b.Tags, RequiredFeatures: b.RequiredFeatures, CreatedAt: b.CreatedAt, DeferUntil: b.DeferUntil,
+		InputDerivations: b.InputDerivations}
+}
+
 // Allocation is an allocated build as dispatch sends it to the agent.
 type Allocation struct {
 	ID               string
