@@ -153,6 +153,10 @@ func TestUploadResumes(t *testing.T) {
 	if _, err := Upload(ctx, first.client, local, remote, nil); err == nil {
 		t.Fatal("upload through a cut connection reported success")
 	}
+	// The server's workers may still be writing packets that arrived
+	// before the cut; Serve returns only after they finish, so the size
+	// read below is the one the second upload will see.
+	<-first.done
 	partial, err := os.Stat(remote)
 	if err != nil {
 		t.Fatal(err)
