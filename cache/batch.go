@@ -21,8 +21,9 @@ import (
 // narinfo never names a NAR that is not durably complete) across a crash
 // at any point:
 //
-//  1. every NAR is spooled to a temp file in nar/ and every narinfo to a
-//     temp file in the cache directory, unsynced;
+//  1. every NAR is spooled to a temp file in one of nar/'s spool
+//     directories and its signed narinfo to a temp file beside it,
+//     unsynced (for .drv files, in parallel);
 //  2. one barrier makes all their bytes durable (syncfs(2) on Linux for
 //     more than a couple of files, else fsync of each);
 //  3. the NARs are renamed into place and nar/ is synced;
@@ -37,9 +38,24 @@ import (
 type pending struct {
 	sp   storepath.StorePath
 	e    Entry
-	nar  string // spooled NAR, temp file in nar/
+	nar  string // spooled NAR, temp file in a spool directory
 	url  string
-	info string // narinfo temp file in the cache directory
+	info string // narinfo temp file, beside nar until it is renamed
+}
+
+// prepareInfo renders and signs p's narinfo into a temp file beside its
+// NAR: signing is the larger part of a .drv's cost, so the parallel
+// spoolers do it, and creating the file in the spool directory keeps them
+// off the cache directory's lock.
+func (c *Cache) prepareInfo(p *pending) error {
+	body, err := c.render(p.sp, &p.e, p.url)
+	if err != nil {
+		return fmt.Errorf("cache publish %s: %w", p.sp, err)
+	}
+	if p.info, err = writeTemp(filepath.Dir(p.nar), body); err != nil {
+		return fmt.Errorf("cache publish %s: write narinfo: %w", p.sp, err)
+	}
+	return nil
 }
 
 // fewFiles is the most files the barrier fsyncs one by one; above it one
@@ -64,22 +80,10 @@ func (c *Cache) commit(ctx context.Context, ps []*pending) (err error) {
 	}
 	files := make([]string, 0, 2*len(ps))
 	for _, p := range ps {
-		body, err := c.render(p.sp, &p.e, p.url)
-		if err != nil {
-			return fmt.Errorf("cache publish %s: %w", p.sp, err)
-		}
-		tmp, err := os.CreateTemp(c.dir, tmpPrefix)
-		if err != nil {
-			return fmt.Errorf("cache publish %s: %w", p.sp, err)
-		}
-		p.info = tmp.Name()
-		_, werr := tmp.Write(body)
-		cerr := tmp.Chmod(0o644)
-		if err := errors.Join(werr, cerr, tmp.Close()); err != nil {
-			return fmt.Errorf("cache publish %s: write narinfo: %w", p.sp, err)
-		}
-		if err := os.Chmod(p.nar, 0o644); err != nil {
-			return fmt.Errorf("cache publish %s: %w", p.sp, err)
+		if p.info == "" {
+			if err := c.prepareInfo(p); err != nil {
+				return err
+			}
 		}
 		files = append(files, p.nar, p.info)
 	}
@@ -238,6 +242,9 @@ func (c *Cache) PublishDerivationClosures(ctx context.Context, drvPaths []string
 	abort := func(err error) (map[string]error, error) {
 		for _, p := range ps {
 			os.Remove(p.nar)
+			if p.info != "" {
+				os.Remove(p.info)
+			}
 		}
 		return bad, err
 	}
@@ -292,6 +299,9 @@ func (c *Cache) PublishDerivationClosures(ctx context.Context, drvPaths []string
 			defer wg.Done()
 			for i := range next {
 				spooled[i], errs[i] = c.spoolDrv(ctx, todo[i], root, drvs[todo[i]])
+				if errs[i] == nil {
+					errs[i] = c.prepareInfo(spooled[i])
+				}
 			}
 		}()
 	}

@@ -97,16 +97,22 @@ func TestBatchDurabilityOrder(t *testing.T) {
 		if _, err := c.ReadDerivation(context.Background(), p); err != nil {
 			t.Fatal(err)
 		}
+		// The cache is public: an nginx or file:// reader running as
+		// another user must be able to read both files.
+		ni, err := c.Lookup(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{c.narinfoPath(ni.StorePath[len("/nix/store/"):][:32]), filepath.Join(c.Dir(), ni.URL)} {
+			if st, err := os.Stat(f); err != nil || st.Mode().Perm() != 0o644 {
+				t.Fatalf("%s: mode %v, %v; want 0644", f, st.Mode(), err)
+			}
+		}
 	}
 	// No temp files are left, and a second batch of the same closures
 	// writes nothing.
-	for _, sub := range []string{"", "nar"} {
-		ents, _ := os.ReadDir(filepath.Join(c.Dir(), sub))
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), tmpPrefix) {
-				t.Fatalf("temp file left: %s", e.Name())
-			}
-		}
+	if left := tempFiles(t, c); len(left) > 0 {
+		t.Fatalf("temp files left: %q", left)
 	}
 	steps = nil
 	if bad, err := c.PublishDerivationClosures(context.Background(), tops, root); err != nil || len(bad) != 0 {
@@ -134,7 +140,12 @@ func TestBatchRejectsForgedDrv(t *testing.T) {
 		t.Fatal("published despite the error")
 	}
 	ents, _ := os.ReadDir(filepath.Join(c.Dir(), "nar"))
-	if len(ents) != 0 {
-		t.Fatalf("nar/ not empty: %v", ents)
+	for _, e := range ents {
+		if !e.IsDir() {
+			t.Fatalf("nar/ has %s", e.Name())
+		}
+	}
+	if left := tempFiles(t, c); len(left) > 0 {
+		t.Fatalf("temp files left: %q", left)
 	}
 }

@@ -37,6 +37,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/gbc-farm/gbc/compression"
@@ -86,6 +87,12 @@ type Cache struct {
 	locks [64]sync.Mutex
 	zpool *compression.Pool
 	bufs  sync.Pool // *bufio.Writer of 256 KiB for spool
+	// spoolDirs are where spool creates its temp files, taken in turn.
+	// Creating a file locks its directory: the parallel spools of one
+	// `build` command all creating in nar/ spent more CPU waiting on that
+	// lock than on compressing and signing (bench/dispatch profile).
+	spoolDirs []string
+	spoolNext atomic.Uint32
 	// onStep, set only by tests, observes each durability step of a
 	// batch (see commit).
 	onStep func(op, path string)
@@ -169,6 +176,13 @@ func Open(ctx context.Context, dir string, opts Options) (*Cache, error) {
 		}
 	}
 	c.cleanTemps(ctx)
+	for i := range spoolDirCount {
+		d := filepath.Join(dir, "nar", fmt.Sprintf("%sspool-%d", tmpPrefix, i))
+		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("cache open: %w", err)
+		}
+		c.spoolDirs = append(c.spoolDirs, d)
+	}
 	return c, nil
 }
 
@@ -181,8 +195,12 @@ func (c *Cache) StoreDir() string { return c.opts.StoreDir }
 // PublicKey is the Nix key clients put in trusted-public-keys.
 func (c *Cache) PublicKey() signing.NixPublicKey { return c.opts.NixKey.Public() }
 
+// spoolDirCount is how many directories spool spreads its temp files over;
+// more than the spooling goroutines of one batch (2 per CPU) rarely collide.
+const spoolDirCount = 8
+
 // cleanTemps removes temporary files a crash left behind; they are never
-// referenced by a narinfo.
+// referenced by a narinfo. Temp directories (spool's) are emptied.
 func (c *Cache) cleanTemps(ctx context.Context) {
 	for _, sub := range []string{"", "nar", "log"} {
 		ents, err := os.ReadDir(filepath.Join(c.dir, sub))
@@ -192,10 +210,27 @@ func (c *Cache) cleanTemps(ctx context.Context) {
 		for _, e := range ents {
 			if strings.HasPrefix(e.Name(), tmpPrefix) {
 				p := filepath.Join(c.dir, sub, e.Name())
+				if e.IsDir() {
+					c.emptyTempDir(ctx, p)
+					continue
+				}
 				if err := os.Remove(p); err == nil {
 					c.log.DebugContext(ctx, "removed stale temp file", "path", p)
 				}
 			}
+		}
+	}
+}
+
+func (c *Cache) emptyTempDir(ctx context.Context, dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if err := os.RemoveAll(p); err == nil {
+			c.log.DebugContext(ctx, "removed stale temp file", "path", p)
 		}
 	}
 }

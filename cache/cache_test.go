@@ -338,3 +338,34 @@ func TestPublishConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A crash leaves temp files in the cache's directories and in spool's;
+// the next Open removes them and nothing else.
+func TestOpenRemovesStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	c := openCache(t, dir, Options{})
+	key := c.opts.NixKey
+	stale := []string{
+		filepath.Join(dir, tmpPrefix+"123"),
+		filepath.Join(dir, "nar", tmpPrefix+"nar-456"),
+		filepath.Join(c.spoolDirs[3], tmpPrefix+"789"),
+	}
+	keep := filepath.Join(dir, "nar", "keep.nar.zst")
+	for _, p := range append(stale, keep) {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c = openCache(t, dir, Options{NixKey: key})
+	if left := tempFiles(t, c); len(left) > 0 {
+		t.Fatalf("temp files left after Open: %q", left)
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Fatalf("Open removed a file that is not a temp: %v", err)
+	}
+	for _, d := range c.spoolDirs {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			t.Fatalf("spool dir %s: %v", d, err)
+		}
+	}
+}

@@ -126,3 +126,23 @@ derivation { name = "gbc-cache-` + tag + `"; system = builtins.currentSystem; bu
 	}
 	return drv, out, closure
 }
+
+// tempFiles lists the temp files anywhere under the cache directory
+// (spool's directories themselves are not files).
+func tempFiles(t testing.TB, c *Cache) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(c.Dir(), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && strings.HasPrefix(d.Name(), tmpPrefix) {
+			found = append(found, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}

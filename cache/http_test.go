@@ -47,6 +47,7 @@ func TestHandler(t *testing.T) {
 	}
 	// Files the handler must never expose.
 	os.WriteFile(filepath.Join(c.Dir(), "nar", tmpPrefix+"spool-1"), []byte("partial"), 0o644)
+	os.WriteFile(filepath.Join(c.spoolDirs[0], tmpPrefix+"1"), []byte("partial"), 0o644)
 	os.WriteFile(filepath.Join(c.Dir(), "secret"), []byte("x"), 0o644)
 	srv := httptest.NewServer(c.Handler())
 	defer srv.Close()
@@ -78,6 +79,8 @@ func TestHandler(t *testing.T) {
 		{"GET", "/nar", "", want{404, "", "", ""}},
 		{"GET", "/secret", "", want{404, "", "", ""}},
 		{"GET", "/nar/" + tmpPrefix + "spool-1", "", want{404, "", "", ""}},
+		{"GET", "/nar/" + filepath.Base(c.spoolDirs[0]) + "/" + tmpPrefix + "1", "", want{404, "", "", ""}},
+		{"GET", "/nar/" + filepath.Base(c.spoolDirs[0]), "", want{404, "", "", ""}},
 		{"GET", "/nar/../secret", "", want{404, "", "", ""}},
 		{"GET", "/nar/..%2fsecret", "", want{404, "", "", ""}},
 		{"GET", "/log/..%2f..%2fetc%2fpasswd", "", want{404, "", "", ""}},

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/gbc-farm/gbc/archive"
@@ -16,11 +15,8 @@ import (
 
 func noTemps(t *testing.T, c *Cache) {
 	t.Helper()
-	ents, _ := os.ReadDir(filepath.Join(c.Dir(), "nar"))
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), tmpPrefix) {
-			t.Errorf("temp file left: %s", e.Name())
-		}
+	if left := tempFiles(t, c); len(left) > 0 {
+		t.Errorf("temp files left: %q", left)
 	}
 }
 

@@ -27,11 +27,12 @@ type spooled struct {
 // errTooLarge is wrapped when a NAR exceeds Options.MaxNarSize.
 var errTooLarge = errors.New("NAR exceeds the size limit")
 
-// spool compresses the NAR that produce writes into a temp file in nar/,
+// spool compresses the NAR that produce writes into a temp file under nar/,
 // hashing both streams on the way. extra (e.g. a reference scanner) sees the
 // uncompressed bytes too. The caller removes s.path if it does not publish.
 func (c *Cache) spool(ctx context.Context, produce func(w io.Writer) error, extra ...io.Writer) (s spooled, err error) {
-	tmp, err := os.CreateTemp(filepath.Join(c.dir, "nar"), tmpPrefix+"spool-")
+	dir := c.spoolDirs[c.spoolNext.Add(1)%uint32(len(c.spoolDirs))]
+	tmp, err := os.CreateTemp(dir, tmpPrefix)
 	if err != nil {
 		return s, err
 	}
@@ -67,6 +68,10 @@ func (c *Cache) spool(ctx context.Context, produce func(w io.Writer) error, extr
 		return s, fmt.Errorf("compress: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
+		return s, err
+	}
+	// World-readable once renamed into place: the cache is public.
+	if err := tmp.Chmod(0o644); err != nil {
 		return s, err
 	}
 	if err := tmp.Close(); err != nil {
