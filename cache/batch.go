@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/nar"
@@ -64,7 +65,7 @@ const fewFiles = 2
 
 // commit runs steps 2-4 above for spooled NARs; it writes the narinfo temps
 // first. Temp files are removed whatever happens.
-func (c *Cache) commit(ctx context.Context, ps []*pending) (err error) {
+func (c *Cache) commit(ctx context.Context, ps []*pending, t *batchTimes) (err error) {
 	defer func() {
 		for _, p := range ps {
 			if p.nar != "" {
@@ -87,9 +88,11 @@ func (c *Cache) commit(ctx context.Context, ps []*pending) (err error) {
 		}
 		files = append(files, p.nar, p.info)
 	}
+	t.mark(&t.prepare)
 	if err := c.barrier(files); err != nil {
 		return fmt.Errorf("cache publish %d paths: %w", len(ps), err)
 	}
+	t.mark(&t.barrier)
 	for _, p := range ps {
 		dst := filepath.Join(c.dir, filepath.FromSlash(p.url))
 		if _, err := os.Stat(dst); err == nil {
@@ -105,6 +108,7 @@ func (c *Cache) commit(ctx context.Context, ps []*pending) (err error) {
 		return fmt.Errorf("cache publish %d paths: %w", len(ps), err)
 	}
 	c.trace("sync-nar-dir", "")
+	t.mark(&t.nars)
 	// Hold every stripe the batch touches, in order, so a concurrent
 	// publisher of the same path sees our narinfo only once it is durable.
 	var stripes []int
@@ -145,6 +149,7 @@ func (c *Cache) commit(ctx context.Context, ps []*pending) (err error) {
 		}
 		c.trace("sync-dir", "")
 	}
+	t.mark(&t.narinfos)
 	return errors.Join(errs...)
 }
 
@@ -166,6 +171,21 @@ func (c *Cache) barrier(files []string) error {
 	}
 	return nil
 }
+
+// batchTimes are the phases of one batch, for its log line.
+type batchTimes struct {
+	last                                          time.Time
+	read, spool, prepare, barrier, nars, narinfos time.Duration
+}
+
+// mark ends a phase: it adds the time since the last mark to d.
+func (t *batchTimes) mark(d *time.Duration) {
+	now := time.Now()
+	*d += now.Sub(t.last)
+	t.last = now
+}
+
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func fsyncFile(name string) error {
 	f, err := os.Open(name)
@@ -194,6 +214,7 @@ func (c *Cache) trace(op, path string) {
 // read gets its own error in bad and does not stop the others; err
 // reports a failure to publish the batch (nothing of it may be relied on).
 func (c *Cache) PublishDerivationClosures(ctx context.Context, drvPaths []string, root string) (bad map[string]error, err error) {
+	t := batchTimes{last: time.Now()}
 	bad = map[string]error{}
 	drvs := map[string]*derivation.Derivation{}
 	readErr := map[string]error{}
@@ -282,6 +303,7 @@ func (c *Cache) PublishDerivationClosures(ctx context.Context, drvPaths []string
 		ps = append(ps, pd)
 		queue = append(queue, pd.e.References...)
 	}
+	t.mark(&t.read)
 	var todo []string
 	for p := range need {
 		if !c.Has(p) {
@@ -321,11 +343,18 @@ func (c *Cache) PublishDerivationClosures(ctx context.Context, drvPaths []string
 	if err != nil {
 		return abort(fmt.Errorf("cache publish closures: %w", err))
 	}
-	if err := c.commit(ctx, ps); err != nil {
+	t.mark(&t.spool)
+	if err := c.commit(ctx, ps, &t); err != nil {
 		return bad, err
 	}
 	if len(ps) > 0 {
-		c.log.InfoContext(ctx, "published derivation closures", "derivations", len(drvPaths), "paths", len(ps))
+		// Where a slow batch spends its time: reading the closures and
+		// spooling input sources (read), compressing and signing the
+		// .drvs (spool), the barrier's syncfs (sync), the renames and
+		// directory syncs (place).
+		c.log.InfoContext(ctx, "published derivation closures", "derivations", len(drvPaths), "paths", len(ps),
+			"read_ms", millis(t.read), "spool_ms", millis(t.spool+t.prepare), "sync_ms", millis(t.barrier),
+			"place_ms", millis(t.nars+t.narinfos))
 	}
 	return bad, nil
 }

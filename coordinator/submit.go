@@ -58,6 +58,7 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 		return nil, fmt.Errorf("%w: negative timeout or max-silent-time", ErrBadSubmission)
 	}
 	now := c.clk.Now()
+	start := time.Now()
 	ids := make([]string, len(sub.Derivations))
 	byDrv := map[string]int{} // derivation → index in builds
 	builds := make([]db.NewBuild, 0, len(sub.Derivations))
@@ -67,6 +68,7 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 		return nil, err
 	}
 	loaded := c.preload(ctx, sub.Derivations, existing)
+	published := time.Now()
 	add := func(p string) (int, []string, error) {
 		nb, in, err := c.readDerivation(ctx, p, loaded[p])
 		if err != nil {
@@ -104,13 +106,16 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 			return nil, err
 		}
 	}
+	parsed := time.Now()
 	if len(builds) > 0 {
 		if err := c.store.CreateBuilds(ctx, builds); err != nil {
 			return nil, fmt.Errorf("record builds: %w", err)
 		}
 	}
+	recorded := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	locked := time.Now()
 	var unresolved []string
 	batch := make([]scheduler.Build, len(builds))
 	for i, b := range builds {
@@ -141,8 +146,16 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 	for _, b := range builds {
 		c.log.Debug("build submitted", "build", b.ID, "derivation", b.Derivation, "system", b.System, "priority", b.Priority)
 	}
-	c.log.Info("builds submitted", "count", len(builds), "requested", len(sub.Derivations))
+	queued := time.Now()
 	c.dispatchLocked(ctx)
+	// Where a slow submission spent its time: reading the .drv files and
+	// publishing their closures to the cache (publish), turning them into
+	// builds (parse), the database (record), the coordinator lock, the
+	// scheduler, or dispatching what became runnable.
+	c.log.Info("builds submitted", "count", len(builds), "requested", len(sub.Derivations),
+		"publish_ms", millis(published.Sub(start)), "parse_ms", millis(parsed.Sub(published)),
+		"record_ms", millis(recorded.Sub(parsed)), "lock_ms", millis(locked.Sub(recorded)),
+		"queue_ms", millis(queued.Sub(locked)), "dispatch_ms", millis(time.Since(queued)))
 	return ids, nil
 }
 
@@ -527,3 +540,4 @@ func (c *Coordinator) dropWaiter(id string, ch chan struct{}) {
 		c.waiters[id] = ws
 	}
 }
+
