@@ -74,7 +74,7 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 		if err != nil {
 			return 0, nil, err
 		}
-		nb.ID = uuid.NewString()
+		nb.ID = newBuildID()
 		nb.Priority = sub.Priority
 		nb.Tags = slices.Clone(sub.Tags)
 		nb.CreatedAt = now
@@ -541,3 +541,18 @@ func (c *Coordinator) dropWaiter(id string, ch chan struct{}) {
 	}
 }
 
+// newBuildID makes a time-ordered UUID (version 7): the ids of a batch
+// sort together, so the indexes keyed by build id (builds.id, and the
+// tags, features and outputs tables) grow at their end instead of
+// dirtying a random page per build; random (version 4) ids made recording
+// a 1,000-build submission touch about a thousand scattered pages per
+// index. The time it reveals is the build's creation time, which
+// `builds` shows anyway.
+func newBuildID() string {
+	u, err := uuid.NewV7()
+	if err != nil {
+		// Only the random source can fail; v4 needs it too.
+		return uuid.NewString()
+	}
+	return u.String()
+}

@@ -998,7 +998,7 @@ func (b *bench) dispatch(ctx context.Context) error {
 	for i := 0; i < len(drvs); i += 10000 {
 		nbs := make([]db.NewBuild, 0, 10000)
 		for j := i; j < min(i+10000, len(drvs)); j++ {
-			nb := db.NewBuild{ID: uuid.NewString(), Derivation: drvs[j], System: "x86_64-linux",
+			nb := db.NewBuild{ID: uuid.Must(uuid.NewV7()).String(), Derivation: drvs[j], System: "x86_64-linux",
 				Outputs: []db.DerivationOutput{{Name: "out", Path: outs[j]}}, CreatedAt: now.Add(time.Duration(j))}
 			if !cfg.noInputs {
 				// As submission records them: graphOut's libraries have
