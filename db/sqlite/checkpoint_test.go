@@ -3,6 +3,7 @@ package sqlite
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -89,9 +90,11 @@ func TestCheckpointOffTheWritePath(t *testing.T) {
 // checkpoint beside it never sees the WAL's end and the WAL only grows; a
 // round that finishes the tail between writes lets the next write start
 // it over, so its length stays near what one round's interval of writes
-// takes. Compared, not timed: the same writes run in both cases.
+// takes. Compared, not timed: the same writes run in both cases. The
+// median round is compared, not the longest: on a loaded machine a round
+// or two may find no quiet moment, which the next one makes up for.
 func TestWALBoundedUnderSteadyWrites(t *testing.T) {
-	longest := func(t *testing.T, restartAt int) int {
+	median := func(t *testing.T, restartAt int) int {
 		ctx := t.Context()
 		s, err := open(ctx, filepath.Join(t.TempDir(), "gbc.db"), nil, time.Hour)
 		if err != nil {
@@ -117,24 +120,26 @@ func TestWALBoundedUnderSteadyWrites(t *testing.T) {
 				}
 			}
 		}()
-		most := 0
+		var seen []int
 		for range 40 {
 			time.Sleep(5 * time.Millisecond)
 			frames, _, err := s.ckpt.round(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			most = max(most, frames)
+			seen = append(seen, frames)
 		}
 		close(stop)
 		if err := <-wrote; err != nil {
 			t.Fatal(err)
 		}
-		return most
+		slices.Sort(seen)
+		t.Logf("restart at %d: WAL frames per round %v", restartAt, seen)
+		return seen[len(seen)/2]
 	}
-	bounded := longest(t, 200)
-	unbounded := longest(t, 1<<30)
-	t.Logf("longest WAL: %d frames finishing between writes, %d beside writes only", bounded, unbounded)
+	bounded := median(t, 200)
+	unbounded := median(t, 1<<30)
+	t.Logf("median WAL: %d frames finishing between writes, %d beside writes only", bounded, unbounded)
 	if bounded*4 > unbounded {
 		t.Errorf("finishing rounds between writes kept the WAL at %d frames, beside writes only %d: it was not started over", bounded, unbounded)
 	}
