@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -42,6 +43,9 @@ type figures struct {
 	runnable           int
 	pagedDur           time.Duration
 	paged              int
+	failed             int           // builds failed-dependency
+	failPer            time.Duration // mean per dependent
+	failP50, failP99   time.Duration // per transaction of up to 32
 	bytes              int64
 
 	pruned                                      int
@@ -60,6 +64,7 @@ func main() {
 	inputs := flag.Int("inputs", 0, "input derivations recorded per build (the previous builds' .drv paths)")
 	pruneBatch := flag.Int("prune-batch", 10_000, "events deleted per PruneEvents transaction (0: do not measure pruning)")
 	prunePause := flag.Bool("prune-pause", true, "rest as long as each batch took before the next, as the coordinator's pruner does")
+	failProfile := flag.String("fail-cpuprofile", "", "write a CPU profile of the failed-dependency phase (SQLite) to `FILE`")
 	flag.Parse()
 	ctx := context.Background()
 	var all []figures
@@ -76,7 +81,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	f := measure(ctx, "sqlite", ls, *n, *batch, *allocs, *inputs)
+	f := measure(ctx, "sqlite", ls, *n, *batch, *allocs, *inputs, *failProfile)
 	f.bytes = sqliteSize(ctx, ls, path)
 	measurePrune(ctx, &f, ls, *n, *allocs, *pruneBatch, *prunePause)
 	ls.Close()
@@ -105,7 +110,7 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		f := measure(ctx, "postgres", ps, *n, *batch, *allocs, *inputs)
+		f := measure(ctx, "postgres", ps, *n, *batch, *allocs, *inputs, "")
 		if _, err := ps.DB().ExecContext(ctx, `VACUUM ANALYZE`); err != nil {
 			log.Printf("vacuum: %v", err)
 		}
@@ -123,10 +128,11 @@ func main() {
 
 	fmt.Printf("\n%d builds (batches of %d, each with 2 tags, 1 feature, 2 outputs, %d input derivations and a submitted event); %d sequential allocations\n\n", *n, *batch, *inputs, *allocs)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "backend\tCreateBuilds builds/s\tcreate total\tAllocateBuild /s\talloc p50\talloc p99\tRunnableBuilds\t(rows)\tpaged, 10,000 a page\t(rows)\tdatabase size\t")
+	fmt.Fprintln(tw, "backend\tCreateBuilds builds/s\tcreate total\tAllocateBuild /s\talloc p50\talloc p99\tfailed-dependency\tper build\ttx of 32 p50\tp99\tRunnableBuilds\t(rows)\tpaged, 10,000 a page\t(rows)\tdatabase size\t")
 	for _, f := range all {
-		fmt.Fprintf(tw, "%s\t%.0f\t%v\t%.0f\t%v\t%v\t%v\t%d\t%v\t%d\t%.1f MiB\t\n", f.backend, f.createRate, f.createDur.Round(time.Millisecond),
+		fmt.Fprintf(tw, "%s\t%.0f\t%v\t%.0f\t%v\t%v\t%d\t%v\t%v\t%v\t%v\t%d\t%v\t%d\t%.1f MiB\t\n", f.backend, f.createRate, f.createDur.Round(time.Millisecond),
 			f.allocRate, f.allocP50.Round(time.Microsecond), f.allocP99.Round(time.Microsecond),
+			f.failed, f.failPer.Round(time.Microsecond), f.failP50.Round(time.Microsecond), f.failP99.Round(time.Microsecond),
 			f.runnableDur.Round(time.Millisecond), f.runnable, f.pagedDur.Round(time.Millisecond), f.paged, float64(f.bytes)/(1<<20))
 	}
 	tw.Flush()
@@ -230,7 +236,7 @@ func newBuild(i int, at time.Time, inputs int) db.NewBuild {
 	}
 }
 
-func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inputs int) figures {
+func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inputs int, failProfile string) figures {
 	f := figures{backend: name}
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	start := time.Now()
@@ -273,6 +279,48 @@ func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inp
 		f.allocP99 = lat[len(lat)*99/100]
 	}
 	fmt.Fprintf(os.Stderr, "%s: %d allocations in %v\n", name, len(lat), total.Round(time.Millisecond))
+
+	// A failed build's dependents, as the coordinator writes them: up to
+	// 32 per FailDependencies transaction (coordinator.failChunk), 99
+	// dependents per failure, builds between those allocated above.
+	if df, ok := s.(db.DependencyFailer); ok {
+		var txs []time.Duration
+		if failProfile != "" {
+			pf, err := os.Create(failProfile)
+			if err != nil {
+				log.Fatal(err)
+			}
+			pprof.StartCPUProfile(pf)
+			defer func() { pprof.StopCPUProfile(); pf.Close() }()
+		}
+		start = time.Now()
+		groups := max(1, allocs/10)
+		spacing := n / groups
+		for k := 0; k < groups; k++ {
+			var deps []db.DependencyFailure
+			for i := k * spacing; i < n && len(deps) < 99; i++ {
+				if i%step != 0 { // not allocated above
+					deps = append(deps, db.DependencyFailure{ID: newBuild(i, base, 0).ID, Cause: "bench-cause"})
+				}
+			}
+			for chunk := range slices.Chunk(deps, 32) {
+				t := time.Now()
+				skipped, err := df.FailDependencies(ctx, base, chunk)
+				if err != nil {
+					log.Fatalf("%s: FailDependencies: %v", name, err)
+				}
+				txs = append(txs, time.Since(t))
+				f.failed += len(chunk) - len(skipped)
+			}
+		}
+		total = time.Since(start)
+		if f.failed > 0 {
+			f.failPer = total / time.Duration(f.failed)
+			slices.Sort(txs)
+			f.failP50, f.failP99 = txs[len(txs)/2], txs[len(txs)*99/100]
+		}
+		fmt.Fprintf(os.Stderr, "%s: %d builds failed-dependency in %v\n", name, f.failed, total.Round(time.Millisecond))
+	}
 
 	start = time.Now()
 	rb, err := s.RunnableBuilds(ctx)
