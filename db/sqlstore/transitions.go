@@ -408,7 +408,8 @@ func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.De
 		for _, cause := range causes {
 			for ids := range slices.Chunk(byCause[cause], setChunk) {
 				// "state || ''" keeps SQLite's planner off the
-				// (state, priority, …) queue index: with a long id list
+				// (state, seq) index (EXPLAIN QUERY PLAN picks it for
+				// "state = 'scheduled'"): with a long id list
 				// and no statistics it otherwise walks every scheduled
 				// build instead of looking up each id.
 				q := `UPDATE builds SET state = 'failed-dependency', ended_at = ?, failure_reason = ?
