@@ -19,11 +19,17 @@ const waitingForInputs = "waiting for inputs: "
 
 // missingDerivations returns the derivations behind what an agent
 // reported missing for build b: the .drv paths among missing, and for a
-// missing output path the input derivation of b that declares it. An
-// agent that substitutes through the coordinator's cache reports the
-// input paths it could not substitute (outputs, not derivations); the
-// coordinator has b's derivation and finds their derivers there. Paths
-// that are neither (sources, outputs of no input of b) are left out.
+// missing output path the derivation in b's input closure that declares
+// it. An agent that substitutes through the coordinator's cache reports
+// the input paths it could not substitute (outputs, not derivations); the
+// coordinator has b's derivation and finds their derivers there, direct
+// inputs first. A missing output of a deeper input (substituting a direct
+// input needs its references too) also returns the direct input it was
+// reached through: b then waits for that input's build, which waits for
+// the next one down when it misses the same path, so the chain is built
+// in order with no new kind of wait. Paths that are neither (sources,
+// outputs of nothing in the closure) are left out, and the walk reads at
+// most maxMissingTrace derivations.
 func (c *Coordinator) missingDerivations(ctx context.Context, b db.Build, missing []string) []string {
 	var drvs []string
 	seen := map[string]bool{}
@@ -52,26 +58,56 @@ func (c *Coordinator) missingDerivations(ctx context.Context, b db.Build, missin
 		}
 		inputs = in
 	}
+	add := func(d string) {
+		if !seen[d] {
+			seen[d] = true
+			drvs = append(drvs, d)
+		}
+	}
+	// Breadth first, each derivation remembering the direct input of b
+	// it was reached through.
+	type step struct{ drv, via string }
+	queue := make([]step, 0, len(inputs))
 	for _, in := range inputs {
-		if seen[in] {
+		queue = append(queue, step{in, in})
+	}
+	visited := map[string]bool{b.Derivation: true}
+	for read := 0; len(queue) > 0 && len(outputs) > 0; {
+		st := queue[0]
+		queue = queue[1:]
+		if visited[st.drv] {
 			continue
 		}
-		d, err := c.readDrv(ctx, in)
+		visited[st.drv] = true
+		if read == maxMissingTrace {
+			c.log.Warn("missing outputs not traced to their derivations: input closure too large",
+				"build", b.ID, "derivations_read", read, "untraced", len(outputs))
+			break
+		}
+		read++
+		d, err := c.readDrv(ctx, st.drv)
 		if err != nil {
 			c.log.Warn("missing outputs not traced to their derivations: read an input derivation",
-				"build", b.ID, "derivation", in, "err", err)
+				"build", b.ID, "derivation", st.drv, "err", err)
 			continue
 		}
 		for _, o := range d.Outputs {
 			if outputs[o.Path] {
-				seen[in] = true
-				drvs = append(drvs, in)
-				break
+				delete(outputs, o.Path)
+				add(st.via)
+				add(st.drv)
 			}
+		}
+		for _, in := range d.InputDrvs {
+			queue = append(queue, step{in.Path, st.via})
 		}
 	}
 	return drvs
 }
+
+// maxMissingTrace bounds the derivations read to trace missing outputs:
+// a large package set's closure, a fraction of a second from the cache.
+const maxMissingTrace = 20000
 
 // readDrv reads a derivation from this host's store, else the cache.
 func (c *Coordinator) readDrv(ctx context.Context, p string) (*derivation.Derivation, error) {

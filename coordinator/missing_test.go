@@ -330,3 +330,48 @@ func TestSetupFailureMissingOutputPath(t *testing.T) {
 		t.Fatal("B not dispatched after its input")
 	}
 }
+
+// The agent misses an output of an input's input (substituting the direct
+// input needs its references): that derivation is submitted, and so is the
+// direct input it was reached through, so that C waits for B and B for A
+// with the waits permissive mode already has; they are then built in
+// order. B's output was never reported, only reached.
+func TestSetupFailureMissingTransitiveOutput(t *testing.T) {
+	h, _ := missingHarness(t, scheduler.Permissive)
+	a := h.drv("a", "x86_64-linux")
+	da, err := derivation.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := h.drv("b", "x86_64-linux", withInput(a))
+	top := h.drv("c", "x86_64-linux", withInput(b))
+	cID := h.submit(0, top)[0]
+	ag := h.agent("x", protocol.Hello{MaxParallelBuilds: 3})
+	if ag.next().Build != cID {
+		t.Fatal("C not dispatched")
+	}
+	ctx := context.Background()
+	if err := ag.s.SetupFailure(ctx, &protocol.SetupFailure{Build: cID,
+		Reason: "inputs could not be substituted", Missing: []string{da.Outputs[0].Path}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{a, b} {
+		bs := h.buildsOf(d)
+		if len(bs) != 1 || !hasTag(bs[0], hooks.TagNeededBy, cID) {
+			t.Fatalf("builds of %s: %+v", d, bs)
+		}
+	}
+	if st := h.queueState(cID); st != "waiting" {
+		t.Fatalf("C is %s, want waiting", st)
+	}
+	for _, want := range []struct{ drv, name string }{{a, "a"}, {b, "b"}, {top, "c"}} {
+		got := ag.next()
+		if got.Derivation != want.drv {
+			t.Fatalf("got %s, want %s's build", got.Derivation, want.name)
+		}
+		ag.idle()
+		if err := ag.succeed(got, ag.upload(got, want.name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
