@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,6 +144,33 @@ func TestBatchRejectsForgedDrv(t *testing.T) {
 	for _, e := range ents {
 		if !e.IsDir() {
 			t.Fatalf("nar/ has %s", e.Name())
+		}
+	}
+	if left := tempFiles(t, c); len(left) > 0 {
+		t.Fatalf("temp files left: %q", left)
+	}
+}
+
+// A spool directory removed under a running cache (a cleanup of hidden
+// files) is made again by the next publish instead of failing it.
+func TestSpoolDirRemovedWhileOpen(t *testing.T) {
+	c := openCache(t, t.TempDir(), Options{})
+	root := t.TempDir()
+	var tops []string
+	for i := range 2 * spoolDirCount {
+		tops = append(tops, writeDrv(t, root, fmt.Sprintf("respool-%d", i)))
+	}
+	for _, d := range c.spoolDirs {
+		if err := os.RemoveAll(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if bad, err := c.PublishDerivationClosures(context.Background(), tops, root); err != nil || len(bad) != 0 {
+		t.Fatal(bad, err)
+	}
+	for _, p := range tops {
+		if !c.Has(p) {
+			t.Fatalf("%s not published", p)
 		}
 	}
 	if left := tempFiles(t, c); len(left) > 0 {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,8 +34,15 @@ var errTooLarge = errors.New("NAR exceeds the size limit")
 func (c *Cache) spool(ctx context.Context, produce func(w io.Writer) error, extra ...io.Writer) (s spooled, err error) {
 	dir := c.spoolDirs[c.spoolNext.Add(1)%uint32(len(c.spoolDirs))]
 	tmp, err := os.CreateTemp(dir, tmpPrefix)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Someone cleaned up hidden directories under a running
+		// coordinator: make it again rather than fail every publish.
+		if err = os.MkdirAll(dir, 0o700); err == nil {
+			tmp, err = os.CreateTemp(dir, tmpPrefix)
+		}
+	}
 	if err != nil {
-		return s, err
+		return s, fmt.Errorf("spool: %w", err)
 	}
 	defer func() {
 		if err != nil {
