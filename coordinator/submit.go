@@ -150,8 +150,9 @@ func (c *Coordinator) Submit(ctx context.Context, sub Submission) ([]string, err
 	c.dispatchLocked(ctx)
 	// Where a slow submission spent its time: reading the .drv files and
 	// publishing their closures to the cache (publish), turning them into
-	// builds (parse), the database (record), the coordinator lock, the
-	// scheduler, or dispatching what became runnable.
+	// builds (parse; for a single .drv, which preload leaves alone, the
+	// reading and publishing too), the database (record), the coordinator
+	// lock, the scheduler, or dispatching what became runnable.
 	c.log.Info("builds submitted", "count", len(builds), "requested", len(sub.Derivations),
 		"publish_ms", millis(published.Sub(start)), "parse_ms", millis(parsed.Sub(published)),
 		"record_ms", millis(recorded.Sub(parsed)), "lock_ms", millis(locked.Sub(recorded)),
