@@ -63,8 +63,9 @@ func (c *Cache) prepareInfo(p *pending) error {
 // syncfs is cheaper than a journal commit per file.
 const fewFiles = 2
 
-// commit runs steps 2-4 above for spooled NARs; it writes the narinfo temps
-// first. Temp files are removed whatever happens.
+// commit runs steps 2-4 above for spooled NARs, after writing the narinfo
+// temps the spoolers did not (input sources'). Temp files are removed
+// whatever happens.
 func (c *Cache) commit(ctx context.Context, ps []*pending, t *batchTimes) (err error) {
 	defer func() {
 		for _, p := range ps {
