@@ -287,11 +287,7 @@ func TestSetupFailureDerivationOrdered(t *testing.T) {
 func TestSetupFailureMissingOutputPath(t *testing.T) {
 	h, _ := missingHarness(t, scheduler.Permissive)
 	in := h.drv("a", "x86_64-linux")
-	d, err := derivation.ReadFile(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := d.Outputs[0].Path
+	out := h.output(in)
 	source := h.storePath("source.sh")
 	top := h.drv("b", "x86_64-linux", withInput(in))
 	bID := h.submit(0, top)[0]
@@ -339,10 +335,6 @@ func TestSetupFailureMissingOutputPath(t *testing.T) {
 func TestSetupFailureMissingTransitiveOutput(t *testing.T) {
 	h, _ := missingHarness(t, scheduler.Permissive)
 	a := h.drv("a", "x86_64-linux")
-	da, err := derivation.ReadFile(a)
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := h.drv("b", "x86_64-linux", withInput(a))
 	top := h.drv("c", "x86_64-linux", withInput(b))
 	cID := h.submit(0, top)[0]
@@ -352,7 +344,7 @@ func TestSetupFailureMissingTransitiveOutput(t *testing.T) {
 	}
 	ctx := context.Background()
 	if err := ag.s.SetupFailure(ctx, &protocol.SetupFailure{Build: cID,
-		Reason: "inputs could not be substituted", Missing: []string{da.Outputs[0].Path}}); err != nil {
+		Reason: "inputs could not be substituted", Missing: []string{h.output(a)}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range []string{a, b} {
@@ -374,4 +366,14 @@ func TestSetupFailureMissingTransitiveOutput(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// output is the first output path of the derivation drv in h's store.
+func (h *harness) output(drv string) string {
+	h.t.Helper()
+	d, err := derivation.ReadFile(drv)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return d.Outputs[0].Path
 }
