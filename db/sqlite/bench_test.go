@@ -30,6 +30,18 @@ func benchBuild(i int, at time.Time) db.NewBuild {
 	}
 }
 
+// openWithAgent opens a benchmark database filled with benchBuilds
+// scheduled builds and one active agent "a1"; it is closed at the end.
+func openWithAgent(b *testing.B) *sqlite.Store {
+	s := open(b, filepath.Join(b.TempDir(), "bench.db"))
+	b.Cleanup(func() { s.Close() })
+	if err := s.CreateAgent(b.Context(), db.Agent{ID: "a1", Name: "a1", Active: true}); err != nil {
+		b.Fatal(err)
+	}
+	fill(b, s, 10000)
+	return s
+}
+
 func fill(b *testing.B, s *sqlite.Store, batch int) {
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	bs := make([]db.NewBuild, 0, batch)
@@ -74,12 +86,7 @@ func BenchmarkAllocateBuild(b *testing.B) {
 	for _, parallel := range []bool{false, true} {
 		b.Run(fmt.Sprintf("parallel=%v", parallel), func(b *testing.B) {
 			ctx := b.Context()
-			s := open(b, filepath.Join(b.TempDir(), "bench.db"))
-			defer s.Close()
-			if err := s.CreateAgent(ctx, db.Agent{ID: "a1", Name: "a1", Active: true}); err != nil {
-				b.Fatal(err)
-			}
-			fill(b, s, 10000)
+			s := openWithAgent(b)
 			at := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
 			// Each iteration allocates a distinct build; past 100k the
 			// benchmark would measure conflicts, so cap it.
@@ -137,12 +144,7 @@ func BenchmarkRunnableBuilds(b *testing.B) {
 // one build.
 func BenchmarkTransitions(b *testing.B) {
 	ctx := b.Context()
-	s := open(b, filepath.Join(b.TempDir(), "bench.db"))
-	defer s.Close()
-	if err := s.CreateAgent(ctx, db.Agent{ID: "a1", Name: "a1", Active: true}); err != nil {
-		b.Fatal(err)
-	}
-	fill(b, s, 10000)
+	s := openWithAgent(b)
 	at := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
 	next := 0
 	take := func(n int) []string {
