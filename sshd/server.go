@@ -2,6 +2,10 @@
 // operators, the gbc-agent-v1 subsystem and a virtual SFTP upload tree for
 // agents. Authentication only asks "is this key known"; what a session may
 // do is decided per request from the key it proved, in roles.go.
+//
+// router.go holds the command table and runs one command line; each noun's
+// commands live in a file of their own (status.go, agents.go, keys.go,
+// builds.go, submit.go, log.go, events.go, import.go, probe.go, help.go).
 package sshd
 
 import (

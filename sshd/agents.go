@@ -1,0 +1,112 @@
+package sshd
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/google/uuid"
+	"github.com/spf13/pflag"
+
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/keys"
+)
+
+type agentJSON struct {
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	Active     bool   `json:"active"`
+	Connected  bool   `json:"connected"`
+	CreatedAt  string `json:"created_at"`
+	LastSeenAt string `json:"last_seen_at"`
+}
+
+func setupAgents(fs *pflag.FlagSet) func(x *call) error {
+	asJSON := fs.Bool("json", false, "print JSON")
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments"); err != nil {
+			return err
+		}
+		as, err := x.s.store.Agents(x.ctx)
+		if err != nil {
+			return err
+		}
+		list := make([]agentJSON, 0, len(as))
+		for _, a := range as {
+			list = append(list, agentJSON{a.ID, a.Name, a.Active, x.s.coord.Connected(a.ID), jsonTime(a.CreatedAt), jsonTime(a.LastSeenAt)})
+		}
+		if *asJSON {
+			return writeJSON(x.out, list)
+		}
+		tw := tabwriter.NewWriter(x.out, 2, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tNAME\tACTIVE\tCONNECTED\tLAST SEEN")
+		for _, a := range as {
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s\n", a.ID, a.Name, a.Active, x.s.coord.Connected(a.ID), textTime(a.LastSeenAt))
+		}
+		return tw.Flush()
+	}
+}
+
+func setupAgentNew(fs *pflag.FlagSet) func(x *call) error {
+	name := fs.String("name", "", "a name for the agent (default: derived from its id)")
+	keyLine := fs.String("key", "", "the agent's public key line ('ssh-ed25519 AAAA…')")
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no positional arguments"); err != nil {
+			return err
+		}
+		id := uuid.NewString()
+		n := *name
+		if n == "" {
+			n = "agent-" + id[:8]
+		}
+		if len(n) > 200 {
+			return usageErr("--name is %d bytes, limit 200", len(n))
+		}
+		now := x.s.now()
+		var ks []db.Key
+		if *keyLine != "" {
+			ak, err := keys.ParseAuthorizedKey(*keyLine)
+			if err != nil {
+				return usageErr("--key: %v", err)
+			}
+			ks = append(ks, db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAgent, AgentID: id, Comment: ak.Comment, CreatedAt: now})
+		}
+		if err := x.s.store.CreateAgent(x.ctx, db.Agent{ID: id, Name: n, Active: true, CreatedAt: now}, ks...); err != nil {
+			return fmt.Errorf("create agent: %w", err)
+		}
+		fmt.Fprintln(x.out, id)
+		return nil
+	}
+}
+
+func setupAgentKeyAdd(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 1, "one public key line"); err != nil {
+			return err
+		}
+		agentID := x.params[0]
+		if _, err := x.s.store.Agent(x.ctx, agentID); err != nil {
+			return fmt.Errorf("agent %q: %w", truncate(agentID, 64), err)
+		}
+		ak, err := keys.ParseAuthorizedKey(x.args[0])
+		if err != nil {
+			return usageErr("%v", err)
+		}
+		k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAgent, AgentID: agentID, Comment: ak.Comment, CreatedAt: x.s.now()}
+		if err := x.s.store.PutKey(x.ctx, k); err != nil {
+			return fmt.Errorf("add key %s: %w", ak.Fingerprint, err)
+		}
+		fmt.Fprintln(x.out, ak.Fingerprint)
+		return nil
+	}
+}
+
+func setupAgentActive(active bool) func(fs *pflag.FlagSet) func(x *call) error {
+	return func(fs *pflag.FlagSet) func(x *call) error {
+		return func(x *call) error {
+			if err := needArgs(x, 0, "no arguments after the agent id"); err != nil {
+				return err
+			}
+			return x.s.coord.SetAgentActive(x.ctx, x.params[0], active)
+		}
+	}
+}

@@ -1,0 +1,279 @@
+package sshd
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/pflag"
+
+	"github.com/gbc-farm/gbc/db"
+)
+
+type outputJSON struct {
+	Name        string   `json:"name"`
+	Path        string   `json:"path"`
+	NarHash     string   `json:"nar_hash"`
+	NarSize     int64    `json:"nar_size"`
+	FileHash    string   `json:"file_hash"`
+	FileSize    int64    `json:"file_size"`
+	Compression string   `json:"compression"`
+	References  []string `json:"references"`
+}
+
+type attemptJSON struct {
+	Number      int    `json:"number"`
+	Agent       string `json:"agent"`
+	AllocatedAt string `json:"allocated_at"`
+	StartedAt   string `json:"started_at"`
+	EndedAt     string `json:"ended_at"`
+	Outcome     string `json:"outcome"`
+	Reason      string `json:"reason"`
+	ExitCode    int    `json:"exit_code"`
+	// Hardware is what the agent reported when the attempt started.
+	Hardware *db.Hardware `json:"hardware,omitempty"`
+}
+
+type buildJSON struct {
+	ID               string        `json:"id"`
+	Derivation       string        `json:"derivation"`
+	System           string        `json:"system"`
+	Priority         int           `json:"priority"`
+	State            string        `json:"state"`
+	Agent            string        `json:"agent"`
+	CreatedAt        string        `json:"created_at"`
+	StartedAt        string        `json:"started_at"`
+	EndedAt          string        `json:"ended_at"`
+	Tags             []string      `json:"tags"`
+	RequiredFeatures []string      `json:"required_features"`
+	Attempts         []attemptJSON `json:"attempts"`
+	FailureReason    string        `json:"failure_reason"`
+	FailedInput      string        `json:"failed_input,omitempty"` // failed-dependency: the input derivation that failed
+	DeferUntil       string        `json:"defer_until,omitempty"`
+	TimeoutSeconds   int           `json:"timeout_seconds,omitempty"`
+	MaxSilentSeconds int           `json:"max_silent_time_seconds,omitempty"`
+	Queue            *queueJSON    `json:"queue,omitempty"` // only in build show, while queued or running
+	Outputs          []outputJSON  `json:"outputs"`
+}
+
+// queueJSON is a live build's place in the scheduler.
+type queueJSON struct {
+	State           string `json:"state"` // waiting, deferred, ready, allocated
+	DerivedPriority int    `json:"derived_priority"`
+	Dependents      int    `json:"dependents"`
+}
+
+func toJSON(b db.Build) buildJSON {
+	j := buildJSON{
+		ID: b.ID, Derivation: b.Derivation, System: b.System, Priority: b.Priority,
+		State: string(b.State), Agent: b.AgentID, CreatedAt: jsonTime(b.CreatedAt),
+		StartedAt: jsonTime(b.StartedAt), EndedAt: jsonTime(b.EndedAt),
+		Tags: []string{}, RequiredFeatures: nonNil(b.RequiredFeatures), Attempts: []attemptJSON{},
+		FailureReason: b.FailureReason, Outputs: []outputJSON{},
+		DeferUntil: jsonTime(b.DeferUntil), TimeoutSeconds: b.TimeoutSeconds, MaxSilentSeconds: b.MaxSilentSeconds,
+	}
+	if b.State == db.StateFailedDependency {
+		j.FailedInput = failedInput(b.FailureReason)
+	}
+	for _, t := range b.Tags {
+		j.Tags = append(j.Tags, t.Key+"="+t.Value)
+	}
+	for _, a := range b.Attempts {
+		aj := attemptJSON{a.Number, a.AgentID, jsonTime(a.AllocatedAt), jsonTime(a.StartedAt), jsonTime(a.EndedAt), a.Outcome, a.Reason, a.ExitCode, nil}
+		if !a.Hardware.IsZero() {
+			hw := a.Hardware
+			aj.Hardware = &hw
+		}
+		j.Attempts = append(j.Attempts, aj)
+	}
+	for _, r := range b.Results {
+		j.Outputs = append(j.Outputs, outputJSON{r.Name, r.Path, r.NarHash, r.NarSize, r.FileHash, r.FileSize, r.Compression, nonNil(r.References)})
+	}
+	return j
+}
+
+// buildFilterFlags registers the filters shared by builds and builds cancel.
+func buildFilterFlags(fs *pflag.FlagSet, defaultLimit int) func() (db.BuildFilter, error) {
+	state := fs.String("state", "", "only builds in this state (scheduled, allocated, started, succeeded, failed, canceled, failed-dependency)")
+	agent := fs.String("agent", "", "only builds whose latest attempt ran on this agent id")
+	limit := fs.Int("limit", defaultLimit, "at most this many builds, newest first (0: all)")
+	return func() (db.BuildFilter, error) {
+		st := db.BuildState(*state)
+		switch st {
+		case "", db.StateScheduled, db.StateAllocated, db.StateStarted, db.StateSucceeded, db.StateFailed, db.StateCanceled, db.StateFailedDependency:
+		default:
+			return db.BuildFilter{}, usageErr("--state %q is not a build state", *state)
+		}
+		if *limit < 0 {
+			return db.BuildFilter{}, usageErr("--limit must not be negative")
+		}
+		return db.BuildFilter{State: st, AgentID: *agent, Limit: *limit}, nil
+	}
+}
+
+func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
+	asJSON := fs.Bool("json", false, "print JSON")
+	filter := buildFilterFlags(fs, 100)
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments"); err != nil {
+			return err
+		}
+		f, err := filter()
+		if err != nil {
+			return err
+		}
+		bs, err := x.s.store.Builds(x.ctx, f)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			list := make([]buildJSON, 0, len(bs))
+			for _, b := range bs {
+				list = append(list, toJSON(b))
+			}
+			return writeJSON(x.out, list)
+		}
+		tw := tabwriter.NewWriter(x.out, 2, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTATE\tSYSTEM\tPRIO\tAGENT\tCREATED\tDERIVATION")
+		for _, b := range bs {
+			agent := b.AgentID
+			if agent == "" {
+				agent = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", b.ID, b.State, b.System, b.Priority, agent, textTime(b.CreatedAt), b.Derivation)
+		}
+		return tw.Flush()
+	}
+}
+
+func setupBuildsCancel(fs *pflag.FlagSet) func(x *call) error {
+	filter := buildFilterFlags(fs, 0)
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments"); err != nil {
+			return err
+		}
+		f, err := filter()
+		if err != nil {
+			return err
+		}
+		if f.State.Terminal() {
+			return usageErr("--state %s: those builds have already ended", f.State)
+		}
+		bs, err := x.s.store.Builds(x.ctx, f)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, b := range bs {
+			if b.State.Terminal() {
+				continue
+			}
+			if err := x.s.coord.Cancel(x.ctx, b.ID); err != nil {
+				if errors.Is(err, db.ErrConflict) {
+					continue // ended meanwhile
+				}
+				return err
+			}
+			fmt.Fprintln(x.out, b.ID)
+			n++
+		}
+		fmt.Fprintf(x.errOut, "canceled %d build(s)\n", n)
+		return nil
+	}
+}
+
+func setupBuildPriority(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 2, "a build id and a priority"); err != nil {
+			return err
+		}
+		p, err := strconv.Atoi(x.args[1])
+		if err != nil || p < math.MinInt32 || p > math.MaxInt32 {
+			return usageErr("priority %q is not a 32-bit integer", truncate(x.args[1], 40))
+		}
+		return x.s.coord.SetPriority(x.ctx, x.args[0], p)
+	}
+}
+
+func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
+	asJSON := fs.Bool("json", false, "print JSON")
+	return func(x *call) error {
+		if err := needArgs(x, 1, "one build id"); err != nil {
+			return err
+		}
+		b, err := x.s.store.Build(x.ctx, x.args[0])
+		if err != nil {
+			return fmt.Errorf("build %q: %w", truncate(x.args[0], 64), err)
+		}
+		j := toJSON(b)
+		if st, p, n, ok := x.s.coord.QueueOrder(b.ID); ok {
+			j.Queue = &queueJSON{State: st, DerivedPriority: p, Dependents: n}
+		}
+		if *asJSON {
+			return writeJSON(x.out, j)
+		}
+		tw := tabwriter.NewWriter(x.out, 2, 8, 2, ' ', 0)
+		row := func(k, v string) {
+			if v == "" {
+				v = "-"
+			}
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
+		row("id", j.ID)
+		row("derivation", j.Derivation)
+		row("system", j.System)
+		row("priority", fmt.Sprint(j.Priority))
+		row("state", j.State)
+		row("agent", j.Agent)
+		row("created_at", j.CreatedAt)
+		row("started_at", j.StartedAt)
+		row("ended_at", j.EndedAt)
+		row("tags", strings.Join(j.Tags, " "))
+		row("required_features", strings.Join(j.RequiredFeatures, " "))
+		row("attempts", fmt.Sprint(len(j.Attempts)))
+		row("failure_reason", j.FailureReason)
+		if j.FailedInput != "" {
+			row("failed_input", j.FailedInput)
+		}
+		if j.DeferUntil != "" {
+			row("defer_until", j.DeferUntil)
+		}
+		if j.Queue != nil {
+			row("queue", fmt.Sprintf("%s derived_priority=%d dependents=%d", j.Queue.State, j.Queue.DerivedPriority, j.Queue.Dependents))
+		}
+		for _, a := range j.Attempts {
+			row(fmt.Sprintf("attempt %d", a.Number), fmt.Sprintf("agent %s %s %s", a.Agent, a.Outcome, a.Reason))
+			if hw := a.Hardware; hw != nil {
+				row(fmt.Sprintf("attempt %d hardware", a.Number), fmt.Sprintf("cores=%d memory=%s free_disk=%s load1=%.2f backend=%s %s",
+					hw.Cores, humanBytes(hw.MemoryBytes), humanBytes(hw.FreeDiskBytes), hw.Load1, hw.Backend, hw.BackendVersion))
+			}
+		}
+		for _, o := range j.Outputs {
+			row("output "+o.Name, fmt.Sprintf("%s %s nar_size=%d file_size=%d %s", o.Path, o.NarHash, o.NarSize, o.FileSize, o.Compression))
+		}
+		return tw.Flush()
+	}
+}
+
+// failedInput extracts the input derivation from a failed-dependency
+// reason ("dependency failed: input X (build Y)").
+func failedInput(reason string) string {
+	rest, ok := strings.CutPrefix(reason, "dependency failed: input ")
+	if !ok {
+		return ""
+	}
+	drv, _, _ := strings.Cut(rest, " ")
+	return drv
+}
+
+func setupBuildCancel(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 1, "one build id"); err != nil {
+			return err
+		}
+		return x.s.coord.Cancel(x.ctx, x.args[0])
+	}
+}

@@ -1,0 +1,92 @@
+package sshd
+
+import (
+	"errors"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/pflag"
+
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/keys"
+)
+
+type keyJSON struct {
+	Fingerprint string `json:"fingerprint"`
+	Role        string `json:"role"`
+	Agent       string `json:"agent,omitempty"`
+	Comment     string `json:"comment"`
+	Key         string `json:"key"`
+	CreatedAt   string `json:"created_at"`
+}
+
+func setupKeys(fs *pflag.FlagSet) func(x *call) error {
+	asJSON := fs.Bool("json", false, "print JSON")
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments"); err != nil {
+			return err
+		}
+		ks, err := x.s.store.Keys(x.ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			list := make([]keyJSON, 0, len(ks))
+			for _, k := range ks {
+				list = append(list, keyJSON{k.Fingerprint, string(k.Role), k.AgentID, k.Comment, k.AuthorizedKey, jsonTime(k.CreatedAt)})
+			}
+			return writeJSON(x.out, list)
+		}
+		tw := tabwriter.NewWriter(x.out, 2, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "FINGERPRINT\tROLE\tAGENT\tCOMMENT")
+		for _, k := range ks {
+			agent := k.AgentID
+			if agent == "" {
+				agent = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.Fingerprint, k.Role, agent, k.Comment)
+		}
+		return tw.Flush()
+	}
+}
+
+func setupKeyAdd(fs *pflag.FlagSet) func(x *call) error {
+	role := fs.String("role", "", "admin, operator or reader (required)")
+	return func(x *call) error {
+		if err := needArgs(x, 1, "one public key line"); err != nil {
+			return err
+		}
+		r := db.Role(*role)
+		switch r {
+		case db.RoleAdmin, db.RoleOperator, db.RoleReader:
+		default:
+			return usageErr("--role must be admin, operator or reader (agent keys: 'agent ID key add'), got %q", *role)
+		}
+		ak, err := keys.ParseAuthorizedKey(x.args[0])
+		if err != nil {
+			return usageErr("%v", err)
+		}
+		k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: r, Comment: ak.Comment, CreatedAt: x.s.now()}
+		if err := x.s.store.PutKey(x.ctx, k); err != nil {
+			return fmt.Errorf("add key %s: %w", ak.Fingerprint, err)
+		}
+		fmt.Fprintln(x.out, ak.Fingerprint)
+		return nil
+	}
+}
+
+func setupKeyRemove(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 1, "one fingerprint"); err != nil {
+			return err
+		}
+		fp := x.args[0]
+		if fp == x.who.Fingerprint {
+			return errors.New("refusing to remove the key this session uses")
+		}
+		if err := x.s.store.DeleteKey(x.ctx, fp); err != nil {
+			return fmt.Errorf("remove key %q: %w", truncate(fp, 80), err)
+		}
+		return nil
+	}
+}
