@@ -376,14 +376,7 @@ func markClosure(top string, drvs map[string]*derivation.Derivation, need map[st
 }
 
 func readDrv(root, p string) (*derivation.Derivation, error) {
-	sp, err := storepath.Parse(p)
-	if err != nil {
-		return nil, fmt.Errorf("read closure: %w", err)
-	}
-	if !sp.IsDerivation() {
-		return nil, fmt.Errorf("read closure: %s is not a .drv path", p)
-	}
-	d, err := derivation.ReadFile(filepath.Join(root, p))
+	d, err := derivation.ReadStoreFile(root, p)
 	if err != nil {
 		return nil, fmt.Errorf("read closure: %w", err)
 	}

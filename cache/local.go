@@ -125,7 +125,7 @@ func (c *Cache) PublishLocal(ctx context.Context, storePath, root string, candid
 	var extra []io.Writer
 	var scan *refScanner
 	if sp.IsDerivation() {
-		d, err := derivation.ReadFile(fsPath)
+		d, err := derivation.ReadStoreFile(root, sp.String())
 		if err != nil {
 			return e, fmt.Errorf("cache publish local %s: %w", storePath, err)
 		}

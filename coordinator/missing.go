@@ -111,7 +111,7 @@ const maxMissingTrace = 20000
 
 // readDrv reads a derivation from this host's store, else the cache.
 func (c *Coordinator) readDrv(ctx context.Context, p string) (*derivation.Derivation, error) {
-	d, err := derivation.ReadFile(p)
+	d, err := derivation.ReadStoreFile("", p)
 	if err != nil && c.cfg.Cache != nil {
 		d, err = c.cfg.Cache.ReadDerivation(ctx, p)
 	}

@@ -295,7 +295,7 @@ func (c *Coordinator) preload(ctx context.Context, drvs []string, existing map[s
 					out[p].d, out[p].err = c.loadDerivation(ctx, p)
 					continue
 				}
-				d, err := derivation.ReadFile(p)
+				d, err := derivation.ReadStoreFile("", p)
 				if err != nil {
 					// Not here (or unreadable): the cache path decides.
 					out[p].d, out[p].err = c.loadDerivation(ctx, p)
@@ -389,7 +389,7 @@ func (c *Coordinator) readDerivation(ctx context.Context, p string, pre *loadedD
 // and sources) published from it; otherwise it must already be in the
 // cache with its whole closure (ssh coordinator import).
 func (c *Coordinator) loadDerivation(ctx context.Context, p string) (*derivation.Derivation, error) {
-	d, err := derivation.ReadFile(p)
+	d, err := derivation.ReadStoreFile("", p)
 	if c.cfg.Cache == nil {
 		if err != nil {
 			return nil, fmt.Errorf("%w: read derivation %s: %w", ErrBadSubmission, p, err)

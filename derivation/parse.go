@@ -3,9 +3,6 @@ package derivation
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/gbc-farm/gbc/storepath"
@@ -425,28 +422,6 @@ func (p *parser) env(d *Derivation) error {
 	})
 }
 
-// ReadFile reads and parses a .drv file, refusing files over MaxSize before
-// reading them whole.
-func ReadFile(path string) (*Derivation, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read derivation: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read derivation %s: %w", path, err)
-	}
-	if len(b) > MaxSize {
-		return nil, fmt.Errorf("read derivation %s: larger than %d bytes", path, MaxSize)
-	}
-	d, err := Parse(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return d, nil
-}
-
 // maxClosure bounds ReadClosure; the full nixpkgs closure of a large system
 // is a few tens of thousands of derivations.
 const maxClosure = 1 << 20
@@ -469,11 +444,7 @@ func ReadClosure(root, drvPath string) (map[string]*Derivation, error) {
 		if !sp.IsDerivation() {
 			return nil, fmt.Errorf("read closure of %s: %s is not a .drv path", drvPath, p)
 		}
-		file := p
-		if root != "" {
-			file = filepath.Join(root, p)
-		}
-		d, err := ReadFile(file)
+		d, err := ReadStoreFile(root, p)
 		if err != nil {
 			return nil, fmt.Errorf("read closure of %s: %w", drvPath, err)
 		}

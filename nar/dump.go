@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gbc-farm/gbc/nixhash"
 )
 
@@ -162,11 +164,18 @@ func (d *dumper) contents(path string, size int64) error {
 	if d.err != nil {
 		return fmt.Errorf("nar dump %s: write: %w", path, d.err)
 	}
-	f, err := os.Open(path)
+	// Checked again on the open file: a FIFO or device swapped in after
+	// the Lstat must neither block the dump nor feed it without end.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return fmt.Errorf("nar dump: %w", err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return fmt.Errorf("nar dump: %w", err)
+	} else if !st.Mode().IsRegular() {
+		return fmt.Errorf("nar dump %s: no longer a regular file (%v)", path, st.Mode().Type())
+	}
 	n, err := io.CopyN(d.w, f, size)
 	if err == io.EOF {
 		return fmt.Errorf("nar dump %s: file shrank while reading: got %d of %d bytes", path, n, size)
