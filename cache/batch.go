@@ -407,7 +407,7 @@ func (c *Cache) spoolSource(ctx context.Context, p, root string, candidates []st
 	if err != nil {
 		return nil, err
 	}
-	scan := newRefScanner(append(slices.Clip(candidates), sp.String()))
+	scan := storepath.NewScanner(append(slices.Clip(candidates), sp.String()))
 	pd, err := c.spoolPending(ctx, sp, Entry{StorePath: sp.String(), Compression: c.opts.Compression}, filepath.Join(root, sp.String()), scan)
 	if err != nil {
 		return nil, err
@@ -416,7 +416,7 @@ func (c *Cache) spoolSource(ctx context.Context, p, root string, candidates []st
 	return pd, nil
 }
 
-func (c *Cache) spoolPending(ctx context.Context, sp storepath.StorePath, e Entry, fsPath string, scan *refScanner) (*pending, error) {
+func (c *Cache) spoolPending(ctx context.Context, sp storepath.StorePath, e Entry, fsPath string, scan *storepath.Scanner) (*pending, error) {
 	var extra []io.Writer
 	if scan != nil {
 		extra = append(extra, scan)

@@ -121,21 +121,13 @@ func acceptsEncoding(values []string, enc string) bool {
 }
 
 func isHashPart(s string) bool {
-	if len(s) != storepath.HashLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !base32Byte[s[i]] {
-			return false
-		}
-	}
-	return true
+	return len(s) == storepath.HashLen && storepath.IsBase32(s)
 }
 
 // isNarName accepts <52 base32>.nar plus a known compression suffix.
 func isNarName(s string) bool {
 	const n = 52
-	if len(s) < n+4 || !isBase32(s[:n]) || s[n:n+4] != ".nar" {
+	if len(s) < n+4 || !storepath.IsBase32(s[:n]) || s[n:n+4] != ".nar" {
 		return false
 	}
 	suffix := s[n+4:]
@@ -148,13 +140,4 @@ func isNarName(s string) bool {
 		}
 	}
 	return false
-}
-
-func isBase32(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if !base32Byte[s[i]] {
-			return false
-		}
-	}
-	return true
 }

@@ -123,7 +123,7 @@ func (c *Cache) PublishLocal(ctx context.Context, storePath, root string, candid
 	fsPath := filepath.Join(root, sp.String())
 	e := Entry{StorePath: sp.String(), Compression: c.opts.Compression}
 	var extra []io.Writer
-	var scan *refScanner
+	var scan *storepath.Scanner
 	if sp.IsDerivation() {
 		d, err := derivation.ReadStoreFile(root, sp.String())
 		if err != nil {
@@ -138,7 +138,7 @@ func (c *Cache) PublishLocal(ctx context.Context, storePath, root string, candid
 		}
 		e.References = d.References()
 	} else {
-		scan = newRefScanner(append(slices.Clip(candidates), sp.String()))
+		scan = storepath.NewScanner(append(slices.Clip(candidates), sp.String()))
 		extra = append(extra, scan)
 	}
 	s, err := c.spool(ctx, func(w io.Writer) error { return nar.Dump(w, fsPath) }, extra...)

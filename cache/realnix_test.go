@@ -13,6 +13,7 @@ import (
 
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/signing"
+	"github.com/gbc-farm/gbc/storepath"
 )
 
 // publishClosure publishes out the way the coordinator will (an agent's
@@ -50,7 +51,7 @@ func publishClosure(t *testing.T, c *Cache, drv, out string, closure []string) {
 }
 
 func scanRefs(t *testing.T, p string, candidates []string) []string {
-	s := newRefScanner(append(slices.Clip(candidates), p))
+	s := storepath.NewScanner(append(slices.Clip(candidates), p))
 	narFile := filepath.Join(t.TempDir(), "x.nar")
 	compressNar(t, p, "none", narFile)
 	b, err := os.ReadFile(narFile)

@@ -1,4 +1,4 @@
-package cache
+package storepath
 
 import (
 	"slices"
@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestRefScanner(t *testing.T) {
+func TestScanner(t *testing.T) {
 	a := "ahmsbzv5qw2i380wwcpv3bf6lm3ijmfx"
 	b := "c1vkj2mccblk74zz1fzah0m1rjmc47nw"
 	cands := []string{"/nix/store/" + a + "-simple", "/nix/store/" + b + "-multi", "/nix/store/not-a-path"}
@@ -26,7 +26,7 @@ func TestRefScanner(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := newRefScanner(cands)
+			s := NewScanner(cands)
 			d := []byte(tt.data)
 			for len(d) > 0 {
 				n := min(len(d), tt.chunk)
