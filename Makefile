@@ -37,6 +37,7 @@ fuzz:
 	@scripts/fuzz.sh $(FUZZTIME)
 
 bench: deps build
+	@scripts/install-deps.sh bench
 	@scripts/bench.sh
 
 clean:

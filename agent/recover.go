@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/gbc-farm/gbc/protocol"
 )
@@ -54,7 +55,7 @@ func (a *Agent) recoverUploads(ctx context.Context) {
 			continue
 		}
 		rctx, cancel := context.WithCancel(ctx)
-		r := &run{id: st.Build.Build, msg: st.Build, dir: dir, cancel: cancel}
+		r := &run{id: st.Build.Build, msg: st.Build, dir: dir, cancel: cancel, times: phases{start: time.Now()}}
 		a.mu.Lock()
 		a.runs[r.id] = r
 		a.mu.Unlock()

@@ -26,6 +26,7 @@ type run struct {
 	dir    string
 	cancel context.CancelFunc
 	log    *logStream
+	times  phases // written by the build's goroutine only
 
 	// guarded by Agent.mu
 	finished bool // result queued (or nothing to report)
@@ -65,7 +66,7 @@ func (a *Agent) startBuild(ctx context.Context, b *protocol.Build) error {
 		return fmt.Errorf("build %s: all %d build slots are busy", b.Build, a.cfg.MaxParallelBuilds)
 	}
 	rctx, cancel := context.WithCancel(ctx)
-	r := &run{id: b.Build, msg: b, dir: filepath.Join(a.cfg.WorkDir, "builds", b.Build), cancel: cancel}
+	r := &run{id: b.Build, msg: b, dir: filepath.Join(a.cfg.WorkDir, "builds", b.Build), cancel: cancel, times: phases{start: time.Now()}}
 	a.runs[b.Build] = r
 	a.wg.Add(1)
 	go func() {
@@ -129,6 +130,29 @@ func (a *Agent) runBuild(ctx context.Context, r *run) {
 	a.conclude(ctx, r, a.buildAndUpload(ctx, r, log), log)
 }
 
+// phases is where one build's time went on the agent, logged with its
+// result ("build finished") so that slow builds and benchmarks can say
+// which step was slow.
+type phases struct {
+	start  time.Time     // the build message was accepted
+	fetch  time.Duration // .drv closure and inputs from the caches, stale outputs deleted
+	check  time.Duration // the dry run: nothing else would be built
+	build  time.Duration // the store's realisation
+	pack   time.Duration // NAR, hashes, compression, references
+	upload time.Duration // SFTP, every output
+}
+
+// since returns the time from *t0 to now and moves *t0 to now.
+func since(t0 *time.Time) time.Duration {
+	now := time.Now()
+	d := now.Sub(*t0)
+	*t0 = now
+	return d
+}
+
+// millis is d in milliseconds with microsecond resolution, for logs.
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
 // conclude queues a run's result, or settles it when there is nothing to
 // report.
 func (a *Agent) conclude(ctx context.Context, r *run, res protocol.Message, log *slog.Logger) {
@@ -146,7 +170,10 @@ func (a *Agent) conclude(ctx context.Context, r *run, res protocol.Message, log 
 		a.settle(r.id)
 		return
 	}
-	log.Info("build finished", "result", res.MessageType())
+	t := r.times
+	log.Info("build finished", "result", res.MessageType(),
+		"fetch_ms", millis(t.fetch), "check_ms", millis(t.check), "build_ms", millis(t.build),
+		"pack_ms", millis(t.pack), "upload_ms", millis(t.upload), "total_ms", millis(time.Since(t.start)))
 	a.queueResult(r, res)
 }
 
@@ -173,13 +200,17 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 
 	be := a.cfg.Backend
 	noSubstitute := false
+	t0 := time.Now()
 	if sub, ok := be.(backend.Substituter); ok && a.fwd != nil && a.fwd.known() {
-		if res := a.substitute(ctx, sub, r, ls, log); res != nil {
+		res := a.substitute(ctx, sub, r, ls, log)
+		r.times.fetch = since(&t0)
+		if res != nil {
 			return setup(res.reason, res.missing...)
 		}
 		noSubstitute = true
 	}
 	missing, err := be.Missing(ctx, b.Derivation)
+	r.times.check = since(&t0)
 	if err != nil {
 		return setup(fmt.Sprintf("check inputs: %v", err))
 	}
@@ -199,7 +230,9 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 		GCRoot:        filepath.Join(r.dir, "result"),
 		NoSubstitute:  noSubstitute,
 	}
+	t0 = time.Now()
 	br, err := be.Realise(ctx, b.Derivation, opts, ls)
+	r.times.build = since(&t0)
 	if err != nil {
 		return nil
 	}
@@ -234,6 +267,7 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 		}
 		results = append(results, or)
 	}
+	r.times.pack = since(&t0)
 	// From here on the build survives an agent restart (recover.go).
 	if err := saveUploadState(r.dir, b, results); err != nil {
 		log.Warn("upload state not saved; a restart will not resume this upload", "err", err)
@@ -244,6 +278,8 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 // uploadAll uploads every packed output and returns the success report, or
 // a setup failure, or nil when ctx ended.
 func (a *Agent) uploadAll(ctx context.Context, r *run, results []protocol.OutputResult, log *slog.Logger) protocol.Message {
+	t0 := time.Now()
+	defer func() { r.times.upload = since(&t0) }()
 	for _, o := range results {
 		err := a.uploadWithRetry(ctx, filepath.Join(r.dir, o.Upload), path.Join(r.msg.UploadDir, o.Upload), log)
 		if ctx.Err() != nil {

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages gbc's tests and demo need, only when missing.
 # Runs as root (CI and the demo machine); prints what it does.
+# `install-deps.sh bench` also installs what only `make bench` needs.
 set -euo pipefail
 need=()
+if [ "${1:-}" = bench ]; then
+  # bench/agent.sh runs an OpenSSH server on a loopback port as a Nix
+  # remote builder (ssh-ng://); tests never need one.
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+fi
 command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
