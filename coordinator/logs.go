@@ -33,8 +33,6 @@ type LogCache interface {
 	WriteLog(ctx context.Context, drvPath string, r io.Reader) error
 }
 
-const finishedSuffix = ".log.zst"
-
 // logFollowPoll is how often a follower looks for new bytes.
 const logFollowPoll = 200 * time.Millisecond
 

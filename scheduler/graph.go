@@ -387,19 +387,6 @@ func (s *Scheduler) allDying(d int32) bool {
 	return true
 }
 
-func (s *Scheduler) hasLiveDependents(x int32) bool {
-	d := &s.drvs[s.builds[x].drv]
-	if d.available {
-		return false
-	}
-	for _, r := range d.dependents {
-		if s.valid(r) && !s.builds[r.idx].dying {
-			return true
-		}
-	}
-	return false
-}
-
 func (s *Scheduler) release(x int32) {
 	b := &s.builds[x]
 	if b.state == stAllocated {

@@ -1,7 +1,6 @@
 package sshd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -298,7 +297,6 @@ type agentConn struct {
 	client *gossh.Client
 	sess   *gossh.Session
 	in     io.WriteCloser
-	out    *bufio.Reader
 	r      *protocol.Reader
 	w      *protocol.Writer
 }

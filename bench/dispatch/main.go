@@ -76,7 +76,6 @@ type config struct {
 	keep      bool
 	noInputs  bool
 	coordArgs string
-	workDir   string
 	pprofDir  string
 	database  string
 }
@@ -347,7 +346,6 @@ func (b *bench) profile(name string, f func() error) error {
 	stop := make(chan struct{})
 	go func() {
 		// The profile endpoint has no stop; take 1 s slices until f returns.
-		var all [][]byte
 		for i := 0; ; i++ {
 			resp, err := http.Get("http://" + b.pprof + "/debug/pprof/profile?seconds=2")
 			if err != nil {
@@ -360,7 +358,6 @@ func (b *bench) profile(name string, f func() error) error {
 				done <- err
 				return
 			}
-			all = append(all, data)
 			os.WriteFile(filepath.Join(b.cfg.pprofDir, fmt.Sprintf("%s-%03d.pprof", name, i)), data, 0o644)
 			select {
 			case <-stop:
@@ -646,7 +643,6 @@ type probe struct {
 	succeededAt  time.Time
 	gotD         chan time.Time
 	gotP         chan *protocol.Build
-	agent        *agent
 	freedAt      time.Time
 	pLatency     time.Duration
 	dispatchWait time.Duration
