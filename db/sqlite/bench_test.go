@@ -3,6 +3,9 @@ package sqlite_test
 import (
 	"fmt"
 	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,45 +83,78 @@ func BenchmarkCreateBuilds(b *testing.B) {
 	}
 }
 
+// queue hands out the scheduled builds of a benchmark database in order.
+// When all benchBuilds are taken it opens a fresh database with the timer
+// stopped, so every iteration works on a queue of at most benchBuilds and
+// the benchmark runs b.N iterations whatever b.N is. Call it from the
+// benchmark's goroutine only (it stops and starts the timer).
+type queue struct {
+	b    *testing.B
+	s    *sqlite.Store
+	next int
+}
+
+// take returns the store and the ids of the next n builds (n <= benchBuilds).
+func (q *queue) take(n int, at time.Time) (*sqlite.Store, []string) {
+	if q.s == nil || q.next+n > benchBuilds {
+		q.b.StopTimer()
+		q.s = openWithAgent(q.b)
+		q.next = 0
+		q.b.StartTimer()
+	}
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = benchBuild(q.next, at).ID
+		q.next++
+	}
+	return q.s, ids
+}
+
 // BenchmarkAllocateBuild allocates builds one by one out of a 100k queue,
 // serially and from many goroutines (which queue for the one writer).
 func BenchmarkAllocateBuild(b *testing.B) {
 	for _, parallel := range []bool{false, true} {
 		b.Run(fmt.Sprintf("parallel=%v", parallel), func(b *testing.B) {
 			ctx := b.Context()
-			s := openWithAgent(b)
 			at := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
-			// Each iteration allocates a distinct build; past 100k the
-			// benchmark would measure conflicts, so cap it.
-			if b.N > benchBuilds {
-				b.N = benchBuilds
-			}
-			next := make(chan int, b.N)
-			for i := range b.N {
-				next <- i
-			}
-			close(next)
-			b.ResetTimer()
-			start := time.Now()
-			alloc := func() {
-				i := <-next
-				if err := s.AllocateBuild(ctx, benchBuild(i, at).ID, "a1", at); err != nil {
-					b.Error(err)
-				}
-			}
+			workers := 1
 			if parallel {
-				b.SetParallelism(4)
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						alloc()
-					}
-				})
-			} else {
-				for range b.N {
-					alloc()
-				}
+				workers = 4 * runtime.GOMAXPROCS(0)
 			}
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "allocs/s")
+			q := &queue{b: b}
+			q.take(0, at) // the first database is set up before the timer starts
+			b.ResetTimer()
+			// Each chunk allocates what is left of the current database,
+			// the workers taking ids in turn.
+			for done := 0; done < b.N; {
+				left := benchBuilds - q.next
+				if left == 0 {
+					left = benchBuilds // take opens a fresh database
+				}
+				s, ids := q.take(min(b.N-done, left), at)
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				for range workers {
+					wg.Go(func() {
+						for {
+							i := next.Add(1) - 1
+							if i >= int64(len(ids)) {
+								return
+							}
+							if err := s.AllocateBuild(ctx, ids[i], "a1", at); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				if b.Failed() {
+					return
+				}
+				done += len(ids)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
 		})
 	}
 }
@@ -144,44 +180,31 @@ func BenchmarkRunnableBuilds(b *testing.B) {
 // one build.
 func BenchmarkTransitions(b *testing.B) {
 	ctx := b.Context()
-	s := openWithAgent(b)
 	at := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
-	next := 0
-	take := func(n int) []string {
-		if next+n > benchBuilds {
-			b.Skip("out of builds")
-		}
-		ids := make([]string, n)
-		for i := range ids {
-			ids[i] = benchBuild(next, at).ID
-			next++
-		}
-		return ids
-	}
 	b.Run("fail-dependencies-32", func(b *testing.B) {
-		if b.N*32 > benchBuilds/2 {
-			b.N = benchBuilds / 64
-		}
-		start := time.Now()
+		q := &queue{b: b}
+		q.take(0, at)
+		b.ResetTimer()
 		for range b.N {
-			var deps []db.DependencyFailure
-			for _, id := range take(32) {
+			s, ids := q.take(32, at)
+			deps := make([]db.DependencyFailure, 0, len(ids))
+			for _, id := range ids {
 				deps = append(deps, db.DependencyFailure{ID: id, Cause: "dependency failed: input /nix/store/x.drv (build y)"})
 			}
 			if _, err := s.FailDependencies(ctx, at, deps); err != nil {
 				b.Fatal(err)
 			}
 		}
-		b.ReportMetric(float64(b.N*32)/time.Since(start).Seconds(), "builds/s")
+		b.ReportMetric(float64(b.N*32)/b.Elapsed().Seconds(), "builds/s")
 	})
 	b.Run("allocate-start-succeed", func(b *testing.B) {
-		if b.N > benchBuilds/4 {
-			b.N = benchBuilds / 4
-		}
+		q := &queue{b: b}
+		q.take(0, at)
 		hw := db.Hardware{Cores: 8, Backend: "nix"}
-		start := time.Now()
+		b.ResetTimer()
 		for range b.N {
-			id := take(1)[0]
+			s, ids := q.take(1, at)
+			id := ids[0]
 			if _, err := s.AllocateBuildFor(ctx, id, "a1", at); err != nil {
 				b.Fatal(err)
 			}
@@ -194,6 +217,6 @@ func BenchmarkTransitions(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "rounds/s")
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rounds/s")
 	})
 }
