@@ -5,7 +5,13 @@ BIN       := bin/gbc
 PKGS      := ./...
 FUZZTIME  ?= 60s
 
-.PHONY: all build test fmt vet deps demo fuzz bench clean
+# Packages that run goroutines of their own; `make race` tests them under
+# the race detector.
+RACE_PKGS := ./agent/... ./cache ./clock ./cmd/gbc ./compression ./coordinator \
+	./db/sqlite ./db/sqlstore ./hooks ./nar ./protocol ./scheduler ./sshd \
+	./bench/internal/httpload
+
+.PHONY: all build test fmt vet lint golden race deps demo fuzz bench clean
 
 all: build
 
@@ -18,6 +24,7 @@ deps:
 
 test: deps
 	$(GO) vet $(PKGS)
+	$(GO) tool staticcheck $(PKGS)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	@[ -n "$$GBC_TEST_POSTGRES" ] || echo "make test: GBC_TEST_POSTGRES is not set, so the PostgreSQL tests skip (.ci/run sets it; see docs/database.md)"
@@ -28,6 +35,20 @@ fmt:
 
 vet:
 	$(GO) vet $(PKGS)
+
+# staticcheck, at the version go.mod pins (its tool directive).
+lint:
+	$(GO) tool staticcheck $(PKGS)
+
+# golden rewrites the golden help outputs (testdata/help) after an intended
+# change of a command or flag; review the diff before committing.
+golden:
+	$(GO) test ./cmd/gbc ./sshd -run TestHelpGolden -count=1 -update
+
+# race runs the tests of the concurrent packages under the race detector.
+# Not part of `make test`: it takes several times as long.
+race: deps
+	$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
 
 demo: deps build
 	@scripts/demo.sh
