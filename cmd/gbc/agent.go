@@ -29,15 +29,13 @@ flags:
 func runAgent(ctx context.Context, e env, args []string) error {
 	fs := pflag.NewFlagSet("gbc agent", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	coordinator := fs.String("coordinator", "", "coordinator SSH address `HOST:PORT`")
-	identity := fs.String("identity", "", "this agent's SSH private key `FILE` (OpenSSH format, no passphrase)")
-	knownHosts := fs.String("known-hosts", "", "OpenSSH known_hosts `FILE` holding the coordinator's host key")
+	conn := addConnFlags(fs, "this agent's")
 	backendName := fs.String("backend", "nix", "store `BACKEND`: nix or guix")
 	maxParallel := fs.Int("max-parallel-builds", 1, "`N` builds to run at the same time")
 	systems := fs.StringArray("system", nil, "`SYSTEM` to build for, repeatable (default: this machine's, e.g. x86_64-linux)")
 	features := fs.StringArray("feature", nil, "`FEATURE`: a system feature this agent offers (requiredSystemFeatures), repeatable")
 	requireTags := fs.StringArray("require-tag", nil, "`K=V`: take only builds carrying this tag, repeatable")
-	workDir := fs.String("work-dir", defaultWorkDir(), "`DIR` for build logs and compressed NARs before upload")
+	workDir := fs.String("work-dir", "", "`DIR` for build logs and compressed NARs before upload (default /var/lib/gbc-agent for root, else TMPDIR/gbc-agent-UID)")
 	name := fs.String("name", "", "`NAME` shown to operators (default: host name)")
 	nixConfig := fs.StringArray("nix-config", nil, "nix.conf `LINE` (\"key = value\") added to NIX_CONFIG for every nix command, repeatable")
 	substituteURLs := fs.StringArray("substitute-url", nil, "binary cache `URL` tried after the coordinator's cache for derivations and inputs, repeatable (its key must be trusted in nix.conf or --nix-config)")
@@ -52,10 +50,8 @@ func runAgent(ctx context.Context, e env, args []string) error {
 	if fs.NArg() != 0 {
 		return usageError{fmt.Sprintf("unexpected arguments %q\n%s%s", fs.Args(), agentUsage, fs.FlagUsages())}
 	}
-	for _, req := range []struct{ flag, v string }{{"--coordinator", *coordinator}, {"--identity", *identity}, {"--known-hosts", *knownHosts}} {
-		if req.v == "" {
-			return usageError{fmt.Sprintf("%s is required\n%s%s", req.flag, agentUsage, fs.FlagUsages())}
-		}
+	if f := conn.missing(); f != "" {
+		return usageError{fmt.Sprintf("%s is required\n%s%s", f, agentUsage, fs.FlagUsages())}
 	}
 	if *maxParallel < 1 {
 		return usageError{fmt.Sprintf("--max-parallel-builds must be at least 1, got %d", *maxParallel)}
@@ -85,20 +81,20 @@ func runAgent(ctx context.Context, e env, args []string) error {
 	if *name == "" {
 		*name, _ = os.Hostname()
 	}
+	if *workDir == "" {
+		*workDir = defaultWorkDir()
+	}
 	for _, t := range *requireTags {
 		if k, _, ok := strings.Cut(t, "="); !ok || k == "" {
 			return usageError{fmt.Sprintf("--require-tag %q is not K=V", t)}
 		}
 	}
-	signer, err := agent.LoadIdentity(*identity)
+	dialer, err := conn.dialer()
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(*knownHosts); err != nil {
-		return fmt.Errorf("known hosts file: %w", err)
-	}
 	a, err := agent.New(agent.Config{
-		Dialer:            &agent.Dialer{Address: *coordinator, Identity: signer, KnownHosts: *knownHosts},
+		Dialer:            dialer,
 		Backend:           be,
 		Name:              *name,
 		Systems:           *systems,

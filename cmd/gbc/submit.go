@@ -11,8 +11,6 @@ import (
 
 	"github.com/spf13/pflag"
 	"golang.org/x/crypto/ssh"
-
-	"github.com/gbc-farm/gbc/agent"
 )
 
 const submitUsage = `usage: gbc submit --coordinator HOST:PORT --identity KEYFILE --known-hosts FILE [flags] DRV...
@@ -31,9 +29,7 @@ flags:
 func runSubmit(ctx context.Context, e env, args []string) error {
 	fs := pflag.NewFlagSet("gbc submit", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	coordinator := fs.String("coordinator", "", "coordinator SSH address `HOST:PORT`")
-	identity := fs.String("identity", "", "operator SSH private key `FILE` (OpenSSH format, no passphrase)")
-	knownHosts := fs.String("known-hosts", "", "OpenSSH known_hosts `FILE` holding the coordinator's host key")
+	conn := addConnFlags(fs, "operator")
 	prio := fs.Int("priority", 0, "build priority (higher runs first)")
 	tags := fs.StringArray("tag", nil, "`K=V` label for the builds, repeatable")
 	wait := fs.Bool("wait", false, "wait for the builds and print their results; exit 0 only if all succeeded")
@@ -45,10 +41,8 @@ func runSubmit(ctx context.Context, e env, args []string) error {
 		}
 		return usageError{fmt.Sprintf("%v\n%s%s", err, submitUsage, fs.FlagUsages())}
 	}
-	for _, req := range []struct{ flag, v string }{{"--coordinator", *coordinator}, {"--identity", *identity}, {"--known-hosts", *knownHosts}} {
-		if req.v == "" {
-			return usageError{fmt.Sprintf("%s is required\n%s%s", req.flag, submitUsage, fs.FlagUsages())}
-		}
+	if f := conn.missing(); f != "" {
+		return usageError{fmt.Sprintf("%s is required\n%s%s", f, submitUsage, fs.FlagUsages())}
 	}
 	drvs := fs.Args()
 	if len(drvs) == 0 {
@@ -75,11 +69,10 @@ func runSubmit(ctx context.Context, e env, args []string) error {
 	}
 	closure := strings.Fields(string(out))
 
-	signer, err := agent.LoadIdentity(*identity)
+	d, err := conn.dialer()
 	if err != nil {
 		return err
 	}
-	d := &agent.Dialer{Address: *coordinator, Identity: signer, KnownHosts: *knownHosts}
 	client, err := d.Dial(ctx)
 	if err != nil {
 		return err
