@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -28,12 +29,21 @@ import (
 	"github.com/gbc-farm/gbc/sshd"
 )
 
+const coordinatorUsage = `usage: gbc coordinator --state-dir DIR [flags]
+       gbc coordinator migrate-data --from sqlite:PATH --to postgres://…
+
+Serves agents and operators over SSH, schedules the submitted derivations
+onto the agents and publishes their outputs as a signed binary cache.
+
+flags:
+`
+
 func runCoordinator(ctx context.Context, e env, args []string) error {
 	if len(args) > 0 && args[0] == "migrate-data" {
 		return runMigrateData(ctx, e, args[1:])
 	}
 	fs := pflag.NewFlagSet("coordinator", pflag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs.SetOutput(io.Discard)
 	stateDir := fs.String("state-dir", "", "state directory: database, host key, uploads, cache (required)")
 	database := fs.String("database", "", "`URL` of the database: sqlite:PATH or postgres://user:pass@host/db (default sqlite:STATE/gbc.db)")
 	listen := fs.String("listen", "127.0.0.1:2222", "SSH listen address")
@@ -59,9 +69,10 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	fs.Var(&retention, "event-retention", "delete events older than this (30d, 720h; 0: keep forever); events a hook has not finished stay")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprint(e.stdout, coordinatorUsage+fs.FlagUsages())
 			return nil
 		}
-		return usageError{err.Error()}
+		return usageError{fmt.Sprintf("%v; run 'gbc coordinator --help' for the flags", err)}
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("unexpected arguments: %v", fs.Args())}

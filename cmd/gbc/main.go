@@ -55,16 +55,16 @@ func usage(w io.Writer) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:]))
-}
-
-func run(args []string) int {
-	e := env{
+	os.Exit(run(env{
 		stdin:  os.Stdin,
 		stdout: os.Stdout,
 		stderr: os.Stderr,
 		log:    slog.New(slog.NewTextHandler(os.Stderr, nil)),
-	}
+	}, os.Args[1:]))
+}
+
+// run runs the command line args and returns the exit status.
+func run(e env, args []string) int {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		usage(e.stdout)
 		if len(args) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/pflag"
@@ -14,20 +15,29 @@ import (
 	"github.com/gbc-farm/gbc/db/sqlite"
 )
 
+const migrateDataUsage = `usage: gbc coordinator migrate-data --from sqlite:PATH --to postgres://…
+
+Copies a farm from its SQLite file into an empty PostgreSQL database. Stop
+the coordinator first.
+
+flags:
+`
+
 // runMigrateData is `gbc coordinator migrate-data`: copy a farm from its
 // SQLite file into an empty PostgreSQL database. Stop the coordinator
 // first; the copy reads the source in one write-locked transaction, so a
 // coordinator still running would only wait.
 func runMigrateData(ctx context.Context, e env, args []string) error {
 	fs := pflag.NewFlagSet("coordinator migrate-data", pflag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs.SetOutput(io.Discard)
 	from := fs.String("from", "", "source database, sqlite:PATH (required)")
 	to := fs.String("to", "", "destination database, postgres://… (required; must be empty)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprint(e.stdout, migrateDataUsage+fs.FlagUsages())
 			return nil
 		}
-		return usageError{err.Error()}
+		return usageError{fmt.Sprintf("%v; run 'gbc coordinator migrate-data --help' for the flags", err)}
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("unexpected arguments: %v", fs.Args())}
