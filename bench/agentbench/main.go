@@ -634,4 +634,3 @@ func logLines(text, msg string) []map[string]string {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
