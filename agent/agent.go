@@ -123,6 +123,7 @@ type conn struct {
 type pending struct {
 	id    uint64
 	build string
+	run   *run
 	msg   protocol.Message
 }
 
@@ -234,18 +235,31 @@ func (a *Agent) currentSFTP() (*sftp.Client, <-chan struct{}) {
 }
 
 // runningIDs are the builds still being built (not those only waiting
-// for an ack), sorted for stable messages.
+// for an ack, nor canceled ones still stopping), sorted for stable
+// messages.
 func (a *Agent) runningIDs() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var ids []string
 	for id, r := range a.runs {
-		if !r.finished {
+		if !r.finished && !r.canceled {
 			ids = append(ids, id)
 		}
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+// resultIDs are the builds whose result waits for an ack, sorted.
+func (a *Agent) resultIDs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ids := make([]string, 0, len(a.pending))
+	for _, p := range a.pending {
+		ids = append(ids, p.build)
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
 }
 
 // queueResult records a final result and sends it if connected; it is
@@ -263,11 +277,11 @@ func (a *Agent) queueResult(r *run, m protocol.Message) {
 	a.mu.Lock()
 	if r.canceled {
 		a.mu.Unlock()
-		a.settle(r.id)
+		a.settle(r)
 		return
 	}
 	r.finished = true
-	a.pending = append(a.pending, &pending{id: id, build: r.id, msg: m})
+	a.pending = append(a.pending, &pending{id: id, build: r.id, run: r, msg: m})
 	a.mu.Unlock()
 	if err := a.send(m); err != nil {
 		a.log.Info("result queued until reconnect", "build", r.id, "type", m.MessageType(), "err", err)
@@ -307,18 +321,23 @@ func (a *Agent) answered(id uint64, refusal string) {
 	} else {
 		a.log.Info("result acknowledged", "build", p.build, "type", p.msg.MessageType())
 	}
-	a.settle(p.build)
+	a.settle(p.run)
 }
 
-// settle forgets a build and removes its directory.
-func (a *Agent) settle(build string) {
+// settle forgets a run and removes its directory. A run that a newer
+// run of the same build superseded leaves the directory to that one
+// (which clears it before it starts).
+func (a *Agent) settle(r *run) {
 	a.mu.Lock()
-	r := a.runs[build]
-	delete(a.runs, build)
+	current := a.runs[r.id] == r
+	if current {
+		delete(a.runs, r.id)
+	}
 	a.mu.Unlock()
-	if r != nil {
-		if err := os.RemoveAll(r.dir); err != nil {
-			a.log.Warn("remove build directory", "build", build, "err", err)
-		}
+	if !current {
+		return
+	}
+	if err := os.RemoveAll(r.dir); err != nil {
+		a.log.Warn("remove build directory", "build", r.id, "err", err)
 	}
 }

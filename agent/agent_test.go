@@ -53,6 +53,7 @@ type fakeCoordinator struct {
 	sftpRx     []*atomic.Int64 // bytes received per SFTP session
 	hellos     []*protocol.Hello
 	hbReceived atomic.Int64
+	lastHB     atomic.Pointer[protocol.Heartbeat]
 }
 
 // coordSession is one accepted agent channel.
@@ -136,7 +137,8 @@ func (f *fakeCoordinator) agentChannel(s gssh.Session) {
 		if err != nil {
 			return
 		}
-		if _, ok := m.(*protocol.Heartbeat); ok {
+		if hb, ok := m.(*protocol.Heartbeat); ok {
+			f.lastHB.Store(hb)
 			f.hbReceived.Add(1)
 			continue
 		}
@@ -535,6 +537,9 @@ func TestResultsResentAfterReconnect(t *testing.T) {
 	if len(cs3.hello.Running) != 0 {
 		t.Errorf("finished build still listed as running: %q", cs3.hello.Running)
 	}
+	if !reflect.DeepEqual(cs3.hello.Results, []string{"br"}) {
+		t.Errorf("hello with an unacked result lists results %q, want [br]", cs3.hello.Results)
+	}
 	s2 := expect[*protocol.Succeeded](t, cs3, nil)
 	if s2.Build != "br" || !reflect.DeepEqual(s2.Outputs, s.Outputs) {
 		t.Fatalf("resent %+v, first %+v", s2, s)
@@ -574,6 +579,48 @@ func TestCancel(t *testing.T) {
 		}
 	case <-time.After(500 * time.Millisecond):
 	}
+}
+
+// A build canceled and given again at once (a welcome's abort followed by
+// the same build from the dispatcher) is a new attempt, not a duplicate:
+// the agent acks it, stops the old run, builds it again and reports it;
+// heartbeats list it as running once the push was handled.
+func TestBuildGivenAgainAfterCancel(t *testing.T) {
+	f := startCoordinator(t)
+	a := newTestAgent(t, f, f.knownHosts(t, f.hostKey.PublicKey()))
+	runAgent(t, a)
+	cs := f.nextSession(t)
+	release := filepath.Join(t.TempDir(), "release")
+	drv, out := instantiate(t, fmt.Sprintf("echo waiting; while [ ! -e %s ]; do /bin/sleep 0.05; done; echo done > $out", release))
+	f.sendBuild(t, cs, 12, "bx", drv, out)
+	expect[*protocol.Ack](t, cs, nil)
+	expect[*protocol.Started](t, cs, nil)
+	cs.w.Write(&protocol.Cancel{Header: protocol.Header{ID: 13}, Build: "bx"})
+	f.sendBuild(t, cs, 14, "bx", drv, out)
+	if ack := expect[*protocol.Ack](t, cs, nil); ack.ID != 13 {
+		t.Fatalf("ack %d, want 13", ack.ID)
+	}
+	if ack := expect[*protocol.Ack](t, cs, nil); ack.ID != 14 {
+		t.Fatalf("ack %d, want 14", ack.ID)
+	}
+	expect[*protocol.Started](t, cs, nil)
+	waitFor(t, "a heartbeat listing the new run", func() bool {
+		hb := f.lastHB.Load()
+		return hb != nil && hb.Handled == 14 && reflect.DeepEqual(hb.Running, []string{"bx"}) && len(hb.Results) == 0
+	})
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := expect[*protocol.Succeeded](t, cs, nil)
+	if s.Build != "bx" {
+		t.Fatalf("succeeded %+v", s)
+	}
+	f.checkUpload(t, "bx", s.Outputs[0])
+	waitFor(t, "result settled", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return len(a.pending) == 0 && len(a.runs) == 0
+	})
 }
 
 func TestBadCoordinatorMessages(t *testing.T) {

@@ -55,7 +55,7 @@ func (a *Agent) recoverUploads(ctx context.Context) {
 			continue
 		}
 		rctx, cancel := context.WithCancel(ctx)
-		r := &run{id: st.Build.Build, msg: st.Build, dir: dir, cancel: cancel, times: phases{start: time.Now()}}
+		r := &run{id: st.Build.Build, msg: st.Build, dir: dir, cancel: cancel, times: phases{start: time.Now()}, done: make(chan struct{})}
 		a.mu.Lock()
 		a.runs[r.id] = r
 		a.mu.Unlock()
@@ -64,6 +64,7 @@ func (a *Agent) recoverUploads(ctx context.Context) {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			defer close(r.done)
 			defer cancel()
 			a.conclude(rctx, r, a.uploadAll(rctx, r, st.Outputs, log), log)
 		}()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,16 +27,20 @@ type run struct {
 	dir    string
 	cancel context.CancelFunc
 	log    *logStream
-	times  phases // written by the build's goroutine only
+	times  phases        // written by the build's goroutine only
+	done   chan struct{} // closed when the run's goroutine has returned
 
 	// guarded by Agent.mu
 	finished bool // result queued (or nothing to report)
 	canceled bool // coordinator canceled it: report nothing more
 }
 
-// startBuild accepts a build pushed by the coordinator. A build already
-// known is acknowledged again without a second run, so a coordinator may
-// safely resend after a reconnect.
+// startBuild accepts a build pushed by the coordinator. A build still
+// running here is acknowledged again without a second run, so a
+// coordinator may safely resend after a reconnect. A build given again
+// after it was canceled here, or while an older result of it waits for an
+// ack, is a new attempt: the old run is dropped (its result is superseded)
+// and the new one starts once the old one has stopped.
 func (a *Agent) startBuild(ctx context.Context, b *protocol.Build) error {
 	if err := checkBuildID(b.Build); err != nil {
 		return err
@@ -53,28 +58,51 @@ func (a *Agent) startBuild(ctx context.Context, b *protocol.Build) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.runs[b.Build]; ok {
+	old := a.runs[b.Build]
+	if old != nil && !old.finished && !old.canceled {
 		return nil
 	}
 	busy := 0
 	for _, r := range a.runs {
-		if !r.finished {
+		if !r.finished && !r.canceled {
 			busy++
 		}
 	}
 	if busy >= a.cfg.MaxParallelBuilds {
 		return fmt.Errorf("build %s: all %d build slots are busy", b.Build, a.cfg.MaxParallelBuilds)
 	}
+	if old != nil {
+		old.canceled = true
+		a.dropPendingLocked(old)
+		old.cancel()
+		a.log.Info("build given again; the earlier run is dropped", "build", b.Build)
+	}
 	rctx, cancel := context.WithCancel(ctx)
-	r := &run{id: b.Build, msg: b, dir: filepath.Join(a.cfg.WorkDir, "builds", b.Build), cancel: cancel, times: phases{start: time.Now()}}
+	r := &run{id: b.Build, msg: b, dir: filepath.Join(a.cfg.WorkDir, "builds", b.Build), cancel: cancel, times: phases{start: time.Now()}, done: make(chan struct{})}
 	a.runs[b.Build] = r
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
+		defer close(r.done)
 		defer cancel()
+		if old != nil {
+			// Same directory: wait until the old run stopped, then clear it.
+			select {
+			case <-old.done:
+			case <-rctx.Done():
+			}
+			if err := os.RemoveAll(old.dir); err != nil {
+				a.log.Warn("remove build directory", "build", b.Build, "err", err)
+			}
+		}
 		a.runBuild(rctx, r)
 	}()
 	return nil
+}
+
+// dropPendingLocked forgets r's unacknowledged result. The caller holds a.mu.
+func (a *Agent) dropPendingLocked(r *run) {
+	a.pending = slices.DeleteFunc(a.pending, func(p *pending) bool { return p.run == r })
 }
 
 // checkBuildID keeps coordinator-chosen ids safe as directory names.
@@ -109,17 +137,12 @@ func (a *Agent) cancelBuild(id, why string) {
 	}
 	r.canceled = true
 	finished := r.finished
-	for i, p := range a.pending {
-		if p.build == id {
-			a.pending = append(a.pending[:i], a.pending[i+1:]...)
-			break
-		}
-	}
+	a.dropPendingLocked(r)
 	a.mu.Unlock()
 	a.log.Info("canceling build", "build", id, "why", why)
 	r.cancel()
 	if finished {
-		a.settle(id)
+		a.settle(r)
 	}
 }
 
@@ -167,7 +190,7 @@ func (a *Agent) conclude(ctx context.Context, r *run, res protocol.Message, log 
 		a.mu.Lock()
 		r.finished = true
 		a.mu.Unlock()
-		a.settle(r.id)
+		a.settle(r)
 		return
 	}
 	t := r.times

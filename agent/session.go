@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -72,9 +73,12 @@ func (a *Agent) session(ctx context.Context) (welcomed bool, err error) {
 	if hb <= 0 {
 		hb = 10 * time.Second
 	}
-	go a.heartbeats(cctx, hb)
+	// handled is the id of the last build or cancel of this session that
+	// readLoop handled; heartbeats report it with the builds held then.
+	var handled atomic.Uint64
+	go a.heartbeats(cctx, hb, &handled)
 
-	return true, a.readLoop(ctx, w, r)
+	return true, a.readLoop(ctx, w, r, &handled)
 }
 
 // openProtocol opens the gbc-agent-v1 subsystem channel.
@@ -120,6 +124,7 @@ func (a *Agent) handshake(ctx context.Context, client *ssh.Client, w *writer, r 
 		BackendVersion:    a.backendVersion,
 		Hardware:          hardware(a.cfg.WorkDir),
 		Running:           a.runningIDs(),
+		Results:           a.resultIDs(),
 	}
 	if err := w.Write(hello); err != nil {
 		return nil, err
@@ -152,7 +157,7 @@ func (a *Agent) handshake(ctx context.Context, client *ssh.Client, w *writer, r 
 }
 
 // readLoop handles the coordinator's messages until the stream ends.
-func (a *Agent) readLoop(ctx context.Context, w *writer, r *protocol.Reader) error {
+func (a *Agent) readLoop(ctx context.Context, w *writer, r *protocol.Reader, handled *atomic.Uint64) error {
 	reply := func(id uint64, msg string) {
 		if err := w.Write(&protocol.Error{Header: protocol.Header{ID: id}, Message: msg}); err != nil {
 			a.log.Warn("send error reply", "err", err)
@@ -181,7 +186,9 @@ func (a *Agent) readLoop(ctx context.Context, w *writer, r *protocol.Reader) err
 		}
 		switch m := m.(type) {
 		case *protocol.Build:
-			if err := a.startBuild(ctx, m); err != nil {
+			err := a.startBuild(ctx, m)
+			handled.Store(m.ID)
+			if err != nil {
 				a.log.Warn("refused build", "build", m.Build, "err", err)
 				reply(m.ID, err.Error())
 				continue
@@ -191,6 +198,7 @@ func (a *Agent) readLoop(ctx context.Context, w *writer, r *protocol.Reader) err
 			}
 		case *protocol.Cancel:
 			a.cancelBuild(m.Build, "canceled by the coordinator")
+			handled.Store(m.ID)
 			if m.ID != 0 {
 				if err := w.Write(&protocol.Ack{Header: protocol.Header{ID: m.ID}}); err != nil {
 					return err
@@ -210,7 +218,10 @@ func (a *Agent) readLoop(ctx context.Context, w *writer, r *protocol.Reader) err
 	}
 }
 
-func (a *Agent) heartbeats(ctx context.Context, every time.Duration) {
+// heartbeats sends a heartbeat every interval with the builds held: the
+// handled id is read before the lists, so every message up to it is
+// reflected in them (docs/agent-protocol.md).
+func (a *Agent) heartbeats(ctx context.Context, every time.Duration, handled *atomic.Uint64) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -219,7 +230,8 @@ func (a *Agent) heartbeats(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		hb := &protocol.Heartbeat{Hardware: hardware(a.cfg.WorkDir), Running: a.runningIDs()}
+		h := handled.Load()
+		hb := &protocol.Heartbeat{Hardware: hardware(a.cfg.WorkDir), Handled: h, Running: a.runningIDs(), Results: a.resultIDs()}
 		if err := a.send(hb); err != nil {
 			return
 		}

@@ -32,7 +32,12 @@ type Session struct {
 	sched       scheduler.Agent
 
 	// Guarded by c.mu.
-	holds    map[string]bool // builds allocated to this session
+	// holds are the builds allocated to this session, each with the id of
+	// the build message that gave it (0: continued from the hello).
+	holds map[string]uint64
+	// cancels are the cancel messages pushed for builds this session no
+	// longer holds, by build, until a heartbeat shows them handled.
+	cancels  map[string]uint64
 	lastSeen time.Time
 	gone     bool
 	inactive bool // deactivated: keeps its builds, gets no new ones
@@ -67,6 +72,9 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 			return nil, protocol.Welcome{}, fmt.Errorf("hello: require_tags entry %q is not K=V", t)
 		}
 	}
+	if n := len(h.Running) + len(h.Results); n > maxListedBuilds {
+		return nil, protocol.Welcome{}, fmt.Errorf("hello: running and results list %d builds, at most %d", n, maxListedBuilds)
+	}
 	a, err := c.store.Agent(ctx, agentID)
 	if err != nil {
 		return nil, protocol.Welcome{}, fmt.Errorf("agent %s: %w", agentID, err)
@@ -82,7 +90,7 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 	s := &Session{
 		c:           c,
 		agentID:     agentID,
-		name:        h.Name,
+		name:        a.Name,
 		systems:     slices.Clone(h.Systems),
 		features:    map[string]bool{},
 		requireTags: slices.Clone(h.RequireTags),
@@ -90,7 +98,8 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		connectedAt: now,
 		backend:     h.Backend,
 		backendVer:  h.BackendVersion,
-		holds:       map[string]bool{},
+		holds:       map[string]uint64{},
+		cancels:     map[string]uint64{},
 		lastSeen:    now,
 		inactive:    !a.Active,
 		wake:        make(chan struct{}),
@@ -99,10 +108,7 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		s.features[f] = true
 	}
 	s.sched = s.schedAgent()
-	running := map[string]bool{}
-	for _, id := range h.Running {
-		running[id] = true
-	}
+	running, results := idSet(h.Running), idSet(h.Results)
 	w := protocol.Welcome{
 		ProtocolVersion:  protocol.Version,
 		AgentID:          agentID,
@@ -114,14 +120,24 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		w.CacheAddress = c.cfg.CacheAddress
 		w.CachePublicKey = c.cfg.Cache.PublicKey().String()
 	}
+	// What the store gives this agent is settled now, from the hello: a
+	// build it still runs continues, one whose result it is about to
+	// resend stays with it, and any other it has lost (a restart, a
+	// cancel that crossed a disconnect) goes back to the queue at once.
+	var lost []string
 	for _, b := range onAgent {
-		if running[b.ID] {
-			s.holds[b.ID] = true
+		switch {
+		case running[b.ID]:
+			s.holds[b.ID] = 0
 			w.Continue = append(w.Continue, b.ID)
+		case results[b.ID]:
+			s.holds[b.ID] = 0
+		default:
+			lost = append(lost, b.ID)
 		}
 	}
 	for id := range running {
-		if !s.holds[id] {
+		if _, ok := s.holds[id]; !ok {
 			w.Abort = append(w.Abort, id)
 		}
 	}
@@ -143,34 +159,104 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		c.log.Info("agent session replaced", "agent", agentID)
 		old.closeOutbox()
 	}
-	c.log.Info("agent connected", "agent", agentID, "name", h.Name, "systems", h.Systems,
-		"features", h.Features, "max_parallel", h.MaxParallelBuilds, "continue", len(w.Continue), "abort", len(w.Abort))
+	if h.Name != "" && h.Name != a.Name {
+		// The registered name is the agent's name everywhere; the host
+		// name an agent reports by default is only logged.
+		c.log.Info("agent reports another name than it was registered with", "agent", agentID, "name", a.Name, "reported", h.Name)
+	}
+	c.log.Info("agent connected", "agent", agentID, "name", a.Name, "systems", h.Systems,
+		"features", h.Features, "max_parallel", h.MaxParallelBuilds, "continue", len(w.Continue), "abort", len(w.Abort), "lost", len(lost))
 	c.agentEvent(ctx, db.EventAgentConnected, agentID, "")
 
-	// Builds the store gives to this agent but that it no longer runs may
-	// still have a result in flight (resent after the reconnect); give them
-	// a grace period before requeueing.
-	if len(onAgent) > len(w.Continue) || old != nil {
-		c.reconcileAfterGrace(agentID)
-	}
 	if c.spawn() {
 		go c.watchHeartbeats(s)
 	}
 	c.mu.Lock()
+	for _, id := range lost {
+		// A result of the previous session still being verified settles
+		// the build itself.
+		if !c.verifying[id] {
+			c.requeueLocked(ctx, id, agentID, "agent reconnected without the build", "")
+		}
+	}
 	c.dispatchLocked(ctx)
 	c.mu.Unlock()
 	return s, w, nil
 }
 
-// Heartbeat records that the agent is alive.
+// maxListedBuilds bounds the running and results lists of a hello or
+// heartbeat (an agent runs at most 1024 builds at once).
+const maxListedBuilds = 4096
+
+func idSet(ids []string) map[string]bool {
+	m := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		m[id] = true
+	}
+	return m
+}
+
+// Heartbeat records that the agent is alive and settles any difference
+// between what the agent says it holds and what this session holds.
 func (s *Session) Heartbeat(ctx context.Context, hb *protocol.Heartbeat) {
 	c := s.c
 	now := c.clk.Now()
 	c.mu.Lock()
 	s.lastSeen = now
+	if n := len(hb.Running) + len(hb.Results); n > maxListedBuilds {
+		c.log.Warn("heartbeat lists too many builds; not reconciled", "agent", s.agentID, "builds", n, "max", maxListedBuilds)
+	} else {
+		c.reconcileLocked(ctx, s, hb)
+	}
 	c.mu.Unlock()
 	if err := c.store.TouchAgent(ctx, s.agentID, now); err != nil {
 		c.log.Warn("touch agent", "agent", s.agentID, "err", err)
+	}
+}
+
+// reconcileLocked compares a heartbeat with the session: a build the
+// session holds, pushed at or before hb.Handled, that the agent neither
+// runs nor has a result for is lost and goes back to the queue (not
+// counted against the build or the agent); a build the agent runs that
+// the session does not hold is canceled there. Builds pushed after
+// hb.Handled are left alone: the agent listed its builds before it read
+// them.
+func (c *Coordinator) reconcileLocked(ctx context.Context, s *Session, hb *protocol.Heartbeat) {
+	if s.gone || c.closed || c.sessions[s.agentID] != s {
+		return
+	}
+	has := idSet(hb.Running)
+	for _, id := range hb.Results {
+		has[id] = true
+	}
+	var lost []string
+	for id, pushed := range s.holds {
+		if pushed <= hb.Handled && !has[id] && !c.verifying[id] {
+			lost = append(lost, id)
+		}
+	}
+	sort.Strings(lost)
+	for _, id := range lost {
+		c.log.Warn("agent does not hold a build allocated to it; requeueing", "build", id, "agent", s.agentID)
+		c.requeueLocked(ctx, id, s.agentID, "agent does not hold the build", "")
+	}
+	for id, pushed := range s.cancels {
+		if pushed <= hb.Handled {
+			delete(s.cancels, id)
+		}
+	}
+	for _, id := range hb.Running {
+		if _, held := s.holds[id]; held {
+			continue
+		}
+		if _, pending := s.cancels[id]; pending {
+			continue
+		}
+		c.log.Warn("agent runs a build not allocated to it; canceling it there", "build", id, "agent", s.agentID)
+		s.cancels[id] = s.push(&protocol.Cancel{Build: id})
+	}
+	if len(lost) > 0 {
+		c.dispatchLocked(ctx)
 	}
 }
 
@@ -236,13 +322,14 @@ func (s *Session) Next(ctx context.Context) (protocol.Message, error) {
 	}
 }
 
-// push queues a message for the agent; it never blocks, so the coordinator
-// can push while holding its lock.
-func (s *Session) push(m protocol.Message) {
+// push queues a message for the agent and returns its id (0 once the
+// session is closed); it never blocks, so the coordinator can push while
+// holding its lock.
+func (s *Session) push(m protocol.Message) uint64 {
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
 	if s.closed {
-		return
+		return 0
 	}
 	s.nextID++
 	switch m := m.(type) {
@@ -254,6 +341,7 @@ func (s *Session) push(m protocol.Message) {
 	s.out = append(s.out, m)
 	close(s.wake)
 	s.wake = make(chan struct{})
+	return s.nextID
 }
 
 func (s *Session) closeOutbox() {
@@ -347,7 +435,7 @@ func (c *Coordinator) reconcileAfterGrace(agentID string) {
 			return
 		}
 		for _, b := range bs {
-			if cur != nil && cur.holds[b.ID] {
+			if _, held := cur.holdsBuild(b.ID); held {
 				continue
 			}
 			if c.verifying[b.ID] {
@@ -416,4 +504,14 @@ func (c *Coordinator) agentEvent(ctx context.Context, typ db.EventType, agentID,
 	if _, err := c.store.AppendEvent(ctx, db.Event{Type: typ, At: c.clk.Now(), Agent: agentID, Reason: reason}); err != nil {
 		c.log.Error("record agent event", "type", typ, "agent", agentID, "err", err)
 	}
+}
+
+// holdsBuild reports whether the session (nil: none) holds the build.
+// The caller holds c.mu.
+func (s *Session) holdsBuild(id string) (uint64, bool) {
+	if s == nil {
+		return 0, false
+	}
+	p, ok := s.holds[id]
+	return p, ok
 }

@@ -378,7 +378,6 @@ func (c *Coordinator) assignLocked(ctx context.Context, s *Session, id string) e
 	if err := os.MkdirAll(c.uploadDir(s.agentID, id), 0o755); err != nil {
 		c.log.Error("create upload dir", "build", id, "err", err)
 	}
-	s.holds[id] = true
 	outs := make([]protocol.OutputRef, 0, len(a.Outputs))
 	for _, o := range a.Outputs {
 		outs = append(outs, protocol.OutputRef{Name: o.Name, Path: o.Path})
@@ -390,7 +389,7 @@ func (c *Coordinator) assignLocked(ctx context.Context, s *Session, id string) e
 	if silent == 0 {
 		silent = int(c.cfg.MaxSilentTime.Seconds())
 	}
-	s.push(&protocol.Build{
+	s.holds[id] = s.push(&protocol.Build{
 		Build:                id,
 		Derivation:           a.Derivation,
 		System:               a.System,

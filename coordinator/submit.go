@@ -455,8 +455,10 @@ func (c *Coordinator) Cancel(ctx context.Context, id string) error {
 		return fmt.Errorf("cancel build %s: %w", id, err)
 	}
 	if b.AgentID != "" && (b.State == db.StateAllocated || b.State == db.StateStarted) {
-		if s := c.sessions[b.AgentID]; s != nil && s.holds[id] {
-			s.push(&protocol.Cancel{Build: id})
+		if s := c.sessions[b.AgentID]; s != nil {
+			if _, held := s.holds[id]; held {
+				s.cancels[id] = s.push(&protocol.Cancel{Build: id})
+			}
 		}
 		c.releaseLocked(id, b.AgentID)
 	}

@@ -76,7 +76,12 @@ type Hello struct {
 	Backend           string   `json:"backend"`
 	BackendVersion    string   `json:"backend_version,omitempty"`
 	Hardware          Hardware `json:"hardware"`
-	Running           []string `json:"running,omitempty"` // build IDs still running here
+	// Running lists the builds still running here (not canceled);
+	// Results the builds whose result waits for an ack (resent right after
+	// welcome). A build the coordinator gives this agent that is in
+	// neither list is requeued at once.
+	Running []string `json:"running,omitempty"`
+	Results []string `json:"results,omitempty"`
 }
 
 // Welcome answers Hello.
@@ -93,11 +98,18 @@ type Welcome struct {
 	Abort            []string `json:"abort,omitempty"`    // builds to stop
 }
 
-// Heartbeat is sent every HeartbeatSeconds.
+// Heartbeat is sent every HeartbeatSeconds. It carries what the agent
+// holds, so that the coordinator can settle any difference with its own
+// view: Running and Results as in Hello, as they were once every
+// coordinator message up to and including id Handled (the last build or
+// cancel the agent had handled) was handled. A build pushed with a higher
+// id may be missing from the lists without meaning anything.
 type Heartbeat struct {
 	Header
 	Hardware Hardware `json:"hardware"`
+	Handled  uint64   `json:"handled,omitempty"`
 	Running  []string `json:"running,omitempty"`
+	Results  []string `json:"results,omitempty"`
 }
 
 // OutputRef names one output of a build.
