@@ -30,12 +30,15 @@ type cmdResult struct {
 
 // runCmd runs name with args and env, streaming stderr to log (if not nil).
 // The command runs in its own process group so that cancelling ctx also
-// stops the builder processes the store tool forked. It returns an error
-// only when the command could not be started or ctx ended.
+// stops the builder processes the store tool forked, and it gets SIGTERM
+// from the kernel when the agent dies (even by SIGKILL), so that nothing
+// the agent started keeps building without it: the store tool stops its
+// builders on SIGTERM as on a cancel. It returns an error only when the
+// command could not be started or ctx ended.
 func runCmd(ctx context.Context, env []string, log io.Writer, name string, args ...string) (cmdResult, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = procAttr()
 	cmd.Cancel = func() error {
 		// SIGTERM lets nix-store/guix clean up their temporary roots and
 		// build directories; WaitDelay below escalates to SIGKILL.
