@@ -445,18 +445,19 @@ func (c *Coordinator) reconcileAfterGrace(agentID string) {
 			if cur != nil {
 				reason = "agent reconnected without the build"
 			}
-			c.requeueLocked(ctx, b.ID, agentID, reason, "")
+			c.requeueLocked(ctx, b.ID, agentID, db.KindInfrastructure, reason, "")
 		}
 		c.dispatchLocked(ctx)
 	}()
 }
 
-// requeueLocked sends a held build back to the queue (infrastructure
-// failure, not counted against the build); avoid, if set, is an agent the
-// build should go to only when no other can take it.
-func (c *Coordinator) requeueLocked(ctx context.Context, buildID, agentID, reason, avoid string) {
+// requeueLocked sends a held build back to the queue, recording the
+// attempt's kind (what, if anything, it counts toward: attemptLimit);
+// avoid, if set, is an agent the build should go to only when no other
+// can take it.
+func (c *Coordinator) requeueLocked(ctx context.Context, buildID, agentID string, kind db.AttemptKind, reason, avoid string) {
 	now := c.clk.Now()
-	if err := c.store.RequeueBuild(ctx, buildID, agentID, now, reason); err != nil {
+	if err := c.store.RequeueBuild(ctx, buildID, agentID, now, kind, reason); err != nil {
 		c.log.Error("requeue build", "build", buildID, "agent", agentID, "reason", reason, "err", err)
 		return
 	}

@@ -360,7 +360,7 @@ func TestDisconnectRequeuesAfterGrace(t *testing.T) {
 	}
 	h.eventually(grace, func() bool { return h.build(id).State == db.StateScheduled })
 	b := h.build(id)
-	if last := b.Attempts[len(b.Attempts)-1]; last.Outcome != "requeued" || last.Reason != "agent disconnected" {
+	if last := b.Attempts[len(b.Attempts)-1]; last.Outcome != "requeued" || last.Kind != db.KindInfrastructure || last.Reason != "agent disconnected" {
 		t.Fatalf("attempt %+v", last)
 	}
 	other := h.agent("b", protocol.Hello{})
@@ -510,6 +510,11 @@ func TestVerificationMismatch(t *testing.T) {
 		}
 		if got.State != db.StateFailed || !strings.HasPrefix(got.FailureReason, "infrastructure: verification") {
 			t.Fatalf("after 3 bad uploads: %s %q", got.State, got.FailureReason)
+		}
+		for _, at := range got.Attempts {
+			if at.Kind != db.KindVerification {
+				t.Errorf("attempt %d: kind %q, want verification", at.Number, at.Kind)
+			}
 		}
 	}
 	entries, _ := os.ReadDir(filepath.Join(h.dir, "state", "cache", "nar"))

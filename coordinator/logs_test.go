@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/protocol"
 )
 
@@ -164,7 +165,7 @@ func TestLogSweepAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.c.Close()
-	if err := h.store.FailBuild(ctx, id, a.id, h.clk.Now(), "build", 1); err != nil {
+	if err := h.store.FailBuild(ctx, id, a.id, h.clk.Now(), db.KindBuild, "build", 1); err != nil {
 		t.Fatal(err)
 	}
 	h.start()

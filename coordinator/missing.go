@@ -8,13 +8,11 @@ import (
 
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/derivation"
-	"github.com/gbc-farm/gbc/hooks"
 )
 
-// waitingForInputs prefixes the reason of a setup failure after which the
-// build waits for input builds here; such attempts do not count toward
-// Config.MaxSetupFailures (infraFailureLocked counts reasons starting with
-// "setup-failure").
+// waitingForInputs prefixes, for people, the reason of a setup failure
+// after which the build waits for input builds here; the attempt's kind
+// (db.KindWaitingForInputs) is what keeps it from counting.
 const waitingForInputs = "waiting for inputs: "
 
 // missingDerivations returns the derivations behind what an agent
@@ -157,7 +155,7 @@ func (c *Coordinator) submitMissingInputs(ctx context.Context, b db.Build, drvs 
 	}
 	submit := func(ds []string) error {
 		_, err := c.Submit(ctx, Submission{Derivations: ds, Priority: b.Priority,
-			Tags: []db.Tag{{Key: hooks.TagNeededBy, Value: b.ID}}})
+			Tags: []db.Tag{{Key: db.TagNeededBy, Value: b.ID}}})
 		return err
 	}
 	err = submit(todo)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/derivation"
-	"github.com/gbc-farm/gbc/hooks"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
 )
@@ -102,7 +101,7 @@ func TestSetupFailureSubmitsMissingInputsAndWaits(t *testing.T) {
 			t.Fatalf("round %d: %d builds of the missing input, want 1", round, len(bs))
 		}
 		aID := bs[0].ID
-		if !hasTag(bs[0], hooks.TagNeededBy, bID) || bs[0].Priority != 7 {
+		if !hasTag(bs[0], db.TagNeededBy, bID) || bs[0].Priority != 7 {
 			t.Fatalf("round %d: input build tags %v priority %d, want needed-by=%s priority 7", round, bs[0].Tags, bs[0].Priority, bID)
 		}
 		if b := h.build(bID); b.State != db.StateScheduled {
@@ -148,7 +147,7 @@ func TestSetupFailureSubmitsMissingInputsAndWaits(t *testing.T) {
 		t.Fatalf("B has %d attempts, want 3 setup failures and the success", len(got.Attempts))
 	}
 	for _, a := range got.Attempts[:3] {
-		if a.Outcome != "requeued" || !strings.HasPrefix(a.Reason, "waiting for inputs: setup-failure: ") {
+		if a.Outcome != "requeued" || a.Kind != db.KindWaitingForInputs || !strings.HasPrefix(a.Reason, "waiting for inputs: setup-failure: ") {
 			t.Fatalf("attempt %d: %s %q, want requeued waiting for inputs", a.Number, a.Outcome, a.Reason)
 		}
 	}
@@ -196,8 +195,8 @@ func TestSetupFailureUnreadableMissingInput(t *testing.T) {
 	if a.next().Build != bID {
 		t.Fatal("B not requeued")
 	}
-	if r := h.build(bID).Attempts[0].Reason; !strings.HasPrefix(r, "setup-failure: ") {
-		t.Fatalf("attempt reason %q, want a counted setup-failure", r)
+	if a := h.build(bID).Attempts[0]; a.Kind != db.KindSetup || !strings.HasPrefix(a.Reason, "setup-failure: ") {
+		t.Fatalf("attempt %s %q, want a counted setup failure", a.Kind, a.Reason)
 	}
 
 	// Both missing: the readable one is submitted, B waits for it (this
@@ -206,7 +205,7 @@ func TestSetupFailureUnreadableMissingInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	bs := h.buildsOf(readable)
-	if len(bs) != 1 || !hasTag(bs[0], hooks.TagNeededBy, bID) {
+	if len(bs) != 1 || !hasTag(bs[0], db.TagNeededBy, bID) {
 		t.Fatalf("builds of the readable input: %+v", bs)
 	}
 	if st := h.queueState(bID); st != "waiting" {
@@ -273,8 +272,8 @@ func TestSetupFailureDerivationOrdered(t *testing.T) {
 	if ag.next().Build != bID {
 		t.Fatal("B not requeued")
 	}
-	if r := h.build(bID).Attempts[0].Reason; !strings.HasPrefix(r, "setup-failure: ") {
-		t.Fatalf("attempt reason %q, want a counted setup-failure", r)
+	if a := h.build(bID).Attempts[0]; a.Kind != db.KindSetup || !strings.HasPrefix(a.Reason, "setup-failure: ") {
+		t.Fatalf("attempt %s %q, want a counted setup failure", a.Kind, a.Reason)
 	}
 }
 
@@ -301,7 +300,7 @@ func TestSetupFailureMissingOutputPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	bs := h.buildsOf(in)
-	if len(bs) != 1 || !hasTag(bs[0], hooks.TagNeededBy, bID) {
+	if len(bs) != 1 || !hasTag(bs[0], db.TagNeededBy, bID) {
 		t.Fatalf("builds of the input: %+v", bs)
 	}
 	if st := h.queueState(bID); st != "waiting" {
@@ -349,7 +348,7 @@ func TestSetupFailureMissingTransitiveOutput(t *testing.T) {
 	}
 	for _, d := range []string{a, b} {
 		bs := h.buildsOf(d)
-		if len(bs) != 1 || !hasTag(bs[0], hooks.TagNeededBy, cID) {
+		if len(bs) != 1 || !hasTag(bs[0], db.TagNeededBy, cID) {
 			t.Fatalf("builds of %s: %+v", d, bs)
 		}
 	}

@@ -103,7 +103,7 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 	}
 	c := s.c
 	// Recorded before taking the lock, as in Succeeded.
-	if err := c.store.FailBuild(ctx, m.Build, s.agentID, c.clk.Now(), reason, m.ExitCode); err != nil {
+	if err := c.store.FailBuild(ctx, m.Build, s.agentID, c.clk.Now(), db.KindBuild, reason, m.ExitCode); err != nil {
 		return unavailable(fmt.Errorf("fail build %s: %w", m.Build, err))
 	}
 	c.mu.Lock()
@@ -125,8 +125,9 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 // after which the build waits for an input build here (just submitted, or
 // already queued or running) does not count toward MaxSetupFailures: its
 // next attempt comes only after that input was built, and it keeps no
-// agent avoided (the agent was not at fault). It is recorded with the
-// reason prefixed "waiting for inputs: ". Anything else counts as before.
+// agent avoided (the agent was not at fault). Its attempt is recorded as
+// db.KindWaitingForInputs (the reason, for people, starts "waiting for
+// inputs: "). Anything else is db.KindSetup and counts.
 func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) error {
 	b, _, err := s.holding(ctx, m.Build, "")
 	if err != nil {
@@ -153,7 +154,7 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 	defer c.mu.Unlock()
 	if waitFor := c.blockingInputsLocked(b.ID); len(waitFor) > 0 {
 		reason = waitingForInputs + reason
-		if err := c.store.SetupFailBuild(ctx, b.ID, s.agentID, c.clk.Now(), reason, missing, false); err != nil {
+		if err := c.store.SetupFailBuild(ctx, b.ID, s.agentID, c.clk.Now(), db.KindWaitingForInputs, reason, missing, false); err != nil {
 			c.log.Error("requeue build after setup failure", "build", b.ID, "agent", s.agentID, "reason", reason, "err", err)
 			return unavailable(fmt.Errorf("record setup failure of build %s: %w", m.Build, err))
 		}
@@ -164,39 +165,50 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 		c.dispatchLocked(ctx)
 		return nil
 	}
-	if err := c.infraFailureLocked(ctx, b, s.agentID, "setup-failure", reason, c.cfg.MaxSetupFailures, missing); err != nil {
+	if err := c.infraFailureLocked(ctx, b, s.agentID, db.KindSetup, reason, missing); err != nil {
 		return unavailable(fmt.Errorf("record setup failure of build %s: %w", m.Build, err))
 	}
 	c.dispatchLocked(ctx)
 	return nil
 }
 
+// attemptLimit is how many attempts of a kind fail a build; 0: attempts
+// of that kind count against nobody (they requeue without limit).
+func (c *Coordinator) attemptLimit(kind db.AttemptKind) int {
+	switch kind {
+	case db.KindSetup:
+		return c.cfg.MaxSetupFailures
+	case db.KindVerification:
+		return c.cfg.MaxAttempts
+	}
+	return 0
+}
+
 // infraFailureLocked ends an attempt that failed for reasons outside the
 // derivation: requeue (preferring another agent), or fail the build once
-// limit such failures (counted by the reason's kind prefix) have happened.
-// Setup failures go through SetupFailBuild so that their events
-// (setup-failure, missing-inputs with missing) are written with the change.
-func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID, kind, reason string, limit int, missing []string) error {
+// attemptLimit(kind) attempts of that kind (counted from the recorded
+// kinds) have ended so. Setup failures go through SetupFailBuild so that
+// their events (setup-failure, missing-inputs with missing) are written
+// with the change.
+func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentID string, kind db.AttemptKind, reason string, missing []string) error {
 	n := 1 // this attempt
 	for _, a := range b.Attempts {
-		// Setup failures that left the build waiting for its inputs
-		// start with waitingForInputs and so do not count here.
-		if a.Outcome == "requeued" && strings.HasPrefix(a.Reason, kind) {
+		if a.Outcome == db.OutcomeRequeued && a.Kind == kind {
 			n++
 		}
 	}
-	setup := kind == "setup-failure"
-	if n < limit {
+	setup := kind == db.KindSetup
+	if limit := c.attemptLimit(kind); limit == 0 || n < limit {
 		// Prefer another agent next time: this one may lack something.
 		if c.avoid[b.ID] == nil {
 			c.avoid[b.ID] = map[string]bool{}
 		}
 		c.avoid[b.ID][agentID] = true
 		if !setup {
-			c.requeueLocked(ctx, b.ID, agentID, reason, agentID)
+			c.requeueLocked(ctx, b.ID, agentID, kind, reason, agentID)
 			return nil
 		}
-		if err := c.store.SetupFailBuild(ctx, b.ID, agentID, c.clk.Now(), reason, missing, false); err != nil {
+		if err := c.store.SetupFailBuild(ctx, b.ID, agentID, c.clk.Now(), kind, reason, missing, false); err != nil {
 			c.log.Error("requeue build after setup failure", "build", b.ID, "agent", agentID, "reason", reason, "err", err)
 			return err
 		}
@@ -208,9 +220,9 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 	final := fmt.Sprintf("infrastructure: %s (%d attempts)", reason, n)
 	var err error
 	if setup {
-		err = c.store.SetupFailBuild(ctx, b.ID, agentID, c.clk.Now(), final, missing, true)
+		err = c.store.SetupFailBuild(ctx, b.ID, agentID, c.clk.Now(), kind, final, missing, true)
 	} else {
-		err = c.store.FailBuild(ctx, b.ID, agentID, c.clk.Now(), final, 0)
+		err = c.store.FailBuild(ctx, b.ID, agentID, c.clk.Now(), kind, final, 0)
 	}
 	if err != nil {
 		c.log.Error("fail build after infrastructure failures", "build", b.ID, "err", err)
@@ -264,7 +276,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		defer c.mu.Unlock()
 		c.log.Warn("upload verification failed", "build", m.Build, "agent", s.agentID, "err", verr)
 		if cur, err := c.store.Build(ctx, m.Build); err == nil && cur.AgentID == s.agentID && !cur.State.Terminal() {
-			c.infraFailureLocked(ctx, cur, s.agentID, "verification", "verification: "+verr.Error(), c.cfg.MaxAttempts, nil)
+			c.infraFailureLocked(ctx, cur, s.agentID, db.KindVerification, "verification: "+verr.Error(), nil)
 			c.dispatchLocked(ctx)
 		}
 		return fmt.Errorf("%w: %w", ErrVerification, verr)

@@ -464,8 +464,7 @@ func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 		now := c.clk.Now()
 		batch := make([]db.DependencyFailure, len(deps))
 		for i, d := range deps {
-			batch[i] = db.DependencyFailure{ID: d.ID,
-				Cause: fmt.Sprintf("dependency failed: input %s (build %s)", d.FailedInput, d.FailedBuild)}
+			batch[i] = db.DependencyFailure{ID: d.ID, FailedInput: d.FailedInput, FailedBuild: d.FailedBuild}
 		}
 		write := func(ctx context.Context, locked bool) {
 			var done []string
@@ -483,7 +482,7 @@ func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 						c.log.Error("mark failed dependency", "build", d.ID, "err", e)
 						continue
 					}
-					c.log.Info("build failed: dependency", "build", d.ID, "cause", d.Cause)
+					c.log.Info("build failed: dependency", "build", d.ID, "cause", d.Reason())
 					done = append(done, d.ID)
 				}
 			}

@@ -76,6 +76,60 @@ type Tag struct {
 	Key, Value string
 }
 
+// Tag keys that are protocol: the coordinator and the built-in hooks put
+// them on the builds they submit, and read them back to decide.
+const (
+	TagRetry    = "retry"     // 1, 2, …: which retry of the original this is
+	TagRetryOf  = "retry-of"  // the failed build this one retries
+	TagNeededBy = "needed-by" // the build whose missing input this is
+)
+
+// Outcome is how an attempt ended.
+type Outcome string
+
+const (
+	OutcomeOpen      Outcome = "" // still allocated or started
+	OutcomeSucceeded Outcome = "succeeded"
+	OutcomeFailed    Outcome = "failed"
+	OutcomeCanceled  Outcome = "canceled"
+	OutcomeRequeued  Outcome = "requeued"
+)
+
+// AttemptKind says why an attempt that did not succeed ended, as data:
+// what counts toward a retry limit is decided from it, never from the
+// reason's text. It is stored as text; a new kind is one constant here and
+// one case in Valid.
+type AttemptKind string
+
+const (
+	// KindNone: the attempt succeeded, was canceled or is still open (and
+	// attempts recorded before kinds were, whose reason fits no kind).
+	KindNone AttemptKind = ""
+	// KindBuild: the derivation's fault (the builder failed or timed out).
+	KindBuild AttemptKind = "build"
+	// KindSetup: the agent could not set the build up (an input missing,
+	// the store daemon refused); counts toward the setup-failure limit.
+	KindSetup AttemptKind = "setup"
+	// KindWaitingForInputs: a setup failure after which the build waits
+	// for builds of its inputs here; counts against nobody.
+	KindWaitingForInputs AttemptKind = "waiting-for-inputs"
+	// KindVerification: the uploaded outputs did not verify; counts toward
+	// the attempt limit.
+	KindVerification AttemptKind = "verification"
+	// KindInfrastructure: the agent or its link went away (disconnected,
+	// reconnected without the build); counts against nobody.
+	KindInfrastructure AttemptKind = "infrastructure"
+)
+
+// Valid reports whether k is a kind a failed or requeued attempt may have.
+func (k AttemptKind) Valid() bool {
+	switch k {
+	case KindBuild, KindSetup, KindWaitingForInputs, KindVerification, KindInfrastructure:
+		return true
+	}
+	return false
+}
+
 // DerivationOutput is an output a derivation declares.
 type DerivationOutput struct {
 	Name string
@@ -102,8 +156,9 @@ type Attempt struct {
 	AllocatedAt time.Time
 	StartedAt   time.Time
 	EndedAt     time.Time
-	Outcome     string // "", succeeded, failed, canceled, requeued
-	Reason      string // failure or requeue reason
+	Outcome     Outcome
+	Kind        AttemptKind // why a failed or requeued attempt ended
+	Reason      string      // failure or requeue reason, for people
 	ExitCode    int
 	Hardware    Hardware // what the agent reported at start
 }
@@ -142,8 +197,12 @@ type Build struct {
 	StartedAt     time.Time
 	EndedAt       time.Time
 	FailureReason string
-	Attempts      []Attempt
-	Results       []OutputResult
+	// FailedInput and FailedBuild: for a failed-dependency build, the
+	// input derivation whose build failed, and that build.
+	FailedInput string
+	FailedBuild string
+	Attempts    []Attempt
+	Results     []OutputResult
 }
 
 // BuildFilter selects builds for listings; zero values mean "any".
@@ -204,22 +263,26 @@ type Store interface {
 	// From allocated it records the implied start too (with its event),
 	// in the same transaction.
 	SucceedBuild(ctx context.Context, id, agentID string, at time.Time, results []OutputResult) error
-	// FailBuild records a build failure (the derivation's fault): allocated
-	// or started → failed (allocated too, so a timeout can be recorded for
-	// a build whose start was never reported).
-	FailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, exitCode int) error
+	// FailBuild records a final failure: allocated or started → failed
+	// (allocated too, so a timeout can be recorded for a build whose start
+	// was never reported). kind is KindBuild for the derivation's fault,
+	// else the kind of failure whose limit was reached; an invalid kind is
+	// refused.
+	FailBuild(ctx context.Context, id, agentID string, at time.Time, kind AttemptKind, reason string, exitCode int) error
 	// RequeueBuild sends an allocated or started build back to scheduled
-	// (an infrastructure failure); the attempt records the reason.
-	RequeueBuild(ctx context.Context, id, agentID string, at time.Time, reason string) error
+	// (a failure outside the derivation); the attempt records kind and
+	// reason.
+	RequeueBuild(ctx context.Context, id, agentID string, at time.Time, kind AttemptKind, reason string) error
 	// CancelBuild moves any non-terminal build to canceled, closing its
 	// open attempt if it has one.
 	CancelBuild(ctx context.Context, id string, at time.Time) error
 	// SetupFailBuild ends an allocated or started attempt that could not
 	// build for reasons outside the derivation: back to scheduled, or to
-	// failed when final. It records a setup-failure event, a
+	// failed when final. The attempt records kind (KindSetup, or
+	// KindWaitingForInputs) and reason. It records a setup-failure event, a
 	// missing-inputs event when missing (.drv or store paths) is not
 	// empty, and a failed event when final.
-	SetupFailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, missing []string, final bool) error
+	SetupFailBuild(ctx context.Context, id, agentID string, at time.Time, kind AttemptKind, reason string, missing []string, final bool) error
 
 	// SetAttemptHardware records on the latest attempt what the agent
 	// reported when it started; the agent must hold the build.
@@ -245,12 +308,13 @@ type Store interface {
 
 // DependencyFailer is implemented by stores that can mark a build whose
 // input failed. FailDependency moves a scheduled build to
-// failed-dependency with cause as its failure reason; ErrNotFound,
+// failed-dependency, recording the failed input and build and
+// DependencyFailure.Reason as its failure reason; ErrNotFound,
 // ErrConflict for any other state. It is kept out of Store for now so that
 // existing Store implementations (fakes included) keep compiling; both
 // backends implement it (sqlstore) and dbtest checks it when present.
 type DependencyFailer interface {
-	FailDependency(ctx context.Context, id string, at time.Time, cause string) error
+	FailDependency(ctx context.Context, at time.Time, d DependencyFailure) error
 	// FailDependencies does the same for many builds in one transaction.
 	// Nobody waits on it, so a store may let other writes go first.
 	// Builds that are not scheduled (ErrConflict) or unknown (ErrNotFound)
@@ -259,10 +323,17 @@ type DependencyFailer interface {
 	FailDependencies(ctx context.Context, at time.Time, deps []DependencyFailure) (skipped map[string]error, err error)
 }
 
-// DependencyFailure is one build to move to failed-dependency and why.
+// DependencyFailure is one build to move to failed-dependency and why:
+// the input derivation whose build failed, and that build.
 type DependencyFailure struct {
-	ID    string
-	Cause string
+	ID          string
+	FailedInput string
+	FailedBuild string
+}
+
+// Reason is the failure reason recorded for people.
+func (d DependencyFailure) Reason() string {
+	return "dependency failed: input " + d.FailedInput + " (build " + d.FailedBuild + ")"
 }
 
 // Scheduling is implemented by stores that support the scheduler's

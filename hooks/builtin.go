@@ -10,13 +10,6 @@ import (
 	"github.com/gbc-farm/gbc/db"
 )
 
-// Tags the built-ins put on the builds they submit.
-const (
-	TagRetry    = "retry"     // 1, 2, …: which retry of the original this is
-	TagRetryOf  = "retry-of"  // the failed build this one retries
-	TagNeededBy = "needed-by" // the build whose missing input this is
-)
-
 // SubmitFunc submits derivations (coordinator.Submit) and returns the
 // build ids.
 type SubmitFunc func(ctx context.Context, drvs []string, priority int, tags []db.Tag) ([]string, error)
@@ -48,9 +41,9 @@ func RetryFailed(n int, submit SubmitFunc, builds BuildReader, isBad func(error)
 		var tags []db.Tag
 		for _, t := range b.Tags {
 			switch t.Key {
-			case TagRetry:
+			case db.TagRetry:
 				k, _ = strconv.Atoi(t.Value)
-			case TagRetryOf:
+			case db.TagRetryOf:
 			default:
 				tags = append(tags, t)
 			}
@@ -64,12 +57,12 @@ func RetryFailed(n int, submit SubmitFunc, builds BuildReader, isBad func(error)
 		}
 		for _, o := range others {
 			for _, t := range o.Tags {
-				if t.Key == TagRetryOf && t.Value == b.ID {
+				if t.Key == db.TagRetryOf && t.Value == b.ID {
 					return nil // already retried (this event ran before)
 				}
 			}
 		}
-		tags = append(tags, db.Tag{Key: TagRetry, Value: strconv.Itoa(k + 1)}, db.Tag{Key: TagRetryOf, Value: b.ID})
+		tags = append(tags, db.Tag{Key: db.TagRetry, Value: strconv.Itoa(k + 1)}, db.Tag{Key: db.TagRetryOf, Value: b.ID})
 		if _, err := submit(ctx, []string{b.Derivation}, b.Priority, tags); err != nil {
 			if isBad != nil && isBad(err) {
 				return Permanent(fmt.Errorf("retry-failed: resubmit %s: %w", b.Derivation, err))
@@ -121,7 +114,7 @@ func SubmitMissingInputs(submit SubmitFunc, builds BuildReader, isBad func(error
 		var errs []error
 		bad := 0
 		for _, d := range drvs {
-			if _, err := submit(ctx, []string{d}, prio, []db.Tag{{Key: TagNeededBy, Value: e.Build}}); err != nil {
+			if _, err := submit(ctx, []string{d}, prio, []db.Tag{{Key: db.TagNeededBy, Value: e.Build}}); err != nil {
 				if isBad != nil && isBad(err) {
 					bad++
 				}

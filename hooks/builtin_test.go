@@ -57,7 +57,7 @@ func TestRetryFailed(t *testing.T) {
 		}
 	}
 	if len(subs) != 1 || subs[0].prio != 7 || len(subs[0].tags) != 3 ||
-		subs[0].tags[1] != (db.Tag{Key: TagRetry, Value: "1"}) || subs[0].tags[2] != (db.Tag{Key: TagRetryOf, Value: "orig"}) {
+		subs[0].tags[1] != (db.Tag{Key: db.TagRetry, Value: "1"}) || subs[0].tags[2] != (db.Tag{Key: db.TagRetryOf, Value: "orig"}) {
 		t.Fatalf("submissions %+v", subs)
 	}
 	bs, _ := st.Builds(ctx, db.BuildFilter{Derivation: drv})
@@ -65,7 +65,7 @@ func TestRetryFailed(t *testing.T) {
 	if err := h(ctx, db.Event{Type: db.EventFailed, Build: retry1}); err != nil {
 		t.Fatal(err)
 	}
-	if len(subs) != 2 || subs[1].tags[1] != (db.Tag{Key: TagRetry, Value: "2"}) || subs[1].tags[2] != (db.Tag{Key: TagRetryOf, Value: retry1}) {
+	if len(subs) != 2 || subs[1].tags[1] != (db.Tag{Key: db.TagRetry, Value: "2"}) || subs[1].tags[2] != (db.Tag{Key: db.TagRetryOf, Value: retry1}) {
 		t.Fatalf("second retry %+v", subs)
 	}
 	bs, _ = st.Builds(ctx, db.BuildFilter{Derivation: drv})
@@ -97,7 +97,7 @@ func TestSubmitMissingInputs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if len(subs) != 1 || subs[0].drvs[0] != "/nix/store/new-in.drv" || subs[0].prio != 3 || subs[0].tags[0] != (db.Tag{Key: TagNeededBy, Value: "b"}) {
+	if len(subs) != 1 || subs[0].drvs[0] != "/nix/store/new-in.drv" || subs[0].prio != 3 || subs[0].tags[0] != (db.Tag{Key: db.TagNeededBy, Value: "b"}) {
 		t.Fatalf("submissions %+v", subs)
 	}
 }

@@ -31,6 +31,7 @@ type attemptJSON struct {
 	StartedAt   string `json:"started_at"`
 	EndedAt     string `json:"ended_at"`
 	Outcome     string `json:"outcome"`
+	Kind        string `json:"kind,omitempty"` // why a failed or requeued attempt ended
 	Reason      string `json:"reason"`
 	ExitCode    int    `json:"exit_code"`
 	// Hardware is what the agent reported when the attempt started.
@@ -76,13 +77,13 @@ func toJSON(b db.Build) buildJSON {
 		DeferUntil: jsonTime(b.DeferUntil), TimeoutSeconds: b.TimeoutSeconds, MaxSilentSeconds: b.MaxSilentSeconds,
 	}
 	if b.State == db.StateFailedDependency {
-		j.FailedInput = failedInput(b.FailureReason)
+		j.FailedInput = b.FailedInput
 	}
 	for _, t := range b.Tags {
 		j.Tags = append(j.Tags, t.Key+"="+t.Value)
 	}
 	for _, a := range b.Attempts {
-		aj := attemptJSON{a.Number, a.AgentID, jsonTime(a.AllocatedAt), jsonTime(a.StartedAt), jsonTime(a.EndedAt), a.Outcome, a.Reason, a.ExitCode, nil}
+		aj := attemptJSON{a.Number, a.AgentID, jsonTime(a.AllocatedAt), jsonTime(a.StartedAt), jsonTime(a.EndedAt), string(a.Outcome), string(a.Kind), a.Reason, a.ExitCode, nil}
 		if !a.Hardware.IsZero() {
 			hw := a.Hardware
 			aj.Hardware = &hw
@@ -256,17 +257,6 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 		}
 		return tw.Flush()
 	}
-}
-
-// failedInput extracts the input derivation from a failed-dependency
-// reason ("dependency failed: input X (build Y)").
-func failedInput(reason string) string {
-	rest, ok := strings.CutPrefix(reason, "dependency failed: input ")
-	if !ok {
-		return ""
-	}
-	drv, _, _ := strings.Cut(rest, " ")
-	return drv
 }
 
 func setupBuildCancel(fs *pflag.FlagSet) func(x *call) error {

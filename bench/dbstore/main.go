@@ -300,7 +300,7 @@ func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inp
 			var deps []db.DependencyFailure
 			for i := k * spacing; i < n && len(deps) < 99; i++ {
 				if i%step != 0 { // not allocated above
-					deps = append(deps, db.DependencyFailure{ID: newBuild(i, base, 0).ID, Cause: "bench-cause"})
+					deps = append(deps, db.DependencyFailure{ID: newBuild(i, base, 0).ID, FailedInput: "bench-input", FailedBuild: "bench-build"})
 				}
 			}
 			for chunk := range slices.Chunk(deps, 32) {

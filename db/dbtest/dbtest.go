@@ -415,7 +415,7 @@ func testIllegalTransitions(t *testing.T, s db.Store) {
 		},
 		db.StateFailed: func(id string) {
 			must(t, "allocate", s.AllocateBuild(ctx, id, "a1", at(1)))
-			must(t, "fail", s.FailBuild(ctx, id, "a1", at(3), "build", 1))
+			must(t, "fail", s.FailBuild(ctx, id, "a1", at(3), db.KindBuild, "build", 1))
 		},
 		db.StateCanceled: func(id string) { must(t, "cancel", s.CancelBuild(ctx, id, at(1))) },
 	}
@@ -423,8 +423,8 @@ func testIllegalTransitions(t *testing.T, s db.Store) {
 		"allocate": func(id string) error { return s.AllocateBuild(ctx, id, "a1", at(9)) },
 		"start":    func(id string) error { return s.StartBuild(ctx, id, "a1", at(9)) },
 		"succeed":  func(id string) error { return s.SucceedBuild(ctx, id, "a1", at(9), res) },
-		"fail":     func(id string) error { return s.FailBuild(ctx, id, "a1", at(9), "x", 1) },
-		"requeue":  func(id string) error { return s.RequeueBuild(ctx, id, "a1", at(9), "x") },
+		"fail":     func(id string) error { return s.FailBuild(ctx, id, "a1", at(9), db.KindBuild, "x", 1) },
+		"requeue":  func(id string) error { return s.RequeueBuild(ctx, id, "a1", at(9), db.KindInfrastructure, "x") },
 		"cancel":   func(id string) error { return s.CancelBuild(ctx, id, at(9)) },
 	}
 	legal := map[db.BuildState]map[string]bool{
@@ -464,20 +464,20 @@ func testWrongAgent(t *testing.T, s db.Store) {
 	must(t, "allocate", s.AllocateBuild(ctx, "b1", "a1", at(1)))
 	mustErrIs(t, "start by a2", s.StartBuild(ctx, "b1", "a2", at(2)), db.ErrConflict)
 	mustErrIs(t, "start by nobody", s.StartBuild(ctx, "b1", "", at(2)), db.ErrConflict)
-	mustErrIs(t, "fail by a2", s.FailBuild(ctx, "b1", "a2", at(2), "x", 1), db.ErrConflict)
-	mustErrIs(t, "requeue by a2", s.RequeueBuild(ctx, "b1", "a2", at(2), "x"), db.ErrConflict)
+	mustErrIs(t, "fail by a2", s.FailBuild(ctx, "b1", "a2", at(2), db.KindBuild, "x", 1), db.ErrConflict)
+	mustErrIs(t, "requeue by a2", s.RequeueBuild(ctx, "b1", "a2", at(2), db.KindInfrastructure, "x"), db.ErrConflict)
 	must(t, "start by a1", s.StartBuild(ctx, "b1", "a1", at(2)))
 	mustErrIs(t, "succeed by a2", s.SucceedBuild(ctx, "b1", "a2", at(3), nil), db.ErrConflict)
-	mustErrIs(t, "fail by a2", s.FailBuild(ctx, "b1", "a2", at(3), "x", 1), db.ErrConflict)
-	mustErrIs(t, "requeue by a2", s.RequeueBuild(ctx, "b1", "a2", at(3), "x"), db.ErrConflict)
+	mustErrIs(t, "fail by a2", s.FailBuild(ctx, "b1", "a2", at(3), db.KindBuild, "x", 1), db.ErrConflict)
+	mustErrIs(t, "requeue by a2", s.RequeueBuild(ctx, "b1", "a2", at(3), db.KindInfrastructure, "x"), db.ErrConflict)
 	b, err := s.Build(ctx, "b1")
 	must(t, "Build", err)
 	if b.State != db.StateStarted || b.AgentID != "a1" || len(b.Attempts) != 1 || b.Attempts[0].Outcome != "" {
 		t.Errorf("after wrong-agent attempts: %+v", b)
 	}
 	// After a requeue, the previous holder no longer holds the build.
-	must(t, "requeue by a1", s.RequeueBuild(ctx, "b1", "a1", at(4), "lost"))
-	mustErrIs(t, "fail by old holder", s.FailBuild(ctx, "b1", "a1", at(5), "x", 1), db.ErrConflict)
+	must(t, "requeue by a1", s.RequeueBuild(ctx, "b1", "a1", at(4), db.KindInfrastructure, "lost"))
+	mustErrIs(t, "fail by old holder", s.FailBuild(ctx, "b1", "a1", at(5), db.KindBuild, "x", 1), db.ErrConflict)
 	must(t, "allocate to a2", s.AllocateBuild(ctx, "b1", "a2", at(6)))
 	mustErrIs(t, "start by old holder", s.StartBuild(ctx, "b1", "a1", at(7)), db.ErrConflict)
 }
@@ -491,8 +491,8 @@ func testNotFound(t *testing.T, s db.Store) {
 	mustErrIs(t, "AllocateBuild", s.AllocateBuild(ctx, "nope", "a1", at(1)), db.ErrNotFound)
 	mustErrIs(t, "StartBuild", s.StartBuild(ctx, "nope", "a1", at(1)), db.ErrNotFound)
 	mustErrIs(t, "SucceedBuild", s.SucceedBuild(ctx, "nope", "a1", at(1), nil), db.ErrNotFound)
-	mustErrIs(t, "FailBuild", s.FailBuild(ctx, "nope", "a1", at(1), "x", 1), db.ErrNotFound)
-	mustErrIs(t, "RequeueBuild", s.RequeueBuild(ctx, "nope", "a1", at(1), "x"), db.ErrNotFound)
+	mustErrIs(t, "FailBuild", s.FailBuild(ctx, "nope", "a1", at(1), db.KindBuild, "x", 1), db.ErrNotFound)
+	mustErrIs(t, "RequeueBuild", s.RequeueBuild(ctx, "nope", "a1", at(1), db.KindInfrastructure, "x"), db.ErrNotFound)
 	mustErrIs(t, "CancelBuild", s.CancelBuild(ctx, "nope", at(1)), db.ErrNotFound)
 	mustErrIs(t, "AllocateBuild to unknown agent", s.AllocateBuild(ctx, "b1", "ghost", at(1)), db.ErrNotFound)
 	if got := state(t, s, "b1"); got != db.StateScheduled {
@@ -507,10 +507,10 @@ func testRequeueAndAttempts(t *testing.T, s db.Store) {
 	createBuilds(t, s, newBuild("b1", 0))
 
 	must(t, "allocate 1", s.AllocateBuild(ctx, "b1", "a1", at(1)))
-	must(t, "requeue 1", s.RequeueBuild(ctx, "b1", "a1", at(2), "setup-failure: missing input"))
+	must(t, "requeue 1", s.RequeueBuild(ctx, "b1", "a1", at(2), db.KindSetup, "setup-failure: missing input"))
 	must(t, "allocate 2", s.AllocateBuild(ctx, "b1", "a2", at(3)))
 	must(t, "start 2", s.StartBuild(ctx, "b1", "a2", at(4)))
-	must(t, "requeue 2", s.RequeueBuild(ctx, "b1", "a2", at(5), "agent absent"))
+	must(t, "requeue 2", s.RequeueBuild(ctx, "b1", "a2", at(5), db.KindInfrastructure, "agent absent"))
 	b, err := s.Build(ctx, "b1")
 	must(t, "Build", err)
 	if b.State != db.StateScheduled || !b.StartedAt.IsZero() || !b.EndedAt.IsZero() {
@@ -523,8 +523,8 @@ func testRequeueAndAttempts(t *testing.T, s db.Store) {
 	b, err = s.Build(ctx, "b1")
 	must(t, "Build", err)
 	want := []db.Attempt{
-		{Number: 1, AgentID: "a1", AllocatedAt: at(1), EndedAt: at(2), Outcome: "requeued", Reason: "setup-failure: missing input"},
-		{Number: 2, AgentID: "a2", AllocatedAt: at(3), StartedAt: at(4), EndedAt: at(5), Outcome: "requeued", Reason: "agent absent"},
+		{Number: 1, AgentID: "a1", AllocatedAt: at(1), EndedAt: at(2), Outcome: db.OutcomeRequeued, Kind: db.KindSetup, Reason: "setup-failure: missing input"},
+		{Number: 2, AgentID: "a2", AllocatedAt: at(3), StartedAt: at(4), EndedAt: at(5), Outcome: db.OutcomeRequeued, Kind: db.KindInfrastructure, Reason: "agent absent"},
 		{Number: 3, AgentID: "a1", AllocatedAt: at(6), StartedAt: at(7), EndedAt: at(8), Outcome: "succeeded"},
 	}
 	if len(b.Attempts) != len(want) {
@@ -532,7 +532,7 @@ func testRequeueAndAttempts(t *testing.T, s db.Store) {
 	}
 	for i, w := range want {
 		g := b.Attempts[i]
-		if g.Number != w.Number || g.AgentID != w.AgentID || g.Outcome != w.Outcome || g.Reason != w.Reason || g.ExitCode != 0 {
+		if g.Number != w.Number || g.AgentID != w.AgentID || g.Outcome != w.Outcome || g.Kind != w.Kind || g.Reason != w.Reason || g.ExitCode != 0 {
 			t.Errorf("attempt %d: got %+v, want %+v", i+1, g, w)
 		}
 		sameTime(t, fmt.Sprintf("attempt %d AllocatedAt", i+1), g.AllocatedAt, w.AllocatedAt)
@@ -573,8 +573,8 @@ func testCancel(t *testing.T, s db.Store) {
 	// Finishing a canceled build is a conflict: the agent's late report
 	// must not resurrect it.
 	mustErrIs(t, "succeed canceled", s.SucceedBuild(ctx, "start", "a1", at(11), nil), db.ErrConflict)
-	mustErrIs(t, "fail canceled", s.FailBuild(ctx, "start", "a1", at(11), "x", 1), db.ErrConflict)
-	mustErrIs(t, "requeue canceled", s.RequeueBuild(ctx, "alloc", "a1", at(11), "x"), db.ErrConflict)
+	mustErrIs(t, "fail canceled", s.FailBuild(ctx, "start", "a1", at(11), db.KindBuild, "x", 1), db.ErrConflict)
+	mustErrIs(t, "requeue canceled", s.RequeueBuild(ctx, "alloc", "a1", at(11), db.KindInfrastructure, "x"), db.ErrConflict)
 	mustErrIs(t, "cancel canceled", s.CancelBuild(ctx, "sched", at(11)), db.ErrConflict)
 	mustErrIs(t, "allocate canceled", s.AllocateBuild(ctx, "sched", "a1", at(11)), db.ErrConflict)
 }
@@ -585,17 +585,32 @@ func testFailBuild(t *testing.T, s db.Store) {
 	createBuilds(t, s, newBuild("b1", 0))
 	must(t, "allocate", s.AllocateBuild(ctx, "b1", "a1", at(1)))
 	must(t, "start", s.StartBuild(ctx, "b1", "a1", at(2)))
-	must(t, "fail", s.FailBuild(ctx, "b1", "a1", at(3), "timeout", 137))
+	must(t, "fail", s.FailBuild(ctx, "b1", "a1", at(3), db.KindBuild, "timeout", 137))
 	b, err := s.Build(ctx, "b1")
 	must(t, "Build", err)
 	if b.State != db.StateFailed || b.FailureReason != "timeout" || !b.State.Terminal() {
 		t.Errorf("failed build: %+v", b)
 	}
 	sameTime(t, "EndedAt", b.EndedAt, at(3))
-	if a := b.Attempts[0]; a.Outcome != "failed" || a.Reason != "timeout" || a.ExitCode != 137 {
+	if a := b.Attempts[0]; a.Outcome != "failed" || a.Kind != db.KindBuild || a.Reason != "timeout" || a.ExitCode != 137 {
 		t.Errorf("attempt: %+v", a)
 	}
-	mustErrIs(t, "fail twice", s.FailBuild(ctx, "b1", "a1", at(4), "x", 1), db.ErrConflict)
+	mustErrIs(t, "fail twice", s.FailBuild(ctx, "b1", "a1", at(4), db.KindBuild, "x", 1), db.ErrConflict)
+	// A kind that is not db's is refused before anything is written.
+	createBuilds(t, s, newBuild("b2", 0))
+	must(t, "allocate b2", s.AllocateBuild(ctx, "b2", "a1", at(5)))
+	for name, err := range map[string]error{
+		"fail":       s.FailBuild(ctx, "b2", "a1", at(6), db.AttemptKind("nonsense"), "x", 1),
+		"requeue":    s.RequeueBuild(ctx, "b2", "a1", at(6), db.KindNone, "x"),
+		"setup fail": s.SetupFailBuild(ctx, "b2", "a1", at(6), db.AttemptKind("nonsense"), "x", nil, false),
+	} {
+		if err == nil {
+			t.Errorf("%s with an invalid kind: no error", name)
+		}
+	}
+	if got := state(t, s, "b2"); got != db.StateAllocated {
+		t.Errorf("b2 after refused transitions: %s, want allocated", got)
+	}
 }
 
 func testResultsRoundTrip(t *testing.T, s db.Store) {
@@ -698,10 +713,10 @@ func testRunnableAndOnAgent(t *testing.T, s db.Store) {
 	must(t, "allocate", s.AllocateBuild(ctx, "started", "a1", at(10)))
 	must(t, "start", s.StartBuild(ctx, "started", "a1", at(11)))
 	must(t, "allocate", s.AllocateBuild(ctx, "done", "a1", at(10)))
-	must(t, "fail", s.FailBuild(ctx, "done", "a1", at(11), "x", 1))
+	must(t, "fail", s.FailBuild(ctx, "done", "a1", at(11), db.KindBuild, "x", 1))
 	must(t, "cancel", s.CancelBuild(ctx, "canceled", at(10)))
 	must(t, "allocate", s.AllocateBuild(ctx, "requeued", "a1", at(10)))
-	must(t, "requeue", s.RequeueBuild(ctx, "requeued", "a1", at(11), "x"))
+	must(t, "requeue", s.RequeueBuild(ctx, "requeued", "a1", at(11), db.KindInfrastructure, "x"))
 
 	bs, err = s.RunnableBuilds(ctx)
 	must(t, "RunnableBuilds", err)
@@ -791,7 +806,7 @@ func testConcurrentTransitions(t *testing.T, s db.Store) {
 		case 1:
 			return s.SucceedBuild(ctx, "b1", holder, at(3), nil)
 		default:
-			return s.FailBuild(ctx, "b1", holder, at(3), "x", 1)
+			return s.FailBuild(ctx, "b1", holder, at(3), db.KindBuild, "x", 1)
 		}
 	})
 	b, err := s.Build(ctx, "b1")
@@ -811,19 +826,23 @@ func testFailDependency(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("dep", 0), newBuild("alloc", 1))
-	must(t, "FailDependency", fd.FailDependency(ctx, "dep", at(5), "input b0 failed"))
+	cause := db.DependencyFailure{ID: "dep", FailedInput: "/nix/store/b0-x.drv", FailedBuild: "b0"}
+	must(t, "FailDependency", fd.FailDependency(ctx, at(5), cause))
 	b, err := s.Build(ctx, "dep")
 	must(t, "Build", err)
-	if b.State != db.StateFailedDependency || b.FailureReason != "input b0 failed" || !b.State.Terminal() {
+	if b.State != db.StateFailedDependency || b.FailureReason != "dependency failed: input /nix/store/b0-x.drv (build b0)" || !b.State.Terminal() {
 		t.Errorf("after FailDependency: %+v", b)
 	}
+	if b.FailedInput != cause.FailedInput || b.FailedBuild != cause.FailedBuild {
+		t.Errorf("after FailDependency: failed input %q build %q, want %q %q", b.FailedInput, b.FailedBuild, cause.FailedInput, cause.FailedBuild)
+	}
 	sameTime(t, "EndedAt", b.EndedAt, at(5))
-	mustErrIs(t, "FailDependency twice", fd.FailDependency(ctx, "dep", at(6), "x"), db.ErrConflict)
+	mustErrIs(t, "FailDependency twice", fd.FailDependency(ctx, at(6), db.DependencyFailure{ID: "dep", FailedInput: "x"}), db.ErrConflict)
 	mustErrIs(t, "allocate failed-dependency", s.AllocateBuild(ctx, "dep", "a1", at(6)), db.ErrConflict)
 	mustErrIs(t, "cancel failed-dependency", s.CancelBuild(ctx, "dep", at(6)), db.ErrConflict)
 	must(t, "allocate", s.AllocateBuild(ctx, "alloc", "a1", at(6)))
-	mustErrIs(t, "FailDependency of allocated", fd.FailDependency(ctx, "alloc", at(7), "x"), db.ErrConflict)
-	mustErrIs(t, "FailDependency unknown", fd.FailDependency(ctx, "nope", at(7), "x"), db.ErrNotFound)
+	mustErrIs(t, "FailDependency of allocated", fd.FailDependency(ctx, at(7), db.DependencyFailure{ID: "alloc", FailedInput: "x"}), db.ErrConflict)
+	mustErrIs(t, "FailDependency unknown", fd.FailDependency(ctx, at(7), db.DependencyFailure{ID: "nope", FailedInput: "x"}), db.ErrNotFound)
 	bs, err := s.Builds(ctx, db.BuildFilter{State: db.StateFailedDependency})
 	must(t, "Builds", err)
 	if got := ids(bs); !reflect.DeepEqual(got, []string{"dep"}) {
@@ -844,11 +863,11 @@ func testFailDependencies(t *testing.T, s db.Store) {
 	createBuilds(t, s, newBuild("d1", 0), newBuild("d2", 1), newBuild("d3", 2), newBuild("held", 3))
 	must(t, "allocate", s.AllocateBuild(ctx, "held", "a1", at(4)))
 	skipped, err := fd.FailDependencies(ctx, at(5), []db.DependencyFailure{
-		{ID: "d1", Cause: "input x failed (build b0)"},
-		{ID: "held", Cause: "c"},
-		{ID: "d2", Cause: "input y failed (build b0)"},
-		{ID: "nope", Cause: "c"},
-		{ID: "d3", Cause: "input z failed (build b0)"},
+		{ID: "d1", FailedInput: "x", FailedBuild: "b0"},
+		{ID: "held", FailedInput: "c"},
+		{ID: "d2", FailedInput: "y", FailedBuild: "b0"},
+		{ID: "nope", FailedInput: "c"},
+		{ID: "d3", FailedInput: "z", FailedBuild: "b0"},
 	})
 	must(t, "FailDependencies", err)
 	if len(skipped) != 2 {
@@ -856,11 +875,15 @@ func testFailDependencies(t *testing.T, s db.Store) {
 	}
 	mustErrIs(t, "skipped held", skipped["held"], db.ErrConflict)
 	mustErrIs(t, "skipped nope", skipped["nope"], db.ErrNotFound)
-	for id, cause := range map[string]string{"d1": "input x failed (build b0)", "d2": "input y failed (build b0)", "d3": "input z failed (build b0)"} {
+	for id, input := range map[string]string{"d1": "x", "d2": "y", "d3": "z"} {
+		cause := "dependency failed: input " + input + " (build b0)"
 		b, err := s.Build(ctx, id)
 		must(t, "Build", err)
 		if b.State != db.StateFailedDependency || b.FailureReason != cause {
 			t.Errorf("%s after FailDependencies: state %s, reason %q", id, b.State, b.FailureReason)
+		}
+		if b.FailedInput != input || b.FailedBuild != "b0" {
+			t.Errorf("%s after FailDependencies: failed input %q build %q, want %q b0", id, b.FailedInput, b.FailedBuild, input)
 		}
 		sameTime(t, "EndedAt", b.EndedAt, at(5))
 		es, err := s.Events(ctx, db.EventFilter{Build: id, Types: []db.EventType{db.EventFailedDependency}})
@@ -873,7 +896,7 @@ func testFailDependencies(t *testing.T, s db.Store) {
 		t.Errorf("held is %s, want allocated", got)
 	}
 	// A second batch over the same builds changes nothing and says why.
-	skipped, err = fd.FailDependencies(ctx, at(6), []db.DependencyFailure{{ID: "d1", Cause: "again"}})
+	skipped, err = fd.FailDependencies(ctx, at(6), []db.DependencyFailure{{ID: "d1", FailedInput: "again"}})
 	must(t, "FailDependencies again", err)
 	mustErrIs(t, "again d1", skipped["d1"], db.ErrConflict)
 	if skipped, err := fd.FailDependencies(ctx, at(6), nil); err != nil || len(skipped) != 0 {
@@ -890,14 +913,14 @@ func testFailDependencies(t *testing.T, s db.Store) {
 	for i := range many {
 		id := fmt.Sprintf("m%04d", i)
 		bs = append(bs, newBuild(id, 10))
-		batch = append(batch, db.DependencyFailure{ID: id, Cause: fmt.Sprintf("input %d failed", i%2)})
+		batch = append(batch, db.DependencyFailure{ID: id, FailedInput: fmt.Sprintf("input %d", i%2)})
 	}
 	createBuilds(t, s, bs...)
 	// Two were tried and requeued: their events name the agent and the
 	// attempt, the others neither (a batch mixes NULL and set columns).
 	for _, id := range []string{"m0000", "m0001"} {
 		must(t, "allocate "+id, s.AllocateBuild(ctx, id, "a1", at(10)))
-		must(t, "requeue "+id, s.SetupFailBuild(ctx, id, "a1", at(10), "setup-failure: x", nil, false))
+		must(t, "requeue "+id, s.SetupFailBuild(ctx, id, "a1", at(10), db.KindSetup, "setup-failure: x", nil, false))
 	}
 	slices.Reverse(batch)
 	skipped, err = fd.FailDependencies(ctx, at(11), batch)
@@ -924,7 +947,7 @@ func testFailDependencies(t *testing.T, s db.Store) {
 	}
 	var want []string
 	for _, d := range batch {
-		want = append(want, d.ID+" "+d.Cause)
+		want = append(want, d.ID+" "+d.Reason())
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("many: %d events, want %d in deps order", len(got), len(want))

@@ -36,9 +36,9 @@ func testEvents(t *testing.T, s db.Store) {
 	}
 	must(t, "SucceedBuild", s.SucceedBuild(ctx, "e1", "a1", at(20), res))
 	must(t, "AllocateBuild e2", s.AllocateBuild(ctx, "e2", "a1", at(21)))
-	must(t, "RequeueBuild e2", s.RequeueBuild(ctx, "e2", "a1", at(22), "agent disconnected"))
+	must(t, "RequeueBuild e2", s.RequeueBuild(ctx, "e2", "a1", at(22), db.KindInfrastructure, "agent disconnected"))
 	must(t, "AllocateBuild e2 again", s.AllocateBuild(ctx, "e2", "a1", at(23)))
-	must(t, "FailBuild e2", s.FailBuild(ctx, "e2", "a1", at(24), "build: exit 1", 1))
+	must(t, "FailBuild e2", s.FailBuild(ctx, "e2", "a1", at(24), db.KindBuild, "build: exit 1", 1))
 	id, err := s.AppendEvent(ctx, db.Event{Type: db.EventAgentAbsent, At: at(25), Agent: "a1", Reason: "gone"})
 	must(t, "AppendEvent", err)
 	if _, err := s.AppendEvent(ctx, db.Event{Type: "bogus", At: at(25)}); err == nil {
@@ -119,20 +119,20 @@ func testSetupFailBuild(t *testing.T, s db.Store) {
 	newAgent(t, s, "a2")
 	createBuilds(t, s, newBuild("s1", 0))
 	must(t, "AllocateBuild", s.AllocateBuild(ctx, "s1", "a1", at(1)))
-	mustErrIs(t, "SetupFailBuild by another agent", s.SetupFailBuild(ctx, "s1", "a2", at(2), "x", nil, false), db.ErrConflict)
+	mustErrIs(t, "SetupFailBuild by another agent", s.SetupFailBuild(ctx, "s1", "a2", at(2), db.KindSetup, "x", nil, false), db.ErrConflict)
 	missing := []string{"/nix/store/in1.drv", "/nix/store/in2.drv"}
-	must(t, "SetupFailBuild", s.SetupFailBuild(ctx, "s1", "a1", at(2), "setup-failure: no inputs", missing, false))
+	must(t, "SetupFailBuild", s.SetupFailBuild(ctx, "s1", "a1", at(2), db.KindSetup, "setup-failure: no inputs", missing, false))
 	b, err := s.Build(ctx, "s1")
 	must(t, "Build", err)
-	if b.State != db.StateScheduled || b.Attempts[0].Outcome != "requeued" || b.Attempts[0].Reason != "setup-failure: no inputs" {
+	if b.State != db.StateScheduled || b.Attempts[0].Outcome != "requeued" || b.Attempts[0].Kind != db.KindSetup || b.Attempts[0].Reason != "setup-failure: no inputs" {
 		t.Fatalf("after setup failure: %+v", b)
 	}
 	must(t, "AllocateBuild again", s.AllocateBuild(ctx, "s1", "a2", at(3)))
 	must(t, "StartBuild", s.StartBuild(ctx, "s1", "a2", at(4)))
-	must(t, "SetupFailBuild final", s.SetupFailBuild(ctx, "s1", "a2", at(5), "setup-failure: again", nil, true))
+	must(t, "SetupFailBuild final", s.SetupFailBuild(ctx, "s1", "a2", at(5), db.KindSetup, "setup-failure: again", nil, true))
 	b, err = s.Build(ctx, "s1")
 	must(t, "Build", err)
-	if b.State != db.StateFailed || b.FailureReason != "setup-failure: again" || b.Attempts[1].Outcome != "failed" {
+	if b.State != db.StateFailed || b.FailureReason != "setup-failure: again" || b.Attempts[1].Outcome != "failed" || b.Attempts[1].Kind != db.KindSetup {
 		t.Fatalf("after final setup failure: %+v", b)
 	}
 	sameTime(t, "EndedAt", b.EndedAt, at(5))
@@ -160,7 +160,7 @@ func testAttemptHardware(t *testing.T, s db.Store) {
 	hw := db.Hardware{Cores: 8, MemoryBytes: 16 << 30, FreeDiskBytes: 100 << 30, Load1: 0.5, Backend: "nix", BackendVersion: "2.8.1"}
 	mustErrIs(t, "SetAttemptHardware before allocation", s.SetAttemptHardware(ctx, "h1", "a1", hw), db.ErrConflict)
 	must(t, "AllocateBuild", s.AllocateBuild(ctx, "h1", "a1", at(1)))
-	must(t, "RequeueBuild", s.RequeueBuild(ctx, "h1", "a1", at(2), "x"))
+	must(t, "RequeueBuild", s.RequeueBuild(ctx, "h1", "a1", at(2), db.KindInfrastructure, "x"))
 	must(t, "AllocateBuild", s.AllocateBuild(ctx, "h1", "a2", at(3)))
 	mustErrIs(t, "SetAttemptHardware by a non-holder", s.SetAttemptHardware(ctx, "h1", "a1", hw), db.ErrConflict)
 	must(t, "SetAttemptHardware", s.SetAttemptHardware(ctx, "h1", "a2", hw))

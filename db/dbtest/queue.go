@@ -118,7 +118,7 @@ func testScheduledBuildsPage(t *testing.T, s db.Store) {
 	// the next page.
 	must(t, "cancel b1", s.CancelBuild(ctx, "b1", at(21)))
 	must(t, "allocate b4", s.AllocateBuild(ctx, "b4", "a1", at(21)))
-	must(t, "requeue b3", s.RequeueBuild(ctx, "b3", "a1", at(21), "x")) // scheduled again, ahead of the cursor
+	must(t, "requeue b3", s.RequeueBuild(ctx, "b3", "a1", at(21), db.KindInfrastructure, "x")) // scheduled again, ahead of the cursor
 	late := newBuild("late", 0)
 	createBuilds(t, s, late)
 	for {

@@ -54,7 +54,7 @@ func (r Report) Rows() int64 {
 var ErrNotEmpty = errors.New("destination database is not empty")
 
 // batchRows bounds one multi-row INSERT (PostgreSQL allows 65535
-// parameters; the widest table has 13 columns).
+// parameters; the widest table, builds, has 18 columns).
 const batchRows = 1000
 
 // SQLiteToPostgres copies every row of src (a SQLite database) into dst (an

@@ -60,13 +60,13 @@ func populate(t *testing.T, s db.Store) {
 		{Name: "dev", Path: "/nix/store/b0000-dev", NarHash: "sha256:ccc", NarSize: 5, FileHash: "sha256:ddd", FileSize: 4, Compression: "none", File: "nar/ddd.nar"},
 	}))
 	must(t, "alloc1", s.AllocateBuild(ctx, "b0001", "agent-b", at(110)))
-	must(t, "requeue1", s.RequeueBuild(ctx, "b0001", "agent-b", at(111), "agent absent"))
+	must(t, "requeue1", s.RequeueBuild(ctx, "b0001", "agent-b", at(111), db.KindInfrastructure, "agent absent"))
 	must(t, "alloc1b", s.AllocateBuild(ctx, "b0001", "agent-a", at(112)))
-	must(t, "fail1", s.FailBuild(ctx, "b0001", "agent-a", at(113), "build", 2))
+	must(t, "fail1", s.FailBuild(ctx, "b0001", "agent-a", at(113), db.KindBuild, "build", 2))
 	must(t, "cancel2", s.CancelBuild(ctx, "b0002", at(120)))
-	must(t, "faildep3", s.(db.DependencyFailer).FailDependency(ctx, "b0003", at(121), "b0001 failed"))
+	must(t, "faildep3", s.(db.DependencyFailer).FailDependency(ctx, at(121), db.DependencyFailure{ID: "b0003", FailedInput: "/nix/store/b0001-x.drv", FailedBuild: "b0001"}))
 	must(t, "alloc4", s.AllocateBuild(ctx, "b0004", "agent-b", at(130)))
-	must(t, "setupfail4", s.SetupFailBuild(ctx, "b0004", "agent-b", at(131), "missing input", []string{"/nix/store/q.drv"}, false))
+	must(t, "setupfail4", s.SetupFailBuild(ctx, "b0004", "agent-b", at(131), db.KindSetup, "missing input", []string{"/nix/store/q.drv"}, false))
 	must(t, "alloc5", s.AllocateBuild(ctx, "b0005", "agent-a", at(140))) // left held
 	must(t, "priority", s.(db.Scheduling).SetBuildPriority(ctx, "b0006", 9))
 	_, err := s.AppendEvent(ctx, db.Event{Type: db.EventAgentConnected, At: at(150), Agent: "agent-a"})

@@ -189,7 +189,7 @@ func BenchmarkTransitions(b *testing.B) {
 			s, ids := q.take(32, at)
 			deps := make([]db.DependencyFailure, 0, len(ids))
 			for _, id := range ids {
-				deps = append(deps, db.DependencyFailure{ID: id, Cause: "dependency failed: input /nix/store/x.drv (build y)"})
+				deps = append(deps, db.DependencyFailure{ID: id, FailedInput: "/nix/store/x.drv", FailedBuild: "y"})
 			}
 			if _, err := s.FailDependencies(ctx, at, deps); err != nil {
 				b.Fatal(err)

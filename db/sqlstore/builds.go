@@ -152,7 +152,7 @@ func (s *Store) insertBuilds(ctx context.Context, tx Tx, builds []db.NewBuild) e
 	return nil
 }
 
-const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason, defer_until, timeout_seconds, max_silent_seconds, input_drvs`
+const buildCols = `id, derivation, system, priority, state, agent_id, created_at, started_at, ended_at, failure_reason, failed_input, failed_build, defer_until, timeout_seconds, max_silent_seconds, input_drvs`
 
 func scanBuild(sc interface{ Scan(...any) error }, in *interner) (db.Build, error) {
 	var (
@@ -164,7 +164,7 @@ func scanBuild(sc interface{ Scan(...any) error }, in *interner) (db.Build, erro
 		inputs                  sql.NullString
 	)
 	if err := sc.Scan(&b.ID, &b.Derivation, &b.System, &b.Priority, &state, &agentID,
-		&created, &started, &ended, &b.FailureReason, &deferUntil, &b.TimeoutSeconds, &b.MaxSilentSeconds, &inputs); err != nil {
+		&created, &started, &ended, &b.FailureReason, &b.FailedInput, &b.FailedBuild, &deferUntil, &b.TimeoutSeconds, &b.MaxSilentSeconds, &inputs); err != nil {
 		return db.Build{}, err
 	}
 	b.InputDerivations = in.decode(b.Derivation, inputs)
@@ -324,7 +324,7 @@ func (s *Store) Build(ctx context.Context, id string) (db.Build, error) {
 }
 
 func attempts(ctx context.Context, tx Tx, id string) ([]db.Attempt, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, reason, exit_code, hardware
+	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, kind, reason, exit_code, hardware
 		FROM attempts WHERE build_id = ? ORDER BY number`, id)
 	if err != nil {
 		return nil, err
@@ -337,7 +337,7 @@ func attempts(ctx context.Context, tx Tx, id string) ([]db.Attempt, error) {
 			allocated, started, ended sql.NullInt64
 			hw                        string
 		)
-		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Reason, &a.ExitCode, &hw); err != nil {
+		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Kind, &a.Reason, &a.ExitCode, &hw); err != nil {
 			return nil, err
 		}
 		if hw != "" {

@@ -318,27 +318,34 @@ func insertResults(ctx context.Context, tx Tx, id string, results []db.OutputRes
 	return nil
 }
 
-// FailBuild: allocated or started → failed, recording reason and exit code.
-func (s *Store) FailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, exitCode int) error {
+// FailBuild: allocated or started → failed, recording kind, reason and
+// exit code.
+func (s *Store) FailBuild(ctx context.Context, id, agentID string, at time.Time, kind db.AttemptKind, reason string, exitCode int) error {
+	if err := checkKind("failing", id, kind); err != nil {
+		return err
+	}
 	return s.transition(ctx, id,
 		rule{op: "failing", from: held, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventFailed, Reason: reason, ExitCode: exitCode}},
 		`state = 'failed', ended_at = ?, failure_reason = ?`, []any{ms(at), reason},
 		func(tx Tx, c changed) error {
 			n := c.attempt
-			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'failed', reason = ?, exit_code = ?`,
-				ms(at), reason, exitCode)
+			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'failed', kind = ?, reason = ?, exit_code = ?`,
+				ms(at), string(kind), reason, exitCode)
 		})
 }
 
 // RequeueBuild: allocated or started → scheduled; the attempt is closed
-// as requeued with the reason. AgentID keeps naming the last agent.
-func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Time, reason string) error {
+// as requeued with kind and reason. AgentID keeps naming the last agent.
+func (s *Store) RequeueBuild(ctx context.Context, id, agentID string, at time.Time, kind db.AttemptKind, reason string) error {
+	if err := checkKind("requeueing", id, kind); err != nil {
+		return err
+	}
 	return s.transition(ctx, id,
 		rule{op: "requeueing", urgent: true, from: held, holder: true, agentID: agentID, at: at, event: db.Event{Type: db.EventRequeued, Reason: reason}},
 		`state = 'scheduled', started_at = NULL, ended_at = NULL`, nil,
 		func(tx Tx, c changed) error {
 			n := c.attempt
-			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'requeued', reason = ?`, ms(at), reason)
+			return setAttempt(ctx, tx, id, n, `ended_at = ?, outcome = 'requeued', kind = ?, reason = ?`, ms(at), string(kind), reason)
 		})
 }
 
@@ -360,12 +367,21 @@ func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error 
 }
 
 // FailDependency moves a scheduled build to failed-dependency because an
-// input can no longer be built; cause names it (e.g. the failed build) and
-// becomes the failure reason. Not yet part of db.Store (adding a method
-// would break existing fakes); see db.DependencyFailer.
-func (s *Store) FailDependency(ctx context.Context, id string, at time.Time, cause string) error {
-	return s.transition(ctx, id, failDependencyRule(at, cause),
-		`state = 'failed-dependency', ended_at = ?, failure_reason = ?`, []any{ms(at), cause}, nil)
+// input can no longer be built, recording the failed input and build, and
+// d.Reason as the failure reason. Not yet part of db.Store (adding a
+// method would break existing fakes); see db.DependencyFailer.
+func (s *Store) FailDependency(ctx context.Context, at time.Time, d db.DependencyFailure) error {
+	return s.transition(ctx, d.ID, failDependencyRule(at, d.Reason()),
+		`state = 'failed-dependency', ended_at = ?, failure_reason = ?, failed_input = ?, failed_build = ?`,
+		[]any{ms(at), d.Reason(), d.FailedInput, d.FailedBuild}, nil)
+}
+
+// checkKind refuses a kind that is not one of db's, before any write.
+func checkKind(op, id string, kind db.AttemptKind) error {
+	if !kind.Valid() {
+		return fmt.Errorf("%s build %s: attempt kind %q is not one of db's", op, id, kind)
+	}
+	return nil
 }
 
 func failDependencyRule(at time.Time, cause string) rule {
@@ -390,32 +406,36 @@ func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.De
 	err = s.writeBackground(ctx, func(tx Tx) error {
 		skipped = map[string]error{} // a retried transaction starts over
 		changedByID := make(map[string]changed, len(deps))
-		// Group by cause, keeping first-seen order; a repeated id is a
-		// conflict on its second appearance, as two single calls would be.
-		var causes []string
-		byCause := map[string][]string{}
+		// Group by cause (failed input and build), keeping first-seen
+		// order; a repeated id is a conflict on its second appearance, as
+		// two single calls would be.
+		type cause struct{ input, build string }
+		var causes []cause
+		byCause := map[cause][]string{}
 		seen := make(map[string]bool, len(deps))
 		for _, d := range deps {
 			if seen[d.ID] {
 				continue
 			}
 			seen[d.ID] = true
-			if _, ok := byCause[d.Cause]; !ok {
-				causes = append(causes, d.Cause)
+			k := cause{d.FailedInput, d.FailedBuild}
+			if _, ok := byCause[k]; !ok {
+				causes = append(causes, k)
 			}
-			byCause[d.Cause] = append(byCause[d.Cause], d.ID)
+			byCause[k] = append(byCause[k], d.ID)
 		}
-		for _, cause := range causes {
-			for ids := range slices.Chunk(byCause[cause], setChunk) {
+		for _, k := range causes {
+			reason := db.DependencyFailure{FailedInput: k.input, FailedBuild: k.build}.Reason()
+			for ids := range slices.Chunk(byCause[k], setChunk) {
 				// "state || ''" keeps SQLite's planner off the
 				// (state, seq) index (EXPLAIN QUERY PLAN picks it for
 				// "state = 'scheduled'"): with a long id list
 				// and no statistics it otherwise walks every scheduled
 				// build instead of looking up each id.
-				q := `UPDATE builds SET state = 'failed-dependency', ended_at = ?, failure_reason = ?
+				q := `UPDATE builds SET state = 'failed-dependency', ended_at = ?, failure_reason = ?, failed_input = ?, failed_build = ?
 					WHERE id IN (` + placeholders(len(ids)) + `) AND state || '' = 'scheduled'
 					RETURNING id, attempts, derivation, system, agent_id`
-				args := append([]any{ms(at), cause}, anys(ids)...)
+				args := append([]any{ms(at), reason, k.input, k.build}, anys(ids)...)
 				err := eachRow(ctx, tx, q, args, func(rows *sql.Rows) error {
 					var (
 						id    string
@@ -463,7 +483,7 @@ func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.De
 		// every other writer waits for held meanwhile.
 		events := make([]db.Event, 0, len(moved))
 		for _, d := range deps {
-			r := failDependencyRule(at, d.Cause)
+			r := failDependencyRule(at, d.Reason())
 			c, ok := changedByID[d.ID]
 			if !ok || !seen[d.ID] {
 				// Not moved, or a repeat of one that was: say why.
@@ -515,12 +535,15 @@ func anys(ss []string) []any {
 // SetupFailBuild: allocated or started → scheduled (or failed when final),
 // closing the attempt with the reason; events setup-failure, then
 // missing-inputs when missing is not empty, then failed when final.
-func (s *Store) SetupFailBuild(ctx context.Context, id, agentID string, at time.Time, reason string, missing []string, final bool) error {
+func (s *Store) SetupFailBuild(ctx context.Context, id, agentID string, at time.Time, kind db.AttemptKind, reason string, missing []string, final bool) error {
+	if err := checkKind("recording setup failure of", id, kind); err != nil {
+		return err
+	}
 	set, args := `state = 'scheduled', started_at = NULL, ended_at = NULL`, []any(nil)
-	outcome := "requeued"
+	outcome := db.OutcomeRequeued
 	if final {
 		set, args = `state = 'failed', ended_at = ?, failure_reason = ?`, []any{ms(at), reason}
-		outcome = "failed"
+		outcome = db.OutcomeFailed
 	}
 	// The events are appended in the callback rather than by the rule, so
 	// that setup-failure comes first and the others follow in id order.
@@ -533,7 +556,7 @@ func (s *Store) SetupFailBuild(ctx context.Context, id, agentID string, at time.
 		events = append(events, db.Event{Type: db.EventFailed, Reason: reason})
 	}
 	return s.transition(ctx, id, r, set, args, func(tx Tx, c changed) error {
-		if err := setAttempt(ctx, tx, id, c.attempt, `ended_at = ?, outcome = ?, reason = ?`, ms(at), outcome, reason); err != nil {
+		if err := setAttempt(ctx, tx, id, c.attempt, `ended_at = ?, outcome = ?, kind = ?, reason = ?`, ms(at), string(outcome), string(kind), reason); err != nil {
 			return err
 		}
 		tags, err := buildTags(ctx, tx, id)
