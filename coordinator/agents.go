@@ -176,7 +176,7 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		// A result of the previous session still being verified settles
 		// the build itself.
 		if !c.verifying[id] {
-			c.requeueLocked(ctx, id, agentID, "agent reconnected without the build", "")
+			c.requeueLocked(ctx, id, agentID, db.KindInfrastructure, "agent reconnected without the build", "")
 		}
 	}
 	c.dispatchLocked(ctx)
@@ -238,7 +238,7 @@ func (c *Coordinator) reconcileLocked(ctx context.Context, s *Session, hb *proto
 	sort.Strings(lost)
 	for _, id := range lost {
 		c.log.Warn("agent does not hold a build allocated to it; requeueing", "build", id, "agent", s.agentID)
-		c.requeueLocked(ctx, id, s.agentID, "agent does not hold the build", "")
+		c.requeueLocked(ctx, id, s.agentID, db.KindInfrastructure, "agent does not hold the build", "")
 	}
 	for id, pushed := range s.cancels {
 		if pushed <= hb.Handled {
