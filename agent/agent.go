@@ -144,9 +144,10 @@ func New(cfg Config) (*Agent, error) {
 	}, nil
 }
 
-// Run connects and serves until ctx ends (returns nil) or the host key is
-// refused (returns the *HostKeyError). Every other failure is retried with
-// backoff. Running builds are stopped when ctx ends.
+// Run connects and serves until ctx ends (returns nil), the host key is
+// refused (returns the *HostKeyError) or the coordinator refuses the
+// agent's key (returns the *AuthRefusedError). Every other failure (the
+// network, the coordinator restarting) is retried with backoff. Running builds are stopped when ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	v, err := a.cfg.Backend.Version(ctx)
 	if err != nil {
@@ -171,7 +172,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		var hk *HostKeyError
-		if errors.As(err, &hk) {
+		var ar *AuthRefusedError
+		if errors.As(err, &hk) || errors.As(err, &ar) {
 			return err
 		}
 		if welcomed {

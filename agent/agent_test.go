@@ -478,6 +478,39 @@ func TestHostKeyRefused(t *testing.T) {
 	}
 }
 
+// An unregistered key is refused for good: Run returns at once with an
+// *AuthRefusedError; a coordinator that is not there yet is retried.
+func TestUnregisteredKeyStops(t *testing.T) {
+	f := startCoordinator(t)
+	a := newTestAgent(t, f, f.knownHosts(t, f.hostKey.PublicKey()))
+	a.cfg.Dialer.Identity = newSigner(t)
+	select {
+	case err := <-runAgent(t, a):
+		var ar *AuthRefusedError
+		if !errors.As(err, &ar) || !strings.Contains(err.Error(), "not registered") || !strings.Contains(err.Error(), "agent new") {
+			t.Fatalf("got %v, want an AuthRefusedError saying how to register the key", err)
+		}
+		t.Log(err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent kept retrying with a refused key")
+	}
+
+	// Nothing listens: a network error, retried until the agent is stopped.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	b := newTestAgent(t, f, f.knownHosts(t, f.hostKey.PublicKey()))
+	b.cfg.Dialer.Address = closed
+	select {
+	case err := <-runAgent(t, b):
+		t.Fatalf("agent stopped on a network error: %v", err)
+	case <-time.After(time.Second):
+	}
+}
+
 func TestInterruptedUploadResumes(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/head"); err != nil {
 		t.Skip("needs /usr/bin/head for an incompressible output")

@@ -5,9 +5,12 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -36,6 +39,27 @@ func (e *HostKeyError) Error() string {
 	}
 	return fmt.Sprintf("host key for %s is not in %s (server presented %s); add the coordinator's host key there",
 		e.Host, e.KnownHosts, e.Presented)
+}
+
+// AuthRefusedError says the coordinator refused the agent's key. Like a
+// refused host key it is permanent: the key is not registered (or was
+// revoked) until an operator runs `agent new` for it, so the agent stops.
+type AuthRefusedError struct {
+	Address     string
+	Fingerprint string // of the agent's public key
+}
+
+func (e *AuthRefusedError) Error() string {
+	return fmt.Sprintf("coordinator %s refused the key %s: it is not registered (or was revoked); "+
+		"an agent's key is registered with `ssh coord agent new --name NAME --key \"'$(cat KEY.pub)'\"`", e.Address, e.Fingerprint)
+}
+
+// transportFailed reports whether err is the connection failing (closed,
+// reset, timed out) rather than an answer from the server.
+func transportFailed(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.As(err, &ne)
 }
 
 // LoadIdentity reads an OpenSSH (or PEM) private key file without a
@@ -146,12 +170,21 @@ func (d *Dialer) Dial(ctx context.Context) (*ssh.Client, error) {
 	if timeout <= 0 {
 		timeout = 20 * time.Second
 	}
+	// keyTried: the server answered the publickey attempt (the callback
+	// runs after each attempt, with the methods tried so far).
+	keyTried := false
 	cfg := &ssh.ClientConfig{
 		User:              "gbc-agent", // ignored by the coordinator: the key decides
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(d.Identity)},
 		HostKeyCallback:   check,
 		HostKeyAlgorithms: algos,
 		Timeout:           timeout,
+		AuthCallback: func(ac *ssh.ClientAuthContext) (ssh.AuthMethod, error) {
+			if slices.Contains(ac.TriedMethods, "publickey") {
+				keyTried = true
+			}
+			return nil, nil
+		},
 	}
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -173,6 +206,9 @@ func (d *Dialer) Dial(ctx context.Context) (*ssh.Client, error) {
 		var hk *HostKeyError
 		if errors.As(err, &hk) {
 			return nil, hk // already names the host and the file
+		}
+		if keyTried && dctx.Err() == nil && !transportFailed(err) {
+			return nil, &AuthRefusedError{Address: d.Address, Fingerprint: ssh.FingerprintSHA256(d.Identity.PublicKey())}
 		}
 		return nil, fmt.Errorf("ssh handshake with coordinator %s: %w", d.Address, err)
 	}

@@ -163,3 +163,46 @@ func TestStoppedAgentPastGraceGetsItsBuildBack(t *testing.T) {
 		t.Errorf("status after success still shows an allocation:\n%s", st)
 	}
 }
+
+// TestUnregisteredAgentExitsAndNameIsRegistered: an agent whose key is not
+// registered exits with a message saying so (no retry loop); a registered
+// one is known by its registered name whatever --name says.
+func TestUnregisteredAgentExitsAndNameIsRegistered(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t)
+	stranger := newKey(t, f.dir, "stranger")
+	p := f.startAgent(stranger, "stranger")
+	err, ok := p.exited(30 * time.Second)
+	if !ok {
+		t.Fatalf("agent with an unregistered key still running:\n%s", p.log.String())
+	}
+	if err == nil || !strings.Contains(p.log.String(), "not registered") {
+		t.Fatalf("exit %v, log:\n%s", err, p.log.String())
+	}
+
+	key := newKey(t, f.dir, "builder-reg")
+	id := f.mustSSH(fmt.Sprintf("agent new --name builder-reg --key '%s'", key.Pub))
+	f.startAgent(key, "some-host-name")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var st struct {
+			Agents []struct {
+				ID   string `json:"id"`
+				Name string `json:"name"`
+			} `json:"agents"`
+		}
+		if err := jsonUnmarshal(f.mustSSH("status --json"), &st); err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Agents) == 1 {
+			if st.Agents[0].ID != id || st.Agents[0].Name != "builder-reg" {
+				t.Fatalf("connected agent %+v, want %s named builder-reg", st.Agents[0], id)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent did not connect")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
