@@ -1,5 +1,5 @@
 // Package archive reads and writes the `nix-store --export` / `guix archive
-// --export` stream (FORMATS.md §3): a sequence of records, each a NAR
+// --export` stream (docs/formats.md §5): a sequence of records, each a NAR
 // followed by the path's metadata and an optional signature. Guix signs the
 // bytes from the start of the NAR through the deriver with its ECDSA key.
 package archive

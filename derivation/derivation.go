@@ -1,5 +1,5 @@
 // Package derivation reads and writes Nix/Guix .drv files (the ATerm
-// "Derive(...)" format, FORMATS.md §1) and computes hashDerivationModulo and
+// "Derive(...)" format, docs/formats.md §3) and computes hashDerivationModulo and
 // output paths. Parsing is strict: anything that would not print back to the
 // same bytes is rejected with an error naming the byte offset, so a parsed
 // Derivation can be hashed without surprises.

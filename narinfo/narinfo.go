@@ -1,6 +1,6 @@
 // Package narinfo parses, writes, signs and verifies binary-cache narinfo
-// files in both flavours: Nix's (FORMATS.md §4, Ed25519 "Sig:" lines over a
-// fingerprint) and Guix's (§5, an ECDSA signature over the raw bytes that
+// files in both flavours: Nix's (docs/formats.md §6, Ed25519 "Sig:" lines over a
+// fingerprint) and Guix's (§7, an ECDSA signature over the raw bytes that
 // precede "Signature:", with one URL/Compression/FileSize group per
 // compression). It is pure.
 package narinfo
@@ -345,7 +345,7 @@ func abbrev(s string) string {
 	return s
 }
 
-// Fingerprint is the string Nix signs (FORMATS §4):
+// Fingerprint is the string Nix signs (docs/formats.md §6):
 // 1;<path>;<narhash base32>;<narsize>;<sorted full reference paths>.
 func (n *NarInfo) Fingerprint() ([]byte, error) {
 	if n.NarHash.Algo != nixhash.SHA256 {

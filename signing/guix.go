@@ -193,7 +193,7 @@ func hashToInt(h []byte) *big.Int {
 	return e
 }
 
-// ecdsaVerify checks an ECDSA signature over the Ed25519 curve (FORMATS §5).
+// ecdsaVerify checks an ECDSA signature over the Ed25519 curve (docs/formats.md §7).
 func ecdsaVerify(q []byte, hash []byte, r, s *big.Int) bool {
 	if r.Sign() <= 0 || s.Sign() <= 0 || r.Cmp(curveOrder) >= 0 || s.Cmp(curveOrder) >= 0 {
 		return false

@@ -1,6 +1,6 @@
 // Package signing holds the two signature schemes binary caches use: Nix's
 // Ed25519 narinfo signatures ("name:base64") and Guix's ECDSA-over-Ed25519
-// signatures carried as libgcrypt s-expressions (FORMATS.md §4, §5). It is
+// signatures carried as libgcrypt s-expressions (docs/formats.md §6, §7). It is
 // pure: callers read and write the key files.
 package signing
 

@@ -34,7 +34,7 @@ func TestNixKeysFromNix(t *testing.T) {
 	if sec.String() != secText || pub.String() != pubText || sec.Public().String() != pubText {
 		t.Fatalf("round trip: %q %q %q", sec.String(), pub.String(), sec.Public().String())
 	}
-	// Signature written by real Nix for c1vkj2…-multi (FORMATS §4).
+	// Signature written by real Nix for c1vkj2…-multi (docs/formats.md §6).
 	fp := []byte("1;/nix/store/c1vkj2mccblk74zz1fzah0m1rjmc47nw-multi;sha256:1hpblh9r4dkacy70sd0bs64s8k4318m8rkwk6k2zmba9snh25z7y;168;/nix/store/ahmsbzv5qw2i380wwcpv3bf6lm3ijmfx-simple")
 	sig := "research-cache-1:PkVfk91IOzcc7FwYECKhGDW9rRGEA/M0Z+3F344bt73fpQAW2I5Tg47IHvRGwiW4T0hzv6yZXwBh4DGN08hNAQ=="
 	keys := []NixPublicKey{pub}

@@ -1,5 +1,5 @@
 // Package storepath parses, validates and computes Nix/Guix store paths
-// (FORMATS.md §7). It is pure: no I/O, and it works for any store directory
+// (docs/formats.md §2). It is pure: no I/O, and it works for any store directory
 // (/nix/store, /gnu/store, ...).
 package storepath
 
@@ -142,7 +142,7 @@ func ValidateStoreDir(dir string) error {
 }
 
 // Make computes storeDir/hash-name for a path type and inner hash as in
-// FORMATS §7: sha256("type:sha256:<hex inner>:storeDir:name") folded to 20
+// docs/formats.md §2: sha256("type:sha256:<hex inner>:storeDir:name") folded to 20
 // bytes. Callers must pass a valid name; Make does not check it.
 func Make(storeDir, typ string, inner []byte, name string) string {
 	s := typ + ":sha256:" + hex.EncodeToString(inner) + ":" + storeDir + ":" + name
