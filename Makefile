@@ -46,7 +46,8 @@ golden:
 	$(GO) test ./cmd/gbc ./sshd -run TestHelpGolden -count=1 -update
 
 # race runs the tests of the concurrent packages under the race detector.
-# Not part of `make test`: it takes several times as long.
+# Not part of `make test`: about twice the wall time of the same tests
+# without it (78 s against 41 s on 2 cores).
 race: deps
 	$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
 
