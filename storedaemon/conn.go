@@ -10,7 +10,7 @@ import (
 	"sync"
 )
 
-// Protocol constants (FORMATS.md §6; Nix worker-protocol.hh and Guix's
+// Protocol constants (docs/formats.md §8; Nix worker-protocol.hh and Guix's
 // nix/libstore/worker-protocol.hh).
 const (
 	workerMagic1 = 0x6e697863 // "cxin", client → daemon

@@ -11,7 +11,7 @@ import (
 // exportMagic follows the NAR in each export record ("NIXE").
 const exportMagic = 0x4558494e
 
-// ExportRecord is one path in an export stream (FORMATS.md §3), the input
+// ExportRecord is one path in an export stream (docs/formats.md §5), the input
 // of ImportPaths.
 type ExportRecord struct {
 	Path       string

@@ -267,7 +267,7 @@ func (c *Conn) sendFramed(r io.Reader) error {
 	return nil
 }
 
-// ImportPaths imports an export stream (FORMATS.md §3, see
+// ImportPaths imports an export stream (docs/formats.md §5, see
 // ExportWriter) and returns the imported paths. guix-daemon requires
 // every record to be signed by a key in its ACL (/etc/guix/acl); Nix
 // daemons accept it from trusted clients.

@@ -190,7 +190,7 @@ func finish(t *testing.T, c *Conn, done <-chan error) {
 }
 
 // TestNixTranscript replays the bytes real nix-daemon 2.8 sent
-// (FORMATS.md §6 and vectors/daemon/session1).
+// (docs/formats.md §8 and vectors/daemon/session1).
 func TestNixTranscript(t *testing.T) {
 	c, done := transcriptConn(t, "nix-2.8-session.txt", nil)
 	ctx := context.Background()

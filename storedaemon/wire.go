@@ -25,7 +25,7 @@ const (
 	MaxReadRequest = 1 << 20
 )
 
-// reader decodes the protocol's ints and strings (FORMATS.md §0) from a
+// reader decodes the protocol's ints and strings (docs/formats.md §1) from a
 // buffered stream, bounding every length.
 type reader struct {
 	r   *bufio.Reader
