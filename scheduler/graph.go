@@ -80,6 +80,7 @@ func (s *Scheduler) Add(b Build) error {
 			s.builds[idx].waiting++
 		}
 		s.drvs[di].dependents = append(s.drvs[di].dependents, ref{idx, s.builds[idx].gen})
+		s.noteOrphan(di)
 	}
 
 	// Two exact ways to account for the builds in up: recount everything
@@ -298,10 +299,21 @@ func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
 		return nil
 	}
 	s.failed++
+	F, failedDependency := s.withDependents(idx)
+	s.failedDep += uint64(len(failedDependency))
+	s.detach(F)
+	return failedDependency
+}
+
+// withDependents marks build idx as leaving and, unless its derivation is
+// available or another live build of it remains, the queued builds waiting
+// on it, directly or not; it returns them all (idx first) and the
+// dependents as Deps naming idx. The caller detaches them.
+func (s *Scheduler) withDependents(idx int32) (F []int32, deps []Dep) {
 	x := &s.builds[idx]
 	x.dying = true
 	cause := Dep{FailedBuild: s.idOf(idx), FailedInput: s.drvs[x.drv].path}
-	F := []int32{idx}
+	F = []int32{idx}
 	if !s.drvs[x.drv].available && s.allDying(x.drv) {
 		gone := map[int32]bool{x.drv: true}
 		queue := []int32{x.drv}
@@ -320,7 +332,7 @@ func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
 				F = append(F, r.idx)
 				dep := cause
 				dep.ID, dep.Derivation = s.idOf(r.idx), s.drvs[y.drv].path
-				failedDependency = append(failedDependency, dep)
+				deps = append(deps, dep)
 				if e := y.drv; !gone[e] && !s.drvs[e].available && s.allDying(e) {
 					gone[e] = true
 					queue = append(queue, e)
@@ -328,9 +340,7 @@ func (s *Scheduler) Failed(id string) (failedDependency []Dep) {
 			}
 		}
 	}
-	s.failedDep += uint64(len(F) - 1)
-	s.detach(F)
-	return failedDependency
+	return F, deps
 }
 
 // Cancel removes a build, queued or allocated (the caller stops it on its
@@ -505,6 +515,9 @@ func (s *Scheduler) freeSlot(x int32) (nowRunnable []string) {
 	}
 	delete(s.deferUntil, x)
 	b.state = stFree
+	if dn.head == 0 && len(dn.dependents) > 0 {
+		s.noteOrphan(b.drv)
+	}
 	if s.strategy == Permissive && !dn.available && dn.head == 0 {
 		// No build of it here any more: assumed substitutable again.
 		for _, r := range dn.dependents {

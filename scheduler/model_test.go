@@ -213,6 +213,72 @@ func (m *model) failed(id string) []Dep {
 	return deps
 }
 
+// stuck is the least fixpoint: a queued build is stuck when one of its
+// inputs is dead, and a derivation is dead when it blocks and every live
+// build of it (none: an orphan) is stuck. Only derivation-ordered mode.
+func (m *model) stuck() map[string]bool {
+	out := map[string]bool{}
+	if m.strategy != DerivationOrdered {
+		return out
+	}
+	for changed := true; changed; {
+		changed = false
+		for id, b := range m.live {
+			if out[id] || b.allocated {
+				continue
+			}
+			for _, in := range b.InputDrvs {
+				if m.dead(in, out) {
+					out[id] = true
+					changed = true
+					break
+				}
+			}
+		}
+	}
+	return out
+}
+
+func (m *model) dead(d string, stuck map[string]bool) bool {
+	if !m.blocking(d) {
+		return false
+	}
+	for _, b := range m.live {
+		if b.Derivation == d && !stuck[b.ID] {
+			return false
+		}
+	}
+	return true
+}
+
+// orphansBelow: the derivations without a live build reached from b's
+// inputs through dead derivations only.
+func (m *model) orphansBelow(b *mbuild, stuck map[string]bool) []string {
+	var out []string
+	seen := map[string]bool{}
+	stack := slices.Clone(b.InputDrvs)
+	for len(stack) > 0 {
+		d := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[d] || !m.dead(d, stuck) {
+			continue
+		}
+		seen[d] = true
+		orphan := true
+		for _, y := range m.live {
+			if y.Derivation == d {
+				orphan = false
+				stack = append(stack, y.InputDrvs...)
+			}
+		}
+		if orphan {
+			out = append(out, d)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func (m *model) allIn(d string, set map[string]bool) bool {
 	for _, b := range m.live {
 		if b.Derivation == d && !set[b.ID] {
@@ -354,7 +420,8 @@ func runModel(t *testing.T, data []byte) {
 			}
 		case 6: // cancel or requeue
 			id := pick()
-			if src.n(2) == 0 {
+			switch src.n(3) {
+			case 0:
 				log = append(log, "cancel "+id)
 				if _, ok := m.live[id]; !ok {
 					s.Cancel(id)
@@ -365,7 +432,29 @@ func runModel(t *testing.T, data []byte) {
 				if !slices.Equal(sorted(got), want) {
 					fail("cancel %s: runnable %v want %v", id, sorted(got), want)
 				}
-			} else {
+			case 1:
+				log = append(log, "cancel input "+id)
+				if _, ok := m.live[id]; !ok {
+					s.CancelInput(id)
+					continue
+				}
+				if st == Permissive {
+					var got []string
+					want := m.newlyRunnable(func() { m.remove(id); _, got = s.CancelInput(id) })
+					if !slices.Equal(sorted(got), want) {
+						fail("cancel input %s: runnable %v want %v", id, sorted(got), want)
+					}
+					continue
+				}
+				got, runnable := s.CancelInput(id)
+				sortDeps(got)
+				if want := m.failed(id); fmt.Sprint(got) != fmt.Sprint(want) {
+					fail("cancel input %s: stranded %v want %v", id, got, want)
+				}
+				if len(runnable) > 0 {
+					fail("cancel input %s: runnable %v in derivation-ordered mode", id, runnable)
+				}
+			default:
 				avoid := modelAgents[src.n(len(modelAgents))].ID
 				log = append(log, "requeue "+id+" avoid "+avoid)
 				s.Requeue(id, avoid)
@@ -424,6 +513,33 @@ func runModel(t *testing.T, data []byte) {
 			}
 			if got := s.AllocatedTo(a.ID); !slices.Equal(got, sorted(want)) && len(got)+len(want) > 0 {
 				fail("allocated to %s: got %v want %v", a.ID, got, sorted(want))
+			}
+		}
+		stuck := m.stuck()
+		if got := s.Stuck(); got != len(stuck) {
+			fail("stuck: got %d want %d (%v)", got, len(stuck), stuck)
+		}
+		for id, b := range m.live {
+			if b.allocated {
+				continue
+			}
+			inputs, unb, total, ok := s.Blockers(id, 100)
+			want := m.orphansBelow(b, stuck)
+			if !ok || !slices.Equal(unb, want) || total != len(want) || (len(want) > 0) != stuck[id] {
+				fail("blockers of %s: unbuildable %v (%d) want %v, stuck %v", id, unb, total, want, stuck[id])
+			}
+			var wantIn []string
+			for _, in := range b.InputDrvs {
+				if m.blocking(in) {
+					wantIn = append(wantIn, fmt.Sprintf("%s:%v", in, m.dead(in, stuck)))
+				}
+			}
+			var gotIn []string
+			for _, bl := range inputs {
+				gotIn = append(gotIn, fmt.Sprintf("%s:%v", bl.Derivation, bl.Unbuildable))
+			}
+			if !slices.Equal(sorted(gotIn), sorted(wantIn)) {
+				fail("blocking inputs of %s: got %v want %v", id, gotIn, wantIn)
 			}
 		}
 		stats := s.Stats()

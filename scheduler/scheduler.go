@@ -217,6 +217,10 @@ type Scheduler struct {
 
 	succeeded, failed, failedDep, canceled uint64
 
+	// orphans holds input derivations that blocked with no live build
+	// when last seen (derivation-ordered mode; see blocked.go).
+	orphans map[int32]struct{}
+
 	// path overrides the cost-based choice between two exact updates, so
 	// tests check both: 0 chooses by cost, 1 always recounts, 2 never does.
 	path uint8
