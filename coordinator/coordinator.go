@@ -304,6 +304,11 @@ type Status struct {
 	Blocked   int            // waiting for input derivations
 	Deferred  int
 	Allocated int
+	// Stuck: queued builds that wait for an input nothing here will
+	// build (see Blockage); they never run unless an operator acts.
+	Stuck int
+	// Unmatched: ready builds that no connected active agent can take.
+	Unmatched int
 	Connected []AgentStatus
 }
 
@@ -317,7 +322,7 @@ type AgentStatus struct {
 	Running     []string  `json:"running"`
 	Active      bool      `json:"active"`
 	ConnectedAt time.Time `json:"connected_at"`
-	LastSeen    time.Time `json:"last_seen"`
+	LastSeen    time.Time `json:"last_seen_at"` // the name agents --json uses
 }
 
 // Status returns queue lengths and connected agents.
@@ -326,6 +331,7 @@ func (c *Coordinator) Status() Status {
 	defer c.mu.Unlock()
 	ss := c.sched.Stats()
 	st := Status{Queued: ss.ReadyBySystem, Blocked: ss.Waiting, Deferred: ss.Deferred, Allocated: ss.Allocated}
+	st.Stuck, st.Unmatched = c.blockedLocked()
 	for _, s := range c.sessions {
 		st.Connected = append(st.Connected, s.statusLocked())
 	}

@@ -436,7 +436,9 @@ const (
 
 // endedLocked is called once per build reaching a terminal state: it tells
 // the scheduler, wakes waiters and records failed-dependency for the
-// dependents of a failed build (each naming the input that failed).
+// dependents of a failed build (each naming the input that failed), and
+// for those of a canceled build that would otherwise wait forever for it
+// (derivation-ordered mode; see scheduler.CancelInput).
 func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 	c.wakeLocked(id)
 	delete(c.avoid, id)
@@ -444,68 +446,75 @@ func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 	case outcomeSucceeded:
 		c.sched.Succeeded(id)
 	case outcomeCanceled:
-		c.sched.Cancel(id)
+		deps, _ := c.sched.CancelInput(id)
+		c.failDependentsLocked(ctx, id, deps, true)
 	case outcomeFailed:
 		deps := c.sched.Failed(id)
-		if len(deps) == 0 {
-			return
-		}
-		failer, ok := c.store.(db.DependencyFailer)
-		if !ok {
-			c.log.Error("store cannot record failed-dependency; dependents stay scheduled in the database", "build", id, "dependents", len(deps))
-			return
-		}
-		// The dependents already left the scheduler, so nothing can
-		// dispatch them; recording them (one transaction for all) need not
-		// hold the lock that every report and dispatch waits for. A crash
-		// before the commit leaves them all scheduled in the database, as
-		// a crash before the write did when it held the lock.
-		// Waiters are woken after the write, so Wait sees the new state.
-		now := c.clk.Now()
-		batch := make([]db.DependencyFailure, len(deps))
-		for i, d := range deps {
-			batch[i] = db.DependencyFailure{ID: d.ID, FailedInput: d.FailedInput, FailedBuild: d.FailedBuild}
-		}
-		write := func(ctx context.Context, locked bool) {
-			var done []string
-			// In chunks: the store lets waiting transitions (a success,
-			// an allocation) go between them, so a build with thousands
-			// of dependents does not hold up dispatch for its length.
-			for chunk := range slices.Chunk(batch, failChunk) {
-				skipped, err := failer.FailDependencies(ctx, now, chunk)
-				if err != nil {
-					c.log.Error("mark failed dependencies", "build", id, "dependents", len(chunk), "err", err)
+		c.failDependentsLocked(ctx, id, deps, false)
+	}
+}
+
+// failDependentsLocked records failed-dependency for deps, the dependents
+// the scheduler removed with build id (failed, or canceled).
+func (c *Coordinator) failDependentsLocked(ctx context.Context, id string, deps []scheduler.Dep, canceled bool) {
+	if len(deps) == 0 {
+		return
+	}
+	failer, ok := c.store.(db.DependencyFailer)
+	if !ok {
+		c.log.Error("store cannot record failed-dependency; dependents stay scheduled in the database", "build", id, "dependents", len(deps))
+		return
+	}
+	// The dependents already left the scheduler, so nothing can
+	// dispatch them; recording them (one transaction for all) need not
+	// hold the lock that every report and dispatch waits for. A crash
+	// before the commit leaves them all scheduled in the database, as
+	// a crash before the write did when it held the lock.
+	// Waiters are woken after the write, so Wait sees the new state.
+	now := c.clk.Now()
+	batch := make([]db.DependencyFailure, len(deps))
+	for i, d := range deps {
+		batch[i] = db.DependencyFailure{ID: d.ID, FailedInput: d.FailedInput, FailedBuild: d.FailedBuild, InputCanceled: canceled}
+	}
+	write := func(ctx context.Context, locked bool) {
+		var done []string
+		// In chunks: the store lets waiting transitions (a success,
+		// an allocation) go between them, so a build with thousands
+		// of dependents does not hold up dispatch for its length.
+		for chunk := range slices.Chunk(batch, failChunk) {
+			skipped, err := failer.FailDependencies(ctx, now, chunk)
+			if err != nil {
+				c.log.Error("mark failed dependencies", "build", id, "dependents", len(chunk), "err", err)
+				continue
+			}
+			for _, d := range chunk {
+				if e := skipped[d.ID]; e != nil {
+					c.log.Error("mark failed dependency", "build", d.ID, "err", e)
 					continue
 				}
-				for _, d := range chunk {
-					if e := skipped[d.ID]; e != nil {
-						c.log.Error("mark failed dependency", "build", d.ID, "err", e)
-						continue
-					}
-					c.log.Info("build failed: dependency", "build", d.ID, "cause", d.Reason())
-					done = append(done, d.ID)
-				}
-			}
-			if !locked {
-				c.mu.Lock()
-				defer c.mu.Unlock()
-			}
-			for _, id := range done {
-				c.wakeLocked(id)
+				c.log.Info("build failed: dependency", "build", d.ID, "cause", d.Reason())
+				done = append(done, d.ID)
 			}
 		}
-		if c.closed {
-			write(ctx, true)
-			return
+		if !locked {
+			c.mu.Lock()
+			defer c.mu.Unlock()
 		}
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			// The caller's context ends with its request; the writes
-			// must not.
-			write(context.WithoutCancel(ctx), false)
-		}()
+		for _, id := range done {
+			c.wakeLocked(id)
+		}
 	}
+	if c.closed {
+		write(ctx, true)
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		// The caller's context ends with its request; the writes
+		// must not.
+		write(context.WithoutCancel(ctx), false)
+	}()
 }
 
 func (c *Coordinator) wakeLocked(id string) {

@@ -329,11 +329,17 @@ type DependencyFailure struct {
 	ID          string
 	FailedInput string
 	FailedBuild string
+	// InputCanceled: that build was canceled rather than failed.
+	InputCanceled bool
 }
 
 // Reason is the failure reason recorded for people.
 func (d DependencyFailure) Reason() string {
-	return "dependency failed: input " + d.FailedInput + " (build " + d.FailedBuild + ")"
+	r := "dependency failed: input " + d.FailedInput + " (build " + d.FailedBuild + ")"
+	if d.InputCanceled {
+		r += " was canceled"
+	}
+	return r
 }
 
 // Scheduling is implemented by stores that support the scheduler's

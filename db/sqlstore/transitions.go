@@ -409,7 +409,10 @@ func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.De
 		// Group by cause (failed input and build), keeping first-seen
 		// order; a repeated id is a conflict on its second appearance, as
 		// two single calls would be.
-		type cause struct{ input, build string }
+		type cause struct {
+			input, build string
+			canceled     bool
+		}
 		var causes []cause
 		byCause := map[cause][]string{}
 		seen := make(map[string]bool, len(deps))
@@ -418,14 +421,14 @@ func (s *Store) FailDependencies(ctx context.Context, at time.Time, deps []db.De
 				continue
 			}
 			seen[d.ID] = true
-			k := cause{d.FailedInput, d.FailedBuild}
+			k := cause{d.FailedInput, d.FailedBuild, d.InputCanceled}
 			if _, ok := byCause[k]; !ok {
 				causes = append(causes, k)
 			}
 			byCause[k] = append(byCause[k], d.ID)
 		}
 		for _, k := range causes {
-			reason := db.DependencyFailure{FailedInput: k.input, FailedBuild: k.build}.Reason()
+			reason := db.DependencyFailure{FailedInput: k.input, FailedBuild: k.build, InputCanceled: k.canceled}.Reason()
 			for ids := range slices.Chunk(byCause[k], setChunk) {
 				// "state || ''" keeps SQLite's planner off the
 				// (state, seq) index (EXPLAIN QUERY PLAN picks it for
