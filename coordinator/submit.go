@@ -450,9 +450,9 @@ type plainError struct {
 func (e *plainError) Error() string { return e.msg }
 func (e *plainError) Unwrap() error { return e.is }
 
-// lookupBuild reads a build an operator named; an unknown id says so
+// Build reads a build an operator named; an unknown id says so
 // plainly.
-func (c *Coordinator) lookupBuild(ctx context.Context, id string) (db.Build, error) {
+func (c *Coordinator) Build(ctx context.Context, id string) (db.Build, error) {
 	b, err := c.store.Build(ctx, id)
 	if errors.Is(err, db.ErrNotFound) {
 		return db.Build{}, &plainError{fmt.Sprintf("no build %q ('builds' lists the build ids)", truncate(id, 64)), db.ErrNotFound}
@@ -489,7 +489,7 @@ func (c *Coordinator) CancelWithDependents(ctx context.Context, id string) ([]st
 }
 
 func (c *Coordinator) cancel(ctx context.Context, id string, withDependents bool) ([]string, error) {
-	b, err := c.lookupBuild(ctx, id)
+	b, err := c.Build(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -566,7 +566,7 @@ func (c *Coordinator) SetPriority(ctx context.Context, id string, priority int) 
 	if !ok {
 		return errors.New("this store cannot change priorities")
 	}
-	b, err := c.lookupBuild(ctx, id)
+	b, err := c.Build(ctx, id)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package sshd
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db"
 )
 
@@ -60,11 +62,53 @@ type buildJSON struct {
 	Outputs          []outputJSON  `json:"outputs"`
 }
 
-// queueJSON is a live build's place in the scheduler.
+// queueJSON is a live build's place in the scheduler and, while it is
+// queued, what it waits for.
 type queueJSON struct {
 	State           string `json:"state"` // waiting, deferred, ready, allocated
 	DerivedPriority int    `json:"derived_priority"`
 	Dependents      int    `json:"dependents"`
+	// BlockingInputs are the input derivations it waits for.
+	BlockingInputs []coordinator.BlockingInput `json:"blocking_inputs,omitempty"`
+	// UnbuildableInputs are the derivations in its input closure that
+	// nothing will build: it waits for them forever unless someone acts.
+	UnbuildableInputs []string `json:"unbuildable_inputs,omitempty"`
+	UnbuildableTotal  int      `json:"unbuildable_total,omitempty"`
+	// NoAgent says why no connected agent can take it.
+	NoAgent string `json:"no_agent,omitempty"`
+}
+
+// queueOf reads a live build's place in the queue; nil once it ended.
+func queueOf(x *call, id string) *queueJSON {
+	st, p, n, ok := x.s.coord.QueueOrder(id)
+	if !ok {
+		return nil
+	}
+	q := &queueJSON{State: st, DerivedPriority: p, Dependents: n}
+	if bl, ok := x.s.coord.Blockage(id); ok {
+		q.BlockingInputs, q.UnbuildableInputs, q.UnbuildableTotal, q.NoAgent = bl.Inputs, bl.Unbuildable, bl.UnbuildableTotal, bl.NoAgent
+	}
+	return q
+}
+
+// explain tells an operator, once, why a queued build will not run by
+// itself: inputs nothing will build, or no connected agent that can take
+// it. Nothing is said for a build that only waits its turn.
+func explain(w io.Writer, id string, q *queueJSON) {
+	if q == nil {
+		return
+	}
+	if q.UnbuildableTotal > 0 {
+		more := ""
+		if n := q.UnbuildableTotal - len(q.UnbuildableInputs); n > 0 {
+			more = fmt.Sprintf(" and %d more", n)
+		}
+		fmt.Fprintf(w, "build %s waits for inputs that nothing will build (no build here, outputs not in the cache): %s%s; %s\n",
+			id, strings.Join(q.UnbuildableInputs, " "), more, coordinator.FixUnbuildable)
+	}
+	if q.NoAgent != "" {
+		fmt.Fprintf(w, "build %s: %s\n", id, q.NoAgent)
+	}
 }
 
 func toJSON(b db.Build) buildJSON {
@@ -133,6 +177,14 @@ func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
 		if *asJSON {
 			list := make([]buildJSON, 0, len(bs))
 			for _, b := range bs {
+				// The list leaves out attempts and outputs; JSON readers
+				// get them, as build show has them.
+				full, err := x.s.coord.Build(x.ctx, b.ID)
+				if err == nil {
+					b = full
+				} else if !errors.Is(err, db.ErrNotFound) {
+					return err
+				}
 				list = append(list, toJSON(b))
 			}
 			return writeJSON(x.out, list)
@@ -205,14 +257,12 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 		if err := needArgs(x, 1, "one build id"); err != nil {
 			return err
 		}
-		b, err := x.s.store.Build(x.ctx, x.args[0])
+		b, err := x.s.coord.Build(x.ctx, x.args[0])
 		if err != nil {
-			return fmt.Errorf("build %q: %w", truncate(x.args[0], 64), err)
+			return err
 		}
 		j := toJSON(b)
-		if st, p, n, ok := x.s.coord.QueueOrder(b.ID); ok {
-			j.Queue = &queueJSON{State: st, DerivedPriority: p, Dependents: n}
-		}
+		j.Queue = queueOf(x, b.ID)
 		if *asJSON {
 			return writeJSON(x.out, j)
 		}
@@ -242,8 +292,29 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 		if j.DeferUntil != "" {
 			row("defer_until", j.DeferUntil)
 		}
-		if j.Queue != nil {
-			row("queue", fmt.Sprintf("%s derived_priority=%d dependents=%d", j.Queue.State, j.Queue.DerivedPriority, j.Queue.Dependents))
+		if q := j.Queue; q != nil {
+			row("queue", fmt.Sprintf("%s derived_priority=%d dependents=%d", q.State, q.DerivedPriority, q.Dependents))
+			for _, in := range q.BlockingInputs {
+				what := "build " + strings.Join(in.Builds, ", build ")
+				if len(in.Builds) == 0 {
+					what = "no build here, outputs not in the cache"
+				}
+				if in.Unbuildable {
+					what += "; nothing will build it"
+				}
+				row("waits for", in.Derivation+" ("+what+")")
+			}
+			if q.UnbuildableTotal > 0 {
+				more := ""
+				if n := q.UnbuildableTotal - len(q.UnbuildableInputs); n > 0 {
+					more = fmt.Sprintf(" and %d more", n)
+				}
+				row("unbuildable", strings.Join(q.UnbuildableInputs, " ")+more)
+				row("to unblock", coordinator.FixUnbuildable)
+			}
+			if q.NoAgent != "" {
+				row("no agent", q.NoAgent)
+			}
 		}
 		for _, a := range j.Attempts {
 			row(fmt.Sprintf("attempt %d", a.Number), fmt.Sprintf("agent %s %s %s", a.Agent, a.Outcome, a.Reason))
@@ -260,10 +331,22 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 }
 
 func setupBuildCancel(fs *pflag.FlagSet) func(x *call) error {
+	withDeps := fs.Bool("with-dependents", false, "also cancel every build that waits on this one, directly or not (without it, queued builds that would wait for it forever become failed-dependency)")
 	return func(x *call) error {
 		if err := needArgs(x, 1, "one build id"); err != nil {
 			return err
 		}
-		return x.s.coord.Cancel(x.ctx, x.args[0])
+		if !*withDeps {
+			return x.s.coord.Cancel(x.ctx, x.args[0])
+		}
+		deps, err := x.s.coord.CancelWithDependents(x.ctx, x.args[0])
+		for _, d := range deps {
+			fmt.Fprintln(x.out, d)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(x.errOut, "canceled %s and %d dependent build(s)\n", x.args[0], len(deps))
+		return nil
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/gbc-farm/gbc/coordinator"
 )
 
 func setupStatus(fs *pflag.FlagSet) func(x *call) error {
@@ -16,17 +18,25 @@ func setupStatus(fs *pflag.FlagSet) func(x *call) error {
 		}
 		st := x.s.coord.Status()
 		if *asJSON {
-			return writeJSON(x.out, map[string]any{"queued": st.Queued, "blocked": st.Blocked, "deferred": st.Deferred,
-				"allocated": st.Allocated, "agents": nonNil(st.Connected)})
+			return writeJSON(x.out, map[string]any{"queued": st.Queued, "blocked": st.Blocked, "stuck": st.Stuck,
+				"unmatched": st.Unmatched, "deferred": st.Deferred, "allocated": st.Allocated, "agents": nonNil(st.Connected)})
 		}
 		systems := make([]string, 0, len(st.Queued))
-		for sys := range st.Queued {
+		ready := 0
+		for sys, n := range st.Queued {
 			systems = append(systems, sys)
+			ready += n
 		}
 		sort.Strings(systems)
-		fmt.Fprintf(x.out, "queued: %d system(s), %d waiting for inputs, %d deferred, %d allocated\n", len(systems), st.Blocked, st.Deferred, st.Allocated)
+		fmt.Fprintf(x.out, "builds: %d ready to run, %d waiting for inputs, %d deferred, %d running\n", ready, st.Blocked, st.Deferred, st.Allocated)
 		for _, sys := range systems {
-			fmt.Fprintf(x.out, "  %s: %d\n", sys, st.Queued[sys])
+			fmt.Fprintf(x.out, "  ready for %s: %d\n", sys, st.Queued[sys])
+		}
+		if st.Stuck > 0 {
+			fmt.Fprintf(x.out, "stuck: %d build(s) wait for inputs that nothing will build; 'build show ID' names them (%s)\n", st.Stuck, coordinator.FixUnbuildable)
+		}
+		if st.Unmatched > 0 {
+			fmt.Fprintf(x.out, "unmatched: %d ready build(s) that no connected agent can take (system, features or tags); 'build show ID' says why\n", st.Unmatched)
 		}
 		fmt.Fprintf(x.out, "connected agents: %d\n", len(st.Connected))
 		for _, a := range st.Connected {

@@ -21,6 +21,7 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 		"also submit every derivation in the input closure whose outputs have no successful build and are not in the cache")
 	timeout := fs.Duration("timeout", 0, "stop a build running longer than this (default: the coordinator's)")
 	maxSilent := fs.Duration("max-silent-time", 0, "stop a build silent for longer than this (default: the coordinator's)")
+	asJSON := fs.Bool("json", false, "print JSON: the builds (with what each waits for), and with --wait their results")
 	return func(x *call) error {
 		if len(x.args) == 0 {
 			return usageErr("want at least one .drv path")
@@ -58,37 +59,63 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 		if err != nil {
 			return err
 		}
-		for _, id := range ids {
-			fmt.Fprintln(x.out, id)
+		// Why a build will not run by itself, said at once rather than
+		// after a wait that never ends.
+		queues := make([]*queueJSON, len(ids))
+		for i, id := range ids {
+			queues[i] = queueOf(x, id)
+		}
+		if *asJSON && !*wait {
+			list := make([]submittedJSON, len(ids))
+			for i, id := range ids {
+				list[i] = submittedJSON{ID: id, Derivation: x.args[i], Queue: queues[i]}
+			}
+			return writeJSON(x.out, list)
+		}
+		if !*asJSON {
+			for _, id := range ids {
+				fmt.Fprintln(x.out, id)
+			}
+		}
+		for i, id := range ids {
+			explain(x.errOut, id, queues[i])
 		}
 		if !*wait {
 			return nil
 		}
 		type result struct {
+			i   int
 			b   db.Build
 			err error
 		}
 		results := make(chan result, len(ids))
-		for _, id := range ids {
+		for i, id := range ids {
 			go func() {
 				b, err := x.s.coord.Wait(x.ctx, id)
 				if err != nil {
 					err = fmt.Errorf("wait for build %s: %w", id, err)
 				}
-				results <- result{b, err}
+				results <- result{i, b, err}
 			}()
 		}
 		failed := 0
+		done := make([]buildJSON, len(ids)) // --json: in the order given
 		for range ids {
 			r := <-results
 			if r.err != nil {
 				return r.err
 			}
 			b := r.b
+			if b.State != db.StateSucceeded {
+				failed++
+			}
+			if *asJSON {
+				done[r.i] = toJSON(b)
+				continue
+			}
 			switch b.State {
 			case db.StateSucceeded:
 				fmt.Fprintf(x.out, "build %s succeeded (on agent %s)\n", b.ID, b.AgentID)
-				continue
 			case db.StateFailed:
 				fmt.Fprintf(x.out, "build %s failed (on agent %s)\n", b.ID, b.AgentID)
 				fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, b.FailureReason)
@@ -98,11 +125,22 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 					fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, b.FailureReason)
 				}
 			}
-			failed++
+		}
+		if *asJSON {
+			if err := writeJSON(x.out, done); err != nil {
+				return err
+			}
 		}
 		if failed > 0 {
 			return fmt.Errorf("%d of %d build(s) did not succeed", failed, len(ids))
 		}
 		return nil
 	}
+}
+
+// submittedJSON is one submitted build as build --json prints it.
+type submittedJSON struct {
+	ID         string     `json:"id"`
+	Derivation string     `json:"derivation"`
+	Queue      *queueJSON `json:"queue,omitempty"`
 }

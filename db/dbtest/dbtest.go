@@ -913,7 +913,8 @@ func testFailDependencies(t *testing.T, s db.Store) {
 	for i := range many {
 		id := fmt.Sprintf("m%04d", i)
 		bs = append(bs, newBuild(id, 10))
-		batch = append(batch, db.DependencyFailure{ID: id, FailedInput: fmt.Sprintf("input %d", i%2)})
+		// Every third input was canceled rather than failed: a cause of its own.
+		batch = append(batch, db.DependencyFailure{ID: id, FailedInput: fmt.Sprintf("input %d", i%2), InputCanceled: i%3 == 0})
 	}
 	createBuilds(t, s, bs...)
 	// Two were tried and requeued: their events name the agent and the
