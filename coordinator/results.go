@@ -15,6 +15,7 @@ import (
 	"github.com/gbc-farm/gbc/cache"
 	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
@@ -99,7 +100,7 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 	}
 	reason := m.Reason
 	if m.Message != "" {
-		reason += ": " + truncate(m.Message, 1000)
+		reason += ": " + text.Truncate(m.Message, 1000)
 	}
 	c := s.c
 	// Recorded before taking the lock, as in Succeeded.
@@ -133,9 +134,9 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 	if err != nil {
 		return err
 	}
-	reason := "setup-failure: " + truncate(m.Reason, 1000)
+	reason := "setup-failure: " + text.Truncate(m.Reason, 1000)
 	if len(m.Missing) > 0 {
-		reason += " (missing " + truncate(strings.Join(m.Missing, " "), 1000) + ")"
+		reason += " (missing " + text.Truncate(strings.Join(m.Missing, " "), 1000) + ")"
 	}
 	c := s.c
 	// The event's missing list: what the agent reported, plus the input
@@ -512,10 +513,3 @@ func verifyFile(dir string, o protocol.OutputResult) (db.OutputResult, error) {
 
 // millis is a duration in milliseconds with µs precision, for logs.
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}

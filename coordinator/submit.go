@@ -17,6 +17,7 @@ import (
 
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
 	"github.com/gbc-farm/gbc/storepath"
@@ -455,10 +456,10 @@ func (e *plainError) Unwrap() error { return e.is }
 func (c *Coordinator) Build(ctx context.Context, id string) (db.Build, error) {
 	b, err := c.store.Build(ctx, id)
 	if errors.Is(err, db.ErrNotFound) {
-		return db.Build{}, &plainError{fmt.Sprintf("no build %q ('builds' lists the build ids)", truncate(id, 64)), db.ErrNotFound}
+		return db.Build{}, &plainError{fmt.Sprintf("no build %q ('builds' lists the build ids)", text.Truncate(id, 64)), db.ErrNotFound}
 	}
 	if err != nil {
-		return db.Build{}, fmt.Errorf("read build %s: %w", truncate(id, 64), err)
+		return db.Build{}, fmt.Errorf("read build %s: %w", text.Truncate(id, 64), err)
 	}
 	return b, nil
 }

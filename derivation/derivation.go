@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/storepath"
 )
@@ -37,11 +38,11 @@ func (o Output) FixedHash() (method string, h nixhash.Hash, err error) {
 		return "", nixhash.Hash{}, fmt.Errorf("output %q: unknown hash algorithm %q", o.Name, o.HashAlgo)
 	}
 	if len(o.Hash) != 2*a.Size() {
-		return "", nixhash.Hash{}, fmt.Errorf("output %q: %s hash %q has %d hex digits, want %d", o.Name, algo, trunc(o.Hash), len(o.Hash), 2*a.Size())
+		return "", nixhash.Hash{}, fmt.Errorf("output %q: %s hash %q has %d hex digits, want %d", o.Name, algo, text.Truncate(o.Hash, 64), len(o.Hash), 2*a.Size())
 	}
 	d, err := hex.DecodeString(o.Hash)
 	if err != nil || hex.EncodeToString(d) != o.Hash {
-		return "", nixhash.Hash{}, fmt.Errorf("output %q: hash %q is not lowercase hex", o.Name, trunc(o.Hash))
+		return "", nixhash.Hash{}, fmt.Errorf("output %q: hash %q is not lowercase hex", o.Name, text.Truncate(o.Hash, 64))
 	}
 	return method, nixhash.Hash{Algo: a, Digest: d}, nil
 }
@@ -215,11 +216,3 @@ func (d *Derivation) DrvPath() (string, error) {
 func cmpOutput(a, b Output) int     { return strings.Compare(a.Name, b.Name) }
 func cmpInputDrv(a, b InputDrv) int { return strings.Compare(a.Path, b.Path) }
 func cmpEnv(a, b EnvVar) int        { return strings.Compare(a.Key, b.Key) }
-
-func trunc(s string) string {
-	const max = 64
-	if len(s) <= max {
-		return s
-	}
-	return s[:max] + "..."
-}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/storepath"
 )
 
@@ -167,9 +168,9 @@ func (p *parser) sorted(what, v string, off int, prev *string) error {
 	}
 	switch c := strings.Compare(*prev, v); {
 	case c == 0:
-		return p.fail(off, "duplicate %s %q", what, trunc(v))
+		return p.fail(off, "duplicate %s %q", what, text.Truncate(v, 64))
 	case c > 0:
-		return p.fail(off, "%s %q is out of order after %q (must be sorted bytewise)", what, trunc(v), trunc(*prev))
+		return p.fail(off, "%s %q is out of order after %q (must be sorted bytewise)", what, text.Truncate(v, 64), text.Truncate(*prev, 64))
 	}
 	return nil
 }
@@ -184,7 +185,7 @@ func (p *parser) path(what, detail, v string, off int) error {
 	if p.storeDir == "" {
 		p.storeDir = sp.StoreDir
 	} else if sp.StoreDir != p.storeDir {
-		return p.fail(off, "%s%s %q is in store %q, but earlier paths are in %q", what, detail, trunc(v), sp.StoreDir, p.storeDir)
+		return p.fail(off, "%s%s %q is in store %q, but earlier paths are in %q", what, detail, text.Truncate(v, 64), sp.StoreDir, p.storeDir)
 	}
 	return nil
 }
@@ -328,7 +329,7 @@ func (p *parser) checkOutput(o Output, offs [4]int) error {
 	}
 	if o.IsFixed() {
 		if _, algo := splitMethod(o.HashAlgo); !knownAlgo(algo) {
-			return p.fail(offs[2], "output %q: unknown hash algorithm %q", o.Name, trunc(o.HashAlgo))
+			return p.fail(offs[2], "output %q: unknown hash algorithm %q", o.Name, text.Truncate(o.HashAlgo, 64))
 		}
 		if _, _, err := o.FixedHash(); err != nil {
 			return p.fail(offs[3], "%v", err)
@@ -337,7 +338,7 @@ func (p *parser) checkOutput(o Output, offs [4]int) error {
 	}
 	// Floating CA or impure: the algorithm must still be one we know.
 	if _, algo := splitMethod(o.HashAlgo); !knownAlgo(algo) {
-		return p.fail(offs[2], "output %q: unknown hash algorithm %q", o.Name, trunc(o.HashAlgo))
+		return p.fail(offs[2], "output %q: unknown hash algorithm %q", o.Name, text.Truncate(o.HashAlgo, 64))
 	}
 	if o.Path != "" {
 		return p.fail(offs[1], "output %q is content-addressed without a hash but has a path", o.Name)
@@ -366,7 +367,7 @@ func (p *parser) inputDrvs(d *Derivation) error {
 			return err
 		}
 		if !strings.HasSuffix(path, ".drv") {
-			return p.fail(off, "input derivation %q does not end in .drv", trunc(path))
+			return p.fail(off, "input derivation %q does not end in .drv", text.Truncate(path, 64))
 		}
 		if n := len(d.InputDrvs); n > 0 {
 			if err := p.sorted("input derivation", path, off, &d.InputDrvs[n-1].Path); err != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 )
 
 // maxHookOutput bounds what is kept of a hook program's output.
@@ -71,7 +72,7 @@ func lastLine(b []byte) string {
 	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
 		s = s[i+1:]
 	}
-	return truncate(s, 500)
+	return text.Truncate(s, 500)
 }
 
 type cappedBuffer struct {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 )
 
 // Store is what the runner needs from db.Store.
@@ -329,7 +330,7 @@ func (r *Runner) deliver(ctx context.Context, h Hook, log *slog.Logger, e db.Eve
 	if e.Type != db.EventHookFailed {
 		// Reporting a failure to report would loop; log only.
 		rep := db.Event{Type: db.EventHookFailed, At: r.cfg.Clock.Now(), Build: e.Build, Agent: e.Agent,
-			Hook: h.Name, EventID: e.ID, Reason: truncate(err.Error(), 2000)}
+			Hook: h.Name, EventID: e.ID, Reason: text.Truncate(err.Error(), 2000)}
 		if _, aerr := r.cfg.Store.AppendEvent(ctx, rep); aerr != nil {
 			log.Error("record hook-failed event", "event", e.ID, "err", aerr)
 		}
@@ -360,11 +361,4 @@ func Permanent(err error) error {
 		return nil
 	}
 	return &permanentError{err}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

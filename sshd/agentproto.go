@@ -9,6 +9,7 @@ import (
 	"github.com/gliderlabs/ssh"
 
 	"github.com/gbc-farm/gbc/coordinator"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/protocol"
 )
 
@@ -164,7 +165,7 @@ func (s *Server) handleAgent(sess ssh.Session) {
 		case *protocol.Ack:
 			cs.Ack(m.ID)
 		case *protocol.Error:
-			log.Warn("agent reported an error", "id", m.ID, "message", truncate(m.Message, 500))
+			log.Warn("agent reported an error", "id", m.ID, "message", text.Truncate(m.Message, 500))
 		case *protocol.Started, *protocol.Failed, *protocol.SetupFailure, *protocol.Succeeded:
 			select {
 			case results <- m:

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/keys"
 )
 
@@ -85,7 +86,7 @@ func setupAgentKeyAdd(fs *pflag.FlagSet) func(x *call) error {
 		}
 		agentID := x.params[0]
 		if _, err := x.s.store.Agent(x.ctx, agentID); err != nil {
-			return fmt.Errorf("agent %q: %w", truncate(agentID, 64), err)
+			return fmt.Errorf("agent %q: %w", text.Truncate(agentID, 64), err)
 		}
 		ak, err := keys.ParseAuthorizedKey(x.args[0])
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 )
 
 type outputJSON struct {
@@ -245,7 +246,7 @@ func setupBuildPriority(fs *pflag.FlagSet) func(x *call) error {
 		}
 		p, err := strconv.Atoi(x.args[1])
 		if err != nil || p < math.MinInt32 || p > math.MaxInt32 {
-			return usageErr("priority %q is not a 32-bit integer", truncate(x.args[1], 40))
+			return usageErr("priority %q is not a 32-bit integer", text.Truncate(x.args[1], 40))
 		}
 		return x.s.coord.SetPriority(x.ctx, x.args[0], p)
 	}

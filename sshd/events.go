@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 )
 
 // followPoll is how often --follow looks for new rows. Polling the store
@@ -36,7 +37,7 @@ func setupEvents(fs *pflag.FlagSet) func(x *call) error {
 			for _, one := range strings.Split(t, ",") {
 				et := db.EventType(strings.TrimSpace(one))
 				if !db.ValidEventType(et) {
-					return usageErr("--type %q is not an event type (%s)", truncate(one, 40), eventTypeList())
+					return usageErr("--type %q is not an event type (%s)", text.Truncate(one, 40), eventTypeList())
 				}
 				f.Types = append(f.Types, et)
 			}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/keys"
 )
 
@@ -85,7 +86,7 @@ func setupKeyRemove(fs *pflag.FlagSet) func(x *call) error {
 			return errors.New("refusing to remove the key this session uses")
 		}
 		if err := x.s.store.DeleteKey(x.ctx, fp); err != nil {
-			return fmt.Errorf("remove key %q: %w", truncate(fp, 80), err)
+			return fmt.Errorf("remove key %q: %w", text.Truncate(fp, 80), err)
 		}
 		return nil
 	}

@@ -30,13 +30,6 @@ func textTime(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
 func nonNil[T any](s []T) []T {
 	if s == nil {
 		return []T{}

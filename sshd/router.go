@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 )
 
 // maxCommandBytes bounds the command line a client may send.
@@ -131,7 +132,7 @@ func (s *Server) exec(ctx context.Context, sess ssh.Session) int {
 		return 1
 	}
 	if who.Role == db.RoleAgent {
-		s.log.Warn("agent key tried to run a command", "agent", who.AgentID, "command", truncate(sess.RawCommand(), 200))
+		s.log.Warn("agent key tried to run a command", "agent", who.AgentID, "command", text.Truncate(sess.RawCommand(), 200))
 		fmt.Fprintln(stderr, "permission denied: agent keys may only open the gbc-agent-v1 and sftp subsystems")
 		return 1
 	}
@@ -161,7 +162,7 @@ func (s *Server) run(ctx context.Context, who principal, words []string, in io.R
 	table := commandTable()
 	c, params, rest, ok := route(table, words)
 	if !ok {
-		fmt.Fprintf(errOut, "unknown command %q; run 'help'\n", truncate(strings.Join(words, " "), 100))
+		fmt.Fprintf(errOut, "unknown command %q; run 'help'\n", text.Truncate(strings.Join(words, " "), 100))
 		return 2
 	}
 	if !allowed(who.Role, c.role) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 )
 
 func setupBuild(fs *pflag.FlagSet) func(x *call) error {
@@ -31,13 +32,13 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 			if d, ok := strings.CutPrefix(v, "+"); ok {
 				dur, err := time.ParseDuration(d)
 				if err != nil || dur < 0 {
-					return usageErr("--defer-until %q: not a +DURATION", truncate(v, 40))
+					return usageErr("--defer-until %q: not a +DURATION", text.Truncate(v, 40))
 				}
 				until = x.s.now().Add(dur)
 			} else {
 				t, err := time.Parse(time.RFC3339, v)
 				if err != nil {
-					return usageErr("--defer-until %q: want RFC 3339 (2026-01-02T15:04:05Z) or +DURATION", truncate(v, 40))
+					return usageErr("--defer-until %q: want RFC 3339 (2026-01-02T15:04:05Z) or +DURATION", text.Truncate(v, 40))
 				}
 				until = t
 			}
@@ -49,7 +50,7 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 		for _, t := range *tags {
 			k, v, ok := strings.Cut(t, "=")
 			if !ok || k == "" {
-				return usageErr("--tag %q is not K=V", truncate(t, 80))
+				return usageErr("--tag %q is not K=V", text.Truncate(t, 80))
 			}
 			ts = append(ts, db.Tag{Key: k, Value: v})
 		}

@@ -12,6 +12,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/protocol"
 )
 
@@ -45,7 +46,7 @@ func (s *Server) handleDirectTCPIP(_ *ssh.Server, conn *gossh.ServerConn, nc gos
 	}
 	dest := net.JoinHostPort(d.DestAddr, strconv.FormatUint(uint64(d.DestPort), 10))
 	if dest != protocol.CacheAddress {
-		s.log.Info("forward refused", "dest", truncate(dest, 200), "remote", conn.RemoteAddr().String())
+		s.log.Info("forward refused", "dest", text.Truncate(dest, 200), "remote", conn.RemoteAddr().String())
 		nc.Reject(gossh.Prohibited, "only "+protocol.CacheAddress+" (the binary cache) can be reached here")
 		return
 	}

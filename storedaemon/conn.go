@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+
+	"github.com/gbc-farm/gbc/internal/text"
 )
 
 // Protocol constants (docs/formats.md §8; Nix worker-protocol.hh and Guix's
@@ -373,7 +375,7 @@ func (c *Conn) readError(op string) error {
 			return &ConnError{Op: op, Err: err}
 		}
 		if typ != "Error" {
-			return &ConnError{Op: op, Err: fmt.Errorf("error type %q, want \"Error\"", trunc(typ))}
+			return &ConnError{Op: op, Err: fmt.Errorf("error type %q, want \"Error\"", text.Truncate(typ, 64))}
 		}
 		if _, err := c.r.int("error level"); err != nil {
 			return &ConnError{Op: op, Err: err}
@@ -508,11 +510,4 @@ func (c *Conn) readFields() ([]any, error) {
 		}
 	}
 	return out, nil
-}
-
-func trunc(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
 }

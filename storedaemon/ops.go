@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/nixhash"
 )
 
@@ -108,7 +109,7 @@ func (c *Conn) readPathInfo(r *reader, path string) (*PathInfo, error) {
 	}
 	d, err := hex.DecodeString(h)
 	if err != nil || len(d) != 32 {
-		return nil, fmt.Errorf("NAR hash %q is not a hex SHA-256", trunc(h))
+		return nil, fmt.Errorf("NAR hash %q is not a hex SHA-256", text.Truncate(h, 64))
 	}
 	i.NarHash = nixhash.Hash{Algo: nixhash.SHA256, Digest: d}
 	if i.References, err = r.strings("references"); err != nil {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/nixhash"
 )
 
@@ -50,15 +51,15 @@ func (p StorePath) IsDerivation() bool { return strings.HasSuffix(p.Name, ".drv"
 func Parse(p string) (StorePath, error) {
 	i := strings.LastIndexByte(p, '/')
 	if i < 0 {
-		return StorePath{}, fmt.Errorf("store path %q: not absolute", trunc(p))
+		return StorePath{}, fmt.Errorf("store path %q: not absolute", text.Truncate(p, 256))
 	}
 	dir, base := p[:i], p[i+1:]
 	if err := ValidateStoreDir(dir); err != nil {
-		return StorePath{}, fmt.Errorf("store path %q: %w", trunc(p), err)
+		return StorePath{}, fmt.Errorf("store path %q: %w", text.Truncate(p, 256), err)
 	}
 	sp, err := ParseBase(base)
 	if err != nil {
-		return StorePath{}, fmt.Errorf("store path %q: %w", trunc(p), err)
+		return StorePath{}, fmt.Errorf("store path %q: %w", text.Truncate(p, 256), err)
 	}
 	sp.StoreDir = dir
 	return sp, nil
@@ -68,7 +69,7 @@ func Parse(p string) (StorePath, error) {
 // a StorePath with an empty StoreDir.
 func ParseBase(base string) (StorePath, error) {
 	if len(base) < HashLen+2 {
-		return StorePath{}, fmt.Errorf("basename %q too short for a hash part and a name", trunc(base))
+		return StorePath{}, fmt.Errorf("basename %q too short for a hash part and a name", text.Truncate(base, 256))
 	}
 	h, sep, name := base[:HashLen], base[HashLen], base[HashLen+1:]
 	for j := 0; j < len(h); j++ {
@@ -77,7 +78,7 @@ func ParseBase(base string) (StorePath, error) {
 		}
 	}
 	if sep != '-' {
-		return StorePath{}, fmt.Errorf("basename %q: expected '-' after the %d-character hash part, found %q", trunc(base), HashLen, sep)
+		return StorePath{}, fmt.Errorf("basename %q: expected '-' after the %d-character hash part, found %q", text.Truncate(base, 256), HashLen, sep)
 	}
 	if err := ValidateName(name); err != nil {
 		return StorePath{}, err
@@ -92,7 +93,7 @@ func ValidateName(name string) error {
 	case name == "":
 		return fmt.Errorf("empty store path name")
 	case len(name) > MaxNameLen:
-		return fmt.Errorf("store path name %q is %d bytes, limit %d", trunc(name), len(name), MaxNameLen)
+		return fmt.Errorf("store path name %q is %d bytes, limit %d", text.Truncate(name, 256), len(name), MaxNameLen)
 	case name[0] == '.':
 		return fmt.Errorf("store path name %q starts with a period", name)
 	}
@@ -128,7 +129,7 @@ func nameChar(c byte) bool {
 func ValidateStoreDir(dir string) error {
 	switch {
 	case dir == "" || dir[0] != '/':
-		return fmt.Errorf("store directory %q is not absolute", trunc(dir))
+		return fmt.Errorf("store directory %q is not absolute", text.Truncate(dir, 256))
 	case dir == "/":
 		return fmt.Errorf("store directory must not be the root directory")
 	case len(dir) > MaxDirLen:
@@ -199,13 +200,4 @@ func MakeFixedOutputPath(storeDir, name string, recursive bool, h nixhash.Hash, 
 	}
 	inner := sha256.Sum256([]byte("fixed:out:" + r + string(h.Algo) + ":" + h.Hex() + ":"))
 	return Make(storeDir, "output:out", inner[:], name)
-}
-
-// trunc keeps error messages bounded when the input is hostile.
-func trunc(s string) string {
-	const max = 256
-	if len(s) <= max {
-		return s
-	}
-	return s[:max] + "..."
 }

@@ -55,6 +55,7 @@ import (
 	"github.com/gbc-farm/gbc/db/postgres"
 	"github.com/gbc-farm/gbc/db/sqlite"
 	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
@@ -382,16 +383,9 @@ func command(c *ssh.Client, line string) (string, error) {
 	var out, errb bytes.Buffer
 	s.Stdout, s.Stderr = &out, &errb
 	if err := s.Run(line); err != nil {
-		return out.String(), fmt.Errorf("%s: %w: %s", truncate(line, 80), err, strings.TrimSpace(errb.String()))
+		return out.String(), fmt.Errorf("%s: %w: %s", text.Truncate(line, 80), err, strings.TrimSpace(errb.String()))
 	}
 	return out.String(), nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 func (b *bench) submit(c *ssh.Client, flags string, drvs []string) ([]string, error) {
