@@ -8,7 +8,7 @@ FUZZTIME  ?= 60s
 # Packages that run goroutines of their own; `make race` tests them under
 # the race detector.
 RACE_PKGS := ./agent/... ./cache ./clock ./cmd/gbc ./compression ./coordinator \
-	./db/sqlite ./db/sqlstore ./hooks ./nar ./protocol ./scheduler ./sshd \
+	./db/sqlite ./db/sqlstore ./hooks ./nar ./protocol ./scheduler ./sshd ./storedaemon \
 	./bench/internal/httpload
 
 .PHONY: all build test fmt vet lint golden race deps demo fuzz bench clean
