@@ -1,7 +1,7 @@
 #!/bin/sh
 # The two db.Store backends side by side (bench/dbstore): CreateBuilds rate,
-# AllocateBuild rate and p50/p99 with the table full, RunnableBuilds (queue
-# rebuild at start) and database size. Prints a table. Not part of make test.
+# allocation rate and p50/p99 with the table full, the paged queue rebuild
+# at start and database size. Prints a table. Not part of make test.
 #
 #   GBC_TEST_POSTGRES=postgres://gbc:gbc@127.0.0.1/gbc_test bench/db.sh          # 1,000,000 builds
 #   bench/db.sh -n 100000 -allocs 5000 -pg postgres://…                          # quicker

@@ -22,16 +22,6 @@ import (
 	"github.com/gbc-farm/gbc/scheduler"
 )
 
-// Store is the durable state the coordinator needs: db.Store plus the two
-// queries that rebuild its in-memory view at start and on reconnects.
-type Store interface {
-	db.Store
-	// RunnableBuilds returns every build that is scheduled and runnable.
-	RunnableBuilds(ctx context.Context) ([]db.Build, error)
-	// BuildsOnAgent returns the allocated or started builds held by an agent.
-	BuildsOnAgent(ctx context.Context, agentID string) ([]db.Build, error)
-}
-
 var (
 	// ErrNotYourBuild: an agent reported on a build it does not hold.
 	ErrNotYourBuild = errors.New("build is not allocated to this agent")
@@ -72,7 +62,7 @@ const (
 type Config struct {
 	// StateDir holds uploads/ and cache/ (and the database, opened by the caller).
 	StateDir string
-	Store    Store
+	Store    db.Store
 	Clock    clock.Clock
 	Logger   *slog.Logger
 	// StoreDirs are the directories submitted .drv files may live in.
@@ -125,7 +115,7 @@ type Config struct {
 // Coordinator is safe for concurrent use.
 type Coordinator struct {
 	cfg   Config
-	store Store
+	store db.Store
 	clk   clock.Clock
 	log   *slog.Logger
 

@@ -188,20 +188,9 @@ func (c *Coordinator) submitMissingInputs(ctx context.Context, b db.Build, drvs 
 // liveOrSucceeded reports which derivations have a build here that is
 // queued, running or succeeded.
 func (c *Coordinator) liveOrSucceeded(ctx context.Context, drvs []string) (map[string]bool, error) {
-	var bs []db.Build
-	if sc, ok := c.store.(db.Scheduling); ok {
-		var err error
-		if bs, err = sc.BuildsForDerivations(ctx, drvs); err != nil {
-			return nil, fmt.Errorf("look up builds of %d derivations: %w", len(drvs), err)
-		}
-	} else {
-		for _, d := range drvs {
-			got, err := c.store.Builds(ctx, db.BuildFilter{Derivation: d})
-			if err != nil {
-				return nil, fmt.Errorf("look up builds of %s: %w", d, err)
-			}
-			bs = append(bs, got...)
-		}
+	bs, err := c.store.BuildsForDerivations(ctx, drvs)
+	if err != nil {
+		return nil, fmt.Errorf("look up builds of %d derivations: %w", len(drvs), err)
 	}
 	have := map[string]bool{}
 	for _, b := range bs {

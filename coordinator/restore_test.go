@@ -9,10 +9,6 @@ import (
 	"github.com/gbc-farm/gbc/protocol"
 )
 
-// plainStore hides the optional store interfaces (db.Scheduling), as a
-// store without the paged queue read would.
-type plainStore struct{ Store }
-
 // TestRestartUsesRecordedInputs: submission records each build's input
 // derivations, and the queue rebuilt at start (a page per build here,
 // dependents recorded before their inputs) keeps every dependency without
@@ -76,8 +72,8 @@ func TestRestartUsesRecordedInputs(t *testing.T) {
 }
 
 // TestRestartRereadsUnrecordedInputs: builds recorded without their inputs
-// (before migration 0004) and stores without the paged read still get
-// their dependencies at start, from the .drv files.
+// (before migration 0004) still get their dependencies at start, from the
+// .drv files.
 func TestRestartRereadsUnrecordedInputs(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -89,12 +85,6 @@ func TestRestartRereadsUnrecordedInputs(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{"store without paged read", func(c *Config) {
-			c.restorePage = 1
-			if _, ok := c.Store.(plainStore); !ok {
-				c.Store = plainStore{c.Store}
-			}
-		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarnessWith(t, tc.mod)

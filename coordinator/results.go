@@ -58,13 +58,7 @@ func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
 	}
 	hw := db.Hardware{Cores: m.Hardware.Cores, MemoryBytes: m.Hardware.MemoryBytes, FreeDiskBytes: m.Hardware.FreeDiskBytes,
 		Load1: m.Hardware.Load1, Backend: s.backend, BackendVersion: s.backendVer}
-	var err error
-	sc, one := s.c.store.(db.Scheduling)
-	if one {
-		err = sc.StartBuildWith(ctx, m.Build, s.agentID, s.c.clk.Now(), hw)
-	} else {
-		err = s.c.store.StartBuild(ctx, m.Build, s.agentID, s.c.clk.Now())
-	}
+	err := s.c.store.StartBuildWith(ctx, m.Build, s.agentID, s.c.clk.Now(), hw)
 	if errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound) {
 		b, _, herr := s.holding(ctx, m.Build, "")
 		if herr != nil {
@@ -76,12 +70,6 @@ func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
 	}
 	if err != nil {
 		return unavailable(fmt.Errorf("start build %s: %w", m.Build, err))
-	}
-	if !one {
-		if err := s.c.store.SetAttemptHardware(ctx, m.Build, s.agentID, hw); err != nil {
-			// The facts are informational; the start itself is recorded.
-			s.c.log.Warn("record attempt hardware", "build", m.Build, "agent", s.agentID, "err", err)
-		}
 	}
 	s.c.log.Info("build started", "build", m.Build, "agent", s.agentID)
 	return nil

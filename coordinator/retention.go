@@ -31,7 +31,7 @@ const (
 // it). Hooks are the hooks configured in this run: progress rows of hooks
 // that are no longer configured hold nothing back.
 type EventRetention struct {
-	Store    db.EventPruning
+	Store    db.Store
 	Keep     time.Duration
 	Hooks    []db.HookFilter
 	Interval time.Duration // 0: DefaultPruneInterval

@@ -59,8 +59,8 @@ const defaultRestorePage = 10000
 // holds them (it may reconnect and continue them within the grace period).
 // It returns the agents that hold builds.
 //
-// The scheduled builds come a page at a time (db.Scheduling's
-// ScheduledBuildsPage, in recording order, which is inputs first in
+// The scheduled builds come a page at a time (ScheduledBuildsPage, in
+// recording order, which is inputs first in
 // practice; the scheduler is exact in any order, AddBatch sorts each page)
 // with their recorded input derivations; only builds recorded before
 // inputs were stored (or by a store without the paged read) have their
@@ -96,42 +96,22 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 		}
 		held[b.AgentID] = true
 	}
-	if sc, ok := c.store.(db.Scheduling); ok {
-		for after := int64(0); ; {
-			page, last, err := sc.ScheduledBuildsPage(ctx, after, c.cfg.restorePage)
-			if err != nil {
-				return nil, fmt.Errorf("load scheduled builds: %w", err)
-			}
-			if len(page) == 0 {
-				break
-			}
-			batch = batch[:0]
-			for i := range page {
-				batch = append(batch, toSched(page[i], r.inputs(page[i].ID, page[i].Derivation, page[i].InputDerivations)))
-			}
-			if err := r.add(batch); err != nil {
-				return nil, err
-			}
-			after = last
-		}
-	} else {
-		runnable, err := c.store.RunnableBuilds(ctx)
+	for after := int64(0); ; {
+		page, last, err := c.store.ScheduledBuildsPage(ctx, after, c.cfg.restorePage)
 		if err != nil {
-			return nil, fmt.Errorf("load runnable builds: %w", err)
+			return nil, fmt.Errorf("load scheduled builds: %w", err)
 		}
-		for len(runnable) > 0 {
-			n := min(c.cfg.restorePage, len(runnable))
-			batch = batch[:0]
-			for i := range n {
-				b := &runnable[i].NewBuild
-				batch = append(batch, toSched(b.Queued(), r.inputs(b.ID, b.Derivation, b.InputDerivations)))
-				runnable[i] = db.Build{}
-			}
-			if err := r.add(batch); err != nil {
-				return nil, err
-			}
-			runnable = runnable[n:]
+		if len(page) == 0 {
+			break
 		}
+		batch = batch[:0]
+		for i := range page {
+			batch = append(batch, toSched(page[i], r.inputs(page[i].ID, page[i].Derivation, page[i].InputDerivations)))
+		}
+		if err := r.add(batch); err != nil {
+			return nil, err
+		}
+		after = last
 	}
 	clear(batch)
 	unresolved := make([]string, 0, len(r.unresolved))
@@ -217,15 +197,13 @@ func (c *Coordinator) resolveInputsLocked(ctx context.Context, drvs []string) er
 		return nil
 	}
 	done := map[string]bool{}
-	if sc, ok := c.store.(db.Scheduling); ok {
-		bs, err := sc.BuildsForDerivations(ctx, ask)
-		if err != nil {
-			return fmt.Errorf("look up builds of %d input derivations: %w", len(ask), err)
-		}
-		for _, b := range bs {
-			if b.State == db.StateSucceeded {
-				done[b.Derivation] = true
-			}
+	bs, err := c.store.BuildsForDerivations(ctx, ask)
+	if err != nil {
+		return fmt.Errorf("look up builds of %d input derivations: %w", len(ask), err)
+	}
+	for _, b := range bs {
+		if b.State == db.StateSucceeded {
+			done[b.Derivation] = true
 		}
 	}
 	for _, d := range ask {
@@ -402,22 +380,10 @@ func (c *Coordinator) assignLocked(ctx context.Context, s *Session, id string) e
 	return nil
 }
 
-// allocate records the allocation and returns what the agent needs, in
-// one transaction where the store can (db.Scheduling), else with a read
-// after it.
+// allocate records the allocation and returns, from the same
+// transaction, what the agent needs.
 func (c *Coordinator) allocate(ctx context.Context, id, agentID string) (db.Allocation, error) {
-	if sc, ok := c.store.(db.Scheduling); ok {
-		return sc.AllocateBuildFor(ctx, id, agentID, c.clk.Now())
-	}
-	if err := c.store.AllocateBuild(ctx, id, agentID, c.clk.Now()); err != nil {
-		return db.Allocation{}, err
-	}
-	b, err := c.store.Build(ctx, id)
-	if err != nil {
-		return db.Allocation{}, fmt.Errorf("reload allocated build: %w", err)
-	}
-	return db.Allocation{ID: id, Derivation: b.Derivation, System: b.System, Priority: b.Priority,
-		Attempt: len(b.Attempts), Outputs: b.Outputs, TimeoutSeconds: b.TimeoutSeconds, MaxSilentSeconds: b.MaxSilentSeconds}, nil
+	return c.store.AllocateBuildFor(ctx, id, agentID, c.clk.Now())
 }
 
 // failChunk is how many failed-dependency transitions share one
@@ -460,11 +426,6 @@ func (c *Coordinator) failDependentsLocked(ctx context.Context, id string, deps 
 	if len(deps) == 0 {
 		return
 	}
-	failer, ok := c.store.(db.DependencyFailer)
-	if !ok {
-		c.log.Error("store cannot record failed-dependency; dependents stay scheduled in the database", "build", id, "dependents", len(deps))
-		return
-	}
 	// The dependents already left the scheduler, so nothing can
 	// dispatch them; recording them (one transaction for all) need not
 	// hold the lock that every report and dispatch waits for. A crash
@@ -482,7 +443,7 @@ func (c *Coordinator) failDependentsLocked(ctx context.Context, id string, deps 
 		// an allocation) go between them, so a build with thousands
 		// of dependents does not hold up dispatch for its length.
 		for chunk := range slices.Chunk(batch, failChunk) {
-			skipped, err := failer.FailDependencies(ctx, now, chunk)
+			skipped, err := c.store.FailDependencies(ctx, now, chunk)
 			if err != nil {
 				c.log.Error("mark failed dependencies", "build", id, "dependents", len(chunk), "err", err)
 				continue

@@ -168,11 +168,7 @@ func (c *Coordinator) existingBuilds(ctx context.Context, sub Submission) (map[s
 	if !sub.IgnoreIfExists {
 		return out, nil
 	}
-	sc, ok := c.store.(db.Scheduling)
-	if !ok {
-		return nil, errors.New("this store cannot look up builds by derivation")
-	}
-	bs, err := sc.BuildsForDerivations(ctx, sub.Derivations)
+	bs, err := c.store.BuildsForDerivations(ctx, sub.Derivations)
 	if err != nil {
 		return nil, fmt.Errorf("look up existing builds: %w", err)
 	}
@@ -219,16 +215,14 @@ func (c *Coordinator) addClosure(ctx context.Context, builds []db.NewBuild, inpu
 			}
 		}
 		c.mu.Unlock()
-		if sc, ok := c.store.(db.Scheduling); ok {
-			bs, err := sc.BuildsForDerivations(ctx, level)
-			if err != nil {
-				return fmt.Errorf("look up builds of input derivations: %w", err)
-			}
-			for _, b := range bs {
-				switch b.State {
-				case db.StateSucceeded, db.StateScheduled, db.StateAllocated, db.StateStarted:
-					skip[b.Derivation] = true
-				}
+		bs, err := c.store.BuildsForDerivations(ctx, level)
+		if err != nil {
+			return fmt.Errorf("look up builds of input derivations: %w", err)
+		}
+		for _, b := range bs {
+			switch b.State {
+			case db.StateSucceeded, db.StateScheduled, db.StateAllocated, db.StateStarted:
+				skip[b.Derivation] = true
 			}
 		}
 		for _, d := range level {
@@ -563,10 +557,6 @@ func (c *Coordinator) stopLocked(id, agentID string) {
 // SetPriority changes a build's priority; everything it waits on is
 // re-ordered through derived priority.
 func (c *Coordinator) SetPriority(ctx context.Context, id string, priority int) error {
-	sc, ok := c.store.(db.Scheduling)
-	if !ok {
-		return errors.New("this store cannot change priorities")
-	}
 	b, err := c.Build(ctx, id)
 	if err != nil {
 		return err
@@ -576,7 +566,7 @@ func (c *Coordinator) SetPriority(ctx context.Context, id string, priority int) 
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := sc.SetBuildPriority(ctx, id, priority); err != nil {
+	if err := c.store.SetBuildPriority(ctx, id, priority); err != nil {
 		if errors.Is(err, db.ErrConflict) {
 			return &plainError{fmt.Sprintf("build %s ended meanwhile; only queued or running builds have a priority to change", id), db.ErrConflict}
 		}

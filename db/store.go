@@ -240,25 +240,38 @@ type Store interface {
 	// order), with tags, features and outputs but without attempts and
 	// results.
 	Builds(ctx context.Context, f BuildFilter) ([]Build, error)
-	// RunnableBuilds returns every build in state scheduled, with tags,
-	// features and outputs but without attempts and results, ordered by
-	// priority (highest first) then age, to rebuild the in-memory queue at
-	// start.
-	RunnableBuilds(ctx context.Context) ([]Build, error)
 	// BuildsOnAgent returns the builds in state allocated or started that
 	// agentID holds (as Builds does, without attempts and results). An
 	// unknown agent holds nothing: the result is empty, not ErrNotFound.
 	BuildsOnAgent(ctx context.Context, agentID string) ([]Build, error)
+	// BuildsForDerivations returns every build (any state, newest first,
+	// without attempts and results) of any of the derivations.
+	BuildsForDerivations(ctx context.Context, derivations []string) ([]Build, error)
+	// ScheduledBuildsPage returns up to limit builds in state scheduled
+	// that were recorded after the position after (0: from the first), in
+	// recording order, with only what the in-memory queue needs, and the
+	// position of the last one (after itself when the page is empty, which
+	// means the end). Positions are keyset cursors, so each page costs the
+	// same however far the walk is and rebuilding the queue at start never
+	// holds more than one page of rows. Within a page, an input path equal
+	// to a derivation of the page (or to an earlier input) is the same
+	// string, not a copy per build.
+	ScheduledBuildsPage(ctx context.Context, after int64, limit int) (page []QueuedBuild, last int64, err error)
+	// SetBuildPriority changes a scheduled, allocated or started build's
+	// priority; ErrNotFound, ErrConflict once the build has ended.
+	SetBuildPriority(ctx context.Context, id string, priority int) error
 
 	// Transitions return ErrNotFound for an unknown build (or, for
-	// AllocateBuild, an unknown agent) and ErrConflict when the build is not
-	// in a state that allows the change or another agent holds it.
+	// AllocateBuildFor, an unknown agent) and ErrConflict when the build
+	// is not in a state that allows the change or another agent holds it.
 
-	// AllocateBuild moves a scheduled build to allocated for agentID and
-	// opens a new attempt (numbered 1, 2, … per build).
-	AllocateBuild(ctx context.Context, id, agentID string, at time.Time) error
-	// StartBuild moves allocated → started; the agent must hold the build.
-	StartBuild(ctx context.Context, id, agentID string, at time.Time) error
+	// AllocateBuildFor moves a scheduled build to allocated for agentID,
+	// opens a new attempt (numbered 1, 2, … per build) and returns, from
+	// the same transaction, what the agent needs to run the build.
+	AllocateBuildFor(ctx context.Context, id, agentID string, at time.Time) (Allocation, error)
+	// StartBuildWith moves allocated → started, recording the agent's
+	// hardware report on the attempt; the agent must hold the build.
+	StartBuildWith(ctx context.Context, id, agentID string, at time.Time, hw Hardware) error
 	// SucceedBuild records verified results and moves started → succeeded.
 	// From allocated it records the implied start too (with its event),
 	// in the same transaction.
@@ -283,10 +296,16 @@ type Store interface {
 	// missing-inputs event when missing (.drv or store paths) is not
 	// empty, and a failed event when final.
 	SetupFailBuild(ctx context.Context, id, agentID string, at time.Time, kind AttemptKind, reason string, missing []string, final bool) error
-
-	// SetAttemptHardware records on the latest attempt what the agent
-	// reported when it started; the agent must hold the build.
-	SetAttemptHardware(ctx context.Context, id, agentID string, hw Hardware) error
+	// FailDependency moves a scheduled build to failed-dependency,
+	// recording the failed input and build and DependencyFailure.Reason as
+	// its failure reason; ErrNotFound, ErrConflict for any other state.
+	FailDependency(ctx context.Context, at time.Time, d DependencyFailure) error
+	// FailDependencies does the same for many builds in one transaction.
+	// Nobody waits on it, so a store may let other writes go first.
+	// Builds that are not scheduled (ErrConflict) or unknown (ErrNotFound)
+	// are left as they are and returned in skipped with that error; any
+	// other error means none was changed.
+	FailDependencies(ctx context.Context, at time.Time, deps []DependencyFailure) (skipped map[string]error, err error)
 
 	// Every transition above (and CreateBuilds, FailDependency) appends
 	// its event in the same transaction. AppendEvent records an event
@@ -296,6 +315,9 @@ type Store interface {
 	AppendEvent(ctx context.Context, e Event) (int64, error)
 	// Events returns matching events in id order.
 	Events(ctx context.Context, f EventFilter) ([]Event, error)
+	// LastEventID is the newest event's id, 0 when there is none: a new
+	// hook starts there without reading the log.
+	LastEventID(ctx context.Context) (int64, error)
 	// HookProgress returns what a hook has finished (zero for a new hook).
 	HookProgress(ctx context.Context, hook string) (HookProgress, error)
 	// MarkHookDone records that hook finished eventID and, in the same
@@ -303,24 +325,26 @@ type Store interface {
 	// forgetting done ids at or below it.
 	MarkHookDone(ctx context.Context, hook string, eventID, cursor int64) error
 
-	Close() error
-}
+	// The event log is only ever pruned from its start, so one id
+	// describes what is gone: every event with id ≤ PrunedThrough was
+	// deleted, every event above it is kept. Ids are never reused after a
+	// prune.
 
-// DependencyFailer is implemented by stores that can mark a build whose
-// input failed. FailDependency moves a scheduled build to
-// failed-dependency, recording the failed input and build and
-// DependencyFailure.Reason as its failure reason; ErrNotFound,
-// ErrConflict for any other state. It is kept out of Store for now so that
-// existing Store implementations (fakes included) keep compiling; both
-// backends implement it (sqlstore) and dbtest checks it when present.
-type DependencyFailer interface {
-	FailDependency(ctx context.Context, at time.Time, d DependencyFailure) error
-	// FailDependencies does the same for many builds in one transaction.
-	// Nobody waits on it, so a store may let other writes go first.
-	// Builds that are not scheduled (ErrConflict) or unknown (ErrNotFound)
-	// are left as they are and returned in skipped with that error; any
-	// other error means none was changed.
-	FailDependencies(ctx context.Context, at time.Time, deps []DependencyFailure) (skipped map[string]error, err error)
+	// PruneEvents deletes, in one transaction, at most limit events from
+	// the start of the log: the longest prefix of events that happened
+	// before before, that lie below every event still pending for one of
+	// hooks (a matching event above the hook's cursor that it has not
+	// finished), and that is not the newest event (kept so the id
+	// sequence survives a copy with migrate-data). Progress rows of hooks
+	// not in hooks hold nothing back. Call it again while More is set; each
+	// call is a short writer transaction of its own.
+	PruneEvents(ctx context.Context, before time.Time, hooks []HookFilter, limit int) (PruneResult, error)
+	// EventsPruned is Events that also returns, from the same snapshot,
+	// the id through which the log was pruned (0: never), so a reader
+	// resuming below it can tell that events are missing.
+	EventsPruned(ctx context.Context, f EventFilter) (events []Event, prunedThrough int64, err error)
+
+	Close() error
 }
 
 // DependencyFailure is one build to move to failed-dependency and why:
@@ -340,36 +364,6 @@ func (d DependencyFailure) Reason() string {
 		r += " was canceled"
 	}
 	return r
-}
-
-// Scheduling is implemented by stores that support the scheduler's
-// queries and changes (issue 5). Kept out of Store like DependencyFailer so
-// existing fakes keep compiling; both backends implement it (sqlstore) and
-// dbtest checks it when present.
-type Scheduling interface {
-	// SetBuildPriority changes a scheduled, allocated or started build's
-	// priority; ErrNotFound, ErrConflict once the build has ended.
-	SetBuildPriority(ctx context.Context, id string, priority int) error
-	// BuildsForDerivations returns every build (any state, newest first,
-	// without attempts and results) of any of the derivations.
-	BuildsForDerivations(ctx context.Context, derivations []string) ([]Build, error)
-	// AllocateBuildFor is AllocateBuild that also returns, from the same
-	// transaction, what an agent needs to run the build, so dispatch need
-	// not read the build again.
-	AllocateBuildFor(ctx context.Context, id, agentID string, at time.Time) (Allocation, error)
-	// ScheduledBuildsPage returns up to limit builds in state scheduled
-	// that were recorded after the position after (0: from the first), in
-	// recording order, with only what the in-memory queue needs, and the
-	// position of the last one (after itself when the page is empty, which
-	// means the end). Positions are keyset cursors, so each page costs the
-	// same however far the walk is and rebuilding the queue at start never
-	// holds more than one page of rows. Within a page, an input path equal
-	// to a derivation of the page (or to an earlier input) is the same
-	// string, not a copy per build.
-	ScheduledBuildsPage(ctx context.Context, after int64, limit int) (page []QueuedBuild, last int64, err error)
-	// StartBuildWith is StartBuild that also records the agent's hardware
-	// report on the attempt, in the same transaction.
-	StartBuildWith(ctx context.Context, id, agentID string, at time.Time, hw Hardware) error
 }
 
 // QueuedBuild is a scheduled build as the in-memory queue needs it: no
@@ -405,39 +399,6 @@ type Allocation struct {
 	Outputs          []DerivationOutput
 	TimeoutSeconds   int // 0: the coordinator's default
 	MaxSilentSeconds int // 0: the coordinator's default
-}
-
-// EventPruning is implemented by stores that can delete old events (the
-// coordinator's --event-retention). Kept out of Store like
-// DependencyFailer so existing fakes keep compiling; both backends
-// implement it (sqlstore) and dbtest checks it when present.
-//
-// The log is only ever pruned from its start, so one id describes what is
-// gone: every event with id ≤ PrunedThrough was deleted, every event above
-// it is kept. Ids are never reused after a prune.
-type EventPruning interface {
-	// PruneEvents deletes, in one transaction, at most limit events from
-	// the start of the log: the longest prefix of events that happened
-	// before before, that lie below every event still pending for one of
-	// hooks (a matching event above the hook's cursor that it has not
-	// finished), and that is not the newest event (kept so the id
-	// sequence survives a copy with migrate-data). Progress rows of hooks
-	// not in hooks hold nothing back. Call it again while More is set; each
-	// call is a short writer transaction of its own.
-	PruneEvents(ctx context.Context, before time.Time, hooks []HookFilter, limit int) (PruneResult, error)
-	// EventsPruned is Events that also returns, from the same snapshot,
-	// the id through which the log was pruned (0: never), so a reader
-	// resuming below it can tell that events are missing.
-	EventsPruned(ctx context.Context, f EventFilter) (events []Event, prunedThrough int64, err error)
-}
-
-// EventHead is implemented by stores that can say where the event log
-// ends without reading it: a new hook starts there, and reading a long
-// log to find its end left a heap's worth of garbage right after the
-// start-up rebuild. Both backends implement it (sqlstore).
-type EventHead interface {
-	// LastEventID is the newest event's id, 0 when there is none.
-	LastEventID(ctx context.Context) (int64, error)
 }
 
 // HookFilter is a hook as pruning sees it: its progress key and the event

@@ -33,6 +33,7 @@ type Store interface {
 	AppendEvent(ctx context.Context, e db.Event) (int64, error)
 	HookProgress(ctx context.Context, hook string) (db.HookProgress, error)
 	MarkHookDone(ctx context.Context, hook string, eventID, cursor int64) error
+	LastEventID(ctx context.Context) (int64, error)
 }
 
 // Handler handles one event. An error wrapped by Permanent is not retried.
@@ -154,7 +155,7 @@ func (r *Runner) register(ctx context.Context, h Hook) error {
 	if err != nil || p.Registered {
 		return err
 	}
-	last, err := r.lastEventID(ctx)
+	last, err := r.cfg.Store.LastEventID(ctx)
 	if err != nil {
 		return err
 	}
@@ -281,23 +282,6 @@ func mapKeys(m map[int64]bool) []int64 {
 		ks = append(ks, k)
 	}
 	return ks
-}
-
-func (r *Runner) lastEventID(ctx context.Context) (int64, error) {
-	if h, ok := r.cfg.Store.(db.EventHead); ok {
-		return h.LastEventID(ctx)
-	}
-	var last int64
-	for {
-		es, err := r.cfg.Store.Events(ctx, db.EventFilter{AfterID: last, Limit: 10000})
-		if err != nil {
-			return 0, err
-		}
-		if len(es) == 0 {
-			return last, nil
-		}
-		last = es[len(es)-1].ID
-	}
 }
 
 // deliver runs the handler with retries and backoff. It returns nil when

@@ -43,21 +43,11 @@ func setupEvents(fs *pflag.FlagSet) func(x *call) error {
 			}
 		}
 		enc := json.NewEncoder(x.out)
-		pruner, _ := x.s.store.(db.EventPruning)
 		for {
-			var (
-				es     []db.Event
-				pruned int64
-				err    error
-			)
-			if pruner != nil {
-				// The page and how far the log was pruned come from one
-				// snapshot, so a gap is reported exactly when rows after
-				// the position are gone, also while following.
-				es, pruned, err = pruner.EventsPruned(x.ctx, f)
-			} else {
-				es, err = x.s.store.Events(x.ctx, f)
-			}
+			// The page and how far the log was pruned come from one
+			// snapshot, so a gap is reported exactly when rows after the
+			// position are gone, also while following.
+			es, pruned, err := x.s.store.EventsPruned(x.ctx, f)
 			if err != nil {
 				return err
 			}

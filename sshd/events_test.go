@@ -130,8 +130,7 @@ func TestEventsAfterPrune(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	var p db.EventPruning = e.store
-	if r, err := p.PruneEvents(ctx, base.Add(150*time.Minute), nil, 100); err != nil || r.PrunedThrough != ids[2] {
+	if r, err := e.store.PruneEvents(ctx, base.Add(150*time.Minute), nil, 100); err != nil || r.PrunedThrough != ids[2] {
 		t.Fatalf("prune: %+v %v", r, err)
 	}
 	for _, c := range []struct {

@@ -1,9 +1,9 @@
 // Command dbstore measures the two db.Store backends side by side at farm
 // scale and prints a table: CreateBuilds rate (batches as the coordinator
-// submits them), AllocateBuild rate and latency with the table full,
-// RunnableBuilds (the queue rebuild at start), the database size, and
-// event pruning (--event-retention): rows/s, how long each batch holds the
-// writer, and AllocateBuild latency while a prune runs.
+// submits them), allocation (AllocateBuildFor) rate and latency with the
+// table full, the queue rebuild at start (ScheduledBuildsPage), the
+// database size, and event pruning (--event-retention): rows/s, how long
+// each batch holds the writer, and allocation latency while a prune runs.
 //
 //	go run ./bench/dbstore -n 1000000 -pg postgres://user:pass@127.0.0.1/db
 //
@@ -39,8 +39,6 @@ type figures struct {
 	createDur          time.Duration
 	allocRate          float64 // allocations/s
 	allocP50, allocP99 time.Duration
-	runnableDur        time.Duration
-	runnable           int
 	pagedDur           time.Duration
 	paged              int
 	failed             int           // builds failed-dependency
@@ -58,7 +56,7 @@ type figures struct {
 func main() {
 	n := flag.Int("n", 1_000_000, "builds to create")
 	batch := flag.Int("batch", 1000, "builds per CreateBuilds call")
-	allocs := flag.Int("allocs", 20_000, "AllocateBuild calls to time (sequential, as the coordinator makes them under its lock)")
+	allocs := flag.Int("allocs", 20_000, "allocations to time (sequential, as the coordinator makes them under its lock)")
 	pg := flag.String("pg", os.Getenv("GBC_TEST_POSTGRES"), "PostgreSQL URL (a role that may create schemas); empty: SQLite only")
 	keep := flag.Bool("keep", false, "keep the SQLite file and PostgreSQL schema")
 	inputs := flag.Int("inputs", 0, "input derivations recorded per build (the previous builds' .drv paths)")
@@ -128,12 +126,12 @@ func main() {
 
 	fmt.Printf("\n%d builds (batches of %d, each with 2 tags, 1 feature, 2 outputs, %d input derivations and a submitted event); %d sequential allocations\n\n", *n, *batch, *inputs, *allocs)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "backend\tCreateBuilds builds/s\tcreate total\tAllocateBuild /s\talloc p50\talloc p99\tfailed-dependency\tper build\ttx of 32 p50\tp99\tRunnableBuilds\t(rows)\tpaged, 10,000 a page\t(rows)\tdatabase size\t")
+	fmt.Fprintln(tw, "backend\tCreateBuilds builds/s\tcreate total\tallocations /s\talloc p50\talloc p99\tfailed-dependency\tper build\ttx of 32 p50\tp99\tpaged, 10,000 a page\t(rows)\tdatabase size\t")
 	for _, f := range all {
-		fmt.Fprintf(tw, "%s\t%.0f\t%v\t%.0f\t%v\t%v\t%d\t%v\t%v\t%v\t%v\t%d\t%v\t%d\t%.1f MiB\t\n", f.backend, f.createRate, f.createDur.Round(time.Millisecond),
+		fmt.Fprintf(tw, "%s\t%.0f\t%v\t%.0f\t%v\t%v\t%d\t%v\t%v\t%v\t%v\t%d\t%.1f MiB\t\n", f.backend, f.createRate, f.createDur.Round(time.Millisecond),
 			f.allocRate, f.allocP50.Round(time.Microsecond), f.allocP99.Round(time.Microsecond),
 			f.failed, f.failPer.Round(time.Microsecond), f.failP50.Round(time.Microsecond), f.failP99.Round(time.Microsecond),
-			f.runnableDur.Round(time.Millisecond), f.runnable, f.pagedDur.Round(time.Millisecond), f.paged, float64(f.bytes)/(1<<20))
+			f.pagedDur.Round(time.Millisecond), f.paged, float64(f.bytes)/(1<<20))
 	}
 	tw.Flush()
 	if *pruneBatch > 0 {
@@ -154,8 +152,7 @@ func main() {
 // client allocates builds the allocation phase left alone, to see what a
 // prune costs the dispatch path.
 func measurePrune(ctx context.Context, f *figures, s db.Store, n, allocs, batch int, pause bool) {
-	p, ok := s.(db.EventPruning)
-	if batch <= 0 || !ok {
+	if batch <= 0 {
 		return
 	}
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -173,8 +170,8 @@ func measurePrune(ctx context.Context, f *figures, s db.Store, n, allocs, batch 
 			}
 			id := newBuild(k*step+step/2, base, 0).ID
 			t := time.Now()
-			if err := s.AllocateBuild(ctx, id, "bench-agent", base); err != nil {
-				log.Fatalf("%s: AllocateBuild %s during prune: %v", f.backend, id, err)
+			if _, err := s.AllocateBuildFor(ctx, id, "bench-agent", base); err != nil {
+				log.Fatalf("%s: AllocateBuildFor %s during prune: %v", f.backend, id, err)
 			}
 			ls = append(ls, time.Since(t))
 		}
@@ -185,7 +182,7 @@ func measurePrune(ctx context.Context, f *figures, s db.Store, n, allocs, batch 
 	start := time.Now()
 	for {
 		t := time.Now()
-		r, err := p.PruneEvents(ctx, base.Add(1000*24*time.Hour), nil, batch)
+		r, err := s.PruneEvents(ctx, base.Add(1000*24*time.Hour), nil, batch)
 		if err != nil {
 			log.Fatalf("%s: PruneEvents: %v", f.backend, err)
 		}
@@ -266,8 +263,8 @@ func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inp
 	for k := 0; k < allocs && k*step < n; k++ {
 		id := newBuild(k*step, base, 0).ID
 		t := time.Now()
-		if err := s.AllocateBuild(ctx, id, "bench-agent", base); err != nil {
-			log.Fatalf("%s: AllocateBuild %s: %v", name, id, err)
+		if _, err := s.AllocateBuildFor(ctx, id, "bench-agent", base); err != nil {
+			log.Fatalf("%s: AllocateBuildFor %s: %v", name, id, err)
 		}
 		lat = append(lat, time.Since(t))
 	}
@@ -283,7 +280,7 @@ func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inp
 	// A failed build's dependents, as the coordinator writes them: up to
 	// 32 per FailDependencies transaction (coordinator.failChunk), 99
 	// dependents per failure, builds between those allocated above.
-	if df, ok := s.(db.DependencyFailer); ok {
+	{
 		var txs []time.Duration
 		if failProfile != "" {
 			pf, err := os.Create(failProfile)
@@ -305,7 +302,7 @@ func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inp
 			}
 			for chunk := range slices.Chunk(deps, 32) {
 				t := time.Now()
-				skipped, err := df.FailDependencies(ctx, base, chunk)
+				skipped, err := s.FailDependencies(ctx, base, chunk)
 				if err != nil {
 					log.Fatalf("%s: FailDependencies: %v", name, err)
 				}
@@ -322,20 +319,10 @@ func measure(ctx context.Context, name string, s db.Store, n, batch, allocs, inp
 		fmt.Fprintf(os.Stderr, "%s: %d builds failed-dependency in %v\n", name, f.failed, total.Round(time.Millisecond))
 	}
 
-	start = time.Now()
-	rb, err := s.RunnableBuilds(ctx)
-	if err != nil {
-		log.Fatalf("%s: RunnableBuilds: %v", name, err)
-	}
-	f.runnableDur, f.runnable = time.Since(start), len(rb)
-	fmt.Fprintf(os.Stderr, "%s: RunnableBuilds %d rows in %v\n", name, len(rb), f.runnableDur.Round(time.Millisecond))
-	rb = nil
-
 	// The coordinator's start-up read: pages of 10,000 (keyset).
 	start = time.Now()
-	sc := s.(db.Scheduling)
 	for after := int64(0); ; {
-		page, last, err := sc.ScheduledBuildsPage(ctx, after, 10000)
+		page, last, err := s.ScheduledBuildsPage(ctx, after, 10000)
 		if err != nil {
 			log.Fatalf("%s: ScheduledBuildsPage after %d: %v", name, after, err)
 		}

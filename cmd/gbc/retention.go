@@ -54,11 +54,6 @@ func startRetention(ctx context.Context, log *slog.Logger, store db.Store, clk c
 		log.Info("event retention off: events are kept forever")
 		return func() {}
 	}
-	p, ok := store.(db.EventPruning)
-	if !ok {
-		log.Warn("event retention: this database cannot prune events; they are kept")
-		return func() {}
-	}
 	filters := make([]db.HookFilter, 0, len(hs))
 	for _, h := range hs {
 		filters = append(filters, db.HookFilter{Name: h.Name, Types: h.Types})
@@ -67,7 +62,7 @@ func startRetention(ctx context.Context, log *slog.Logger, store db.Store, clk c
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		coordinator.EventRetention{Store: p, Keep: keep, Hooks: filters, Clock: clk, Logger: log}.Run(ctx)
+		coordinator.EventRetention{Store: store, Keep: keep, Hooks: filters, Clock: clk, Logger: log}.Run(ctx)
 	}()
 	return func() { cancel(); <-done }
 }

@@ -360,7 +360,7 @@ func testLifecycle(t *testing.T, s db.Store) {
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("b1", 0))
 
-	must(t, "AllocateBuild", s.AllocateBuild(ctx, "b1", "a1", at(10)))
+	must(t, "AllocateBuild", allocateBuild(ctx, s, "b1", "a1", at(10)))
 	b, err := s.Build(ctx, "b1")
 	must(t, "Build", err)
 	if b.State != db.StateAllocated || b.AgentID != "a1" || len(b.Attempts) != 1 {
@@ -372,7 +372,7 @@ func testLifecycle(t *testing.T, s db.Store) {
 	}
 	sameTime(t, "AllocatedAt", a.AllocatedAt, at(10))
 
-	must(t, "StartBuild", s.StartBuild(ctx, "b1", "a1", at(11)))
+	must(t, "StartBuild", startBuild(ctx, s, "b1", "a1", at(11)))
 	b, _ = s.Build(ctx, "b1")
 	if b.State != db.StateStarted {
 		t.Fatalf("after start: %s", b.State)
@@ -403,25 +403,25 @@ func testIllegalTransitions(t *testing.T, s db.Store) {
 	// Each case drives a fresh build to a state, then tries an illegal step.
 	setups := map[db.BuildState]func(id string){
 		db.StateScheduled: func(id string) {},
-		db.StateAllocated: func(id string) { must(t, "allocate", s.AllocateBuild(ctx, id, "a1", at(1))) },
+		db.StateAllocated: func(id string) { must(t, "allocate", allocateBuild(ctx, s, id, "a1", at(1))) },
 		db.StateStarted: func(id string) {
-			must(t, "allocate", s.AllocateBuild(ctx, id, "a1", at(1)))
-			must(t, "start", s.StartBuild(ctx, id, "a1", at(2)))
+			must(t, "allocate", allocateBuild(ctx, s, id, "a1", at(1)))
+			must(t, "start", startBuild(ctx, s, id, "a1", at(2)))
 		},
 		db.StateSucceeded: func(id string) {
-			must(t, "allocate", s.AllocateBuild(ctx, id, "a1", at(1)))
-			must(t, "start", s.StartBuild(ctx, id, "a1", at(2)))
+			must(t, "allocate", allocateBuild(ctx, s, id, "a1", at(1)))
+			must(t, "start", startBuild(ctx, s, id, "a1", at(2)))
 			must(t, "succeed", s.SucceedBuild(ctx, id, "a1", at(3), res))
 		},
 		db.StateFailed: func(id string) {
-			must(t, "allocate", s.AllocateBuild(ctx, id, "a1", at(1)))
+			must(t, "allocate", allocateBuild(ctx, s, id, "a1", at(1)))
 			must(t, "fail", s.FailBuild(ctx, id, "a1", at(3), db.KindBuild, "build", 1))
 		},
 		db.StateCanceled: func(id string) { must(t, "cancel", s.CancelBuild(ctx, id, at(1))) },
 	}
 	ops := map[string]func(id string) error{
-		"allocate": func(id string) error { return s.AllocateBuild(ctx, id, "a1", at(9)) },
-		"start":    func(id string) error { return s.StartBuild(ctx, id, "a1", at(9)) },
+		"allocate": func(id string) error { return allocateBuild(ctx, s, id, "a1", at(9)) },
+		"start":    func(id string) error { return startBuild(ctx, s, id, "a1", at(9)) },
 		"succeed":  func(id string) error { return s.SucceedBuild(ctx, id, "a1", at(9), res) },
 		"fail":     func(id string) error { return s.FailBuild(ctx, id, "a1", at(9), db.KindBuild, "x", 1) },
 		"requeue":  func(id string) error { return s.RequeueBuild(ctx, id, "a1", at(9), db.KindInfrastructure, "x") },
@@ -461,12 +461,12 @@ func testWrongAgent(t *testing.T, s db.Store) {
 	newAgent(t, s, "a1")
 	newAgent(t, s, "a2")
 	createBuilds(t, s, newBuild("b1", 0))
-	must(t, "allocate", s.AllocateBuild(ctx, "b1", "a1", at(1)))
-	mustErrIs(t, "start by a2", s.StartBuild(ctx, "b1", "a2", at(2)), db.ErrConflict)
-	mustErrIs(t, "start by nobody", s.StartBuild(ctx, "b1", "", at(2)), db.ErrConflict)
+	must(t, "allocate", allocateBuild(ctx, s, "b1", "a1", at(1)))
+	mustErrIs(t, "start by a2", startBuild(ctx, s, "b1", "a2", at(2)), db.ErrConflict)
+	mustErrIs(t, "start by nobody", startBuild(ctx, s, "b1", "", at(2)), db.ErrConflict)
 	mustErrIs(t, "fail by a2", s.FailBuild(ctx, "b1", "a2", at(2), db.KindBuild, "x", 1), db.ErrConflict)
 	mustErrIs(t, "requeue by a2", s.RequeueBuild(ctx, "b1", "a2", at(2), db.KindInfrastructure, "x"), db.ErrConflict)
-	must(t, "start by a1", s.StartBuild(ctx, "b1", "a1", at(2)))
+	must(t, "start by a1", startBuild(ctx, s, "b1", "a1", at(2)))
 	mustErrIs(t, "succeed by a2", s.SucceedBuild(ctx, "b1", "a2", at(3), nil), db.ErrConflict)
 	mustErrIs(t, "fail by a2", s.FailBuild(ctx, "b1", "a2", at(3), db.KindBuild, "x", 1), db.ErrConflict)
 	mustErrIs(t, "requeue by a2", s.RequeueBuild(ctx, "b1", "a2", at(3), db.KindInfrastructure, "x"), db.ErrConflict)
@@ -478,8 +478,8 @@ func testWrongAgent(t *testing.T, s db.Store) {
 	// After a requeue, the previous holder no longer holds the build.
 	must(t, "requeue by a1", s.RequeueBuild(ctx, "b1", "a1", at(4), db.KindInfrastructure, "lost"))
 	mustErrIs(t, "fail by old holder", s.FailBuild(ctx, "b1", "a1", at(5), db.KindBuild, "x", 1), db.ErrConflict)
-	must(t, "allocate to a2", s.AllocateBuild(ctx, "b1", "a2", at(6)))
-	mustErrIs(t, "start by old holder", s.StartBuild(ctx, "b1", "a1", at(7)), db.ErrConflict)
+	must(t, "allocate to a2", allocateBuild(ctx, s, "b1", "a2", at(6)))
+	mustErrIs(t, "start by old holder", startBuild(ctx, s, "b1", "a1", at(7)), db.ErrConflict)
 }
 
 func testNotFound(t *testing.T, s db.Store) {
@@ -488,13 +488,13 @@ func testNotFound(t *testing.T, s db.Store) {
 	createBuilds(t, s, newBuild("b1", 0))
 	_, err := s.Build(ctx, "nope")
 	mustErrIs(t, "Build", err, db.ErrNotFound)
-	mustErrIs(t, "AllocateBuild", s.AllocateBuild(ctx, "nope", "a1", at(1)), db.ErrNotFound)
-	mustErrIs(t, "StartBuild", s.StartBuild(ctx, "nope", "a1", at(1)), db.ErrNotFound)
+	mustErrIs(t, "AllocateBuild", allocateBuild(ctx, s, "nope", "a1", at(1)), db.ErrNotFound)
+	mustErrIs(t, "StartBuild", startBuild(ctx, s, "nope", "a1", at(1)), db.ErrNotFound)
 	mustErrIs(t, "SucceedBuild", s.SucceedBuild(ctx, "nope", "a1", at(1), nil), db.ErrNotFound)
 	mustErrIs(t, "FailBuild", s.FailBuild(ctx, "nope", "a1", at(1), db.KindBuild, "x", 1), db.ErrNotFound)
 	mustErrIs(t, "RequeueBuild", s.RequeueBuild(ctx, "nope", "a1", at(1), db.KindInfrastructure, "x"), db.ErrNotFound)
 	mustErrIs(t, "CancelBuild", s.CancelBuild(ctx, "nope", at(1)), db.ErrNotFound)
-	mustErrIs(t, "AllocateBuild to unknown agent", s.AllocateBuild(ctx, "b1", "ghost", at(1)), db.ErrNotFound)
+	mustErrIs(t, "AllocateBuild to unknown agent", allocateBuild(ctx, s, "b1", "ghost", at(1)), db.ErrNotFound)
 	if got := state(t, s, "b1"); got != db.StateScheduled {
 		t.Errorf("allocation to unknown agent changed state to %s", got)
 	}
@@ -506,18 +506,18 @@ func testRequeueAndAttempts(t *testing.T, s db.Store) {
 	newAgent(t, s, "a2")
 	createBuilds(t, s, newBuild("b1", 0))
 
-	must(t, "allocate 1", s.AllocateBuild(ctx, "b1", "a1", at(1)))
+	must(t, "allocate 1", allocateBuild(ctx, s, "b1", "a1", at(1)))
 	must(t, "requeue 1", s.RequeueBuild(ctx, "b1", "a1", at(2), db.KindSetup, "setup-failure: missing input"))
-	must(t, "allocate 2", s.AllocateBuild(ctx, "b1", "a2", at(3)))
-	must(t, "start 2", s.StartBuild(ctx, "b1", "a2", at(4)))
+	must(t, "allocate 2", allocateBuild(ctx, s, "b1", "a2", at(3)))
+	must(t, "start 2", startBuild(ctx, s, "b1", "a2", at(4)))
 	must(t, "requeue 2", s.RequeueBuild(ctx, "b1", "a2", at(5), db.KindInfrastructure, "agent absent"))
 	b, err := s.Build(ctx, "b1")
 	must(t, "Build", err)
 	if b.State != db.StateScheduled || !b.StartedAt.IsZero() || !b.EndedAt.IsZero() {
 		t.Errorf("after requeue: %+v", b)
 	}
-	must(t, "allocate 3", s.AllocateBuild(ctx, "b1", "a1", at(6)))
-	must(t, "start 3", s.StartBuild(ctx, "b1", "a1", at(7)))
+	must(t, "allocate 3", allocateBuild(ctx, s, "b1", "a1", at(6)))
+	must(t, "start 3", startBuild(ctx, s, "b1", "a1", at(7)))
 	must(t, "succeed 3", s.SucceedBuild(ctx, "b1", "a1", at(8), nil))
 
 	b, err = s.Build(ctx, "b1")
@@ -549,9 +549,9 @@ func testCancel(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("sched", 0), newBuild("alloc", 1), newBuild("start", 2))
-	must(t, "allocate", s.AllocateBuild(ctx, "alloc", "a1", at(3)))
-	must(t, "allocate", s.AllocateBuild(ctx, "start", "a1", at(3)))
-	must(t, "start", s.StartBuild(ctx, "start", "a1", at(4)))
+	must(t, "allocate", allocateBuild(ctx, s, "alloc", "a1", at(3)))
+	must(t, "allocate", allocateBuild(ctx, s, "start", "a1", at(3)))
+	must(t, "start", startBuild(ctx, s, "start", "a1", at(4)))
 	for _, id := range []string{"sched", "alloc", "start"} {
 		must(t, "cancel "+id, s.CancelBuild(ctx, id, at(10)))
 		b, err := s.Build(ctx, id)
@@ -576,15 +576,15 @@ func testCancel(t *testing.T, s db.Store) {
 	mustErrIs(t, "fail canceled", s.FailBuild(ctx, "start", "a1", at(11), db.KindBuild, "x", 1), db.ErrConflict)
 	mustErrIs(t, "requeue canceled", s.RequeueBuild(ctx, "alloc", "a1", at(11), db.KindInfrastructure, "x"), db.ErrConflict)
 	mustErrIs(t, "cancel canceled", s.CancelBuild(ctx, "sched", at(11)), db.ErrConflict)
-	mustErrIs(t, "allocate canceled", s.AllocateBuild(ctx, "sched", "a1", at(11)), db.ErrConflict)
+	mustErrIs(t, "allocate canceled", allocateBuild(ctx, s, "sched", "a1", at(11)), db.ErrConflict)
 }
 
 func testFailBuild(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("b1", 0))
-	must(t, "allocate", s.AllocateBuild(ctx, "b1", "a1", at(1)))
-	must(t, "start", s.StartBuild(ctx, "b1", "a1", at(2)))
+	must(t, "allocate", allocateBuild(ctx, s, "b1", "a1", at(1)))
+	must(t, "start", startBuild(ctx, s, "b1", "a1", at(2)))
 	must(t, "fail", s.FailBuild(ctx, "b1", "a1", at(3), db.KindBuild, "timeout", 137))
 	b, err := s.Build(ctx, "b1")
 	must(t, "Build", err)
@@ -598,7 +598,7 @@ func testFailBuild(t *testing.T, s db.Store) {
 	mustErrIs(t, "fail twice", s.FailBuild(ctx, "b1", "a1", at(4), db.KindBuild, "x", 1), db.ErrConflict)
 	// A kind that is not db's is refused before anything is written.
 	createBuilds(t, s, newBuild("b2", 0))
-	must(t, "allocate b2", s.AllocateBuild(ctx, "b2", "a1", at(5)))
+	must(t, "allocate b2", allocateBuild(ctx, s, "b2", "a1", at(5)))
 	for name, err := range map[string]error{
 		"fail":       s.FailBuild(ctx, "b2", "a1", at(6), db.AttemptKind("nonsense"), "x", 1),
 		"requeue":    s.RequeueBuild(ctx, "b2", "a1", at(6), db.KindNone, "x"),
@@ -617,8 +617,8 @@ func testResultsRoundTrip(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("b1", 0))
-	must(t, "allocate", s.AllocateBuild(ctx, "b1", "a1", at(1)))
-	must(t, "start", s.StartBuild(ctx, "b1", "a1", at(2)))
+	must(t, "allocate", allocateBuild(ctx, s, "b1", "a1", at(1)))
+	must(t, "start", startBuild(ctx, s, "b1", "a1", at(2)))
 	res := []db.OutputResult{
 		{Name: "out", Path: "/nix/store/b1-out", NarHash: "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s",
 			NarSize: 1 << 40, FileHash: "sha256:0000", FileSize: 123456, Compression: "zstd", File: "nar/0000.nar.zst",
@@ -634,8 +634,8 @@ func testResultsRoundTrip(t *testing.T, s db.Store) {
 	}
 
 	createBuilds(t, s, newBuild("b2", 1))
-	must(t, "allocate", s.AllocateBuild(ctx, "b2", "a1", at(1)))
-	must(t, "start", s.StartBuild(ctx, "b2", "a1", at(2)))
+	must(t, "allocate", allocateBuild(ctx, s, "b2", "a1", at(1)))
+	must(t, "start", startBuild(ctx, s, "b2", "a1", at(2)))
 	dup := []db.OutputResult{{Name: "out", Path: "/a"}, {Name: "out", Path: "/b"}}
 	if err := s.SucceedBuild(ctx, "b2", "a1", at(3), dup); err == nil {
 		t.Errorf("SucceedBuild accepted a repeated output name")
@@ -660,10 +660,10 @@ func testFilters(t *testing.T, s db.Store) {
 	// b4 and b5 share a creation time: submission order breaks the tie.
 	createBuilds(t, s, newBuild("b1", 1), newBuild("b2", 2), newBuild("b3", 3))
 	createBuilds(t, s, newBuild("b4", 4), newBuild("b5", 4))
-	must(t, "allocate", s.AllocateBuild(ctx, "b2", "a1", at(5)))
-	must(t, "allocate", s.AllocateBuild(ctx, "b3", "a2", at(5)))
-	must(t, "allocate", s.AllocateBuild(ctx, "b4", "a1", at(5)))
-	must(t, "start", s.StartBuild(ctx, "b4", "a1", at(6)))
+	must(t, "allocate", allocateBuild(ctx, s, "b2", "a1", at(5)))
+	must(t, "allocate", allocateBuild(ctx, s, "b3", "a2", at(5)))
+	must(t, "allocate", allocateBuild(ctx, s, "b4", "a1", at(5)))
+	must(t, "start", startBuild(ctx, s, "b4", "a1", at(6)))
 
 	cases := []struct {
 		f    db.BuildFilter
@@ -697,10 +697,10 @@ func testRunnableAndOnAgent(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	newAgent(t, s, "a2")
-	bs, err := s.RunnableBuilds(ctx)
-	must(t, "RunnableBuilds empty", err)
-	if len(bs) != 0 {
-		t.Errorf("RunnableBuilds on empty store: %v", ids(bs))
+	page, _, err := s.ScheduledBuildsPage(ctx, 0, 100)
+	must(t, "ScheduledBuildsPage empty", err)
+	if len(page) != 0 {
+		t.Errorf("ScheduledBuildsPage on empty store: %v", page)
 	}
 	mk := func(id string, sec, prio int) db.NewBuild {
 		b := newBuild(id, sec)
@@ -709,31 +709,31 @@ func testRunnableAndOnAgent(t *testing.T, s db.Store) {
 	}
 	createBuilds(t, s, mk("low-old", 1, 0), mk("high-new", 5, 10), mk("high-old", 2, 10), mk("low-new", 6, 0),
 		mk("alloc", 3, 99), mk("started", 4, 99), mk("done", 0, 99), mk("canceled", 0, 99), mk("requeued", 7, 0))
-	must(t, "allocate", s.AllocateBuild(ctx, "alloc", "a1", at(10)))
-	must(t, "allocate", s.AllocateBuild(ctx, "started", "a1", at(10)))
-	must(t, "start", s.StartBuild(ctx, "started", "a1", at(11)))
-	must(t, "allocate", s.AllocateBuild(ctx, "done", "a1", at(10)))
+	must(t, "allocate", allocateBuild(ctx, s, "alloc", "a1", at(10)))
+	must(t, "allocate", allocateBuild(ctx, s, "started", "a1", at(10)))
+	must(t, "start", startBuild(ctx, s, "started", "a1", at(11)))
+	must(t, "allocate", allocateBuild(ctx, s, "done", "a1", at(10)))
 	must(t, "fail", s.FailBuild(ctx, "done", "a1", at(11), db.KindBuild, "x", 1))
 	must(t, "cancel", s.CancelBuild(ctx, "canceled", at(10)))
-	must(t, "allocate", s.AllocateBuild(ctx, "requeued", "a1", at(10)))
+	must(t, "allocate", allocateBuild(ctx, s, "requeued", "a1", at(10)))
 	must(t, "requeue", s.RequeueBuild(ctx, "requeued", "a1", at(11), db.KindInfrastructure, "x"))
 
-	bs, err = s.RunnableBuilds(ctx)
-	must(t, "RunnableBuilds", err)
-	want := []string{"high-old", "high-new", "low-old", "low-new", "requeued"}
-	if got := ids(bs); !reflect.DeepEqual(got, want) {
-		t.Errorf("RunnableBuilds = %v, want %v", got, want)
+	// The scheduled builds, requeued included, in recording order (the
+	// in-memory queue orders them).
+	page, _, err = s.ScheduledBuildsPage(ctx, 0, 100)
+	must(t, "ScheduledBuildsPage", err)
+	var got []string
+	for _, b := range page {
+		got = append(got, b.ID)
+		if len(b.Tags) != 2 || len(b.RequiredFeatures) != 2 {
+			t.Errorf("ScheduledBuildsPage: %s incomplete: %+v", b.ID, b)
+		}
 	}
-	for _, b := range bs {
-		if b.State != db.StateScheduled || len(b.Tags) != 2 || len(b.RequiredFeatures) != 2 || len(b.Outputs) != 2 {
-			t.Errorf("RunnableBuilds: %s incomplete: %+v", b.ID, b)
-		}
-		if b.Outputs[0].Path != "/nix/store/"+b.ID+"-out" {
-			t.Errorf("RunnableBuilds: %s has outputs of another build: %+v", b.ID, b.Outputs)
-		}
+	if want := []string{"low-old", "high-new", "high-old", "low-new", "requeued"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("ScheduledBuildsPage = %v, want %v", got, want)
 	}
 
-	bs, err = s.BuildsOnAgent(ctx, "a1")
+	bs, err := s.BuildsOnAgent(ctx, "a1")
 	must(t, "BuildsOnAgent", err)
 	if got := ids(bs); !reflect.DeepEqual(got, []string{"alloc", "started"}) {
 		t.Errorf("BuildsOnAgent(a1) = %v", got)
@@ -794,10 +794,10 @@ func testConcurrentTransitions(t *testing.T, s db.Store) {
 		return winners[0]
 	}
 
-	w := race("allocate", func(i int) error { return s.AllocateBuild(ctx, "b1", fmt.Sprintf("a%d", i), at(1)) })
+	w := race("allocate", func(i int) error { return allocateBuild(ctx, s, "b1", fmt.Sprintf("a%d", i), at(1)) })
 	holder := fmt.Sprintf("a%d", w)
 	// Every agent tries to start it; only the holder can, once.
-	race("start", func(i int) error { return s.StartBuild(ctx, "b1", fmt.Sprintf("a%d", i), at(2)) })
+	race("start", func(i int) error { return startBuild(ctx, s, "b1", fmt.Sprintf("a%d", i), at(2)) })
 	// The holder's success races with cancels and failures.
 	race("finish", func(i int) error {
 		switch i % 3 {
@@ -816,18 +816,14 @@ func testConcurrentTransitions(t *testing.T, s db.Store) {
 	}
 }
 
-// testFailDependency runs only for stores that implement
-// db.DependencyFailer.
+// testFailDependency: a scheduled build moves to failed-dependency with
+// its failed input recorded; other states and unknown builds are refused.
 func testFailDependency(t *testing.T, s db.Store) {
-	fd, ok := s.(db.DependencyFailer)
-	if !ok {
-		t.Skip("store does not implement db.DependencyFailer")
-	}
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("dep", 0), newBuild("alloc", 1))
 	cause := db.DependencyFailure{ID: "dep", FailedInput: "/nix/store/b0-x.drv", FailedBuild: "b0"}
-	must(t, "FailDependency", fd.FailDependency(ctx, at(5), cause))
+	must(t, "FailDependency", s.FailDependency(ctx, at(5), cause))
 	b, err := s.Build(ctx, "dep")
 	must(t, "Build", err)
 	if b.State != db.StateFailedDependency || b.FailureReason != "dependency failed: input /nix/store/b0-x.drv (build b0)" || !b.State.Terminal() {
@@ -837,12 +833,12 @@ func testFailDependency(t *testing.T, s db.Store) {
 		t.Errorf("after FailDependency: failed input %q build %q, want %q %q", b.FailedInput, b.FailedBuild, cause.FailedInput, cause.FailedBuild)
 	}
 	sameTime(t, "EndedAt", b.EndedAt, at(5))
-	mustErrIs(t, "FailDependency twice", fd.FailDependency(ctx, at(6), db.DependencyFailure{ID: "dep", FailedInput: "x"}), db.ErrConflict)
-	mustErrIs(t, "allocate failed-dependency", s.AllocateBuild(ctx, "dep", "a1", at(6)), db.ErrConflict)
+	mustErrIs(t, "FailDependency twice", s.FailDependency(ctx, at(6), db.DependencyFailure{ID: "dep", FailedInput: "x"}), db.ErrConflict)
+	mustErrIs(t, "allocate failed-dependency", allocateBuild(ctx, s, "dep", "a1", at(6)), db.ErrConflict)
 	mustErrIs(t, "cancel failed-dependency", s.CancelBuild(ctx, "dep", at(6)), db.ErrConflict)
-	must(t, "allocate", s.AllocateBuild(ctx, "alloc", "a1", at(6)))
-	mustErrIs(t, "FailDependency of allocated", fd.FailDependency(ctx, at(7), db.DependencyFailure{ID: "alloc", FailedInput: "x"}), db.ErrConflict)
-	mustErrIs(t, "FailDependency unknown", fd.FailDependency(ctx, at(7), db.DependencyFailure{ID: "nope", FailedInput: "x"}), db.ErrNotFound)
+	must(t, "allocate", allocateBuild(ctx, s, "alloc", "a1", at(6)))
+	mustErrIs(t, "FailDependency of allocated", s.FailDependency(ctx, at(7), db.DependencyFailure{ID: "alloc", FailedInput: "x"}), db.ErrConflict)
+	mustErrIs(t, "FailDependency unknown", s.FailDependency(ctx, at(7), db.DependencyFailure{ID: "nope", FailedInput: "x"}), db.ErrNotFound)
 	bs, err := s.Builds(ctx, db.BuildFilter{State: db.StateFailedDependency})
 	must(t, "Builds", err)
 	if got := ids(bs); !reflect.DeepEqual(got, []string{"dep"}) {
@@ -854,15 +850,11 @@ func testFailDependency(t *testing.T, s db.Store) {
 // reports) the allocated and unknown ones without failing the rest, and
 // writes one failed-dependency event per moved build with its cause.
 func testFailDependencies(t *testing.T, s db.Store) {
-	fd, ok := s.(db.DependencyFailer)
-	if !ok {
-		t.Skip("store does not implement db.DependencyFailer")
-	}
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("d1", 0), newBuild("d2", 1), newBuild("d3", 2), newBuild("held", 3))
-	must(t, "allocate", s.AllocateBuild(ctx, "held", "a1", at(4)))
-	skipped, err := fd.FailDependencies(ctx, at(5), []db.DependencyFailure{
+	must(t, "allocate", allocateBuild(ctx, s, "held", "a1", at(4)))
+	skipped, err := s.FailDependencies(ctx, at(5), []db.DependencyFailure{
 		{ID: "d1", FailedInput: "x", FailedBuild: "b0"},
 		{ID: "held", FailedInput: "c"},
 		{ID: "d2", FailedInput: "y", FailedBuild: "b0"},
@@ -896,10 +888,10 @@ func testFailDependencies(t *testing.T, s db.Store) {
 		t.Errorf("held is %s, want allocated", got)
 	}
 	// A second batch over the same builds changes nothing and says why.
-	skipped, err = fd.FailDependencies(ctx, at(6), []db.DependencyFailure{{ID: "d1", FailedInput: "again"}})
+	skipped, err = s.FailDependencies(ctx, at(6), []db.DependencyFailure{{ID: "d1", FailedInput: "again"}})
 	must(t, "FailDependencies again", err)
 	mustErrIs(t, "again d1", skipped["d1"], db.ErrConflict)
-	if skipped, err := fd.FailDependencies(ctx, at(6), nil); err != nil || len(skipped) != 0 {
+	if skipped, err := s.FailDependencies(ctx, at(6), nil); err != nil || len(skipped) != 0 {
 		t.Errorf("empty batch: %v, %v", skipped, err)
 	}
 
@@ -920,11 +912,11 @@ func testFailDependencies(t *testing.T, s db.Store) {
 	// Two were tried and requeued: their events name the agent and the
 	// attempt, the others neither (a batch mixes NULL and set columns).
 	for _, id := range []string{"m0000", "m0001"} {
-		must(t, "allocate "+id, s.AllocateBuild(ctx, id, "a1", at(10)))
+		must(t, "allocate "+id, allocateBuild(ctx, s, id, "a1", at(10)))
 		must(t, "requeue "+id, s.SetupFailBuild(ctx, id, "a1", at(10), db.KindSetup, "setup-failure: x", nil, false))
 	}
 	slices.Reverse(batch)
-	skipped, err = fd.FailDependencies(ctx, at(11), batch)
+	skipped, err = s.FailDependencies(ctx, at(11), batch)
 	must(t, "FailDependencies many", err)
 	if len(skipped) != 0 {
 		t.Errorf("many: skipped %d", len(skipped))
@@ -984,7 +976,7 @@ func testConcurrentReadsAndWrites(t *testing.T, s db.Store) {
 					return
 				}
 				for _, b := range batch {
-					if err := s.AllocateBuild(ctx, b.ID, "a1", at(n)); err != nil {
+					if err := allocateBuild(ctx, s, b.ID, "a1", at(n)); err != nil {
 						errs <- err
 						return
 					}
@@ -1028,23 +1020,16 @@ func testConcurrentReadsAndWrites(t *testing.T, s db.Store) {
 	}
 }
 
-// testScheduling runs only for stores that implement db.Scheduling: build
-// options round-trip, priorities change until a build ends, and builds are
-// found by derivation.
 // testAllocateBuildFor: the allocation returns what the agent needs (as
 // Build would read it afterwards), opens the attempt and records the
-// event; errors are AllocateBuild's.
+// event; unknown builds are not found.
 func testAllocateBuildFor(t *testing.T, s db.Store) {
-	sc, ok := s.(db.Scheduling)
-	if !ok {
-		t.Skip("store does not implement db.Scheduling")
-	}
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	nb := newBuild("b1", 0)
 	nb.Priority, nb.TimeoutSeconds, nb.MaxSilentSeconds = 7, 3600, 300
 	createBuilds(t, s, nb, newBuild("b2", 1))
-	a, err := sc.AllocateBuildFor(ctx, "b1", "a1", at(5))
+	a, err := s.AllocateBuildFor(ctx, "b1", "a1", at(5))
 	must(t, "AllocateBuildFor", err)
 	want := db.Allocation{ID: "b1", Derivation: nb.Derivation, System: nb.System, Priority: 7, Attempt: 1,
 		Outputs: nb.Outputs, TimeoutSeconds: 3600, MaxSilentSeconds: 300}
@@ -1061,22 +1046,20 @@ func testAllocateBuildFor(t *testing.T, s db.Store) {
 	if len(es) != 1 || es[0].Agent != "a1" || es[0].Attempt != 1 {
 		t.Errorf("allocated events: %+v", es)
 	}
-	a2, err := sc.AllocateBuildFor(ctx, "b2", "a1", at(6))
+	a2, err := s.AllocateBuildFor(ctx, "b2", "a1", at(6))
 	must(t, "AllocateBuildFor b2", err)
 	if a2.TimeoutSeconds != 0 || a2.MaxSilentSeconds != 0 || a2.Priority != 0 || len(a2.Outputs) != 2 {
 		t.Errorf("AllocateBuildFor b2 = %+v", a2)
 	}
-	_, err = sc.AllocateBuildFor(ctx, "b1", "a1", at(7))
+	_, err = s.AllocateBuildFor(ctx, "b1", "a1", at(7))
 	mustErrIs(t, "AllocateBuildFor twice", err, db.ErrConflict)
-	_, err = sc.AllocateBuildFor(ctx, "nope", "a1", at(7))
+	_, err = s.AllocateBuildFor(ctx, "nope", "a1", at(7))
 	mustErrIs(t, "AllocateBuildFor unknown build", err, db.ErrNotFound)
 }
 
+// testScheduling: build options round-trip, priorities change until a
+// build ends, and builds are found by derivation.
 func testScheduling(t *testing.T, s db.Store) {
-	sc, ok := s.(db.Scheduling)
-	if !ok {
-		t.Skip("store does not implement db.Scheduling")
-	}
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	opt := newBuild("opt", 0)
@@ -1092,20 +1075,20 @@ func testScheduling(t *testing.T, s db.Store) {
 	if b.TimeoutSeconds != 3600 || b.MaxSilentSeconds != 300 {
 		t.Errorf("timeouts: %d %d", b.TimeoutSeconds, b.MaxSilentSeconds)
 	}
-	rs, err := s.RunnableBuilds(ctx)
-	must(t, "RunnableBuilds", err)
+	rs, _, err := s.ScheduledBuildsPage(ctx, 0, 100)
+	must(t, "ScheduledBuildsPage", err)
 	for _, r := range rs {
 		if r.ID == "opt" {
-			sameTime(t, "RunnableBuilds DeferUntil", r.DeferUntil, at(60))
+			sameTime(t, "ScheduledBuildsPage DeferUntil", r.DeferUntil, at(60))
 		}
 		if r.ID == "other" && !r.DeferUntil.IsZero() {
 			t.Errorf("other: DeferUntil %v, want zero", r.DeferUntil)
 		}
 	}
 
-	must(t, "SetBuildPriority", sc.SetBuildPriority(ctx, "opt", 7))
-	must(t, "allocate", s.AllocateBuild(ctx, "other", "a1", at(3)))
-	must(t, "SetBuildPriority allocated", sc.SetBuildPriority(ctx, "other", -2))
+	must(t, "SetBuildPriority", s.SetBuildPriority(ctx, "opt", 7))
+	must(t, "allocate", allocateBuild(ctx, s, "other", "a1", at(3)))
+	must(t, "SetBuildPriority allocated", s.SetBuildPriority(ctx, "other", -2))
 	if b, _ := s.Build(ctx, "opt"); b.Priority != 7 {
 		t.Errorf("priority %d, want 7", b.Priority)
 	}
@@ -1113,10 +1096,10 @@ func testScheduling(t *testing.T, s db.Store) {
 		t.Errorf("priority %d, want -2", b.Priority)
 	}
 	must(t, "cancel", s.CancelBuild(ctx, "again", at(4)))
-	mustErrIs(t, "SetBuildPriority canceled", sc.SetBuildPriority(ctx, "again", 1), db.ErrConflict)
-	mustErrIs(t, "SetBuildPriority unknown", sc.SetBuildPriority(ctx, "nope", 1), db.ErrNotFound)
+	mustErrIs(t, "SetBuildPriority canceled", s.SetBuildPriority(ctx, "again", 1), db.ErrConflict)
+	mustErrIs(t, "SetBuildPriority unknown", s.SetBuildPriority(ctx, "nope", 1), db.ErrNotFound)
 
-	bs, err := sc.BuildsForDerivations(ctx, []string{opt.Derivation, "/nix/store/none.drv"})
+	bs, err := s.BuildsForDerivations(ctx, []string{opt.Derivation, "/nix/store/none.drv"})
 	must(t, "BuildsForDerivations", err)
 	if got := ids(bs); !reflect.DeepEqual(got, []string{"again", "opt"}) {
 		t.Errorf("BuildsForDerivations = %v, want [again opt]", got)
@@ -1124,9 +1107,20 @@ func testScheduling(t *testing.T, s db.Store) {
 	if bs[0].State != db.StateCanceled || bs[1].State != db.StateScheduled {
 		t.Errorf("states %s %s", bs[0].State, bs[1].State)
 	}
-	bs, err = sc.BuildsForDerivations(ctx, nil)
+	bs, err = s.BuildsForDerivations(ctx, nil)
 	must(t, "BuildsForDerivations(nil)", err)
 	if len(bs) != 0 {
 		t.Errorf("BuildsForDerivations(nil) = %v", ids(bs))
 	}
+}
+
+// allocateBuild allocates a build where a test needs only the transition.
+func allocateBuild(ctx context.Context, s db.Store, id, agentID string, at time.Time) error {
+	_, err := s.AllocateBuildFor(ctx, id, agentID, at)
+	return err
+}
+
+// startBuild starts a build with no hardware report.
+func startBuild(ctx context.Context, s db.Store, id, agentID string, at time.Time) error {
+	return s.StartBuildWith(ctx, id, agentID, at, db.Hardware{})
 }

@@ -21,23 +21,21 @@ func eventTypes(es []db.Event) []db.EventType {
 // build's details; filters and resumption by id work.
 func testEvents(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
-	if h, ok := s.(db.EventHead); ok {
-		if last, err := h.LastEventID(ctx); err != nil || last != 0 {
-			t.Errorf("LastEventID of an empty log: %d, %v; want 0", last, err)
-		}
+	if last, err := s.LastEventID(ctx); err != nil || last != 0 {
+		t.Errorf("LastEventID of an empty log: %d, %v; want 0", last, err)
 	}
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("e1", 0), newBuild("e2", 1))
-	must(t, "AllocateBuild", s.AllocateBuild(ctx, "e1", "a1", at(10)))
-	must(t, "StartBuild", s.StartBuild(ctx, "e1", "a1", at(11)))
+	must(t, "AllocateBuild", allocateBuild(ctx, s, "e1", "a1", at(10)))
+	must(t, "StartBuild", startBuild(ctx, s, "e1", "a1", at(11)))
 	res := []db.OutputResult{
 		{Name: "out", Path: "/nix/store/e1-out", NarHash: "sha256:abc", NarSize: 10, FileHash: "sha256:def", FileSize: 5, Compression: "zstd", File: "f1"},
 		{Name: "dev", Path: "/nix/store/e1-dev", NarHash: "sha256:abd", NarSize: 11, FileHash: "sha256:deg", FileSize: 6, Compression: "zstd", File: "f2"},
 	}
 	must(t, "SucceedBuild", s.SucceedBuild(ctx, "e1", "a1", at(20), res))
-	must(t, "AllocateBuild e2", s.AllocateBuild(ctx, "e2", "a1", at(21)))
+	must(t, "AllocateBuild e2", allocateBuild(ctx, s, "e2", "a1", at(21)))
 	must(t, "RequeueBuild e2", s.RequeueBuild(ctx, "e2", "a1", at(22), db.KindInfrastructure, "agent disconnected"))
-	must(t, "AllocateBuild e2 again", s.AllocateBuild(ctx, "e2", "a1", at(23)))
+	must(t, "AllocateBuild e2 again", allocateBuild(ctx, s, "e2", "a1", at(23)))
 	must(t, "FailBuild e2", s.FailBuild(ctx, "e2", "a1", at(24), db.KindBuild, "build: exit 1", 1))
 	id, err := s.AppendEvent(ctx, db.Event{Type: db.EventAgentAbsent, At: at(25), Agent: "a1", Reason: "gone"})
 	must(t, "AppendEvent", err)
@@ -45,14 +43,14 @@ func testEvents(t *testing.T, s db.Store) {
 		t.Errorf("AppendEvent of an unknown type succeeded")
 	}
 	// A refused transition records nothing.
-	if err := s.StartBuild(ctx, "e2", "a1", at(26)); !errors.Is(err, db.ErrConflict) {
+	if err := startBuild(ctx, s, "e2", "a1", at(26)); !errors.Is(err, db.ErrConflict) {
 		t.Fatalf("StartBuild of a failed build: %v", err)
 	}
 
 	all, err := s.Events(ctx, db.EventFilter{})
 	must(t, "Events", err)
-	if h, ok := s.(db.EventHead); ok && len(all) > 0 {
-		last, err := h.LastEventID(ctx)
+	if len(all) > 0 {
+		last, err := s.LastEventID(ctx)
 		must(t, "LastEventID", err)
 		if last != all[len(all)-1].ID {
 			t.Errorf("LastEventID %d, newest listed %d", last, all[len(all)-1].ID)
@@ -118,7 +116,7 @@ func testSetupFailBuild(t *testing.T, s db.Store) {
 	newAgent(t, s, "a1")
 	newAgent(t, s, "a2")
 	createBuilds(t, s, newBuild("s1", 0))
-	must(t, "AllocateBuild", s.AllocateBuild(ctx, "s1", "a1", at(1)))
+	must(t, "AllocateBuild", allocateBuild(ctx, s, "s1", "a1", at(1)))
 	mustErrIs(t, "SetupFailBuild by another agent", s.SetupFailBuild(ctx, "s1", "a2", at(2), db.KindSetup, "x", nil, false), db.ErrConflict)
 	missing := []string{"/nix/store/in1.drv", "/nix/store/in2.drv"}
 	must(t, "SetupFailBuild", s.SetupFailBuild(ctx, "s1", "a1", at(2), db.KindSetup, "setup-failure: no inputs", missing, false))
@@ -127,8 +125,8 @@ func testSetupFailBuild(t *testing.T, s db.Store) {
 	if b.State != db.StateScheduled || b.Attempts[0].Outcome != "requeued" || b.Attempts[0].Kind != db.KindSetup || b.Attempts[0].Reason != "setup-failure: no inputs" {
 		t.Fatalf("after setup failure: %+v", b)
 	}
-	must(t, "AllocateBuild again", s.AllocateBuild(ctx, "s1", "a2", at(3)))
-	must(t, "StartBuild", s.StartBuild(ctx, "s1", "a2", at(4)))
+	must(t, "AllocateBuild again", allocateBuild(ctx, s, "s1", "a2", at(3)))
+	must(t, "StartBuild", startBuild(ctx, s, "s1", "a2", at(4)))
 	must(t, "SetupFailBuild final", s.SetupFailBuild(ctx, "s1", "a2", at(5), db.KindSetup, "setup-failure: again", nil, true))
 	b, err = s.Build(ctx, "s1")
 	must(t, "Build", err)
@@ -158,24 +156,24 @@ func testAttemptHardware(t *testing.T, s db.Store) {
 	newAgent(t, s, "a2")
 	createBuilds(t, s, newBuild("h1", 0))
 	hw := db.Hardware{Cores: 8, MemoryBytes: 16 << 30, FreeDiskBytes: 100 << 30, Load1: 0.5, Backend: "nix", BackendVersion: "2.8.1"}
-	mustErrIs(t, "SetAttemptHardware before allocation", s.SetAttemptHardware(ctx, "h1", "a1", hw), db.ErrConflict)
-	must(t, "AllocateBuild", s.AllocateBuild(ctx, "h1", "a1", at(1)))
+	mustErrIs(t, "StartBuildWith before allocation", s.StartBuildWith(ctx, "h1", "a1", at(1), hw), db.ErrConflict)
+	must(t, "AllocateBuild", allocateBuild(ctx, s, "h1", "a1", at(1)))
 	must(t, "RequeueBuild", s.RequeueBuild(ctx, "h1", "a1", at(2), db.KindInfrastructure, "x"))
-	must(t, "AllocateBuild", s.AllocateBuild(ctx, "h1", "a2", at(3)))
-	mustErrIs(t, "SetAttemptHardware by a non-holder", s.SetAttemptHardware(ctx, "h1", "a1", hw), db.ErrConflict)
-	must(t, "SetAttemptHardware", s.SetAttemptHardware(ctx, "h1", "a2", hw))
+	must(t, "AllocateBuild", allocateBuild(ctx, s, "h1", "a2", at(3)))
+	mustErrIs(t, "StartBuildWith by a non-holder", s.StartBuildWith(ctx, "h1", "a1", at(3), hw), db.ErrConflict)
+	must(t, "StartBuildWith", s.StartBuildWith(ctx, "h1", "a2", at(3), hw))
 	b, err := s.Build(ctx, "h1")
 	must(t, "Build", err)
 	if !b.Attempts[0].Hardware.IsZero() || b.Attempts[1].Hardware != hw {
 		t.Fatalf("attempt hardware: %+v / %+v", b.Attempts[0].Hardware, b.Attempts[1].Hardware)
 	}
-	if sc, ok := s.(db.Scheduling); ok {
+	{ // a start with its report in one transition
 		createBuilds(t, s, newBuild("h2", 1))
-		mustErrIs(t, "StartBuildWith before allocation", sc.StartBuildWith(ctx, "h2", "a1", at(4), hw), db.ErrConflict)
-		must(t, "AllocateBuild h2", s.AllocateBuild(ctx, "h2", "a1", at(5)))
-		mustErrIs(t, "StartBuildWith by a non-holder", sc.StartBuildWith(ctx, "h2", "a2", at(6), hw), db.ErrConflict)
-		must(t, "StartBuildWith", sc.StartBuildWith(ctx, "h2", "a1", at(6), hw))
-		mustErrIs(t, "StartBuildWith again", sc.StartBuildWith(ctx, "h2", "a1", at(7), hw), db.ErrConflict)
+		mustErrIs(t, "StartBuildWith before allocation", s.StartBuildWith(ctx, "h2", "a1", at(4), hw), db.ErrConflict)
+		must(t, "AllocateBuild h2", allocateBuild(ctx, s, "h2", "a1", at(5)))
+		mustErrIs(t, "StartBuildWith by a non-holder", s.StartBuildWith(ctx, "h2", "a2", at(6), hw), db.ErrConflict)
+		must(t, "StartBuildWith", s.StartBuildWith(ctx, "h2", "a1", at(6), hw))
+		mustErrIs(t, "StartBuildWith again", s.StartBuildWith(ctx, "h2", "a1", at(7), hw), db.ErrConflict)
 		b, err := s.Build(ctx, "h2")
 		must(t, "Build h2", err)
 		if b.State != db.StateStarted || !b.StartedAt.Equal(at(6)) || len(b.Attempts) != 1 ||
@@ -253,7 +251,7 @@ func testSucceedImpliesStart(t *testing.T, s db.Store) {
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 	createBuilds(t, s, newBuild("s1", 0))
-	must(t, "AllocateBuild", s.AllocateBuild(ctx, "s1", "a1", at(10)))
+	must(t, "AllocateBuild", allocateBuild(ctx, s, "s1", "a1", at(10)))
 	res := []db.OutputResult{{Name: "out", Path: "/nix/store/s1-out", NarHash: "sha256:abc", NarSize: 10, FileHash: "sha256:def", FileSize: 5, Compression: "zstd", File: "f1"}}
 	must(t, "SucceedBuild from allocated", s.SucceedBuild(ctx, "s1", "a1", at(20), res))
 	b, err := s.Build(ctx, "s1")
@@ -277,7 +275,7 @@ func testSucceedImpliesStart(t *testing.T, s db.Store) {
 	// success records nothing.
 	newAgent(t, s, "a2")
 	createBuilds(t, s, newBuild("s2", 1))
-	must(t, "AllocateBuild s2", s.AllocateBuild(ctx, "s2", "a1", at(30)))
+	must(t, "AllocateBuild s2", allocateBuild(ctx, s, "s2", "a1", at(30)))
 	mustErrIs(t, "SucceedBuild by a2", s.SucceedBuild(ctx, "s2", "a2", at(31), res), db.ErrConflict)
 	b, err = s.Build(ctx, "s2")
 	must(t, "Build s2", err)

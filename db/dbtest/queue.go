@@ -61,19 +61,15 @@ func testInputDerivations(t *testing.T, s db.Store) {
 // walk that neither skips nor repeats when builds change state behind it
 // (keyset, not offset), and input strings shared within a page.
 func testScheduledBuildsPage(t *testing.T, s db.Store) {
-	sc, ok := s.(db.Scheduling)
-	if !ok {
-		t.Skip("store does not implement db.Scheduling")
-	}
 	ctx := ctxFor(t)
 	newAgent(t, s, "a1")
 
-	page, last, err := sc.ScheduledBuildsPage(ctx, 0, 10)
+	page, last, err := s.ScheduledBuildsPage(ctx, 0, 10)
 	must(t, "ScheduledBuildsPage empty", err)
 	if len(page) != 0 || last != 0 {
 		t.Errorf("empty store: %d builds, last %d", len(page), last)
 	}
-	if _, _, err := sc.ScheduledBuildsPage(ctx, 0, 0); err == nil {
+	if _, _, err := s.ScheduledBuildsPage(ctx, 0, 0); err == nil {
 		t.Error("ScheduledBuildsPage accepted limit 0")
 	}
 
@@ -99,11 +95,11 @@ func testScheduledBuildsPage(t *testing.T, s db.Store) {
 	}
 	createBuilds(t, s, all[:5]...)
 	createBuilds(t, s, all[5:]...)
-	must(t, "allocate b3", s.AllocateBuild(ctx, "b3", "a1", at(20)))
+	must(t, "allocate b3", allocateBuild(ctx, s, "b3", "a1", at(20)))
 	must(t, "cancel b5", s.CancelBuild(ctx, "b5", at(20)))
 
 	var got []db.QueuedBuild
-	page, last, err = sc.ScheduledBuildsPage(ctx, 0, 3)
+	page, last, err = s.ScheduledBuildsPage(ctx, 0, 3)
 	must(t, "page 1", err)
 	got = append(got, page...)
 	if ids := queuedIDs(page); !reflect.DeepEqual(ids, []string{"b0", "b1", "b2"}) {
@@ -117,12 +113,12 @@ func testScheduledBuildsPage(t *testing.T, s db.Store) {
 	// Behind the cursor and ahead of it: with an offset these would shift
 	// the next page.
 	must(t, "cancel b1", s.CancelBuild(ctx, "b1", at(21)))
-	must(t, "allocate b4", s.AllocateBuild(ctx, "b4", "a1", at(21)))
+	must(t, "allocate b4", allocateBuild(ctx, s, "b4", "a1", at(21)))
 	must(t, "requeue b3", s.RequeueBuild(ctx, "b3", "a1", at(21), db.KindInfrastructure, "x")) // scheduled again, ahead of the cursor
 	late := newBuild("late", 0)
 	createBuilds(t, s, late)
 	for {
-		page, next, err := sc.ScheduledBuildsPage(ctx, last, 3)
+		page, next, err := s.ScheduledBuildsPage(ctx, last, 3)
 		must(t, fmt.Sprintf("page after %d", last), err)
 		if len(page) == 0 {
 			if next != last {
@@ -159,7 +155,7 @@ func testScheduledBuildsPage(t *testing.T, s db.Store) {
 	}
 
 	// A page bigger than what is left, and one past the end.
-	page, next, err := sc.ScheduledBuildsPage(ctx, 0, 1000)
+	page, next, err := s.ScheduledBuildsPage(ctx, 0, 1000)
 	must(t, "one page", err)
 	if ids := queuedIDs(page); !reflect.DeepEqual(ids, []string{"b0", "b2", "b3", "b6", "b7", "b8", "b9", "late"}) {
 		t.Errorf("one page = %v", ids)

@@ -43,11 +43,7 @@ type Store struct {
 	*sqlstore.Store
 }
 
-var (
-	_ db.Store            = (*Store)(nil)
-	_ db.DependencyFailer = (*Store)(nil)
-	_ db.Scheduling       = (*Store)(nil)
-)
+var _ db.Store = (*Store)(nil)
 
 // dialect is PostgreSQL's part of the shared SQL.
 func dialect(logger *slog.Logger, retry Backoff) sqlstore.Dialect {

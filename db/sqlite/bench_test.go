@@ -141,7 +141,7 @@ func BenchmarkAllocateBuild(b *testing.B) {
 							if i >= int64(len(ids)) {
 								return
 							}
-							if err := s.AllocateBuild(ctx, ids[i], "a1", at); err != nil {
+							if _, err := s.AllocateBuildFor(ctx, ids[i], "a1", at); err != nil {
 								b.Error(err)
 								return
 							}
@@ -156,21 +156,6 @@ func BenchmarkAllocateBuild(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
 		})
-	}
-}
-
-// BenchmarkRunnableBuilds measures the queue rebuild at start with 100k
-// scheduled builds.
-func BenchmarkRunnableBuilds(b *testing.B) {
-	s := open(b, filepath.Join(b.TempDir(), "bench.db"))
-	defer s.Close()
-	fill(b, s, 10000)
-	b.ResetTimer()
-	for b.Loop() {
-		bs, err := s.RunnableBuilds(b.Context())
-		if err != nil || len(bs) != benchBuilds {
-			b.Fatalf("RunnableBuilds: %d builds, %v", len(bs), err)
-		}
 	}
 }
 

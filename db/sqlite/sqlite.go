@@ -35,11 +35,7 @@ type Store struct {
 	ckpt *checkpointer
 }
 
-var (
-	_ db.Store            = (*Store)(nil)
-	_ db.DependencyFailer = (*Store)(nil)
-	_ db.Scheduling       = (*Store)(nil)
-)
+var _ db.Store = (*Store)(nil)
 
 // dialect is SQLite's part of the shared SQL: ? placeholders and NULL
 // ordering as written, no event lock (the single writer commits in id

@@ -51,7 +51,7 @@ func TestReopenKeepsData(t *testing.T) {
 	if err := s.CreateBuilds(ctx, []db.NewBuild{{ID: "b1", Derivation: "/nix/store/x.drv", System: "x86_64-linux", CreatedAt: at}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AllocateBuild(ctx, "b1", "a1", at); err != nil {
+	if _, err := s.AllocateBuildFor(ctx, "b1", "a1", at); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {

@@ -425,15 +425,6 @@ func (s *Store) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error
 	return s.list(ctx, fmt.Sprintf("listing builds (state %q, agent %q, limit %d)", f.State, f.AgentID, f.Limit), sel)
 }
 
-// RunnableBuilds returns all scheduled builds, highest priority first,
-// then oldest first.
-func (s *Store) RunnableBuilds(ctx context.Context) ([]db.Build, error) {
-	return s.list(ctx, "listing runnable builds", selection{
-		where: "state = 'scheduled'",
-		order: s.runnableOrder,
-	})
-}
-
 // BuildsOnAgent returns the allocated and started builds agentID holds,
 // oldest first.
 func (s *Store) BuildsOnAgent(ctx context.Context, agentID string) ([]db.Build, error) {

@@ -11,10 +11,8 @@ import (
 	"github.com/gbc-farm/gbc/db"
 )
 
-var _ db.EventPruning = (*Store)(nil)
-
 // PruneEvents deletes one batch from the start of the event log (see
-// db.EventPruning). The batch is found by walking the primary key from the
+// db.Store). The batch is found by walking the primary key from the
 // lowest id, so no index on at is needed and the walk reads only the rows
 // it deletes (plus the one that stops it); the ids of pending hook events
 // come from the (type, id) index.

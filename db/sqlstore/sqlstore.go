@@ -1,6 +1,5 @@
-// Package sqlstore is the one SQL implementation of db.Store (and of
-// db.DependencyFailer and db.Scheduling) that the SQLite and PostgreSQL
-// backends share. The SQL is written once, with ? placeholders and the
+// Package sqlstore is the one SQL implementation of db.Store that the
+// SQLite and PostgreSQL backends share. The SQL is written once, with ? placeholders and the
 // schema in migrations/<dialect>; a Dialect supplies the few things that
 // really differ: placeholder rebinding, NULL ordering, how event ids are
 // kept in commit order, how transactions are begun and retried, bulk
@@ -86,15 +85,10 @@ type Store struct {
 	wl   *writeLock
 
 	// ORDER BY clauses with the dialect's NULL placement.
-	newestFirst, oldestFirst, runnableOrder, keysOrder, agentsOrder string
+	newestFirst, oldestFirst, keysOrder, agentsOrder string
 }
 
-var (
-	_ db.Store            = (*Store)(nil)
-	_ db.DependencyFailer = (*Store)(nil)
-	_ db.Scheduling       = (*Store)(nil)
-	_ db.EventHead        = (*Store)(nil)
-)
+var _ db.Store = (*Store)(nil)
 
 // New returns a Store writing through writer and reading through reader
 // (which may be the same pool). Both must be migrated already. The Store
@@ -105,11 +99,10 @@ func New(d Dialect, writer, reader *sql.DB) *Store {
 	}
 	return &Store{
 		d: d, w: writer, r: reader, wl: newWriteLock(d.SingleWriter),
-		newestFirst:   "created_at DESC" + d.NullsLast + ", seq DESC",
-		oldestFirst:   "created_at" + d.NullsFirst + ", seq",
-		runnableOrder: "priority DESC, created_at" + d.NullsFirst + ", seq",
-		keysOrder:     "created_at" + d.NullsFirst + ", fingerprint",
-		agentsOrder:   "created_at" + d.NullsFirst + ", id",
+		newestFirst: "created_at DESC" + d.NullsLast + ", seq DESC",
+		oldestFirst: "created_at" + d.NullsFirst + ", seq",
+		keysOrder:   "created_at" + d.NullsFirst + ", fingerprint",
+		agentsOrder: "created_at" + d.NullsFirst + ", id",
 	}
 }
 

@@ -97,7 +97,7 @@ func (s *Store) transitionTx(ctx context.Context, tx Tx, id string, r rule, set 
 		return whyNot(ctx, tx, id, r)
 	}
 	if s.isForeignKey(err) {
-		// Only AllocateBuild sets agent_id.
+		// Only AllocateBuildFor sets agent_id.
 		return fmt.Errorf("agent %s: %w", r.agentID, db.ErrNotFound)
 	}
 	if err != nil {
@@ -166,21 +166,12 @@ var (
 	active = []db.BuildState{db.StateScheduled, db.StateAllocated, db.StateStarted}
 )
 
-// AllocateBuild: scheduled → allocated, opening attempt n+1 for agentID.
-func (s *Store) AllocateBuild(ctx context.Context, id, agentID string, at time.Time) error {
-	return s.allocate(ctx, id, agentID, at, nil)
-}
-
-// AllocateBuildFor is AllocateBuild returning the allocated build's run
-// parameters, read in the same transaction.
+// AllocateBuildFor: scheduled → allocated, opening attempt n+1 for
+// agentID, and returning the allocated build's run parameters, read in
+// the same transaction.
 func (s *Store) AllocateBuildFor(ctx context.Context, id, agentID string, at time.Time) (db.Allocation, error) {
 	var a db.Allocation
-	err := s.allocate(ctx, id, agentID, at, &a)
-	return a, err
-}
-
-func (s *Store) allocate(ctx context.Context, id, agentID string, at time.Time, out *db.Allocation) error {
-	return s.transition(ctx, id,
+	err := s.transition(ctx, id,
 		rule{op: "allocating", urgent: true, from: []db.BuildState{db.StateScheduled}, agentID: agentID, at: at, event: db.Event{Type: db.EventAllocated}},
 		`state = 'allocated', agent_id = ?, attempts = attempts + 1, started_at = NULL, ended_at = NULL, failure_reason = ''`,
 		[]any{agentID},
@@ -192,10 +183,7 @@ func (s *Store) allocate(ctx context.Context, id, agentID string, at time.Time, 
 			if err != nil {
 				return fmt.Errorf("opening attempt %d: %w", n, err)
 			}
-			if out == nil {
-				return nil
-			}
-			a := db.Allocation{ID: id, Derivation: c.derivation, System: c.system, Attempt: n, Priority: c.priority,
+			a = db.Allocation{ID: id, Derivation: c.derivation, System: c.system, Attempt: n, Priority: c.priority,
 				TimeoutSeconds: int(c.timeoutSec.Int64), MaxSilentSeconds: int(c.maxSilentSec.Int64)}
 			err = eachRow(ctx, tx, `SELECT name, path FROM build_outputs WHERE build_id = ? ORDER BY pos`, []any{id},
 				func(rows *sql.Rows) error {
@@ -209,22 +197,13 @@ func (s *Store) allocate(ctx context.Context, id, agentID string, at time.Time, 
 			if err != nil {
 				return fmt.Errorf("reading outputs of allocated build: %w", err)
 			}
-			*out = a
 			return nil
 		})
+	return a, err
 }
 
-// StartBuild: allocated → started; agentID must hold the build.
-func (s *Store) StartBuild(ctx context.Context, id, agentID string, at time.Time) error {
-	err := s.write(ctx, func(tx Tx) error { return s.startTx(ctx, tx, id, agentID, at, "") })
-	if err != nil {
-		return startRule(agentID, at).wrap(id, err)
-	}
-	return nil
-}
-
-// StartBuildWith is StartBuild recording the hardware report on the
-// attempt in the same transaction: one commit per start instead of two.
+// StartBuildWith: allocated → started, recording the hardware report on
+// the attempt in the same transaction; agentID must hold the build.
 func (s *Store) StartBuildWith(ctx context.Context, id, agentID string, at time.Time, hw db.Hardware) error {
 	b, err := json.Marshal(hw)
 	if err != nil {
@@ -368,8 +347,7 @@ func (s *Store) CancelBuild(ctx context.Context, id string, at time.Time) error 
 
 // FailDependency moves a scheduled build to failed-dependency because an
 // input can no longer be built, recording the failed input and build, and
-// d.Reason as the failure reason. Not yet part of db.Store (adding a
-// method would break existing fakes); see db.DependencyFailer.
+// d.Reason as the failure reason.
 func (s *Store) FailDependency(ctx context.Context, at time.Time, d db.DependencyFailure) error {
 	return s.transition(ctx, d.ID, failDependencyRule(at, d.Reason()),
 		`state = 'failed-dependency', ended_at = ?, failure_reason = ?, failed_input = ?, failed_build = ?`,
@@ -571,27 +549,6 @@ func (s *Store) SetupFailBuild(ctx context.Context, id, agentID string, at time.
 			if _, err := s.insertEvent(ctx, tx, e); err != nil {
 				return err
 			}
-		}
-		return nil
-	})
-}
-
-// SetAttemptHardware records the hardware report on the latest attempt of
-// a build the agent holds.
-func (s *Store) SetAttemptHardware(ctx context.Context, id, agentID string, hw db.Hardware) error {
-	b, err := json.Marshal(hw)
-	if err != nil {
-		return fmt.Errorf("hardware of build %s: %w", id, err)
-	}
-	return s.write(ctx, func(tx Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE attempts SET hardware = ?
-			WHERE build_id = ? AND agent_id = ? AND number = (SELECT attempts FROM builds WHERE id = ? AND agent_id = ?)`,
-			string(b), id, agentID, id, agentID)
-		if err != nil {
-			return fmt.Errorf("recording hardware of build %s: %w", id, err)
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return fmt.Errorf("recording hardware of build %s (agent %s): no attempt of this agent: %w", id, agentID, db.ErrConflict)
 		}
 		return nil
 	})
