@@ -102,8 +102,10 @@ func TestCachePublishesDerivationsAndOutputs(t *testing.T) {
 	if bm.Build != ids[0] {
 		t.Fatalf("got build %s", bm.Build)
 	}
-	out := ag.upload(bm, "built by x")
-	out.References = []string{a} // any store path of this store will do
+	// The output refers to its input's output, which it names.
+	aOut := h.output(a)
+	out := ag.upload(bm, "built by x with "+aOut)
+	out.References = []string{aOut}
 	if err := ag.succeed(bm, out); err != nil {
 		t.Fatal(err)
 	}

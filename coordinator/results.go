@@ -19,6 +19,7 @@ import (
 	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
+	"github.com/gbc-farm/gbc/storepath"
 )
 
 // holding loads the build and checks that this agent holds it. It returns
@@ -258,8 +259,15 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		return nil
 	}
 	dir := c.uploadDir(s.agentID, m.Build)
+	allowed, err := c.allowedReferences(ctx, b)
+	if err != nil {
+		// The coordinator's trouble, not the agent's: the result is
+		// neither acknowledged nor refused, and is resent later.
+		c.log.Error("result not checked: the build's input closure cannot be read", "build", m.Build, "agent", s.agentID, "err", err)
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	loaded := time.Now()
-	results, verr := c.verify(b, dir, m.Outputs)
+	results, verr := c.verify(b, dir, m.Outputs, allowed)
 	if verr != nil {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -356,10 +364,12 @@ func (c *Coordinator) publish(ctx context.Context, b db.Build, dir string, repor
 	return nil
 }
 
-// verify checks the reported outputs against the derivation and every
-// uploaded file against its reported hashes and sizes. It returns results
-// in the order of reported, with File set to the cache-relative target.
-func (c *Coordinator) verify(b db.Build, dir string, reported []protocol.OutputResult) ([]db.OutputResult, error) {
+// verify checks the reported outputs against the derivation, their
+// references against allowed, and every uploaded file against its
+// reported hashes and sizes and the references it contains. It returns
+// results in the order of reported, with File set to the cache-relative
+// target.
+func (c *Coordinator) verify(b db.Build, dir string, reported []protocol.OutputResult, allowed allowedRefs) ([]db.OutputResult, error) {
 	declared := map[string]string{}
 	for _, o := range b.Outputs {
 		declared[o.Name] = o.Path
@@ -378,7 +388,10 @@ func (c *Coordinator) verify(b db.Build, dir string, reported []protocol.OutputR
 		if o.Path != path {
 			return nil, fmt.Errorf("outputs[%d] (%s): path %q, derivation declares %q", i, o.Name, o.Path, path)
 		}
-		r, err := verifyFile(dir, o)
+		if err := allowed.checkClaimed(o); err != nil {
+			return nil, fmt.Errorf("outputs[%d] (%s): %w", i, o.Name, err)
+		}
+		r, err := verifyFile(dir, o, allowed.scanner())
 		if errors.Is(err, fs.ErrNotExist) {
 			if pr, ok := c.publishedResult(o); ok {
 				r, err = pr, nil
@@ -408,7 +421,7 @@ func (c *Coordinator) publishedResult(o protocol.OutputResult) (db.OutputResult,
 	if c.cfg.Cache == nil {
 		moved := o
 		moved.Upload = filepath.Base(file)
-		r, err := verifyFile(filepath.Join(c.cfg.StateDir, filepath.Dir(file)), moved)
+		r, err := verifyFile(filepath.Join(c.cfg.StateDir, filepath.Dir(file)), moved, nil)
 		return r, err == nil
 	}
 	ni, err := c.cfg.Cache.Lookup(o.Path)
@@ -423,7 +436,10 @@ func (c *Coordinator) publishedResult(o protocol.OutputResult) (db.OutputResult,
 	}, true
 }
 
-func verifyFile(dir string, o protocol.OutputResult) (db.OutputResult, error) {
+// verifyFile checks an uploaded file against its report; with scan, also
+// the references claimed against those the NAR contains (see
+// checkScanned).
+func verifyFile(dir string, o protocol.OutputResult, scan *storepath.Scanner) (db.OutputResult, error) {
 	if o.Upload == "" || o.Upload != filepath.Base(o.Upload) || o.Upload == "." || o.Upload == ".." || strings.ContainsAny(o.Upload, `/\`) {
 		return db.OutputResult{}, fmt.Errorf("upload name %q is not a plain file name", o.Upload)
 	}
@@ -463,7 +479,11 @@ func verifyFile(dir string, o protocol.OutputResult) (db.OutputResult, error) {
 	if err != nil {
 		return db.OutputResult{}, fmt.Errorf("decompress %s (%s): %w", o.Upload, o.Compression, err)
 	}
-	narHash, narSize, err := nar.Validate(dec)
+	var narStream io.Reader = dec
+	if scan != nil {
+		narStream = io.TeeReader(dec, scan)
+	}
+	narHash, narSize, err := nar.Validate(narStream)
 	dec.Close()
 	if err != nil {
 		return db.OutputResult{}, fmt.Errorf("uploaded NAR %s is invalid: %w", o.Upload, err)
@@ -485,6 +505,11 @@ func verifyFile(dir string, o protocol.OutputResult) (db.OutputResult, error) {
 	}
 	if !gotFile.Equal(wantFile) {
 		return db.OutputResult{}, fmt.Errorf("file hash %s, reported %s", gotFile, o.FileHash)
+	}
+	if scan != nil {
+		if err := checkScanned(o, scan); err != nil {
+			return db.OutputResult{}, err
+		}
 	}
 	return db.OutputResult{
 		Name:        o.Name,
