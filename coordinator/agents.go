@@ -471,6 +471,7 @@ func (c *Coordinator) releaseLocked(buildID, agentID string) {
 	if s := c.sessions[agentID]; s != nil {
 		delete(s.holds, buildID)
 	}
+	delete(c.space.refused, buildID)
 	if err := os.RemoveAll(c.uploadDir(agentID, buildID)); err != nil {
 		c.log.Warn("remove upload dir", "build", buildID, "agent", agentID, "err", err)
 	}

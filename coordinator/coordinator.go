@@ -107,6 +107,15 @@ type Config struct {
 	// failed), for `nix log` against the cache. Default: Cache.
 	LogCache LogCache
 
+	// MinFreeSpace is the reserve of free bytes in StateDir: under it
+	// the coordinator allocates nothing and refuses upload writes (see
+	// space.go). Zero: only a write failing with ENOSPC pauses it.
+	MinFreeSpace uint64
+	// SpaceCheckInterval is how often free space is read
+	// (DefaultSpaceCheckInterval); FreeSpace reads it (StatfsFree).
+	SpaceCheckInterval time.Duration
+	FreeSpace          FreeSpaceFunc
+
 	// restorePage is the queue rebuild's page size (0: defaultRestorePage);
 	// tests make it small to cross pages with a few builds.
 	restorePage int
@@ -126,6 +135,7 @@ type Coordinator struct {
 	verifying map[string]bool
 	// avoid remembers, per build, agents where setup failed.
 	avoid  map[string]map[string]bool
+	space  spaceState
 	closed bool
 	done   chan struct{}
 	wg     sync.WaitGroup
@@ -165,6 +175,12 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.MaxLogBytes <= 0 {
 		cfg.MaxLogBytes = DefaultMaxLogBytes
 	}
+	if cfg.SpaceCheckInterval <= 0 {
+		cfg.SpaceCheckInterval = DefaultSpaceCheckInterval
+	}
+	if cfg.FreeSpace == nil {
+		cfg.FreeSpace = StatfsFree
+	}
 	if cfg.restorePage <= 0 {
 		cfg.restorePage = defaultRestorePage
 	}
@@ -186,8 +202,10 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		waiters:   map[string][]chan struct{}{},
 		verifying: map[string]bool{},
 		avoid:     map[string]map[string]bool{},
+		space:     spaceState{refused: map[string]bool{}},
 		done:      make(chan struct{}),
 	}
+	c.checkSpace(ctx)
 	held, err := c.restore(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
@@ -203,6 +221,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if c.spawn() {
 		go c.wakeDeferred()
+	}
+	if c.spawn() {
+		go c.watchSpace()
 	}
 	c.sweepLogs(ctx)
 	st := c.sched.Stats()
@@ -300,6 +321,7 @@ type Status struct {
 	// Unmatched: ready builds that no connected active agent can take.
 	Unmatched int
 	Connected []AgentStatus
+	Space     SpaceStatus
 }
 
 // AgentStatus describes one connected agent.
@@ -320,7 +342,7 @@ func (c *Coordinator) Status() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ss := c.sched.Stats()
-	st := Status{Queued: ss.ReadyBySystem, Blocked: ss.Waiting, Deferred: ss.Deferred, Allocated: ss.Allocated}
+	st := Status{Queued: ss.ReadyBySystem, Blocked: ss.Waiting, Deferred: ss.Deferred, Allocated: ss.Allocated, Space: c.spaceStatusLocked()}
 	st.Stuck, st.Unmatched = c.blockedLocked()
 	for _, s := range c.sessions {
 		st.Connected = append(st.Connected, s.statusLocked())

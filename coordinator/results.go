@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gbc-farm/gbc/cache"
@@ -142,6 +143,13 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.space.refused[b.ID] {
+		// The agent gave up because this coordinator refused its upload
+		// for want of space: not the agent's fault, nor the build's.
+		c.coordinatorTroubleLocked(ctx, b.ID, s.agentID, "coordinator short of disk space: upload refused ("+reason+")")
+		c.dispatchLocked(ctx)
+		return nil
+	}
 	if waitFor := c.blockingInputsLocked(b.ID); len(waitFor) > 0 {
 		reason = waitingForInputs + reason
 		if err := c.store.SetupFailBuild(ctx, b.ID, s.agentID, c.clk.Now(), db.KindWaitingForInputs, reason, missing, false); err != nil {
@@ -280,7 +288,21 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	}
 	verified := time.Now()
 	if err := c.publish(ctx, b, dir, m.Outputs, results); err != nil {
-		return err
+		// Verified outputs the coordinator could not publish (its disk
+		// full, its cache unwritable): the coordinator's trouble. The
+		// build goes back to the queue charged to nobody; the agent's
+		// result is refused, so it drops it.
+		c.log.Error("publish verified outputs", "build", m.Build, "agent", s.agentID, "err", err)
+		if errors.Is(err, syscall.ENOSPC) {
+			c.noteFullLocked(true)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if cur, lerr := c.store.Build(ctx, m.Build); lerr == nil && cur.AgentID == s.agentID && !cur.State.Terminal() {
+			c.coordinatorTroubleLocked(ctx, m.Build, s.agentID, "coordinator could not publish the verified outputs: "+err.Error())
+			c.dispatchLocked(ctx)
+		}
+		return fmt.Errorf("build %s: the coordinator could not publish the verified outputs (requeued, not charged to this agent): %w", m.Build, err)
 	}
 	published := time.Now()
 	// Recorded before taking the coordinator lock: the store's

@@ -258,7 +258,7 @@ func (s *Session) schedAgent() scheduler.Agent {
 // dispatchLocked hands runnable builds to agents with free slots, one
 // build per agent per round (least loaded first) so work spreads.
 func (c *Coordinator) dispatchLocked(ctx context.Context) {
-	if c.closed {
+	if c.closed || c.space.low {
 		return
 	}
 	sessions := make([]*Session, 0, len(c.sessions))

@@ -119,12 +119,16 @@ const (
 	// KindInfrastructure: the agent or its link went away (disconnected,
 	// reconnected without the build); counts against nobody.
 	KindInfrastructure AttemptKind = "infrastructure"
+	// KindCoordinator: the coordinator's own trouble (its disk under the
+	// free-space reserve or full, a publish that failed after the outputs
+	// verified); counts against nobody, neither the build nor the agent.
+	KindCoordinator AttemptKind = "coordinator"
 )
 
 // Valid reports whether k is a kind a failed or requeued attempt may have.
 func (k AttemptKind) Valid() bool {
 	switch k {
-	case KindBuild, KindSetup, KindWaitingForInputs, KindVerification, KindInfrastructure:
+	case KindBuild, KindSetup, KindWaitingForInputs, KindVerification, KindInfrastructure, KindCoordinator:
 		return true
 	}
 	return false

@@ -159,8 +159,11 @@ func TestStoppedAgentPastGraceGetsItsBuildBack(t *testing.T) {
 	if b.State != "succeeded" || len(b.Attempts) != 2 || b.Attempts[0].Reason != "agent disconnected" {
 		t.Fatalf("build %s, attempts %+v", b.State, b.Attempts)
 	}
-	if st := f.mustSSH("status"); strings.Contains(st, "allocated: 1") {
-		t.Errorf("status after success still shows an allocation:\n%s", st)
+	var st struct {
+		Allocated int `json:"allocated"`
+	}
+	if err := jsonUnmarshal(f.mustSSH("status --json"), &st); err != nil || st.Allocated != 0 {
+		t.Errorf("status after success: %d allocated (%v)", st.Allocated, err)
 	}
 }
 

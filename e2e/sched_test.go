@@ -20,6 +20,7 @@ type schedJSON struct {
 	Attempts      []struct {
 		Agent   string `json:"agent"`
 		Outcome string `json:"outcome"`
+		Kind    string `json:"kind"`
 		Reason  string `json:"reason"`
 	} `json:"attempts"`
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/gliderlabs/ssh"
 	"github.com/pkg/sftp"
+
+	"github.com/gbc-farm/gbc/coordinator"
 )
 
 // handleSFTP serves an agent's virtual upload tree:
@@ -118,9 +120,12 @@ func (t *uploadTree) Fileread(r *sftp.Request) (io.ReaderAt, error) {
 }
 
 func (t *uploadTree) Filewrite(r *sftp.Request) (io.WriterAt, error) {
-	_, real, err := t.held(r.Filepath, 3)
+	v, real, err := t.held(r.Filepath, 3)
 	if err != nil {
 		return nil, err
+	}
+	if err := t.s.coord.UploadSpace(t.agentID, v.build); err != nil {
+		return nil, refusal{err}
 	}
 	if err := os.MkdirAll(filepath.Dir(real), 0o755); err != nil {
 		return nil, fmt.Errorf("create upload dir: %w", err)
@@ -142,22 +147,42 @@ func (t *uploadTree) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 		f.Close()
 		return nil, sftp.ErrSSHFxPermissionDenied
 	}
-	return &boundedFile{f: f, max: t.max}, nil
+	return &boundedFile{f: f, max: t.max, t: t, build: v.build}, nil
 }
 
-// boundedFile refuses writes past the upload size limit. pkg/sftp closes
-// it (io.Closer) when the client closes the handle.
+// boundedFile refuses writes past the upload size limit, and while the
+// coordinator is short of disk space. pkg/sftp closes it (io.Closer) when
+// the client closes the handle.
 type boundedFile struct {
-	f   *os.File
-	max int64
+	f     *os.File
+	max   int64
+	t     *uploadTree
+	build string
 }
 
 func (b *boundedFile) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > b.max {
 		return 0, fmt.Errorf("write at %d+%d is over the %d-byte upload limit: %w", off, len(p), b.max, sftp.ErrSSHFxFailure)
 	}
-	return b.f.WriteAt(p, off)
+	if err := b.t.s.coord.UploadSpace(b.t.agentID, b.build); err != nil {
+		return 0, refusal{err}
+	}
+	n, err := b.f.WriteAt(p, off)
+	if err != nil {
+		var low *coordinator.LowSpaceError
+		if err := b.t.s.coord.UploadFailed(b.t.agentID, b.build, err); errors.As(err, &low) {
+			return n, refusal{err}
+		}
+	}
+	return n, err
 }
+
+// refusal carries a coordinator's refusal to the SFTP client as a failure
+// status whose message is the refusal's own text.
+type refusal struct{ err error }
+
+func (r refusal) Error() string   { return r.err.Error() }
+func (r refusal) Unwrap() []error { return []error{r.err, sftp.ErrSSHFxFailure} }
 
 func (b *boundedFile) Close() error { return b.f.Close() }
 

@@ -19,7 +19,8 @@ func setupStatus(fs *pflag.FlagSet) func(x *call) error {
 		st := x.s.coord.Status()
 		if *asJSON {
 			return writeJSON(x.out, map[string]any{"queued": st.Queued, "blocked": st.Blocked, "stuck": st.Stuck,
-				"unmatched": st.Unmatched, "deferred": st.Deferred, "allocated": st.Allocated, "agents": nonNil(st.Connected)})
+				"unmatched": st.Unmatched, "deferred": st.Deferred, "allocated": st.Allocated, "agents": nonNil(st.Connected),
+				"disk": st.Space})
 		}
 		systems := make([]string, 0, len(st.Queued))
 		ready := 0
@@ -37,6 +38,13 @@ func setupStatus(fs *pflag.FlagSet) func(x *call) error {
 		}
 		if st.Unmatched > 0 {
 			fmt.Fprintf(x.out, "unmatched: %d ready build(s) that no connected agent can take (system, features or tags); 'build show ID' says why\n", st.Unmatched)
+		}
+		if sp := st.Space; sp.Paused {
+			why := fmt.Sprintf("free space %d bytes under the reserve of %d (--min-free-space)", sp.Free, sp.Reserve)
+			if sp.Full {
+				why = "the state directory's disk is full"
+			}
+			fmt.Fprintf(x.out, "allocation paused: %s; uploads are refused until space returns\n", why)
 		}
 		fmt.Fprintf(x.out, "connected agents: %d\n", len(st.Connected))
 		for _, a := range st.Connected {

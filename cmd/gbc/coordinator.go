@@ -64,6 +64,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	pprofBlock := fs.Int("pprof-block-rate", 0, "with --pprof-listen: record blocking events of this many `NS` or longer (and mutex contention) for /debug/pprof/block and /debug/pprof/mutex; 0: off (recording costs CPU)")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
 	memLimit := fs.String("memory-limit", "", "soft limit of the Go heap and runtime (`SIZE` such as 450MiB, as GOMEMLIMIT, which applies when this is not given): the garbage collector runs more often near it, trading CPU for RSS; it is not a hard cap (docs/scheduling.md)")
+	minFree := fs.String("min-free-space", "2GiB", "reserve of free space in the state directory (`SIZE`): under it no build is allocated and upload writes are refused, charged to no build or agent, until space returns (0: only a full disk pauses)")
 	hf := addHookFlags(fs)
 	retention := daysDuration(coordinator.DefaultEventRetention)
 	fs.Var(&retention, "event-retention", "delete events older than this (30d, 720h; 0: keep forever); events a hook has not finished stay")
@@ -94,6 +95,10 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		return usageError{"--max-upload-bytes must be positive"}
 	}
 	log := e.log
+	reserve, err := parseSize("min free space", *minFree)
+	if err != nil {
+		return usageError{"--" + err.Error()}
+	}
 	if *memLimit != "" {
 		n, err := parseMemoryLimit(*memLimit)
 		if err != nil {
@@ -164,6 +169,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		Cache: bc, CacheAddress: protocol.CacheAddress,
 		Strategy: strat, Heartbeat: *heartbeat, DisconnectGrace: *grace, BuildTimeout: *buildTimeout,
 		MaxSilentTime: *maxSilent, MaxSetupFailures: *maxSetup, SubmitMissingInputs: *hf.submitMissing,
+		MinFreeSpace: uint64(reserve),
 	})
 	if err != nil {
 		return err
