@@ -215,37 +215,3 @@ func (d *Dialer) Dial(ctx context.Context) (*ssh.Client, error) {
 	_ = conn.SetDeadline(time.Time{})
 	return ssh.NewClient(c, chans, reqs), nil
 }
-
-// keepalive sends an OpenSSH keepalive request every interval and closes
-// the client when one gets no reply within timeout, so a dead TCP path is
-// noticed even while no build traffic flows. It returns when ctx ends or
-// the connection fails.
-func keepalive(ctx context.Context, c *ssh.Client, interval, timeout time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		done := make(chan error, 1)
-		go func() {
-			// Any reply, even "not supported", proves the peer is alive.
-			_, _, err := c.SendRequest("keepalive@openssh.com", true, nil)
-			done <- err
-		}()
-		select {
-		case <-ctx.Done():
-			return
-		case err := <-done:
-			if err != nil {
-				c.Close()
-				return
-			}
-		case <-time.After(timeout):
-			c.Close()
-			return
-		}
-	}
-}

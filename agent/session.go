@@ -12,6 +12,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/gbc-farm/gbc/agent/upload"
+	"github.com/gbc-farm/gbc/clock"
+	"github.com/gbc-farm/gbc/internal/keepalive"
 	"github.com/gbc-farm/gbc/protocol"
 )
 
@@ -68,7 +70,7 @@ func (a *Agent) session(ctx context.Context) (welcomed bool, err error) {
 	a.replayLogs()
 	a.resendPending()
 
-	go keepalive(cctx, client, a.cfg.KeepaliveInterval, a.cfg.KeepaliveInterval)
+	go keepalive.Run(cctx, clock.Real{}, client, a.cfg.KeepaliveInterval, a.cfg.KeepaliveInterval)
 	hb := time.Duration(welcome.HeartbeatSeconds) * time.Second
 	if hb <= 0 {
 		hb = 10 * time.Second

@@ -23,6 +23,7 @@ import (
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/keepalive"
 	"github.com/gbc-farm/gbc/keys"
 	"github.com/gbc-farm/gbc/protocol"
 )
@@ -179,32 +180,8 @@ func (s *Server) keepAlive(ctx context.Context, sess ssh.Session) {
 	if !ok {
 		return
 	}
-	t := time.NewTicker(s.cfg.KeepAlive)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		res := make(chan error, 1)
-		go func() {
-			_, _, err := conn.SendRequest("keepalive@openssh.com", true, nil)
-			res <- err
-		}()
-		select {
-		case err := <-res:
-			if err != nil {
-				conn.Close()
-				return
-			}
-		case <-time.After(2 * s.cfg.KeepAlive):
-			s.log.Warn("keepalive unanswered; closing connection", "remote", conn.RemoteAddr().String())
-			conn.Close()
-			return
-		case <-ctx.Done():
-			return
-		}
+	if err := keepalive.Run(ctx, s.cfg.Clock, conn, s.cfg.KeepAlive, 2*s.cfg.KeepAlive); errors.Is(err, keepalive.ErrUnanswered) {
+		s.log.Warn("keepalive unanswered; closing connection", "remote", conn.RemoteAddr().String())
 	}
 }
 
