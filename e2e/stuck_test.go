@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +140,36 @@ func TestNothingWaitsSilently(t *testing.T) {
 		if r.Code != 1 || strings.TrimSpace(r.Stderr) != c.want {
 			t.Errorf("%s: exit %d stderr %q, want %q", c.cmd, r.Code, r.Stderr, c.want)
 		}
+	}
+}
+
+// TestSubmitWaitSIGTERM: gbc submit passes the build flags on, and SIGTERM
+// while it waits says what happened and that the builds stay queued.
+func TestSubmitWaitSIGTERM(t *testing.T) {
+	f := newFarm(t)
+	drv := instantiate(t, fmt.Sprint(time.Now().UnixNano()), "base")
+	p := start(t, gbcBin, "submit", "--coordinator", f.addr, "--identity", f.admin.Path, "--known-hosts", f.knownHosts,
+		"--wait", "--defer-until", "+1h", "--tag", "team=web", drv)
+	m := p.log.waitFor(t, regexp.MustCompile(`(?m)^([0-9a-f-]{36})$`), time.Minute)
+	err := p.stop(t)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("gbc submit after SIGTERM: %v, want exit 1\n%s", err, p.log.String())
+	}
+	out := p.log.String()
+	if !strings.Contains(out, "stopped (terminated signal received) before the coordinator's build command finished; builds it accepted stay queued there") ||
+		strings.Contains(out, "without exit status") {
+		t.Fatalf("gbc submit does not say what happened:\n%s", out)
+	}
+	var b struct {
+		State      string   `json:"state"`
+		Tags       []string `json:"tags"`
+		DeferUntil string   `json:"defer_until"`
+	}
+	if err := json.Unmarshal([]byte(f.mustSSH("build show --json "+m[1])), &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.State != "scheduled" || len(b.Tags) != 1 || b.Tags[0] != "team=web" || b.DeferUntil == "" {
+		t.Fatalf("submitted build %+v, want scheduled, tagged and deferred", b)
 	}
 }

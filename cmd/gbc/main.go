@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -89,7 +90,17 @@ func run(e env, args []string) int {
 		}
 		return 1
 	}
+	if full, ok := subcommandOf()[args[0]]; ok {
+		fmt.Fprintf(e.stderr, "gbc: %s is a subcommand of %s: run 'gbc %s %s'\n", args[0], full, full, strings.Join(args, " "))
+		return 2
+	}
 	fmt.Fprintf(e.stderr, "gbc: unknown command %q\n", args[0])
 	usage(e.stderr)
 	return 2
+}
+
+// subcommandOf maps subcommands that people type without their command
+// to that command, so the refusal can say the right command line.
+func subcommandOf() map[string]string {
+	return map[string]string{"migrate-data": "coordinator"}
 }

@@ -30,9 +30,7 @@ func runSubmit(ctx context.Context, e env, args []string) error {
 	fs := pflag.NewFlagSet("gbc submit", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	conn := addConnFlags(fs, "operator")
-	prio := fs.Int("priority", 0, "build priority (higher runs first)")
-	tags := fs.StringArray("tag", nil, "`K=V` label for the builds, repeatable")
-	wait := fs.Bool("wait", false, "wait for the builds and print their results; exit 0 only if all succeeded")
+	build := addBuildFlags(fs)
 	nixStore := fs.String("nix-store", "nix-store", "nix-store `COMMAND` used for the query and export")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -53,7 +51,7 @@ func runSubmit(ctx context.Context, e env, args []string) error {
 			return usageError{fmt.Sprintf("%q is not an absolute .drv path", d)}
 		}
 	}
-	for _, t := range *tags {
+	for _, t := range *build.tags {
 		if k, _, ok := strings.Cut(t, "="); !ok || k == "" {
 			return usageError{fmt.Sprintf("--tag %q is not K=V", t)}
 		}
@@ -86,18 +84,45 @@ func runSubmit(ctx context.Context, e env, args []string) error {
 	}
 	e.log.Info("closure imported", "paths", len(closure))
 
-	cmd := []string{"build"}
-	if *wait {
-		cmd = append(cmd, "--wait")
+	cmd := append(append([]string{"build"}, build.args(fs)...), drvs...)
+	return remote(ctx, client, cmd, nil, e.stdout, e.stderr)
+}
+
+// buildFlags are the coordinator's build flags, which gbc submit takes too
+// and passes on as given (the coordinator checks their values).
+type buildFlags struct {
+	tags  *[]string
+	names []string // every flag but --tag, passed on as --NAME=VALUE when set
+}
+
+func addBuildFlags(fs *pflag.FlagSet) buildFlags {
+	b := buildFlags{tags: fs.StringArray("tag", nil, "`K=V` label for the builds, repeatable")}
+	fs.Int("priority", 0, "build priority (higher runs first)")
+	fs.Bool("wait", false, "wait for the builds and print their results; exit 0 only if all succeeded")
+	fs.String("defer-until", "", "hold the builds back until `TIME` (RFC 3339, or +DURATION from now, e.g. +10m)")
+	fs.Bool("ignore-if-build-for-outputs-exists", false, "reuse a queued, running or succeeded build of the same derivation instead of adding one")
+	fs.Bool("ensure-all-related-derivation-outputs-have-successful-builds", false,
+		"also submit every derivation in the input closure whose outputs have no successful build and are not in the cache")
+	fs.Duration("timeout", 0, "stop a build running longer than this (default: the coordinator's)")
+	fs.Duration("max-silent-time", 0, "stop a build silent for longer than this (default: the coordinator's)")
+	fs.Bool("json", false, "print JSON: the builds (with what each waits for), and with --wait their results")
+	b.names = []string{"priority", "wait", "defer-until", "ignore-if-build-for-outputs-exists",
+		"ensure-all-related-derivation-outputs-have-successful-builds", "timeout", "max-silent-time", "json"}
+	return b
+}
+
+// args are the build command's flags as the operator set them.
+func (b buildFlags) args(fs *pflag.FlagSet) []string {
+	var out []string
+	for _, n := range b.names {
+		if f := fs.Lookup(n); f != nil && f.Changed {
+			out = append(out, "--"+n+"="+f.Value.String())
+		}
 	}
-	if *prio != 0 {
-		cmd = append(cmd, fmt.Sprintf("--priority=%d", *prio))
+	for _, t := range *b.tags {
+		out = append(out, "--tag="+t)
 	}
-	for _, t := range *tags {
-		cmd = append(cmd, "--tag="+t)
-	}
-	cmd = append(cmd, drvs...)
-	return remote(client, cmd, nil, e.stdout, e.stderr)
+	return out
 }
 
 // importClosure streams nix-store --export of paths into the coordinator's
@@ -113,7 +138,7 @@ func importClosure(ctx context.Context, client *ssh.Client, nixStore string, pat
 	if err := x.Start(); err != nil {
 		return fmt.Errorf("%s --export: %w", nixStore, err)
 	}
-	rerr := remote(client, []string{"import"}, stream, io.Discard, e.stderr)
+	rerr := remote(ctx, client, []string{"import"}, stream, io.Discard, e.stderr)
 	if rerr != nil {
 		x.Process.Kill()
 	}
@@ -127,8 +152,10 @@ func importClosure(ctx context.Context, client *ssh.Client, nixStore string, pat
 	return nil
 }
 
-// remote runs one coordinator command; a non-zero exit is an error.
-func remote(client *ssh.Client, words []string, stdin io.Reader, stdout, stderr io.Writer) error {
+// remote runs one coordinator command; a non-zero exit is an error. When
+// ctx ends first (SIGINT, SIGTERM: the connection is closed under it) the
+// error says so and that what was submitted stays on the coordinator.
+func remote(ctx context.Context, client *ssh.Client, words []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	s, err := client.NewSession()
 	if err != nil {
 		return fmt.Errorf("open session: %w", err)
@@ -140,6 +167,10 @@ func remote(client *ssh.Client, words []string, stdin io.Reader, stdout, stderr 
 		quoted[i] = shellQuote(w)
 	}
 	if err := s.Run(strings.Join(quoted, " ")); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("stopped (%v) before the coordinator's %s command finished; builds it accepted stay queued there ('ssh COORDINATOR builds', 'build cancel ID')",
+				context.Cause(ctx), words[0])
+		}
 		var ee *ssh.ExitError
 		if errors.As(err, &ee) {
 			return fmt.Errorf("coordinator command %q exited %d", words[0], ee.ExitStatus())
