@@ -17,7 +17,7 @@ import (
 // once. All through the real OpenSSH client.
 func TestNothingWaitsSilently(t *testing.T) {
 	f := newFarm(t)
-	f.addAgent("stuck-agent")
+	agent := f.addAgent("stuck-agent")
 	nonce := fmt.Sprint(time.Now().UnixNano())
 	base := instantiate(t, nonce, "base")
 	left := instantiate(t, nonce, "left")
@@ -132,14 +132,35 @@ func TestNothingWaitsSilently(t *testing.T) {
 	}
 
 	// Messages: each thing once, with what to do.
-	for _, c := range []struct{ cmd, want string }{
-		{"build cancel nonsense", `build cancel: no build "nonsense" ('builds' lists the build ids)`},
-		{"build priority " + ids[1] + " 5", "build priority: build " + ids[1] + " has already ended (canceled); only queued or running builds have a priority to change"},
+	fresh := newKey(t, f.dir, "fresh")
+	for _, c := range []struct {
+		cmd, want string
+		code      int
+	}{
+		{"build cancel nonsense", `build cancel: no build "nonsense" ('builds' lists the build ids)`, 1},
+		{"build priority " + ids[1] + " 5", "build priority: build " + ids[1] + " has already ended (canceled); only queued or running builds have a priority to change", 1},
+		{"agent new --name again --key '" + agent.Key.Pub + "'", "agent new: key " + fingerprint(t, agent.Key) + " is already registered to agent stuck-agent (" + agent.ID +
+			"); no agent was created (a key belongs to one agent or operator: generate another, or 'key remove " + fingerprint(t, agent.Key) + "' first)", 1},
 	} {
 		r := f.ssh(f.admin, c.cmd)
-		if r.Code != 1 || strings.TrimSpace(r.Stderr) != c.want {
-			t.Errorf("%s: exit %d stderr %q, want %q", c.cmd, r.Code, r.Stderr, c.want)
+		if r.Code != c.code || strings.TrimSpace(r.Stderr) != c.want {
+			t.Errorf("%s: exit %d stderr %q, want %d %q", c.cmd, r.Code, r.Stderr, c.code, c.want)
 		}
+	}
+	// A key line passed without the inner quotes reaches the coordinator
+	// as several words.
+	r = f.ssh(f.admin, "agent new --name fresh --key "+fresh.Pub)
+	if r.Code != 2 || !strings.HasPrefix(r.Stderr, "agent new: --key takes the whole key line as one argument") || !strings.Contains(r.Stderr, "quote it") {
+		t.Errorf("unquoted key: exit %d stderr %q", r.Code, r.Stderr)
+	}
+	if n := strings.Count(f.mustSSH("agents --json"), `"id"`); n != 1 {
+		t.Errorf("%d agents registered, want only stuck-agent", n)
+	}
+	var status struct {
+		Agents []map[string]any `json:"agents"`
+	}
+	if err := json.Unmarshal([]byte(f.mustSSH("status --json")), &status); err != nil || len(status.Agents) != 1 || status.Agents[0]["last_seen_at"] == nil {
+		t.Errorf("status --json agents: %+v (%v), want last_seen_at as in agents --json", status.Agents, err)
 	}
 }
 
@@ -172,4 +193,11 @@ func TestSubmitWaitSIGTERM(t *testing.T) {
 	if b.State != "scheduled" || len(b.Tags) != 1 || b.Tags[0] != "team=web" || b.DeferUntil == "" {
 		t.Fatalf("submitted build %+v, want scheduled, tagged and deferred", b)
 	}
+}
+
+// fingerprint is the SHA256 fingerprint ssh-keygen prints for a key.
+func fingerprint(t *testing.T, k sshKey) string {
+	t.Helper()
+	out := run(t, "ssh-keygen", "-l", "-E", "sha256", "-f", k.Path+".pub")
+	return strings.Fields(out)[1]
 }

@@ -54,7 +54,7 @@ func setupKeys(fs *pflag.FlagSet) func(x *call) error {
 func setupKeyAdd(fs *pflag.FlagSet) func(x *call) error {
 	role := fs.String("role", "", "admin, operator or reader (required)")
 	return func(x *call) error {
-		if err := needArgs(x, 1, "one public key line"); err != nil {
+		if err := oneKeyLine(x); err != nil {
 			return err
 		}
 		r := db.Role(*role)
