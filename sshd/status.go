@@ -6,8 +6,6 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
-
-	"github.com/gbc-farm/gbc/coordinator"
 )
 
 func setupStatus(fs *pflag.FlagSet) func(x *call) error {
@@ -34,7 +32,7 @@ func setupStatus(fs *pflag.FlagSet) func(x *call) error {
 			fmt.Fprintf(x.out, "  ready for %s: %d\n", sys, st.Queued[sys])
 		}
 		if st.Stuck > 0 {
-			fmt.Fprintf(x.out, "stuck: %d build(s) wait for inputs that nothing will build; 'build show ID' names them (%s)\n", st.Stuck, coordinator.FixUnbuildable)
+			fmt.Fprintf(x.out, "stuck: %d build(s) wait for inputs that nothing will build; 'build show ID' names them, and submitting them or --ensure-all-related-derivation-outputs-have-successful-builds unblocks them\n", st.Stuck)
 		}
 		if st.Unmatched > 0 {
 			fmt.Fprintf(x.out, "unmatched: %d ready build(s) that no connected agent can take (system, features or tags); 'build show ID' says why\n", st.Unmatched)
