@@ -106,8 +106,7 @@ type Agent struct {
 
 	maxLine atomic.Int64 // the coordinator's line limit, from welcome
 
-	// fwd is the local end of the cache tunnel; nil when the backend
-	// cannot substitute.
+	// fwd is the local end of the cache tunnel.
 	fwd *cacheForward
 
 	wg sync.WaitGroup // build goroutines
@@ -154,10 +153,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("backend %s: %w", a.cfg.Backend.Name(), err)
 	}
 	a.backendVersion = v
-	if _, ok := a.cfg.Backend.(backend.Substituter); ok {
-		if a.fwd, err = newCacheForward(ctx, a); err != nil {
-			return err
-		}
+	defer a.cfg.Backend.Close()
+	if a.fwd, err = newCacheForward(ctx, a); err != nil {
+		return err
 	}
 	a.log.Info("agent starting", "coordinator", a.cfg.Dialer.Address, "backend", v,
 		"systems", a.cfg.Systems, "max_parallel_builds", a.cfg.MaxParallelBuilds, "work_dir", a.cfg.WorkDir)

@@ -29,6 +29,7 @@ import (
 	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/protocol"
+	"github.com/gbc-farm/gbc/storedaemon"
 )
 
 // testNixConfig is what running Nix as root in a container needs.
@@ -238,8 +239,9 @@ func (f *fakeCoordinator) knownHosts(t *testing.T, key gossh.PublicKey) string {
 func newTestAgent(t *testing.T, f *fakeCoordinator, knownHostsFile string) *Agent {
 	t.Helper()
 	a, err := New(Config{
-		Dialer:            &Dialer{Address: f.addr, Identity: f.agentKey, KnownHosts: knownHostsFile, HandshakeTimeout: 5 * time.Second},
-		Backend:           &backend.Nix{Config: testNixConfig},
+		Dialer: &Dialer{Address: f.addr, Identity: f.agentKey, KnownHosts: knownHostsFile, HandshakeTimeout: 5 * time.Second},
+		Backend: backend.NewDaemon(backend.DaemonConfig{Kind: "nix", StoreDir: "/nix/store", Address: storedaemon.Address{
+			Command: []string{"nix-daemon", "--stdio"}, Env: []string{"NIX_CONFIG=" + testNixConfig}}}),
 		Name:              "test-agent",
 		Systems:           []string{"x86_64-linux"},
 		MaxParallelBuilds: 2,
@@ -380,7 +382,7 @@ func TestBuildSucceedsAndUploads(t *testing.T) {
 	a := newTestAgent(t, f, f.knownHosts(t, f.hostKey.PublicKey()))
 	runAgent(t, a)
 	cs := f.nextSession(t)
-	if h := cs.hello; h.Name != "test-agent" || h.Backend != "nix" || !strings.Contains(h.BackendVersion, "Nix") ||
+	if h := cs.hello; h.Name != "test-agent" || h.Backend != "nix" || !strings.HasPrefix(h.BackendVersion, "nix-daemon ") ||
 		h.MaxParallelBuilds != 2 || h.StoreDir != "/nix/store" || h.Hardware.Cores == 0 || len(h.Running) != 0 {
 		t.Errorf("hello %+v", h)
 	}

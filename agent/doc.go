@@ -1,7 +1,8 @@
 // Package agent is the build agent: it dials the coordinator over SSH,
 // speaks gbc-agent-v1 on one channel and SFTP on another
-// (docs/agent-protocol.md), runs the builds it is pushed through a backend
-// (Nix or Guix), and uploads the outputs.
+// (docs/agent-protocol.md), runs the builds it is pushed through the local
+// store daemon (Nix or Guix) over the daemon's own worker protocol, and
+// uploads the outputs.
 //
 // # Parts
 //
@@ -14,11 +15,15 @@
 //     jitter (1s doubling to 30s by default, reset after a welcome).
 //   - session.go: hello/welcome, heartbeats, the read loop (build → ack,
 //     cancel, acks for results, error replies for bad lines).
-//   - runner.go: one goroutine per build: check inputs, realise, pack,
-//     upload, queue the result.
+//   - runner.go: one goroutine per build: fetch inputs and build (through
+//     the backend), pack, upload, queue the result.
 //   - logstream.go: the build log is spooled to the work dir and sent as
 //     log messages at byte offsets.
-//   - agent/backend: nix-store / guix command lines and exit classification.
+//   - agent/backend: the store, driven through its daemon (package
+//     storedaemon): one long-lived connection per build slot, to
+//     unix:SOCKET or to a daemon the agent starts itself (gbc agent
+//     --daemon 'exec:nix-daemon --stdio'). No nix, nix-store or guix
+//     process runs for a build.
 //   - agent/upload: NAR → zstd with both hashes, resumable SFTP upload.
 //
 // # What survives a reconnect
@@ -40,26 +45,42 @@
 //     but its SSH connection to get everything else. It listens on a
 //     loopback port and forwards each connection over SSH (direct-tcpip)
 //     to the cache address from welcome (forward.go), so the store sees
-//     the coordinator's cache as http://127.0.0.1:PORT. Before a build
-//     (backend.Substituter, Nix only): nix copy --derivation --from that
-//     URL fetches the .drv closure, then nix-store --realise of the input
-//     paths themselves with --max-jobs 0 substitutes them (coordinator
-//     first, then --substitute-url caches); signatures are required, the
-//     coordinator's key from welcome is trusted, negative narinfo caching
-//     is off. Whatever is still invalid ends the build as setup-failure
-//     listing those paths. Outputs already present are deleted where the
-//     store allows it, and the build runs with substitute = false, so the
-//     output really is built here. The dry run still guards against
-//     building any other derivation. The Guix backend does not substitute
-//     yet: a Guix agent needs the inputs in its store.
+//     the agent's own HTTP client sees the coordinator's cache as
+//     http://127.0.0.1:PORT. Before a build, over the daemon connection:
+//     the .drv and its closure, then the inputs (wanted outputs of the
+//     input derivations, and sources) with their closures, are checked for
+//     validity; what is missing is fetched from that cache, each narinfo's
+//     signature checked against the cache key from welcome and each NAR's
+//     hash and size against its narinfo, and imported in reference order
+//     (AddToStoreNar with the narinfo's signatures on Nix; ImportPaths on
+//     guix-daemon, each record signed with --guix-signing-key, a key in
+//     the daemon's /etc/guix/acl). What the cache lacks, the daemon may
+//     substitute from --substitute-url caches (it checks their signatures
+//     with its own trusted keys). Whatever is still invalid ends the build
+//     as setup-failure listing those paths, so the daemon never builds an
+//     input behind the coordinator's back. Everything valid is held by
+//     temporary roots of the connection until the build ends. Outputs
+//     already present are deleted where the store allows it, and the
+//     build runs with substitution off, so the output really is built
+//     here; SetOptions carries the build's timeout and max-silent-time.
+//   - The daemon's build status decides the outcome (no text is matched):
+//     built/already valid → succeeded; builder failure, hash mismatch, not
+//     deterministic → failed (build); timed out → failed (timeout, or
+//     silent-timeout when the build ended before its timeout); anything
+//     else, a refusal or a daemon that died → setup-failure, which the
+//     coordinator retries elsewhere. A broken connection is dropped and
+//     the next build connects again (starting a new daemon in exec: mode).
+//     Canceling a build closes its connection; the daemon then kills the
+//     builder. An exec: daemon gets SIGTERM when the agent dies.
 //   - An output that is valid and alive before the build (e.g. a store
-//     shared with the coordinator) cannot be deleted; nix-store --realise
-//     returns at once and the existing path is packed and uploaded.
+//     shared with the coordinator, or built earlier on the same
+//     connection, whose temporary roots hold it) cannot be deleted; the
+//     build returns at once and the existing path is packed and uploaded.
 //   - Outputs are held by an indirect GC root in the build's work directory
 //     until uploaded; the directory (root, log spool, NAR files) is removed
 //     once the result is acked or the build is canceled.
 //   - Nix settings: gbc agent --nix-config LINE (repeatable) appends nix.conf
-//     lines to the NIX_CONFIG the agent inherited, for every nix-store call.
+//     lines to the NIX_CONFIG an exec: daemon is started with.
 //   - Outputs come from the build message; if it lists none, from the .drv.
 //     Each is uploaded as <upload_dir>/<output>.nar<suffix> and reported with
 //     NAR hash and size, file hash and size, and references from the store.

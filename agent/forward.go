@@ -49,13 +49,6 @@ func (f *cacheForward) set(c *ssh.Client, addr, key string) {
 	f.mu.Unlock()
 }
 
-// known reports whether a coordinator has announced its cache (and key).
-func (f *cacheForward) known() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.key != ""
-}
-
 // current returns the connection, the cache address and the cache key.
 func (f *cacheForward) current() (*ssh.Client, string, string) {
 	f.mu.Lock()

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path"
@@ -222,40 +221,40 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 	a.mu.Unlock()
 
 	be := a.cfg.Backend
-	noSubstitute := false
 	t0 := time.Now()
-	if sub, ok := be.(backend.Substituter); ok && a.fwd != nil && a.fwd.known() {
-		res := a.substitute(ctx, sub, r, ls, log)
-		r.times.fetch = since(&t0)
-		if res != nil {
-			return setup(res.reason, res.missing...)
+	started := false
+	req := backend.Request{
+		Derivation: b.Derivation,
+		Options: backend.Options{
+			Timeout:       time.Duration(b.TimeoutSeconds) * time.Second,
+			MaxSilentTime: time.Duration(b.MaxSilentTimeSeconds) * time.Second,
+			GCRoot:        filepath.Join(r.dir, "result"),
+		},
+		Started: func() {
+			// Fetching and checking the inputs happen together.
+			r.times.fetch = since(&t0)
+			started = true
+			if err := a.send(&protocol.Started{Header: protocol.Header{ID: a.nextMsgID()}, Build: b.Build, Hardware: hardware(a.cfg.WorkDir)}); err != nil {
+				log.Info("started not sent", "err", err)
+			}
+			log.Info("building")
+		},
+	}
+	for _, o := range b.Outputs {
+		req.Outputs = append(req.Outputs, backend.Output{Name: o.Name, Path: o.Path})
+	}
+	if a.fwd != nil {
+		if _, _, key := a.fwd.current(); key != "" {
+			req.Sources = backend.Sources{CacheURL: a.fwd.URL(), CacheKey: key}
 		}
-		noSubstitute = true
 	}
-	missing, err := be.Missing(ctx, b.Derivation)
-	r.times.check = since(&t0)
-	if err != nil {
-		return setup(fmt.Sprintf("check inputs: %v", err))
+	req.Sources.Upstream = a.cfg.SubstituteURLs
+	br, err := be.Build(ctx, req, ls)
+	if started {
+		r.times.build = since(&t0)
+	} else {
+		r.times.fetch = since(&t0)
 	}
-	if len(missing) > 0 {
-		// The agent builds only what it was given; the coordinator
-		// schedules the rest (ARCHITECTURE.md, Builders).
-		return setup("derivation or inputs not available on this agent", missing...)
-	}
-
-	if err := a.send(&protocol.Started{Header: protocol.Header{ID: a.nextMsgID()}, Build: b.Build, Hardware: hardware(a.cfg.WorkDir)}); err != nil {
-		log.Info("started not sent", "err", err)
-	}
-	log.Info("building")
-	opts := backend.Options{
-		Timeout:       time.Duration(b.TimeoutSeconds) * time.Second,
-		MaxSilentTime: time.Duration(b.MaxSilentTimeSeconds) * time.Second,
-		GCRoot:        filepath.Join(r.dir, "result"),
-		NoSubstitute:  noSubstitute,
-	}
-	t0 = time.Now()
-	br, err := be.Realise(ctx, b.Derivation, opts, ls)
-	r.times.build = since(&t0)
 	if err != nil {
 		return nil
 	}
@@ -269,7 +268,7 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 		}[br.Outcome]
 		return &protocol.Failed{Build: b.Build, Reason: reason, ExitCode: br.ExitCode, Message: br.Message}
 	default:
-		return setup(fmt.Sprintf("%s exited %d: %s", be.Name(), br.ExitCode, br.Message), br.Missing...)
+		return setup(br.Message, br.Missing...)
 	}
 
 	outputs := b.Outputs
@@ -314,47 +313,6 @@ func (a *Agent) uploadAll(ctx context.Context, r *run, results []protocol.Output
 		}
 	}
 	return &protocol.Succeeded{Build: r.msg.Build, Outputs: results}
-}
-
-// setupProblem is why a build cannot run here.
-type setupProblem struct {
-	reason  string
-	missing []string
-}
-
-// substitute prepares the store for a build by substitution only: fetch
-// the .drv closure, then every input, from the coordinator's cache (through
-// the SSH tunnel) and then the upstream caches; then delete outputs already
-// present, so that building with substitution off really builds them here
-// (ARCHITECTURE.md, "Checked with Nix 2.8").
-func (a *Agent) substitute(ctx context.Context, sub backend.Substituter, r *run, log io.Writer, l *slog.Logger) *setupProblem {
-	b := r.msg
-	_, _, key := a.fwd.current()
-	src := backend.Sources{URLs: append([]string{a.fwd.URL()}, a.cfg.SubstituteURLs...)}
-	if key != "" {
-		src.PublicKeys = []string{key}
-	}
-	if err := sub.FetchDerivation(ctx, b.Derivation, src, log); err != nil {
-		return &setupProblem{reason: fmt.Sprintf("fetch derivation: %v", err), missing: []string{b.Derivation}}
-	}
-	missing, err := sub.SubstituteInputs(ctx, b.Derivation, src, log)
-	if err != nil {
-		return &setupProblem{reason: fmt.Sprintf("substitute inputs: %v", err)}
-	}
-	if len(missing) > 0 {
-		return &setupProblem{reason: "inputs could not be substituted from the coordinator's cache or the upstream caches", missing: missing}
-	}
-	outs := make([]string, 0, len(b.Outputs))
-	for _, o := range b.Outputs {
-		outs = append(outs, o.Path)
-	}
-	if kept := sub.DeleteOutputs(ctx, outs); len(kept) > 0 {
-		// Still referenced (e.g. a shared store): the build returns at once
-		// and the existing output is uploaded.
-		l.Info("outputs already present and in use; not rebuilt", "paths", kept)
-	}
-	l.Info("inputs substituted")
-	return nil
 }
 
 // pack turns one output into a compressed NAR file in the build directory

@@ -99,7 +99,7 @@ func (f *farm) addNSAgent(nixDir, name string, extra ...string) agentProc {
 	key := newKey(f.t, f.dir, name)
 	id := f.mustSSH(fmt.Sprintf("agent new --name %s --key '%s'", name, key.Pub))
 	args := append([]string{"agent", "--coordinator", f.addr, "--identity", key.Path,
-		"--known-hosts", f.knownHosts, "--backend", "nix", "--name", name,
+		"--known-hosts", f.knownHosts, "--backend", "nix", "--daemon", "exec:nix-daemon --stdio", "--name", name,
 		"--work-dir", filepath.Join(f.dir, name+"-work")}, extra...)
 	n, a := nsCmd(nixDir, gbcBin, args...)
 	return agentProc{ID: id, Key: key, proc: start(f.t, n, a...)}

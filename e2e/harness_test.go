@@ -283,7 +283,7 @@ func (f *farm) addAgent(name string, extra ...string) agentProc {
 
 func (f *farm) startAgent(key sshKey, name string, extra ...string) *proc {
 	args := append([]string{"agent", "--coordinator", f.addr, "--identity", key.Path,
-		"--known-hosts", f.knownHosts, "--backend", "nix", "--name", name,
+		"--known-hosts", f.knownHosts, "--backend", "nix", "--daemon", "exec:nix-daemon --stdio", "--name", name,
 		"--work-dir", filepath.Join(f.dir, name+"-work")}, extra...)
 	return start(f.t, gbcBin, args...)
 }

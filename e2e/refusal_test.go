@@ -65,7 +65,7 @@ func TestRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := start(t, gbcBin, "agent", "--coordinator", f.addr, "--identity", agentKey.Path,
-			"--known-hosts", bad, "--backend", "nix", "--work-dir", filepath.Join(f.dir, "w"))
+			"--known-hosts", bad, "--backend", "nix", "--daemon", "exec:nix-daemon --stdio", "--work-dir", filepath.Join(f.dir, "w"))
 		err, done := p.exited(30 * time.Second)
 		if !done {
 			t.Fatalf("agent kept running with a changed host key:\n%s", p.log.String())

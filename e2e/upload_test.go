@@ -25,7 +25,7 @@ func TestUploadResumesAfterAgentKill(t *testing.T) {
 	key := newKey(t, f.dir, "big")
 	agentID := f.mustSSH(fmt.Sprintf("agent new --name big --key '%s'", key.Pub))
 	args := []string{"agent", "--coordinator", f.addr, "--identity", key.Path, "--known-hosts", f.knownHosts,
-		"--backend", "nix", "--name", "big", "--work-dir", filepath.Join(f.dir, "big-work")}
+		"--backend", "nix", "--daemon", "exec:nix-daemon --stdio", "--name", "big", "--work-dir", filepath.Join(f.dir, "big-work")}
 	n, a := nsCmd(agentNix, gbcBin, args...)
 	first := start(t, n, a...)
 

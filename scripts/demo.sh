@@ -44,7 +44,7 @@ for a in 1 2; do
   id=$(gssh agent new --name "demo-agent-$a" --key "'$(cat "$work/agent$a.pub")'")
   echo "demo-agent-$a: $id"
   "$gbc" agent --coordinator "$addr" --identity "$work/agent$a" \
-    --known-hosts "$work/known_hosts" --backend nix --max-parallel-builds 2 \
+    --known-hosts "$work/known_hosts" --backend nix --daemon 'exec:nix-daemon --stdio' --max-parallel-builds 2 \
     --name "demo-agent-$a" --work-dir "$work/agent$a-work" 2>"$work/agent$a.log" &
   pids+=($!)
 done

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -29,6 +30,9 @@ const (
 type Address struct {
 	Socket  string   // for unix:
 	Command []string // for exec:
+	// Env are extra "KEY=value" variables for an exec: command, on top
+	// of this process's environment.
+	Env []string
 }
 
 func (a Address) String() string {
@@ -107,6 +111,9 @@ const stopGrace = 5 * time.Second
 func startDaemon(addr Address, log *slog.Logger) (*daemonProcess, error) {
 	cmd := exec.Command(addr.Command[0], addr.Command[1:]...)
 	cmd.SysProcAttr = daemonProcAttr()
+	if len(addr.Env) > 0 {
+		cmd.Env = append(os.Environ(), addr.Env...)
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

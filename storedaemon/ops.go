@@ -215,7 +215,15 @@ func (c *Conn) AddToStoreNar(ctx context.Context, info *PathInfo, nar io.Reader,
 	// The NAR goes as frames while the daemon may already talk back, so
 	// it is sent from another goroutine.
 	sent := make(chan error, 1)
-	go func() { sent <- c.sendFramed(nar) }()
+	go func() {
+		err := c.sendFramed(nar)
+		if err != nil {
+			// The daemon waits for the rest of the NAR: only closing the
+			// connection ends the operation.
+			c.fail(&ConnError{Op: op, Err: err})
+		}
+		sent <- err
+	}()
 	err := c.processStderr(op, nil, nil)
 	serr := <-sent
 	if err == nil && serr != nil {
@@ -484,6 +492,22 @@ func (c *Conn) Build(ctx context.Context, drvPath string, outputs []string, mode
 		return BuildResult{}, err
 	}
 	return BuildResult{Status: Built}, nil
+}
+
+// Substitute asks the daemon to make paths (outputs, not derivations)
+// valid; with substitution allowed in SetOptions it fetches them from its
+// substituters, and it never builds anything for that. Paths it could not
+// substitute make it fail (an *Error); which ones, validity tells.
+func (c *Conn) Substitute(ctx context.Context, paths []string, log io.Writer) error {
+	for _, p := range paths {
+		if strings.HasSuffix(p, ".drv") || strings.Contains(p, "!") {
+			return fmt.Errorf("substitute %s: only output paths can be substituted", p)
+		}
+	}
+	return c.do(ctx, "Substitute", opBuildPaths, func(w *writer) {
+		w.strings(paths)
+		w.int(uint64(BuildNormal))
+	}, log, nil, readAck)
 }
 
 // statusFromExit maps a Nix 1.x / guix-daemon exit status to a

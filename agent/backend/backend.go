@@ -1,6 +1,8 @@
-// Package backend runs builds through the local store daemon's command-line
-// tools. The agent only ever talks to a Backend, so the session loop and its
-// tests do not care whether Nix or Guix sits underneath.
+// Package backend is the agent's store: it drives the local Nix or Guix
+// daemon over its worker protocol (package storedaemon), one long-lived
+// connection per build slot. The agent only ever talks to a Backend, so
+// the session loop and its tests do not care which daemon sits
+// underneath, and no nix, nix-store or guix process runs for a build.
 package backend
 
 import (
@@ -14,15 +16,42 @@ import (
 type Options struct {
 	Timeout       time.Duration // 0: no limit
 	MaxSilentTime time.Duration // 0: no limit
-	// GCRoot, if set, is a path for an indirect GC root to the outputs, so
-	// they survive a garbage collection until they are uploaded.
+	// GCRoot, if set, is a path for an indirect GC root to the outputs
+	// (GCRoot for "out", GCRoot-NAME for the others), so they survive a
+	// garbage collection until they are uploaded.
 	GCRoot string
-	// NoSubstitute turns substitution off, so the derivation's outputs are
-	// built here even if a configured cache has them.
-	NoSubstitute bool
 }
 
-// Outcome classifies how a realisation ended.
+// Output is one output of the derivation being built.
+type Output struct{ Name, Path string }
+
+// Sources are where a build's missing derivations and inputs come from:
+// the coordinator's binary cache (through the agent's SSH tunnel), then
+// upstream caches the daemon substitutes from.
+type Sources struct {
+	// CacheURL is the coordinator's cache ("" if none announced).
+	CacheURL string
+	// CacheKey is its public key from welcome: Nix "name:base64" or a
+	// Guix (public-key …) s-expression. Every narinfo fetched from
+	// CacheURL must carry a valid signature by it.
+	CacheKey string
+	// Upstream are caches the daemon may substitute from for what the
+	// coordinator's cache lacks; their keys must be trusted by the daemon.
+	Upstream []string
+}
+
+// Request is one build.
+type Request struct {
+	Derivation string
+	Outputs    []Output // empty: all outputs, read from the .drv
+	Sources    Sources
+	Options    Options
+	// Started is called once the inputs are in place, right before the
+	// daemon starts building.
+	Started func()
+}
+
+// Outcome classifies how a build ended.
 type Outcome int
 
 const (
@@ -34,8 +63,9 @@ const (
 	TimedOut
 	// SilentTimedOut: the build printed nothing for Options.MaxSilentTime.
 	SilentTimedOut
-	// SetupFailed: the build could not run here (missing derivation or
-	// inputs, daemon unreachable, …); another agent may succeed.
+	// SetupFailed: the build could not run here (inputs that cannot be
+	// fetched, outputs that cannot be removed, a daemon that refused or
+	// died, …); another agent, or a later try, may succeed.
 	SetupFailed
 )
 
@@ -55,29 +85,34 @@ func (o Outcome) String() string {
 	return fmt.Sprintf("outcome(%d)", int(o))
 }
 
-// Result is what Realise found out.
+// Result is how a build ended.
 type Result struct {
-	Outcome  Outcome
-	ExitCode int      // of the backend command; -1 if it did not exit normally
-	Message  string   // the backend's last error line, for humans
+	Outcome Outcome
+	// ExitCode is the build's status as nix-store's exit code would
+	// give it (0x60 | 4 build failed, | 1 timed out, | 2 output hash
+	// mismatch, | 8 not deterministic; 1 could not build), -1 when the
+	// build did not get to the daemon's verdict.
+	ExitCode int
+	Message  string   // for humans only
 	Missing  []string // for SetupFailed: store paths that are not available
 }
 
-// Backend is one store implementation's command-line interface.
+// Backend is the local store.
 type Backend interface {
 	// Name is "nix" or "guix", as sent in hello.
 	Name() string
 	// StoreDir is the store directory, e.g. /nix/store.
 	StoreDir() string
-	// Version is the backend's version string, e.g. "nix-store (Nix) 2.8.0".
+	// Version describes the daemon, e.g. "nix-daemon 2.8.0 (protocol 1.34)".
 	Version(ctx context.Context) (string, error)
-	// Missing lists the derivations other than drv that would have to be
-	// built before drv; the agent refuses to build those behind the
-	// coordinator's back and reports them instead.
-	Missing(ctx context.Context, drv string) ([]string, error)
-	// Realise builds drv, streaming the build log to log. The error is only
-	// for a context cancellation; every backend failure is a Result.
-	Realise(ctx context.Context, drv string, opts Options, log io.Writer) (Result, error)
+	// Build makes the derivation and its inputs valid from req.Sources
+	// (never building an input), removes outputs already present where
+	// the store allows it, builds, and streams the build log to log. The
+	// error is only for a context cancellation; every other failure is a
+	// Result.
+	Build(ctx context.Context, req Request, log io.Writer) (Result, error)
 	// References lists the store paths path refers to (full paths).
 	References(ctx context.Context, path string) ([]string, error)
+	// Close ends the backend's daemon connections.
+	Close() error
 }

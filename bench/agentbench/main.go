@@ -537,7 +537,7 @@ func (b *bench) gbcFarm(s scenario, nonce string) (result, error) {
 		return result{}, err
 	}
 	args := append([]string{"agent", "--coordinator", addr, "--identity", agentKey, "--known-hosts", knownHosts,
-		"--backend", "nix", "--name", "bench", "--max-parallel-builds", strconv.Itoa(s.slots),
+		"--backend", "nix", "--daemon", "exec:nix-daemon --stdio", "--name", "bench", "--max-parallel-builds", strconv.Itoa(s.slots),
 		"--work-dir", filepath.Join(dir, "agent-work")}, b.agentArgs...)
 	agent, err := startProc(ns(ctx, agentStore, b.gbc, args...))
 	if err != nil {

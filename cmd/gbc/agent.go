@@ -14,6 +14,9 @@ import (
 	"github.com/gbc-farm/gbc/agent"
 	"github.com/gbc-farm/gbc/agent/backend"
 	"github.com/gbc-farm/gbc/compression"
+	"github.com/gbc-farm/gbc/signing"
+	"github.com/gbc-farm/gbc/storedaemon"
+	"github.com/gbc-farm/gbc/storepath"
 )
 
 const agentUsage = `usage: gbc agent --coordinator HOST:PORT --identity KEYFILE --known-hosts FILE [flags]
@@ -37,8 +40,11 @@ func runAgent(ctx context.Context, e env, args []string) error {
 	requireTags := fs.StringArray("require-tag", nil, "`K=V`: take only builds carrying this tag, repeatable")
 	workDir := fs.String("work-dir", "", "`DIR` for build logs and compressed NARs before upload (default /var/lib/gbc-agent for root, else TMPDIR/gbc-agent-UID)")
 	name := fs.String("name", "", "`NAME` shown to operators (default: host name)")
-	nixConfig := fs.StringArray("nix-config", nil, "nix.conf `LINE` (\"key = value\") added to NIX_CONFIG for every nix command, repeatable")
-	substituteURLs := fs.StringArray("substitute-url", nil, "binary cache `URL` tried after the coordinator's cache for derivations and inputs, repeatable (its key must be trusted in nix.conf or --nix-config)")
+	daemon := fs.String("daemon", "", "store daemon `ADDR`: unix:SOCKET, or exec:COMMAND ARGS… (started by the agent, speaking the protocol on its stdin and stdout, e.g. exec:'nix-daemon --stdio') (default unix:/nix/var/nix/daemon-socket/socket, or unix:/var/guix/daemon-socket/socket for guix)")
+	storeDir := fs.String("store-dir", "", "the daemon's store `DIR` (default /nix/store, or /gnu/store for guix)")
+	nixConfig := fs.StringArray("nix-config", nil, "nix.conf `LINE` (\"key = value\") added to NIX_CONFIG of an exec: daemon, repeatable")
+	guixKey := fs.String("guix-signing-key", "", "Guix secret key `FILE` that signs what the agent imports into a guix-daemon; its public key must be in the daemon's /etc/guix/acl (default /etc/guix/signing-key.sec when it exists)")
+	substituteURLs := fs.StringArray("substitute-url", nil, "binary cache `URL` the daemon may substitute inputs from when the coordinator's cache lacks them, repeatable (its key must be trusted by the daemon)")
 	comp := fs.String("compression", "zstd", "`METHOD` for compressing uploaded NARs: zstd, xz, gzip or none")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -59,18 +65,51 @@ func runAgent(ctx context.Context, e env, args []string) error {
 	if !compression.Writable(*comp) {
 		return usageError{fmt.Sprintf("--compression %q: want zstd, xz, gzip or none", *comp)}
 	}
-	var be backend.Backend
-	switch *backendName {
-	case "nix":
-		be = &backend.Nix{Config: strings.Join(*nixConfig, "\n")}
-	case "guix":
-		if len(*nixConfig) > 0 {
-			return usageError{"--nix-config only applies to --backend nix"}
-		}
-		be = &backend.Guix{}
-	default:
+	if *backendName != "nix" && *backendName != "guix" {
 		return usageError{fmt.Sprintf("--backend %q: want nix or guix", *backendName)}
 	}
+	addr := backend.DefaultAddress(*backendName)
+	if *daemon != "" {
+		var err error
+		if addr, err = storedaemon.ParseAddress(*daemon); err != nil {
+			return usageError{fmt.Sprintf("--daemon: %v", err)}
+		}
+	}
+	if len(*nixConfig) > 0 {
+		if len(addr.Command) == 0 {
+			return usageError{"--nix-config only applies to an exec: daemon; a daemon behind a socket reads its own nix.conf"}
+		}
+		cur := os.Getenv("NIX_CONFIG")
+		if cur != "" {
+			cur += "\n"
+		}
+		addr.Env = append(addr.Env, "NIX_CONFIG="+cur+strings.Join(*nixConfig, "\n"))
+	}
+	if *storeDir == "" {
+		*storeDir = backend.DefaultStoreDir(*backendName)
+	}
+	if err := storepath.ValidateStoreDir(*storeDir); err != nil {
+		return usageError{fmt.Sprintf("--store-dir: %v", err)}
+	}
+	cfg := backend.DaemonConfig{Kind: *backendName, StoreDir: *storeDir, Address: addr, Log: e.log}
+	keyFile := *guixKey
+	if keyFile == "" && *backendName == "guix" {
+		if _, err := os.Stat("/etc/guix/signing-key.sec"); err == nil {
+			keyFile = "/etc/guix/signing-key.sec"
+		}
+	}
+	if keyFile != "" {
+		b, err := os.ReadFile(keyFile)
+		if err != nil {
+			return fmt.Errorf("--guix-signing-key: %w", err)
+		}
+		k, err := signing.ParseGuixSecretKey(b)
+		if err != nil {
+			return fmt.Errorf("--guix-signing-key %s: %w", keyFile, err)
+		}
+		cfg.GuixKey = &k
+	}
+	be := backend.NewDaemon(cfg)
 	if len(*systems) == 0 {
 		s, err := agent.DefaultSystem()
 		if err != nil {

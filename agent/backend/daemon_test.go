@@ -1,0 +1,299 @@
+package backend
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/nar"
+	"github.com/gbc-farm/gbc/narinfo"
+	"github.com/gbc-farm/gbc/nixhash"
+	"github.com/gbc-farm/gbc/signing"
+	"github.com/gbc-farm/gbc/storedaemon"
+	"github.com/gbc-farm/gbc/storepath"
+)
+
+// scratchDaemon is a Daemon on an empty store of its own, served by a real
+// nix-daemon --stdio (as root, so the agent is a trusted client).
+func scratchDaemon(t *testing.T) (*Daemon, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: nix-daemon --stdio opens a scratch store itself")
+	}
+	if _, err := exec.LookPath("nix-daemon"); err != nil {
+		t.Fatalf("nix-daemon not found (scripts/install-deps.sh installs Nix): %v", err)
+	}
+	root := t.TempDir()
+	store := filepath.Join(root, "store")
+	env := []string{
+		"NIX_STORE_DIR=" + store,
+		"NIX_STATE_DIR=" + filepath.Join(root, "state"),
+		"NIX_LOG_DIR=" + filepath.Join(root, "log"),
+		"NIX_CONFIG=build-users-group =\nsubstituters =\nsandbox = false",
+	}
+	d := NewDaemon(DaemonConfig{Kind: "nix", StoreDir: store,
+		Address: storedaemon.Address{Command: []string{"nix-daemon", "--stdio"}, Env: env},
+		Log:     slog.New(slog.NewTextHandler(tlog{t}, nil))})
+	t.Cleanup(func() { d.Close() })
+	return d, store
+}
+
+// fakeCache is a binary cache in the coordinator's layout, signed with
+// its own key, serving paths made by the test.
+type fakeCache struct {
+	t    *testing.T
+	key  signing.NixSecretKey
+	dir  string // store dir
+	srv  *httptest.Server
+	mu   sync.Mutex
+	file map[string][]byte // URL path → body
+}
+
+func newFakeCache(t *testing.T, storeDir string) *fakeCache {
+	key, err := signing.GenerateNixKey("test-cache-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &fakeCache{t: t, key: key, dir: storeDir, file: map[string][]byte{}}
+	c.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		b, ok := c.file[r.URL.Path]
+		c.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(b)
+	}))
+	t.Cleanup(c.srv.Close)
+	return c
+}
+
+func (c *fakeCache) sources() Sources {
+	return Sources{CacheURL: c.srv.URL, CacheKey: c.key.Public().String()}
+}
+
+// add publishes the tree at dir (a NAR of it) as store path p.
+func (c *fakeCache) add(p string, narBytes []byte, refs []string, tamper func(ni *narinfo.NarInfo)) {
+	c.t.Helper()
+	sum := sha256.Sum256(narBytes)
+	ni := &narinfo.NarInfo{StorePath: p, URL: "nar/" + nixhash.Base32(sum[:]) + ".nar", Compression: "none",
+		NarHash: nixhash.NewSHA256(sum), NarSize: uint64(len(narBytes))}
+	for _, r := range refs {
+		ni.References = append(ni.References, filepath.Base(r))
+	}
+	if err := ni.SignNix(c.key); err != nil {
+		c.t.Fatal(err)
+	}
+	if tamper != nil {
+		tamper(ni)
+	}
+	sp, _ := storepath.Parse(p)
+	c.mu.Lock()
+	c.file["/"+sp.HashPart+".narinfo"] = ni.Bytes()
+	c.file["/"+ni.URL] = narBytes
+	c.mu.Unlock()
+}
+
+func narOf(t *testing.T, path string) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := nar.Dump(&b, path); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// source makes a source path (as nix-store --add would) holding file
+// "data" with contents, and returns its path and NAR.
+func source(t *testing.T, storeDir, name, contents string) (string, []byte) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data"), []byte(contents), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := narOf(t, dir)
+	sum := sha256.Sum256(b)
+	return storepath.MakeFixedOutputPath(storeDir, name, true, nixhash.NewSHA256(sum), nil), b
+}
+
+// drvUsing makes a derivation running script with the given sources, and
+// returns it with its .drv path and the .drv file's NAR.
+func drvUsing(t *testing.T, name, script string, srcs ...string) (*derivation.Derivation, string, []byte) {
+	t.Helper()
+	d := &derivation.Derivation{
+		Outputs:   []derivation.Output{{Name: "out"}},
+		InputSrcs: srcs,
+		System:    "x86_64-linux",
+		Builder:   "/bin/sh",
+		Args:      []string{"-c", script},
+		Env: []derivation.EnvVar{{Key: "builder", Value: "/bin/sh"}, {Key: "name", Value: name},
+			{Key: "out", Value: ""}, {Key: "system", Value: "x86_64-linux"}},
+	}
+	masked, err := derivation.HashModulo(d, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storeDir := filepath.Dir(srcs[0])
+	out := storepath.MakeOutputPath(storeDir, "out", name, masked)
+	d.Outputs[0].Path = out
+	d.Env[2].Value = out
+	drvPath, err := d.DrvPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "drv")
+	if err := os.WriteFile(f, d.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return d, drvPath, narOf(t, f)
+}
+
+// TestDaemonBuildFromCache: an empty store gets the .drv and its input
+// from the coordinator's cache, verified, and builds.
+func TestDaemonBuildFromCache(t *testing.T) {
+	d, store := scratchDaemon(t)
+	cache := newFakeCache(t, store)
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
+	src, srcNAR := source(t, store, "input-"+nonce, "from-the-cache-"+nonce)
+	drv, drvPath, drvNAR := drvUsing(t, "uses-input-"+nonce, "echo building; /bin/cat "+src+"/data > $out", src)
+	cache.add(src, srcNAR, nil, nil)
+	cache.add(drvPath, drvNAR, []string{src}, nil)
+
+	root := filepath.Join(t.TempDir(), "result")
+	started := false
+	var log bytes.Buffer
+	res, err := d.Build(context.Background(), Request{Derivation: drvPath, Sources: cache.sources(),
+		Options: Options{GCRoot: root}, Started: func() { started = true }}, &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outcome != Succeeded || !started {
+		t.Fatalf("Build = %+v (started %v)\nlog:\n%s", res, started, log.String())
+	}
+	out := drv.Outputs[0].Path
+	if b, err := os.ReadFile(out); err != nil || string(b) != "from-the-cache-"+nonce {
+		t.Fatalf("output %s: %q, %v", out, b, err)
+	}
+	if l, err := os.Readlink(root); err != nil || l != out {
+		t.Errorf("GC root %s → %q, %v", root, l, err)
+	}
+	if !strings.Contains(log.String(), "building\n") {
+		t.Errorf("log %q", log.String())
+	}
+	refs, err := d.References(context.Background(), out)
+	if err != nil || len(refs) != 0 {
+		t.Errorf("References(%s) = %v, %v", out, refs, err)
+	}
+	v, err := d.Version(context.Background())
+	if err != nil || !strings.HasPrefix(v, "nix-daemon 2.") {
+		t.Errorf("Version = %q, %v", v, err)
+	}
+}
+
+// TestDaemonRefusesBadCache: a narinfo signed by another key, a NAR that
+// does not match its narinfo, and a path the cache lacks all end the
+// build as a setup failure, and nothing unverified becomes valid.
+func TestDaemonRefusesBadCache(t *testing.T) {
+	d, store := scratchDaemon(t)
+	other, err := signing.GenerateNixKey("someone-else-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		tamper func(ni *narinfo.NarInfo)
+		nar    func(b []byte) []byte
+		absent bool
+	}{
+		{name: "foreign signature", tamper: func(ni *narinfo.NarInfo) { ni.Sigs = nil; ni.SignNix(other) }},
+		{name: "wrong NAR", nar: func(b []byte) []byte { return bytes.Replace(b, []byte("payload"), []byte("PAYLOAD"), 1) }},
+		{name: "short NAR", nar: func(b []byte) []byte { return b[:len(b)-8] }},
+		{name: "absent", absent: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache := newFakeCache(t, store)
+			nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
+			src, srcNAR := source(t, store, "input-"+nonce, "payload")
+			_, drvPath, drvNAR := drvUsing(t, "bad-"+nonce, "/bin/cat "+src+"/data > $out", src)
+			cache.add(drvPath, drvNAR, []string{src}, nil)
+			if !tc.absent {
+				served := srcNAR
+				if tc.nar != nil {
+					served = tc.nar(srcNAR)
+				}
+				sum := sha256.Sum256(srcNAR)
+				cache.add(src, srcNAR, nil, tc.tamper)
+				cache.mu.Lock()
+				cache.file["/nar/"+nixhash.Base32(sum[:])+".nar"] = served
+				cache.mu.Unlock()
+			}
+			res, err := d.Build(context.Background(), Request{Derivation: drvPath, Sources: cache.sources()}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Outcome != SetupFailed {
+				t.Fatalf("Build = %+v; want a setup failure", res)
+			}
+			t.Log(res.Message)
+			if tc.absent && !slices.Contains(res.Missing, src) {
+				t.Errorf("missing %v; want [%s]", res.Missing, src)
+			}
+			if _, err := os.Lstat(src); err == nil {
+				t.Errorf("%s exists after a refused fetch", src)
+			}
+		})
+	}
+}
+
+func TestOutcome(t *testing.T) {
+	for _, tc := range []struct {
+		s       storedaemon.BuildStatus
+		o       Options
+		elapsed time.Duration
+		want    Outcome
+		exit    int
+	}{
+		{storedaemon.Built, Options{}, 0, Succeeded, 0},
+		{storedaemon.AlreadyValid, Options{}, 0, Succeeded, 0},
+		{storedaemon.PermanentFailure, Options{}, 0, BuildFailed, 100},
+		{storedaemon.OutputRejected, Options{}, 0, BuildFailed, 102},
+		{storedaemon.TimedOut, Options{Timeout: time.Minute}, time.Minute, TimedOut, 101},
+		{storedaemon.TimedOut, Options{MaxSilentTime: time.Second}, 5 * time.Second, SilentTimedOut, 101},
+		{storedaemon.TimedOut, Options{Timeout: time.Minute, MaxSilentTime: time.Second}, 3 * time.Second, SilentTimedOut, 101},
+		{storedaemon.TimedOut, Options{Timeout: time.Minute, MaxSilentTime: time.Second}, time.Minute + time.Second, TimedOut, 101},
+		{storedaemon.MiscFailure, Options{}, 0, SetupFailed, 1},
+		{storedaemon.DependencyFailed, Options{}, 0, SetupFailed, 1},
+		{storedaemon.TransientFailure, Options{}, 0, SetupFailed, 1},
+	} {
+		if got := outcome(tc.s, tc.o, tc.elapsed); got != tc.want {
+			t.Errorf("outcome(%v, %+v, %v) = %v; want %v", tc.s, tc.o, tc.elapsed, got, tc.want)
+		}
+		if got := exitCode(tc.s); got != tc.exit {
+			t.Errorf("exitCode(%v) = %d; want %d", tc.s, got, tc.exit)
+		}
+	}
+}
+
+type tlog struct{ t *testing.T }
+
+func (w tlog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
