@@ -3,7 +3,6 @@ package sshd
 import (
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strconv"
 	"strings"
@@ -92,24 +91,26 @@ func queueOf(x *call, id string) *queueJSON {
 	return q
 }
 
-// explain tells an operator, once, why a queued build will not run by
+// explainText tells an operator why a queued build will not run by
 // itself: inputs nothing will build, or no connected agent that can take
-// it. Nothing is said for a build that only waits its turn.
-func explain(w io.Writer, id string, q *queueJSON) {
+// it; empty for a build that only waits its turn (or has ended).
+func explainText(id string, q *queueJSON) string {
 	if q == nil {
-		return
+		return ""
 	}
+	var b strings.Builder
 	if q.UnbuildableTotal > 0 {
 		more := ""
 		if n := q.UnbuildableTotal - len(q.UnbuildableInputs); n > 0 {
 			more = fmt.Sprintf(" and %d more", n)
 		}
-		fmt.Fprintf(w, "build %s waits for inputs that nothing will build (no build here, outputs not in the cache): %s%s; %s\n",
+		fmt.Fprintf(&b, "build %s waits for inputs that nothing will build (no build here, outputs not in the cache): %s%s; %s\n",
 			id, strings.Join(q.UnbuildableInputs, " "), more, coordinator.FixUnbuildable)
 	}
 	if q.NoAgent != "" {
-		fmt.Fprintf(w, "build %s: %s\n", id, q.NoAgent)
+		fmt.Fprintf(&b, "build %s: %s\n", id, q.NoAgent)
 	}
+	return b.String()
 }
 
 func toJSON(b db.Build) buildJSON {

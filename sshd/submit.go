@@ -78,8 +78,10 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 				fmt.Fprintln(x.out, id)
 			}
 		}
+		said := make(map[string]string, len(ids)) // what explain last said per build
 		for i, id := range ids {
-			explain(x.errOut, id, queues[i])
+			said[id] = explainText(id, queues[i])
+			fmt.Fprint(x.errOut, said[id])
 		}
 		if !*wait {
 			return nil
@@ -101,8 +103,23 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 		}
 		failed := 0
 		done := make([]buildJSON, len(ids)) // --json: in the order given
-		for range ids {
-			r := <-results
+		for pending := len(ids); pending > 0; {
+			var r result
+			select {
+			case r = <-results:
+				pending--
+				delete(said, ids[r.i])
+			case <-x.s.cfg.Clock.After(explainEvery):
+				// Agents come and go: say it again when the reason a
+				// waited-for build will not run changes.
+				for id, last := range said {
+					if now := explainText(id, queueOf(x, id)); now != last {
+						said[id] = now
+						fmt.Fprint(x.errOut, now)
+					}
+				}
+				continue
+			}
 			if r.err != nil {
 				return r.err
 			}
@@ -138,6 +155,10 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 		return nil
 	}
 }
+
+// explainEvery is how often build --wait looks again at why the builds
+// it waits for do not run.
+const explainEvery = 30 * time.Second
 
 // submittedJSON is one submitted build as build --json prints it.
 type submittedJSON struct {
