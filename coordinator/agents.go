@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
 )
@@ -485,6 +486,9 @@ func (c *Coordinator) SetAgentActive(ctx context.Context, agentID string, active
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.store.SetAgentActive(ctx, agentID, active); err != nil {
+		if errors.Is(err, db.ErrNotFound) {
+			return &plainError{fmt.Sprintf("no agent %q ('agents' lists the agent ids)", text.Truncate(agentID, 64)), db.ErrNotFound}
+		}
 		return fmt.Errorf("set agent %s active=%v: %w", agentID, active, err)
 	}
 	if s := c.sessions[agentID]; s != nil {

@@ -228,9 +228,9 @@ var ErrNoLog = errors.New("no log")
 func (c *Coordinator) CopyLog(ctx context.Context, w io.Writer, buildID string, attempt int, follow bool) error {
 	var off int64
 	for {
-		b, err := c.store.Build(ctx, buildID)
+		b, err := c.Build(ctx, buildID)
 		if err != nil {
-			return fmt.Errorf("build %s: %w", buildID, err)
+			return err
 		}
 		n := attempt
 		if n == 0 {

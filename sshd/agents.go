@@ -98,8 +98,10 @@ func setupAgentKeyAdd(fs *pflag.FlagSet) func(x *call) error {
 			return err
 		}
 		agentID := x.params[0]
-		if _, err := x.s.store.Agent(x.ctx, agentID); err != nil {
-			return fmt.Errorf("agent %q: %w", text.Truncate(agentID, 64), err)
+		if _, err := x.s.store.Agent(x.ctx, agentID); errors.Is(err, db.ErrNotFound) {
+			return fmt.Errorf("no agent %q ('agents' lists the agent ids)", text.Truncate(agentID, 64))
+		} else if err != nil {
+			return fmt.Errorf("read agent %q: %w", text.Truncate(agentID, 64), err)
 		}
 		ak, err := keys.ParseAuthorizedKey(x.args[0])
 		if err != nil {
