@@ -14,9 +14,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -593,10 +595,20 @@ func TestCancel(t *testing.T) {
 	a := newTestAgent(t, f, f.knownHosts(t, f.hostKey.PublicKey()))
 	runAgent(t, a)
 	cs := f.nextSession(t)
-	drv, out := instantiate(t, "echo spinning; while :; do :; done")
+	pidFile := filepath.Join(t.TempDir(), "builder.pid")
+	drv, out := instantiate(t, "echo $$ > "+pidFile+"; echo spinning; while :; do :; done")
 	f.sendBuild(t, cs, 12, "bc", drv, out)
 	expect[*protocol.Ack](t, cs, nil)
 	expect[*protocol.Started](t, cs, nil)
+	var pid int
+	waitFor(t, "builder pid", func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err != nil || !bytes.HasSuffix(b, []byte("\n")) {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
 	cs.w.Write(&protocol.Cancel{Header: protocol.Header{ID: 13}, Build: "bc"})
 	if ack := expect[*protocol.Ack](t, cs, nil); ack.ID != 13 {
 		t.Fatalf("ack %d, want 13", ack.ID)
@@ -606,6 +618,9 @@ func TestCancel(t *testing.T) {
 		defer a.mu.Unlock()
 		return len(a.runs) == 0
 	})
+	// Closing the build's daemon connection made the daemon kill the
+	// builder.
+	waitFor(t, "builder gone", func() bool { return syscall.Kill(pid, 0) != nil })
 	// Nothing more is reported for it.
 	select {
 	case m := <-cs.msgs:
