@@ -114,19 +114,30 @@ func startDaemon(addr Address, log *slog.Logger) (*daemonProcess, error) {
 	if len(addr.Env) > 0 {
 		cmd.Env = append(os.Environ(), addr.Env...)
 	}
-	stdin, err := cmd.StdinPipe()
+	// Pipes of our own: exec's would be closed by Wait while the
+	// connection may still read, turning a daemon's death into "file
+	// already closed" instead of an end of file.
+	inR, stdin, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
+	stdout, outW, err := os.Pipe()
 	if err != nil {
+		inR.Close()
+		stdin.Close()
 		return nil, err
 	}
+	cmd.Stdin, cmd.Stdout = inR, outW
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		stdin.Close()
+		stdout.Close()
 		return nil, fmt.Errorf("start %s: %w", addr, err)
 	}
 	p := &daemonProcess{cmd: cmd, stdin: stdin, stdout: stdout, done: make(chan struct{}), log: log}
@@ -152,6 +163,7 @@ func (p *daemonProcess) Write(b []byte) (int, error) { return p.stdin.Write(b) }
 // a running builder) and exit; a daemon that does not is terminated.
 func (p *daemonProcess) Close() error {
 	p.stdin.Close()
+	defer p.stdout.Close()
 	select {
 	case <-p.done:
 		return nil

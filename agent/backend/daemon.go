@@ -28,6 +28,11 @@ const (
 	queryTimeout = 5 * time.Minute
 	// maxClosure bounds the paths fetched for one build.
 	maxClosure = 100000
+	// connBuilds is how many builds one connection serves before it is
+	// closed: a daemon holds everything a connection imported or built as
+	// a temporary root until the connection ends, so a connection that
+	// lived for ever would keep the garbage collector from every such path.
+	connBuilds = 50
 )
 
 // DaemonConfig configures a Daemon.
@@ -48,14 +53,16 @@ type DaemonConfig struct {
 }
 
 // Daemon is the store, reached through its daemon. It keeps one
-// connection per build running at the same time and reuses them; a
-// connection that broke (the daemon died, a build was canceled) is
-// dropped and the next build dials anew.
+// connection per build running at the same time and reuses them, each for
+// up to connBuilds builds (its temporary roots go with it); a connection
+// that broke (the daemon died, a build was canceled) is dropped and the
+// next build dials anew.
 type Daemon struct {
 	cfg DaemonConfig
 
 	mu   sync.Mutex
 	idle []*storedaemon.Conn
+	uses map[*storedaemon.Conn]int // builds served, for connections in use or idle
 }
 
 // NewDaemon returns the backend; it connects on first use.
@@ -72,7 +79,7 @@ func NewDaemon(cfg DaemonConfig) *Daemon {
 			IdleConnTimeout:       time.Minute,
 		}}
 	}
-	return &Daemon{cfg: cfg}
+	return &Daemon{cfg: cfg, uses: map[*storedaemon.Conn]int{}}
 }
 
 var _ Backend = (*Daemon)(nil)
@@ -89,6 +96,7 @@ func (d *Daemon) get(ctx context.Context) (*storedaemon.Conn, error) {
 			d.mu.Unlock()
 			return c, nil
 		}
+		delete(d.uses, c)
 	}
 	d.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -102,11 +110,18 @@ func (d *Daemon) get(ctx context.Context) (*storedaemon.Conn, error) {
 	return c, nil
 }
 
-func (d *Daemon) put(c *storedaemon.Conn) {
-	if c.Err() != nil {
+// put returns c after use; build says whether it served a build.
+func (d *Daemon) put(c *storedaemon.Conn, build bool) {
+	d.mu.Lock()
+	if build {
+		d.uses[c]++
+	}
+	if c.Err() != nil || d.uses[c] >= connBuilds {
+		delete(d.uses, c)
+		d.mu.Unlock()
+		go c.Close() // an exec: daemon may take a moment to exit
 		return
 	}
-	d.mu.Lock()
 	d.idle = append(d.idle, c)
 	d.mu.Unlock()
 }
@@ -120,6 +135,9 @@ func (d *Daemon) Close() error {
 	d.mu.Unlock()
 	for _, c := range idle {
 		c.Close()
+		d.mu.Lock()
+		delete(d.uses, c)
+		d.mu.Unlock()
 	}
 	return nil
 }
@@ -129,7 +147,7 @@ func (d *Daemon) Version(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer d.put(c)
+	defer d.put(c, false)
 	v := c.ProtocolVersion()
 	name := c.Dialect().String() + "-daemon"
 	if c.DaemonVersion() != "" {
@@ -143,7 +161,7 @@ func (d *Daemon) References(ctx context.Context, path string) ([]string, error) 
 	if err != nil {
 		return nil, err
 	}
-	defer d.put(c)
+	defer d.put(c, false)
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
 	info, err := c.QueryPathInfo(qctx, path)
@@ -172,7 +190,7 @@ func (d *Daemon) Build(ctx context.Context, req Request, log io.Writer) (Result,
 		}
 		return setup(fmt.Sprintf("connect to the store daemon: %v", err)), nil
 	}
-	defer d.put(c)
+	defer d.put(c, true)
 	res := d.build(ctx, c, req, log)
 	if ctx.Err() != nil {
 		return Result{}, ctx.Err()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -296,4 +298,55 @@ type tlog struct{ t *testing.T }
 func (w tlog) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// TestDaemonDiesMidBuild: a daemon killed during a build is a setup
+// failure (the infrastructure failed, not the derivation), and the next
+// build connects to a new daemon.
+func TestDaemonDiesMidBuild(t *testing.T) {
+	d, store := scratchDaemon(t)
+	cache := newFakeCache(t, store)
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
+	pids := filepath.Join(t.TempDir(), "pids")
+	src, srcNAR := source(t, store, "input-"+nonce, "x")
+	cache.add(src, srcNAR, nil, nil)
+	_, hang, hangNAR := drvUsing(t, "hang-"+nonce, "echo $PPID $$ > "+pids+"; while :; do /bin/sleep 1; done", src)
+	cache.add(hang, hangNAR, []string{src}, nil)
+	_, ok, okNAR := drvUsing(t, "after-"+nonce, "echo fine > $out", src)
+	cache.add(ok, okNAR, []string{src}, nil)
+
+	done := make(chan Result, 1)
+	go func() {
+		res, err := d.Build(context.Background(), Request{Derivation: hang, Sources: cache.sources()}, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	var daemon, builder int
+	deadline := time.Now().Add(time.Minute)
+	for {
+		b, err := os.ReadFile(pids)
+		if _, serr := fmt.Sscan(string(b), &daemon, &builder); err == nil && serr == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the builder never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The builder runs in its own session; a SIGKILLed daemon leaves it.
+	t.Cleanup(func() { syscall.Kill(builder, syscall.SIGKILL) })
+	if err := syscall.Kill(daemon, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.Outcome != SetupFailed || res.ExitCode != -1 {
+		t.Fatalf("Build with a dying daemon = %+v; want a setup failure", res)
+	}
+	t.Log(res.Message)
+	res2, err := d.Build(context.Background(), Request{Derivation: ok, Sources: cache.sources()}, nil)
+	if err != nil || res2.Outcome != Succeeded {
+		t.Fatalf("Build after the daemon died = %+v, %v", res2, err)
+	}
 }
