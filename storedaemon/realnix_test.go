@@ -298,3 +298,47 @@ func (w *notifyWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// TestRealNixDaemonSocket: the same client through the daemon's socket
+// (nix-daemon serving a scratch store, the socket under its state dir).
+func TestRealNixDaemonSocket(t *testing.T) {
+	s := newScratchStore(t)
+	state := os.Getenv("NIX_STATE_DIR")
+	d := exec.Command("nix-daemon")
+	var stderr bytes.Buffer
+	d.Stderr = &stderr
+	d.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-d.Process.Pid, syscall.SIGTERM)
+		d.Wait()
+	})
+	sock := filepath.Join(state, "daemon-socket", "socket")
+	ctx := context.Background()
+	var c *Conn
+	for deadline := time.Now().Add(time.Minute); ; {
+		var err error
+		if c, err = Dial(ctx, Address{Socket: sock}, nil); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dial %s: %v\n%s", sock, err, stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer c.Close()
+	if c.Dialect() != Nix || c.ProtocolVersion() != 0x122 {
+		t.Fatalf("dialect %v version %#x", c.Dialect(), c.ProtocolVersion())
+	}
+	drv, out := s.instantiate(t, "sock-"+strconv.FormatInt(time.Now().UnixNano(), 36), "echo via-socket; echo x > $out")
+	var log bytes.Buffer
+	res, err := c.Build(ctx, drv, nil, BuildNormal, &log)
+	if err != nil || res.Status != Built || !strings.Contains(log.String(), "via-socket") {
+		t.Fatalf("Build = %+v, %v; log %q", res, err, log.String())
+	}
+	if ok, err := c.IsValidPath(ctx, out); err != nil || !ok {
+		t.Fatalf("IsValidPath(%s) = %v, %v", out, ok, err)
+	}
+}
