@@ -48,6 +48,15 @@ type Config struct {
 	// Cache, when set, is served over HTTP inside direct-tcpip channels
 	// to protocol.CacheAddress (the cache tunnel, tunnel.go).
 	Cache http.Handler
+	// HandshakeTimeout is how long a connection may take from TCP accept
+	// to a verified key (default DefaultHandshakeTimeout).
+	HandshakeTimeout time.Duration
+	// MaxUnauthenticated caps the connections still in the handshake;
+	// more are closed at accept (default DefaultMaxUnauthenticated).
+	MaxUnauthenticated int
+	// MaxUnauthenticatedPerSource is the same cap per source IP address
+	// (default DefaultMaxUnauthenticatedPerSource).
+	MaxUnauthenticatedPerSource int
 }
 
 // Server serves the SSH port.
@@ -59,7 +68,16 @@ type Server struct {
 	srv   *ssh.Server
 	// tunnel serves the cache over direct-tcpip channels; nil without Cache.
 	tunnel *tunnel
+	// conns is every live connection: handshake limits, and by key for
+	// revocation.
+	conns *conns
 }
+
+// ctxKey names the values this package keeps in an ssh.Context.
+type ctxKey int
+
+// liveConnKey holds a connection's *liveConn.
+const liveConnKey ctxKey = 0
 
 // New builds a server; call Serve with a listener.
 func New(cfg Config) (*Server, error) {
@@ -81,10 +99,22 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxLineBytes <= 0 {
 		cfg.MaxLineBytes = protocol.DefaultMaxLineBytes
 	}
-	s := &Server{cfg: cfg, coord: cfg.Coordinator, store: cfg.Store, log: cfg.Logger}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxUnauthenticated <= 0 {
+		cfg.MaxUnauthenticated = DefaultMaxUnauthenticated
+	}
+	if cfg.MaxUnauthenticatedPerSource <= 0 {
+		cfg.MaxUnauthenticatedPerSource = DefaultMaxUnauthenticatedPerSource
+	}
+	s := &Server{cfg: cfg, coord: cfg.Coordinator, store: cfg.Store, log: cfg.Logger,
+		conns: newConns(cfg.Logger, cfg.Clock, cfg.HandshakeTimeout, cfg.MaxUnauthenticated, cfg.MaxUnauthenticatedPerSource)}
 	s.srv = &ssh.Server{
-		Handler:          s.handleExec,
-		PublicKeyHandler: s.knownKey,
+		Handler:              s.handleExec,
+		PublicKeyHandler:     s.knownKey,
+		ConnCallback:         s.accept,
+		ServerConfigCallback: s.serverConfig,
 		SubsystemHandlers: map[string]ssh.SubsystemHandler{
 			protocol.Subsystem: s.handleAgent,
 			"sftp":             s.handleSFTP,
@@ -122,19 +152,89 @@ func (s *Server) Close() error {
 	return s.srv.Close()
 }
 
-// knownKey is the authentication callback: yes if the key is registered.
+// accept admits a new TCP connection into the registry (nil: refused,
+// a handshake cap is reached).
+func (s *Server) accept(ctx ssh.Context, c net.Conn) net.Conn {
+	lc := s.conns.admit(c)
+	if lc == nil {
+		return nil
+	}
+	ctx.SetValue(liveConnKey, lc)
+	return lc
+}
+
+// serverConfig is the per-connection SSH configuration: it learns which
+// key a connection verified, to file the connection under it.
+func (s *Server) serverConfig(ctx ssh.Context) *gossh.ServerConfig {
+	lc, _ := ctx.Value(liveConnKey).(*liveConn)
+	return &gossh.ServerConfig{
+		VerifiedPublicKeyCallback: func(_ gossh.ConnMetadata, key gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			return s.verified(ctx, lc, key, perms)
+		},
+	}
+}
+
+// verified runs once a client proved it holds key: the connection is
+// filed under the key first and the key checked after, so a revocation
+// racing with the login either is seen here or finds the connection.
+func (s *Server) verified(ctx ssh.Context, lc *liveConn, key gossh.PublicKey, perms *gossh.Permissions) (*gossh.Permissions, error) {
+	if lc == nil {
+		return nil, errors.New("connection not registered")
+	}
+	fp := keys.Fingerprint(key)
+	if !s.conns.bind(lc, fp) {
+		return nil, errors.New("connection closed during authentication")
+	}
+	if _, err := s.liveKey(ctx, fp); err != nil {
+		s.conns.unbind(lc)
+		s.log.Info("key refused after verification", "fingerprint", fp, "remote", lc.RemoteAddr().String(), "err", err)
+		return nil, err
+	}
+	// Sessions derive the principal from this key: the one verified.
+	ctx.SetValue(ssh.ContextKeyPublicKey, key)
+	s.conns.authenticated(lc)
+	return perms, nil
+}
+
+// liveKey is the one check that a key may be used now: it is registered
+// and, for an agent key, bound to an agent that is active. Every
+// authentication and every session, channel and command asks it.
+func (s *Server) liveKey(ctx context.Context, fp string) (db.Key, error) {
+	k, err := s.store.Key(ctx, fp)
+	if err != nil {
+		return db.Key{}, fmt.Errorf("key %s: %w", fp, err)
+	}
+	if k.Fingerprint != fp {
+		return db.Key{}, fmt.Errorf("key %s: stored key does not match", fp)
+	}
+	if k.Role == db.RoleAgent {
+		if k.AgentID == "" {
+			return db.Key{}, fmt.Errorf("agent key %s is not bound to an agent", fp)
+		}
+		a, err := s.store.Agent(ctx, k.AgentID)
+		if err != nil {
+			return db.Key{}, fmt.Errorf("agent %s of key %s: %w", k.AgentID, fp, err)
+		}
+		if !a.Active {
+			return db.Key{}, fmt.Errorf("agent %s of key %s is deactivated", k.AgentID, fp)
+		}
+	}
+	return k, nil
+}
+
+// knownKey is the authentication callback: yes if the key may be used.
 // Nothing is remembered from here; sessions re-derive the principal.
 func (s *Server) knownKey(ctx ssh.Context, key ssh.PublicKey) bool {
 	fp := keys.Fingerprint(key)
-	k, err := s.store.Key(ctx, fp)
-	if err != nil {
+	if _, err := s.liveKey(ctx, fp); err != nil {
 		if !errors.Is(err, db.ErrNotFound) {
-			s.log.Error("key lookup", "fingerprint", fp, "err", err)
+			s.log.Info("key refused", "fingerprint", fp, "remote", ctx.RemoteAddr().String(), "err", err)
+			return false
 		}
 		s.log.Info("unknown key refused", "fingerprint", fp, "remote", ctx.RemoteAddr().String())
 		return false
 	}
-	return k.Fingerprint == fp
+	return true
 }
 
 // principal is who a session is: the stored key matching the public key
@@ -159,16 +259,13 @@ func (s *Server) whoamiKey(ctx context.Context, pub ssh.PublicKey) (principal, e
 		return principal{}, errors.New("no public key on this session")
 	}
 	fp := keys.Fingerprint(pub)
-	k, err := s.store.Key(ctx, fp)
+	k, err := s.liveKey(ctx, fp)
 	if err != nil {
-		return principal{}, fmt.Errorf("key %s: %w", fp, err)
+		return principal{}, err
 	}
 	stored, err := keys.ParseAuthorizedKey(k.AuthorizedKey)
 	if err != nil || stored.Fingerprint != fp {
 		return principal{}, fmt.Errorf("key %s: stored key does not match", fp)
-	}
-	if k.Role == db.RoleAgent && k.AgentID == "" {
-		return principal{}, fmt.Errorf("agent key %s is not bound to an agent", fp)
 	}
 	return principal{Fingerprint: fp, Role: k.Role, AgentID: k.AgentID}, nil
 }

@@ -39,6 +39,7 @@ type env struct {
 	hostKey  gossh.PublicKey
 	store    *sqlite.Store
 	coord    *coordinator.Coordinator
+	srv      *Server
 	storeDir string
 	seq      atomic.Int64
 
@@ -103,6 +104,7 @@ func newEnvWith(t *testing.T, adjust func(*Config)) *env {
 		t.Fatal(err)
 	}
 	e.addr = l.Addr().String()
+	e.srv = srv
 	go srv.Serve(l)
 	t.Cleanup(func() {
 		srv.Close()

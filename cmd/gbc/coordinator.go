@@ -63,6 +63,9 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	pprofListen := fs.String("pprof-listen", "", "serve net/http/pprof on `ADDR` (loopback only; for profiling)")
 	pprofBlock := fs.Int("pprof-block-rate", 0, "with --pprof-listen: record blocking events of this many `NS` or longer (and mutex contention) for /debug/pprof/block and /debug/pprof/mutex; 0: off (recording costs CPU)")
 	maxUpload := fs.Int64("max-upload-bytes", sshd.DefaultMaxUploadBytes, "largest file an agent may upload")
+	handshakeTimeout := fs.Duration("handshake-timeout", sshd.DefaultHandshakeTimeout, "close a connection that has not authenticated this long after TCP accept")
+	maxUnauth := fs.Int("max-unauthenticated", sshd.DefaultMaxUnauthenticated, "connections still in the SSH handshake at once; more are closed at accept (authenticated ones do not count)")
+	maxUnauthSource := fs.Int("max-unauthenticated-per-source", sshd.DefaultMaxUnauthenticatedPerSource, "the same, per source IP address")
 	memLimit := fs.String("memory-limit", "", "soft limit of the Go heap and runtime (`SIZE` such as 450MiB, as GOMEMLIMIT, which applies when this is not given): the garbage collector runs more often near it, trading CPU for RSS; it is not a hard cap (docs/scheduling.md)")
 	minFree := fs.String("min-free-space", "2GiB", "reserve of free space in the state directory (`SIZE`): under it no build is allocated and upload writes are refused, charged to no build or agent, until space returns (0: only a full disk pauses)")
 	hf := addHookFlags(fs)
@@ -94,11 +97,19 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if *maxUpload <= 0 {
 		return usageError{"--max-upload-bytes must be positive"}
 	}
+	if *handshakeTimeout <= 0 || *maxUnauth < 1 || *maxUnauthSource < 1 {
+		return usageError{"--handshake-timeout, --max-unauthenticated and --max-unauthenticated-per-source must be positive"}
+	}
 	log := e.log
 	reserve, err := parseSize("min free space", *minFree)
 	if err != nil {
 		return usageError{"--" + err.Error()}
 	}
+	fdLimit, unauthCap, err := raiseFileLimit(log, *maxUnauth)
+	if err != nil {
+		return err
+	}
+	*maxUnauth = unauthCap
 	if *memLimit != "" {
 		n, err := parseMemoryLimit(*memLimit)
 		if err != nil {
@@ -186,7 +197,8 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	defer stopHooks()
 	defer startRetention(ctx, log, store, clk, time.Duration(retention), hookList)()
 	srv, err := sshd.New(sshd.Config{Coordinator: coord, Store: store, HostKey: host, Logger: log, Clock: clk,
-		MaxUploadBytes: *maxUpload, Cache: bc.Handler(), KeepAlive: *keepalive})
+		MaxUploadBytes: *maxUpload, Cache: bc.Handler(), KeepAlive: *keepalive,
+		HandshakeTimeout: *handshakeTimeout, MaxUnauthenticated: *maxUnauth, MaxUnauthenticatedPerSource: *maxUnauthSource})
 	if err != nil {
 		return err
 	}
@@ -216,7 +228,9 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	log.Info("coordinator listening", "addr", l.Addr().String(), "database", target.String(), "host_key", keys.Fingerprint(host.PublicKey()),
-		"state_dir", dir, "compression", *comp, "cache_public_key", bc.PublicKey().String())
+		"state_dir", dir, "compression", *comp, "cache_public_key", bc.PublicKey().String(),
+		"open_file_limit", fdLimit, "max_unauthenticated", *maxUnauth, "max_unauthenticated_per_source", *maxUnauthSource,
+		"handshake_timeout", *handshakeTimeout)
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
