@@ -41,7 +41,12 @@ type Session struct {
 	cancels  map[string]uint64
 	lastSeen time.Time
 	gone     bool
-	inactive bool // deactivated: keeps its builds, gets no new ones
+	inactive bool // deactivated: gets no new builds
+
+	// resultMu is held (read) while a result is recorded and (write) to
+	// revoke the session; revoked refuses every later result.
+	resultMu sync.RWMutex
+	revoked  bool
 
 	outMu  sync.Mutex
 	out    []protocol.Message
@@ -79,6 +84,9 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 	a, err := c.store.Agent(ctx, agentID)
 	if err != nil {
 		return nil, protocol.Welcome{}, fmt.Errorf("agent %s: %w", agentID, err)
+	}
+	if !a.Active {
+		return nil, protocol.Welcome{}, fmt.Errorf("agent %s is deactivated ('agent %s activate' lets it in again): %w", agentID, agentID, ErrUnknownAgent)
 	}
 	onAgent, err := c.store.BuildsOnAgent(ctx, agentID)
 	if err != nil {
@@ -479,25 +487,48 @@ func (c *Coordinator) releaseLocked(buildID, agentID string) {
 	c.finishLogsLocked(buildID)
 }
 
-// SetAgentActive activates or deactivates an agent. A deactivated agent
-// keeps running what it holds but gets no new builds (also after a
-// reconnect); activating it hands it work at once.
+// SetAgentActive activates or deactivates an agent. Deactivating revokes
+// it: its session ends at once and results still in flight are refused
+// (never signed), every connection of its keys is closed (OnRevocation),
+// it cannot connect again, and the builds it held go back to the queue
+// (not counted against them). Activating lets it in again.
 func (c *Coordinator) SetAgentActive(ctx context.Context, agentID string, active bool) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if err := c.store.SetAgentActive(ctx, agentID, active); err != nil {
 		if errors.Is(err, db.ErrNotFound) {
 			return &plainError{fmt.Sprintf("no agent %q ('agents' lists the agent ids)", text.Truncate(agentID, 64)), db.ErrNotFound}
 		}
 		return fmt.Errorf("set agent %s active=%v: %w", agentID, active, err)
 	}
-	if s := c.sessions[agentID]; s != nil {
-		s.inactive = !active
-	}
 	c.log.Info("agent activation changed", "agent", agentID, "active", active)
 	if active {
+		c.mu.Lock()
+		defer c.mu.Unlock()
 		c.dispatchLocked(ctx)
+		return nil
 	}
+	c.mu.Lock()
+	if s := c.sessions[agentID]; s != nil {
+		s.inactive = true
+	}
+	c.mu.Unlock()
+	c.revokeSession(agentID, "agent deactivated")
+	fps, err := c.agentKeys(ctx, agentID)
+	if err != nil {
+		// The store refuses the agent's keys already; live connections
+		// end with the session or at their next channel.
+		c.log.Error("list keys of a deactivated agent", "agent", agentID, "err", err)
+	}
+	c.announce(Revocation{Fingerprints: fps, Reason: "agent deactivated"})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	bs, err := c.store.BuildsOnAgent(ctx, agentID)
+	if err != nil {
+		return fmt.Errorf("agent %s deactivated; its builds will be requeued after the disconnect grace: %w", agentID, err)
+	}
+	for _, b := range bs {
+		c.requeueLocked(ctx, b.ID, agentID, db.KindInfrastructure, "agent deactivated", "")
+	}
+	c.dispatchLocked(ctx)
 	return nil
 }
 

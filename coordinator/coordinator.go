@@ -141,6 +141,9 @@ type Coordinator struct {
 	wg     sync.WaitGroup
 	// logMu orders log chunk writes against compressing finished logs.
 	logMu sync.Mutex
+	// revokers are told of removed keys and deactivated agents.
+	revokeMu sync.Mutex
+	revokers []func(Revocation)
 }
 
 // New loads the ready queue from the store and returns a running coordinator.

@@ -2,7 +2,11 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -154,6 +158,7 @@ func TestEnsureInputsSubmitsMissingClosure(t *testing.T) {
 	if err := h.c.SetAgentActive(ctx, a.id, true); err != nil {
 		t.Fatal(err)
 	}
+	a, _ = h.connect(a.id, protocol.Hello{}) // deactivation ended its session
 	order := []string{}
 	for range 4 {
 		b := a.next()
@@ -170,34 +175,106 @@ func TestEnsureInputsSubmitsMissingClosure(t *testing.T) {
 	}
 }
 
-func TestDeactivatedAgentGetsNothing(t *testing.T) {
+// TestDeactivatedAgentIsRevoked: deactivating ends the agent's session,
+// refuses its result in flight (nothing is signed), closes its keys'
+// connections, requeues what it held without charging the build, and
+// keeps it out until it is activated again.
+func TestDeactivatedAgentIsRevoked(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	a := h.agent("a", protocol.Hello{MaxParallelBuilds: 2})
+	fp := "SHA256:deactivated-agent-key"
+	if err := h.store.PutKey(ctx, db.Key{Fingerprint: fp, AuthorizedKey: "ssh-ed25519 AAAA", Role: db.RoleAgent, AgentID: a.id}); err != nil {
+		t.Fatal(err)
+	}
+	var revoked []Revocation
+	h.c.OnRevocation(func(r Revocation) { revoked = append(revoked, r) })
 	held := h.submit(0, h.drv("held", "x86_64-linux"))[0]
-	if got := a.next(); got.Build != held {
+	b := a.next()
+	if b.Build != held {
 		t.Fatal("first build not pushed")
 	}
+	out := a.upload(b, "in flight")
 	if err := h.c.SetAgentActive(ctx, a.id, false); err != nil {
 		t.Fatal(err)
 	}
-	waiting := h.submit(0, h.drv("waiting", "x86_64-linux"))[0]
-	a.idle()
-	// It keeps what it holds: its result is accepted.
-	a.fail(held)
-	a.idle()
-	if st := h.c.Status(); len(st.Connected) != 1 || st.Connected[0].Active {
-		t.Fatalf("status: %+v, want one inactive agent", st.Connected)
+	if len(revoked) != 1 || len(revoked[0].Fingerprints) != 1 || revoked[0].Fingerprints[0] != fp {
+		t.Fatalf("revocations announced: %+v, want one for %s", revoked, fp)
 	}
-	// Still inactive after a reconnect (the store remembers).
-	a.s.Close()
-	a2, _ := h.connect(a.id, protocol.Hello{MaxParallelBuilds: 2})
-	a2.idle()
+	if _, err := a.s.Next(ctx); !errors.Is(err, ErrSessionClosed) {
+		t.Fatalf("session after deactivation: %v, want it closed", err)
+	}
+	if err := a.succeed(b, out); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("result after deactivation: %v, want ErrRevoked", err)
+	}
+	if err := a.s.Succeeded(ctx, &protocol.Succeeded{Build: b.Build, Outputs: []protocol.OutputResult{out}}); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("success after deactivation: %v, want ErrRevoked", err)
+	}
+	got := h.build(held)
+	if got.State != db.StateScheduled {
+		t.Fatalf("held build after deactivation: state %s, want scheduled", got.State)
+	}
+	if _, err := os.Stat(filepath.Join(h.c.UploadDir(a.id, held), out.Upload)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the refused upload is still there: %v", err)
+	}
+	if len(got.Attempts) != 1 || got.Attempts[0].Outcome != "requeued" {
+		t.Fatalf("attempts: %+v, want one requeued", got.Attempts)
+	}
+	if _, _, err := h.c.Connect(ctx, a.id, &protocol.Hello{ProtocolVersion: protocol.Version, Systems: []string{"x86_64-linux"}, MaxParallelBuilds: 1}); err == nil {
+		t.Fatal("a deactivated agent connected again")
+	}
+	waiting := h.submit(0, h.drv("waiting", "x86_64-linux"))[0]
 	if err := h.c.SetAgentActive(ctx, a.id, true); err != nil {
 		t.Fatal(err)
 	}
-	if got := a2.next(); got.Build != waiting {
-		t.Fatalf("after activate got %s, want %s", got.Build, waiting)
+	a2, _ := h.connect(a.id, protocol.Hello{MaxParallelBuilds: 2})
+	pushed := map[string]bool{a2.next().Build: true, a2.next().Build: true}
+	if !pushed[held] || !pushed[waiting] {
+		t.Fatalf("after activate got %v, want %s and %s", pushed, held, waiting)
+	}
+}
+
+// TestRemovedAgentKeyRevokesSession: removing an agent's key ends its
+// session and refuses its result in flight; the build stays with the
+// agent for the disconnect grace, so a reconnect with another key
+// continues it.
+func TestRemovedAgentKeyRevokesSession(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	a := h.agent("a", protocol.Hello{})
+	fp := "SHA256:removed-agent-key"
+	if err := h.store.PutKey(ctx, db.Key{Fingerprint: fp, AuthorizedKey: "ssh-ed25519 AAAA", Role: db.RoleAgent, AgentID: a.id}); err != nil {
+		t.Fatal(err)
+	}
+	var revoked []Revocation
+	h.c.OnRevocation(func(r Revocation) { revoked = append(revoked, r) })
+	id := h.submit(0, h.drv("r", "x86_64-linux"))[0]
+	b := a.next()
+	out := a.upload(b, "in flight")
+	if err := h.c.RemoveKey(ctx, fp); err != nil {
+		t.Fatal(err)
+	}
+	if len(revoked) != 1 || len(revoked[0].Fingerprints) != 1 || revoked[0].Fingerprints[0] != fp {
+		t.Fatalf("revocations announced: %+v", revoked)
+	}
+	if _, err := h.store.Key(ctx, fp); !errors.Is(err, db.ErrNotFound) {
+		t.Fatalf("key after removal: %v", err)
+	}
+	if err := a.s.Succeeded(ctx, &protocol.Succeeded{Build: b.Build, Outputs: []protocol.OutputResult{out}}); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("success after key removal: %v, want ErrRevoked", err)
+	}
+	if got := h.build(id); got.State != db.StateAllocated || got.AgentID != a.id {
+		t.Fatalf("build after key removal: %s on %q, want still allocated to the agent", got.State, got.AgentID)
+	}
+	a2, w := h.connect(a.id, protocol.Hello{Running: []string{id}})
+	if len(w.Continue) != 1 || w.Continue[0] != id {
+		t.Fatalf("welcome after reconnect: %+v, want to continue %s", w, id)
+	}
+	if err := a2.succeed(b, out); err != nil {
+		t.Fatalf("result resent on the new session: %v", err)
+	}
+	if err := h.c.RemoveKey(ctx, fp); !errors.Is(err, db.ErrNotFound) {
+		t.Fatalf("removing it twice: %v, want not found", err)
 	}
 }
 

@@ -58,9 +58,14 @@ func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
 	if m.Build == "" {
 		return errors.New("missing build id")
 	}
+	release, err := s.admit()
+	if err != nil {
+		return err
+	}
+	defer release()
 	hw := db.Hardware{Cores: m.Hardware.Cores, MemoryBytes: m.Hardware.MemoryBytes, FreeDiskBytes: m.Hardware.FreeDiskBytes,
 		Load1: m.Hardware.Load1, Backend: s.backend, BackendVersion: s.backendVer}
-	err := s.c.store.StartBuildWith(ctx, m.Build, s.agentID, s.c.clk.Now(), hw)
+	err = s.c.store.StartBuildWith(ctx, m.Build, s.agentID, s.c.clk.Now(), hw)
 	if errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound) {
 		b, _, herr := s.holding(ctx, m.Build, "")
 		if herr != nil {
@@ -79,6 +84,11 @@ func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
 
 // Failed records a build failure: the derivation's fault, terminal.
 func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
+	release, err := s.admit()
+	if err != nil {
+		return err
+	}
+	defer release()
 	_, done, err := s.holding(ctx, m.Build, db.StateFailed)
 	if err != nil || done {
 		return err
@@ -120,6 +130,11 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 // db.KindWaitingForInputs (the reason, for people, starts "waiting for
 // inputs: "). Anything else is db.KindSetup and counts.
 func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) error {
+	release, err := s.admit()
+	if err != nil {
+		return err
+	}
+	defer release()
 	b, _, err := s.holding(ctx, m.Build, "")
 	if err != nil {
 		return err
@@ -239,6 +254,13 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	c := s.c
 	start := time.Now()
+	// Checked here to refuse early, and again before publishing, after
+	// the verification (which may take long).
+	release, err := s.admit()
+	if err != nil {
+		return err
+	}
+	release()
 	c.mu.Lock()
 	if c.verifying[m.Build] {
 		c.mu.Unlock()
@@ -287,6 +309,13 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		return fmt.Errorf("%w: %w", ErrVerification, verr)
 	}
 	verified := time.Now()
+	// From here to the commit, a revocation waits: a result either is
+	// refused or was signed before the revocation returned.
+	release, err = s.admit()
+	if err != nil {
+		return err
+	}
+	defer release()
 	if err := c.publish(ctx, b, dir, m.Outputs, results); err != nil {
 		// Verified outputs the coordinator could not publish (its disk
 		// full, its cache unwritable): the coordinator's trouble. The

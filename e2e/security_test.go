@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"regexp"
@@ -46,5 +48,85 @@ func TestUnauthenticatedFlood(t *testing.T) {
 	r := f.ssh(f.admin, "build --wait "+drv)
 	if r.Code != 0 || !strings.Contains(r.Stdout, "succeeded") {
 		t.Fatalf("build during the flood: exit %d\n%s\n%s", r.Code, r.Stdout, r.Stderr)
+	}
+}
+
+// TestRemovedKeyEndsFollow: a reader's `events --follow` over OpenSSH
+// ends as soon as its key is removed, and the key gets nothing after.
+func TestRemovedKeyEndsFollow(t *testing.T) {
+	f := newFarm(t)
+	reader := newKey(t, f.dir, "reader")
+	f.mustSSH("key add --role reader '" + reader.Pub + "'")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := f.sshCmd(ctx, reader, "events --follow")
+	var out syncBuf
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	f.coord.log.waitFor(t, regexp.MustCompile(`msg=command command=events[^\n]*role=reader`), 30*time.Second)
+
+	f.mustSSH("key remove " + fingerprint(t, reader))
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("events --follow exited 0 after its key was removed:\n%s", out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("events --follow still running 30s after its key was removed:\n%s", out.String())
+	}
+	f.coord.log.waitFor(t, regexp.MustCompile(`connections of a revoked key closed[^\n]*reason="key removed"`), 10*time.Second)
+	if r := f.ssh(reader, "status"); r.Code != 255 || !strings.Contains(r.Stderr, "Permission denied") {
+		t.Fatalf("removed key: exit %d, stderr %q", r.Code, r.Stderr)
+	}
+}
+
+// TestDeactivatedAgentIsCutOff: deactivating a real `gbc agent` in the
+// middle of a build closes its connection at once, sends the build back
+// to the queue (not counted against it) and keeps the agent out; after
+// `activate` it can connect again and the build succeeds.
+func TestDeactivatedAgentIsCutOff(t *testing.T) {
+	f := newFarm(t)
+	a := f.addAgent("revoked-agent")
+	f.coord.log.waitFor(t, regexp.MustCompile(`agent connected`), 30*time.Second)
+	drv := instantiate(t, fmt.Sprint(time.Now().UnixNano()), "slow", "--argstr", "slowSleep", "3")
+	id := f.mustSSH("build " + drv)
+	for i := 0; f.show(id).State != "started"; i++ {
+		if i > 300 {
+			t.Fatalf("build %s never started: %+v", id, f.show(id))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	f.mustSSH("agent " + a.ID + " deactivate")
+	f.coord.log.waitFor(t, regexp.MustCompile(`connections of a revoked key closed[^\n]*reason="agent deactivated"`), 10*time.Second)
+	a.log.waitFor(t, regexp.MustCompile(`disconnected from coordinator; retrying`), 30*time.Second)
+	if b := f.show(id); b.State == "succeeded" || b.State == "started" {
+		t.Fatalf("build after deactivation is %s, want back in the queue", b.State)
+	}
+	// Its reconnect is refused at authentication.
+	f.coord.log.waitFor(t, regexp.MustCompile(`key refused[^\n]*is deactivated`), 30*time.Second)
+	a.stop(t)
+	var shown struct {
+		Attempts []struct {
+			Outcome string `json:"outcome"`
+			Reason  string `json:"reason"`
+		} `json:"attempts"`
+	}
+	if err := json.Unmarshal([]byte(f.mustSSH("build show "+id+" --json")), &shown); err != nil {
+		t.Fatal(err)
+	}
+	if len(shown.Attempts) != 1 || shown.Attempts[0].Outcome != "requeued" || shown.Attempts[0].Reason != "agent deactivated" {
+		t.Fatalf("attempts after deactivation: %+v, want one requeued (agent deactivated)", shown.Attempts)
+	}
+
+	f.mustSSH("agent " + a.ID + " activate")
+	f.startAgent(a.Key, "revoked-agent")
+	r := f.ssh(f.admin, "build --wait --ignore-if-build-for-outputs-exists "+drv)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "build "+id+" succeeded") {
+		t.Fatalf("after activate: exit %d\n%s\n%s", r.Code, r.Stdout, r.Stderr)
 	}
 }

@@ -111,6 +111,15 @@ func (s *Server) handleAgent(sess ssh.Session) {
 			case *protocol.Succeeded:
 				err = cs.Succeeded(ctx, m)
 			}
+			if errors.Is(err, coordinator.ErrRevoked) {
+				// The key or the agent was revoked: nothing more from
+				// this session is recorded, and its connection is
+				// being closed.
+				log.Warn("result refused: session revoked", "type", m.MessageType(), "id", protocol.IDOf(m))
+				dropped = true
+				sess.Close()
+				continue
+			}
 			if errors.Is(err, coordinator.ErrUnavailable) {
 				// Not recorded, and not the agent's fault: an error reply
 				// would make the agent drop the result, an ack would lose

@@ -85,7 +85,7 @@ func setupKeyRemove(fs *pflag.FlagSet) func(x *call) error {
 		if fp == x.who.Fingerprint {
 			return errors.New("refusing to remove the key this session uses")
 		}
-		if err := x.s.store.DeleteKey(x.ctx, fp); errors.Is(err, db.ErrNotFound) {
+		if err := x.s.coord.RemoveKey(x.ctx, fp); errors.Is(err, db.ErrNotFound) {
 			return fmt.Errorf("no key %q ('keys' lists the fingerprints)", text.Truncate(fp, 80))
 		} else if err != nil {
 			return fmt.Errorf("remove key %q: %w", text.Truncate(fp, 80), err)

@@ -132,7 +132,18 @@ func New(cfg Config) (*Server, error) {
 		s.srv.ChannelHandlers["direct-tcpip"] = s.handleDirectTCPIP
 	}
 	s.srv.AddHostKey(cfg.HostKey)
+	cfg.Coordinator.OnRevocation(s.revoke)
 	return s, nil
+}
+
+// revoke closes every connection of the revoked keys: agent sessions,
+// uploads, cache tunnels and operators' commands (events --follow) end
+// at once.
+func (s *Server) revoke(r coordinator.Revocation) {
+	for _, fp := range r.Fingerprints {
+		n := s.conns.closeKey(fp)
+		s.log.Warn("connections of a revoked key closed", "fingerprint", fp, "connections", n, "reason", r.Reason)
+	}
 }
 
 // Serve accepts connections until Close.
