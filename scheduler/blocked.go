@@ -49,14 +49,15 @@ func (s *Scheduler) Stuck() int {
 		return 0
 	}
 	ep := s.nextEpoch()
-	dead := make(map[int32]bool, len(s.orphans))
-	var work []int32 // dead derivations whose dependents are to visit
+	// Dead derivations whose dependents are to visit. Each is pushed once:
+	// an orphan at the start, any other when the last of its live builds
+	// is marked (every build is marked once).
+	var work []int32
 	for d := range s.orphans {
 		if !s.isOrphan(d) || !s.liveDependent(d) {
 			delete(s.orphans, d) // pruned: built, available, or nothing waits
 			continue
 		}
-		dead[d] = true
 		work = append(work, d)
 	}
 	n := 0
@@ -75,7 +76,7 @@ func (s *Scheduler) Stuck() int {
 			n++
 			// Its derivation is dead too once every live build of it is.
 			e := z.drv
-			if dead[e] || s.drvs[e].available {
+			if s.drvs[e].available {
 				continue
 			}
 			all := true
@@ -86,7 +87,6 @@ func (s *Scheduler) Stuck() int {
 				}
 			}
 			if all {
-				dead[e] = true
 				work = append(work, e)
 			}
 		}
