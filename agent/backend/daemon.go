@@ -317,6 +317,18 @@ func (d *Daemon) prepare(ctx context.Context, c *storedaemon.Conn, req Request, 
 	if err != nil {
 		return fail(setup(fmt.Sprintf("fetch derivation: %v", err), req.Derivation))
 	}
+	if leaves := outputPaths(missing); len(leaves) > 0 && len(req.Sources.Upstream) > 0 {
+		// Sources of the .drv's closure the coordinator's cache lacks may
+		// come from upstream; .drv files come from the coordinator only.
+		if _, err := d.substitute(ctx, c, req.Sources.Upstream, leaves, log); err != nil {
+			return fail(setup(fmt.Sprintf("substitute the derivation's sources: %v", err)))
+		}
+		var n int
+		if missing, n, err = d.ensure(ctx, c, f, []string{req.Derivation}); err != nil {
+			return fail(setup(fmt.Sprintf("fetch derivation: %v", err), req.Derivation))
+		}
+		fetched += n
+	}
 	if len(missing) > 0 {
 		return fail(setup("the derivation or its closure is not in the coordinator's cache", missing...))
 	}
@@ -567,6 +579,17 @@ func (d *Daemon) substitute(ctx context.Context, c *storedaemon.Conn, upstream, 
 		}
 	}
 	return without(paths, valid), nil
+}
+
+// outputPaths are those of paths that are not .drv files.
+func outputPaths(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		if !strings.HasSuffix(p, ".drv") {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func without(all, drop []string) []string {

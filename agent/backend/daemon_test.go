@@ -30,7 +30,7 @@ import (
 
 // scratchDaemon is a Daemon on an empty store of its own, served by a real
 // nix-daemon --stdio (as root, so the agent is a trusted client).
-func scratchDaemon(t *testing.T) (*Daemon, string) {
+func scratchDaemon(t *testing.T, nixConf ...string) (*Daemon, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: nix-daemon --stdio opens a scratch store itself")
@@ -44,7 +44,7 @@ func scratchDaemon(t *testing.T) (*Daemon, string) {
 		"NIX_STORE_DIR=" + store,
 		"NIX_STATE_DIR=" + filepath.Join(root, "state"),
 		"NIX_LOG_DIR=" + filepath.Join(root, "log"),
-		"NIX_CONFIG=build-users-group =\nsubstituters =\nsandbox = false",
+		"NIX_CONFIG=" + strings.Join(append([]string{"build-users-group =", "substituters =", "sandbox = false"}, nixConf...), "\n"),
 	}
 	d := NewDaemon(DaemonConfig{Kind: "nix", StoreDir: store,
 		Address: storedaemon.Address{Command: []string{"nix-daemon", "--stdio"}, Env: env},
@@ -69,7 +69,13 @@ func newFakeCache(t *testing.T, storeDir string) *fakeCache {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &fakeCache{t: t, key: key, dir: storeDir, file: map[string][]byte{}}
+	return newFakeCacheWithKey(t, storeDir, key)
+}
+
+func newFakeCacheWithKey(t *testing.T, storeDir string, key signing.NixSecretKey) *fakeCache {
+	c := &fakeCache{t: t, key: key, dir: storeDir, file: map[string][]byte{
+		"/nix-cache-info": []byte("StoreDir: " + storeDir + "\n"),
+	}}
 	c.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c.mu.Lock()
 		b, ok := c.file[r.URL.Path]
@@ -348,5 +354,39 @@ func TestDaemonDiesMidBuild(t *testing.T) {
 	res2, err := d.Build(context.Background(), Request{Derivation: ok, Sources: cache.sources()}, nil)
 	if err != nil || res2.Outcome != Succeeded {
 		t.Fatalf("Build after the daemon died = %+v, %v", res2, err)
+	}
+}
+
+// TestDaemonSubstitutesUpstream: a path the coordinator's cache lacks
+// (here a source in the .drv's closure, which is also the build's input)
+// is substituted by the daemon from an upstream cache whose key the
+// daemon trusts; without upstream caches it is a setup failure naming it.
+func TestDaemonSubstitutesUpstream(t *testing.T) {
+	upKey, err := signing.GenerateNixKey("upstream-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, store := scratchDaemon(t, "trusted-public-keys = "+upKey.Public().String())
+	coord := newFakeCache(t, store)
+	upstream := newFakeCacheWithKey(t, store, upKey)
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
+	src, srcNAR := source(t, store, "upstream-input-"+nonce, "from-upstream")
+	drv, drvPath, drvNAR := drvUsing(t, "uses-upstream-"+nonce, "/bin/cat "+src+"/data > $out", src)
+	coord.add(drvPath, drvNAR, []string{src}, nil)
+	upstream.add(src, srcNAR, nil, nil)
+
+	res, err := d.Build(context.Background(), Request{Derivation: drvPath, Sources: coord.sources()}, nil)
+	if err != nil || res.Outcome != SetupFailed || !slices.Contains(res.Missing, src) {
+		t.Fatalf("Build without upstream = %+v, %v; want a setup failure missing %s", res, err, src)
+	}
+	srcs := coord.sources()
+	srcs.Upstream = []string{upstream.srv.URL}
+	var log bytes.Buffer
+	res, err = d.Build(context.Background(), Request{Derivation: drvPath, Sources: srcs}, &log)
+	if err != nil || res.Outcome != Succeeded {
+		t.Fatalf("Build with upstream = %+v, %v\n%s", res, err, log.String())
+	}
+	if b, err := os.ReadFile(drv.Outputs[0].Path); err != nil || string(b) != "from-upstream" {
+		t.Fatalf("output: %q, %v", b, err)
 	}
 }
