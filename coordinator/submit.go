@@ -458,6 +458,11 @@ func (c *Coordinator) Build(ctx context.Context, id string) (db.Build, error) {
 	return b, nil
 }
 
+// Builds lists builds for an operator, newest first (db.Store.Builds).
+func (c *Coordinator) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error) {
+	return c.store.Builds(ctx, f)
+}
+
 // alreadyEnded is the error for changing a build that has ended.
 func alreadyEnded(b db.Build, what string) error {
 	return &plainError{fmt.Sprintf("build %s has already ended (%s); %s", b.ID, b.State, what), db.ErrConflict}

@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"text/tabwriter"
 
-	"github.com/google/uuid"
 	"github.com/spf13/pflag"
 
-	"github.com/gbc-farm/gbc/db"
-	"github.com/gbc-farm/gbc/internal/text"
+	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/keys"
 )
 
@@ -28,7 +26,7 @@ func setupAgents(fs *pflag.FlagSet) func(x *call) error {
 		if err := needArgs(x, 0, "no arguments"); err != nil {
 			return err
 		}
-		as, err := x.s.store.Agents(x.ctx)
+		as, err := x.s.coord.Agents(x.ctx)
 		if err != nil {
 			return err
 		}
@@ -59,33 +57,17 @@ func setupAgentNew(fs *pflag.FlagSet) func(x *call) error {
 		if err := needArgs(x, 0, "no positional arguments"); err != nil {
 			return err
 		}
-		id := uuid.NewString()
-		n := *name
-		if n == "" {
-			n = "agent-" + id[:8]
+		if len(*name) > coordinator.MaxAgentName {
+			return usageErr("--name is %d bytes, limit %d", len(*name), coordinator.MaxAgentName)
 		}
-		if len(n) > 200 {
-			return usageErr("--name is %d bytes, limit 200", len(n))
-		}
-		now := x.s.now()
-		var ks []db.Key
 		if *keyLine != "" {
-			ak, err := keys.ParseAuthorizedKey(*keyLine)
-			if err != nil {
+			if _, err := keys.ParseAuthorizedKey(*keyLine); err != nil {
 				return usageErr("--key: %v", err)
 			}
-			if err := keyTaken(x, ak.Fingerprint, "no agent was created"); err != nil {
-				return err
-			}
-			ks = append(ks, db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAgent, AgentID: id, Comment: ak.Comment, CreatedAt: now})
 		}
-		if err := x.s.store.CreateAgent(x.ctx, db.Agent{ID: id, Name: n, Active: true, CreatedAt: now}, ks...); err != nil {
-			if errors.Is(err, db.ErrExists) && len(ks) > 0 {
-				if kerr := keyTaken(x, ks[0].Fingerprint, "no agent was created"); kerr != nil {
-					return kerr // registered meanwhile
-				}
-			}
-			return fmt.Errorf("create agent %q: %w", n, err)
+		id, err := x.s.coord.CreateAgent(x.ctx, *name, *keyLine)
+		if err != nil {
+			return err
 		}
 		fmt.Fprintln(x.out, id)
 		return nil
@@ -97,26 +79,14 @@ func setupAgentKeyAdd(fs *pflag.FlagSet) func(x *call) error {
 		if err := oneKeyLine(x); err != nil {
 			return err
 		}
-		agentID := x.params[0]
-		if _, err := x.s.store.Agent(x.ctx, agentID); errors.Is(err, db.ErrNotFound) {
-			return fmt.Errorf("no agent %q ('agents' lists the agent ids)", text.Truncate(agentID, 64))
-		} else if err != nil {
-			return fmt.Errorf("read agent %q: %w", text.Truncate(agentID, 64), err)
+		fp, err := x.s.coord.AddAgentKey(x.ctx, x.params[0], x.args[0])
+		if errors.Is(err, coordinator.ErrBadKey) {
+			return &exitError{code: 2, err: err}
 		}
-		ak, err := keys.ParseAuthorizedKey(x.args[0])
 		if err != nil {
-			return usageErr("%v", err)
+			return err
 		}
-		k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAgent, AgentID: agentID, Comment: ak.Comment, CreatedAt: x.s.now()}
-		if err := x.s.store.PutKey(x.ctx, k); err != nil {
-			if errors.Is(err, db.ErrExists) {
-				if kerr := keyTaken(x, ak.Fingerprint, "nothing was added"); kerr != nil {
-					return kerr
-				}
-			}
-			return fmt.Errorf("add key %s: %w", ak.Fingerprint, err)
-		}
-		fmt.Fprintln(x.out, ak.Fingerprint)
+		fmt.Fprintln(x.out, fp)
 		return nil
 	}
 }
@@ -130,27 +100,6 @@ func setupAgentActive(active bool) func(fs *pflag.FlagSet) func(x *call) error {
 			return x.s.coord.SetAgentActive(x.ctx, x.params[0], active)
 		}
 	}
-}
-
-// keyTaken refuses a key that is already registered, saying to whom and
-// what was not done.
-func keyTaken(x *call, fingerprint, notDone string) error {
-	k, err := x.s.store.Key(x.ctx, fingerprint)
-	if errors.Is(err, db.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("look up key %s: %w", fingerprint, err)
-	}
-	owner := "as an " + string(k.Role) + " key"
-	if k.AgentID != "" {
-		owner = "to agent " + k.AgentID
-		if a, err := x.s.store.Agent(x.ctx, k.AgentID); err == nil {
-			owner = fmt.Sprintf("to agent %s (%s)", a.Name, a.ID)
-		}
-	}
-	return &exitError{code: 1, err: fmt.Errorf("key %s is already registered %s; %s (a key belongs to one agent or operator: generate another, or 'key remove %s' first)",
-		fingerprint, owner, notDone, fingerprint)}
 }
 
 // quoteKeyHint is how to pass a key line as the one argument it is.

@@ -172,7 +172,7 @@ func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
 		if err != nil {
 			return err
 		}
-		bs, err := x.s.store.Builds(x.ctx, f)
+		bs, err := x.s.coord.Builds(x.ctx, f)
 		if err != nil {
 			return err
 		}
@@ -217,7 +217,7 @@ func setupBuildsCancel(fs *pflag.FlagSet) func(x *call) error {
 		if f.State.Terminal() {
 			return usageErr("--state %s: those builds have already ended", f.State)
 		}
-		bs, err := x.s.store.Builds(x.ctx, f)
+		bs, err := x.s.coord.Builds(x.ctx, f)
 		if err != nil {
 			return err
 		}

@@ -47,7 +47,7 @@ func setupEvents(fs *pflag.FlagSet) func(x *call) error {
 			// The page and how far the log was pruned come from one
 			// snapshot, so a gap is reported exactly when rows after the
 			// position are gone, also while following.
-			es, pruned, err := x.s.store.EventsPruned(x.ctx, f)
+			es, pruned, err := x.s.coord.EventsPruned(x.ctx, f)
 			if err != nil {
 				return err
 			}

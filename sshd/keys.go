@@ -7,9 +7,9 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/internal/text"
-	"github.com/gbc-farm/gbc/keys"
 )
 
 type keyJSON struct {
@@ -27,7 +27,7 @@ func setupKeys(fs *pflag.FlagSet) func(x *call) error {
 		if err := needArgs(x, 0, "no arguments"); err != nil {
 			return err
 		}
-		ks, err := x.s.store.Keys(x.ctx)
+		ks, err := x.s.coord.Keys(x.ctx)
 		if err != nil {
 			return err
 		}
@@ -57,21 +57,14 @@ func setupKeyAdd(fs *pflag.FlagSet) func(x *call) error {
 		if err := oneKeyLine(x); err != nil {
 			return err
 		}
-		r := db.Role(*role)
-		switch r {
-		case db.RoleAdmin, db.RoleOperator, db.RoleReader:
-		default:
-			return usageErr("--role must be admin, operator or reader (agent keys: 'agent ID key add'), got %q", *role)
+		fp, err := x.s.coord.AddKey(x.ctx, x.args[0], db.Role(*role))
+		if errors.Is(err, coordinator.ErrBadKey) {
+			return &exitError{code: 2, err: err}
 		}
-		ak, err := keys.ParseAuthorizedKey(x.args[0])
 		if err != nil {
-			return usageErr("%v", err)
+			return err
 		}
-		k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: r, Comment: ak.Comment, CreatedAt: x.s.now()}
-		if err := x.s.store.PutKey(x.ctx, k); err != nil {
-			return fmt.Errorf("add key %s: %w", ak.Fingerprint, err)
-		}
-		fmt.Fprintln(x.out, ak.Fingerprint)
+		fmt.Fprintln(x.out, fp)
 		return nil
 	}
 }

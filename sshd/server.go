@@ -34,7 +34,6 @@ const DefaultMaxUploadBytes = 64 << 30
 // Config wires a Server.
 type Config struct {
 	Coordinator *coordinator.Coordinator
-	Store       db.Store
 	HostKey     gossh.Signer
 	Logger      *slog.Logger
 	Clock       clock.Clock
@@ -63,7 +62,6 @@ type Config struct {
 type Server struct {
 	cfg   Config
 	coord *coordinator.Coordinator
-	store db.Store
 	log   *slog.Logger
 	srv   *ssh.Server
 	// tunnel serves the cache over direct-tcpip channels; nil without Cache.
@@ -81,8 +79,8 @@ const liveConnKey ctxKey = 0
 
 // New builds a server; call Serve with a listener.
 func New(cfg Config) (*Server, error) {
-	if cfg.Coordinator == nil || cfg.Store == nil || cfg.HostKey == nil {
-		return nil, errors.New("sshd: coordinator, store and host key are required")
+	if cfg.Coordinator == nil || cfg.HostKey == nil {
+		return nil, errors.New("sshd: coordinator and host key are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -108,7 +106,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxUnauthenticatedPerSource <= 0 {
 		cfg.MaxUnauthenticatedPerSource = DefaultMaxUnauthenticatedPerSource
 	}
-	s := &Server{cfg: cfg, coord: cfg.Coordinator, store: cfg.Store, log: cfg.Logger,
+	s := &Server{cfg: cfg, coord: cfg.Coordinator, log: cfg.Logger,
 		conns: newConns(cfg.Logger, cfg.Clock, cfg.HandshakeTimeout, cfg.MaxUnauthenticated, cfg.MaxUnauthenticatedPerSource)}
 	s.srv = &ssh.Server{
 		Handler:              s.handleExec,
@@ -211,7 +209,7 @@ func (s *Server) verified(ctx ssh.Context, lc *liveConn, key gossh.PublicKey, pe
 // and, for an agent key, bound to an agent that is active. Every
 // authentication and every session, channel and command asks it.
 func (s *Server) liveKey(ctx context.Context, fp string) (db.Key, error) {
-	k, err := s.store.Key(ctx, fp)
+	k, err := s.coord.Key(ctx, fp)
 	if err != nil {
 		return db.Key{}, fmt.Errorf("key %s: %w", fp, err)
 	}
@@ -222,7 +220,7 @@ func (s *Server) liveKey(ctx context.Context, fp string) (db.Key, error) {
 		if k.AgentID == "" {
 			return db.Key{}, fmt.Errorf("agent key %s is not bound to an agent", fp)
 		}
-		a, err := s.store.Agent(ctx, k.AgentID)
+		a, err := s.coord.Agent(ctx, k.AgentID)
 		if err != nil {
 			return db.Key{}, fmt.Errorf("agent %s of key %s: %w", k.AgentID, fp, err)
 		}

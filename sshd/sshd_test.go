@@ -93,7 +93,7 @@ func newEnvWith(t *testing.T, adjust func(*Config)) *env {
 		t.Fatal(err)
 	}
 	e.hostKey = host.PublicKey()
-	cfg := Config{Coordinator: c, Store: st, HostKey: host}
+	cfg := Config{Coordinator: c, HostKey: host}
 	adjust(&cfg)
 	srv, err := New(cfg)
 	if err != nil {

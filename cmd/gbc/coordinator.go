@@ -21,7 +21,6 @@ import (
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/coordinator"
-	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/db/open"
 	"github.com/gbc-farm/gbc/keys"
 	"github.com/gbc-farm/gbc/protocol"
@@ -147,11 +146,6 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		}
 	}()
 	clk := clock.Real{}
-	if *adminKey != "" {
-		if err := ensureAdminKey(ctx, store, *adminKey, clk); err != nil {
-			return err
-		}
-	}
 	if *keyName == "" {
 		h, _ := os.Hostname()
 		if h == "" {
@@ -186,6 +180,15 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	defer coord.Close()
+	if *adminKey != "" {
+		ak, err := keys.ParseAuthorizedKeyFile(*adminKey)
+		if err != nil {
+			return fmt.Errorf("--admin-key: %w", err)
+		}
+		if _, err := coord.EnsureAdminKey(ctx, ak.Line); err != nil {
+			return fmt.Errorf("--admin-key %s: %w", *adminKey, err)
+		}
+	}
 	hookList, err := hf.hooks(log, submitVia(coord), store)
 	if err != nil {
 		return err
@@ -196,7 +199,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	defer stopHooks()
 	defer startRetention(ctx, log, store, clk, time.Duration(retention), hookList)()
-	srv, err := sshd.New(sshd.Config{Coordinator: coord, Store: store, HostKey: host, Logger: log, Clock: clk,
+	srv, err := sshd.New(sshd.Config{Coordinator: coord, HostKey: host, Logger: log, Clock: clk,
 		MaxUploadBytes: *maxUpload, Cache: bc.Handler(), KeepAlive: *keepalive,
 		HandshakeTimeout: *handshakeTimeout, MaxUnauthenticated: *maxUnauth, MaxUnauthenticatedPerSource: *maxUnauthSource})
 	if err != nil {
@@ -262,29 +265,5 @@ func servePprof(addr string) error {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	go (&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}).Serve(l) //nolint:errcheck // lives as long as the process
-	return nil
-}
-
-// ensureAdminKey gives the key in path the admin role; running again with
-// the same key is a no-op.
-func ensureAdminKey(ctx context.Context, store db.Store, path string, clk clock.Clock) error {
-	ak, err := keys.ParseAuthorizedKeyFile(path)
-	if err != nil {
-		return fmt.Errorf("--admin-key: %w", err)
-	}
-	existing, err := store.Key(ctx, ak.Fingerprint)
-	switch {
-	case err == nil:
-		if existing.Role != db.RoleAdmin {
-			return fmt.Errorf("--admin-key %s (%s) is already registered with role %s", path, ak.Fingerprint, existing.Role)
-		}
-		return nil
-	case !errors.Is(err, db.ErrNotFound):
-		return fmt.Errorf("look up admin key: %w", err)
-	}
-	k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAdmin, Comment: ak.Comment, CreatedAt: clk.Now()}
-	if err := store.PutKey(ctx, k); err != nil && !errors.Is(err, db.ErrExists) {
-		return fmt.Errorf("add admin key: %w", err)
-	}
 	return nil
 }

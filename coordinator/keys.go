@@ -1,0 +1,183 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/internal/text"
+	"github.com/gbc-farm/gbc/keys"
+)
+
+// Operator actions on agents and keys. Every change of who may do what
+// goes through here, whoever asks (the SSH commands, `gbc coordinator
+// --admin-key`), so the rules on roles are in one place: an operator key
+// has role admin, operator or reader and names no agent; an agent key has
+// role agent and names an existing agent. Removing a key (RemoveKey,
+// revoke.go) is also the place that ends what the key authenticated.
+
+// ErrBadKey: a key line or role that the rules above refuse.
+var ErrBadKey = errors.New("bad key")
+
+// MaxAgentName bounds an agent's name in bytes.
+const MaxAgentName = 200
+
+// operatorRole reports whether r is a role an operator key may have.
+func operatorRole(r db.Role) bool {
+	switch r {
+	case db.RoleAdmin, db.RoleOperator, db.RoleReader:
+		return true
+	}
+	return false
+}
+
+// CreateAgent registers an active agent and, atomically, its key when
+// keyLine is not empty (an authorized_keys line). An empty name is
+// derived from the new id. It returns the agent's id.
+func (c *Coordinator) CreateAgent(ctx context.Context, name, keyLine string) (string, error) {
+	id := uuid.NewString()
+	if name == "" {
+		name = "agent-" + id[:8]
+	}
+	if len(name) > MaxAgentName {
+		return "", fmt.Errorf("%w: agent name is %d bytes, limit %d", ErrBadKey, len(name), MaxAgentName)
+	}
+	now := c.clk.Now()
+	var ks []db.Key
+	if keyLine != "" {
+		ak, err := keys.ParseAuthorizedKey(keyLine)
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", ErrBadKey, err)
+		}
+		if err := c.keyTaken(ctx, ak.Fingerprint, "no agent was created"); err != nil {
+			return "", err
+		}
+		ks = append(ks, db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAgent, AgentID: id, Comment: ak.Comment, CreatedAt: now})
+	}
+	if err := c.store.CreateAgent(ctx, db.Agent{ID: id, Name: name, Active: true, CreatedAt: now}, ks...); err != nil {
+		if errors.Is(err, db.ErrExists) && len(ks) > 0 {
+			if kerr := c.keyTaken(ctx, ks[0].Fingerprint, "no agent was created"); kerr != nil {
+				return "", kerr // registered meanwhile
+			}
+		}
+		return "", fmt.Errorf("create agent %q: %w", text.Truncate(name, 64), err)
+	}
+	c.log.Info("agent created", "agent", id, "name", name, "keys", len(ks))
+	return id, nil
+}
+
+// AddAgentKey adds a key (an authorized_keys line) for an existing agent
+// and returns its fingerprint.
+func (c *Coordinator) AddAgentKey(ctx context.Context, agentID, keyLine string) (string, error) {
+	if _, err := c.store.Agent(ctx, agentID); errors.Is(err, db.ErrNotFound) {
+		return "", &plainError{fmt.Sprintf("no agent %q ('agents' lists the agent ids)", text.Truncate(agentID, 64)), db.ErrNotFound}
+	} else if err != nil {
+		return "", fmt.Errorf("read agent %q: %w", text.Truncate(agentID, 64), err)
+	}
+	ak, err := keys.ParseAuthorizedKey(keyLine)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadKey, err)
+	}
+	k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAgent, AgentID: agentID, Comment: ak.Comment, CreatedAt: c.clk.Now()}
+	if err := c.store.PutKey(ctx, k); err != nil {
+		if errors.Is(err, db.ErrExists) {
+			if kerr := c.keyTaken(ctx, ak.Fingerprint, "nothing was added"); kerr != nil {
+				return "", kerr
+			}
+		}
+		return "", fmt.Errorf("add key %s: %w", ak.Fingerprint, err)
+	}
+	c.log.Info("agent key added", "agent", agentID, "fingerprint", ak.Fingerprint)
+	return ak.Fingerprint, nil
+}
+
+// AddKey adds an operator key (an authorized_keys line) with role admin,
+// operator or reader and returns its fingerprint; agent keys go through
+// CreateAgent and AddAgentKey.
+func (c *Coordinator) AddKey(ctx context.Context, keyLine string, role db.Role) (string, error) {
+	if !operatorRole(role) {
+		return "", fmt.Errorf("%w: role must be admin, operator or reader (agent keys: 'agent ID key add'), got %q", ErrBadKey, text.Truncate(string(role), 40))
+	}
+	ak, err := keys.ParseAuthorizedKey(keyLine)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadKey, err)
+	}
+	k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: role, Comment: ak.Comment, CreatedAt: c.clk.Now()}
+	if err := c.store.PutKey(ctx, k); err != nil {
+		return "", fmt.Errorf("add key %s: %w", ak.Fingerprint, err)
+	}
+	c.log.Info("key added", "fingerprint", ak.Fingerprint, "role", role)
+	return ak.Fingerprint, nil
+}
+
+// EnsureAdminKey gives a key (an authorized_keys line) the admin role;
+// for a key already registered as admin it does nothing, and a key
+// registered with another role is refused rather than changed.
+func (c *Coordinator) EnsureAdminKey(ctx context.Context, keyLine string) (string, error) {
+	ak, err := keys.ParseAuthorizedKey(keyLine)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadKey, err)
+	}
+	existing, err := c.store.Key(ctx, ak.Fingerprint)
+	switch {
+	case err == nil:
+		if existing.Role != db.RoleAdmin {
+			return "", fmt.Errorf("%w: %s is already registered with role %s", ErrBadKey, ak.Fingerprint, existing.Role)
+		}
+		return ak.Fingerprint, nil
+	case !errors.Is(err, db.ErrNotFound):
+		return "", fmt.Errorf("look up admin key %s: %w", ak.Fingerprint, err)
+	}
+	k := db.Key{Fingerprint: ak.Fingerprint, AuthorizedKey: ak.Line, Role: db.RoleAdmin, Comment: ak.Comment, CreatedAt: c.clk.Now()}
+	if err := c.store.PutKey(ctx, k); err != nil && !errors.Is(err, db.ErrExists) {
+		return "", fmt.Errorf("add admin key %s: %w", ak.Fingerprint, err)
+	}
+	c.log.Info("admin key ensured", "fingerprint", ak.Fingerprint)
+	return ak.Fingerprint, nil
+}
+
+// keyTaken refuses a key that is already registered, saying to whom and
+// what was not done (an error wrapping db.ErrExists); nil when the key is
+// not registered.
+func (c *Coordinator) keyTaken(ctx context.Context, fingerprint, notDone string) error {
+	k, err := c.store.Key(ctx, fingerprint)
+	if errors.Is(err, db.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up key %s: %w", fingerprint, err)
+	}
+	owner := "as an " + string(k.Role) + " key"
+	if k.AgentID != "" {
+		owner = "to agent " + k.AgentID
+		if a, err := c.store.Agent(ctx, k.AgentID); err == nil {
+			owner = fmt.Sprintf("to agent %s (%s)", a.Name, a.ID)
+		}
+	}
+	return &plainError{fmt.Sprintf("key %s is already registered %s; %s (a key belongs to one agent or operator: generate another, or 'key remove %s' first)",
+		fingerprint, owner, notDone, fingerprint), db.ErrExists}
+}
+
+// Key returns a registered key (db.ErrNotFound if there is none): the
+// SSH server authenticates sessions with it.
+func (c *Coordinator) Key(ctx context.Context, fingerprint string) (db.Key, error) {
+	return c.store.Key(ctx, fingerprint)
+}
+
+// Keys lists the registered keys.
+func (c *Coordinator) Keys(ctx context.Context) ([]db.Key, error) {
+	return c.store.Keys(ctx)
+}
+
+// Agent returns a registered agent (db.ErrNotFound if there is none).
+func (c *Coordinator) Agent(ctx context.Context, id string) (db.Agent, error) {
+	return c.store.Agent(ctx, id)
+}
+
+// Agents lists the registered agents.
+func (c *Coordinator) Agents(ctx context.Context) ([]db.Agent, error) {
+	return c.store.Agents(ctx)
+}
