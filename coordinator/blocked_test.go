@@ -143,3 +143,14 @@ func TestBlockageNoAgentCanTake(t *testing.T) {
 		t.Fatalf("status unmatched %d, want 2", st.Unmatched)
 	}
 }
+
+func TestBlockageAgentsRequireTags(t *testing.T) {
+	h := newHarness(t)
+	id := h.submit(0, h.drv("plain", "x86_64-linux"))[0]
+	h.agent("web-only", protocol.Hello{RequireTags: []string{"team=web"}})
+	bl, _ := h.c.Blockage(id)
+	want := "every connected agent for x86_64-linux takes only builds with tags this one lacks (web-only requires team=web); resubmit with --tag K=V"
+	if bl.NoAgent != want {
+		t.Fatalf("no agent: %q\nwant %q", bl.NoAgent, want)
+	}
+}
