@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 
 	"github.com/gbc-farm/gbc/internal/text"
@@ -386,6 +387,7 @@ func (c *Conn) readError(op string) error {
 		if e.Message, err = c.r.string("error message"); err != nil {
 			return &ConnError{Op: op, Err: err}
 		}
+		e.Message = plain(e.Message)
 		if err := c.noPos("error position"); err != nil {
 			return &ConnError{Op: op, Err: err}
 		}
@@ -404,7 +406,7 @@ func (c *Conn) readError(op string) error {
 			if err != nil {
 				return &ConnError{Op: op, Err: err}
 			}
-			e.Traces = append(e.Traces, t)
+			e.Traces = append(e.Traces, plain(t))
 		}
 		return e
 	}
@@ -412,6 +414,7 @@ func (c *Conn) readError(op string) error {
 	if e.Message, err = c.r.string("error message"); err != nil {
 		return &ConnError{Op: op, Err: err}
 	}
+	e.Message = plain(e.Message)
 	if c.minor() >= 8 {
 		if e.Status, err = c.r.int("error status"); err != nil {
 			return &ConnError{Op: op, Err: err}
@@ -510,4 +513,26 @@ func (c *Conn) readFields() ([]any, error) {
 		}
 	}
 	return out, nil
+}
+
+// plain drops the terminal escape sequences (ESC [ … final byte) Nix puts
+// in its messages to colour them, so they read as text in logs and
+// reports.
+func plain(s string) string {
+	if !strings.Contains(s, "\x1b[") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0x1b && i+1 < len(s) && s[i+1] == '[' {
+			j := i + 2
+			for j < len(s) && (s[j] < 0x40 || s[j] > 0x7e) {
+				j++
+			}
+			i = j
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

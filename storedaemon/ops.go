@@ -577,6 +577,7 @@ func (c *Conn) readBuildResult(r *reader) (BuildResult, error) {
 	if res.ErrorMsg, err = r.string("build error message"); err != nil {
 		return res, err
 	}
+	res.ErrorMsg = plain(res.ErrorMsg)
 	if c.minor() >= 29 {
 		if res.TimesBuilt, err = r.int("times built"); err != nil {
 			return res, err

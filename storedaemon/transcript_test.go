@@ -199,7 +199,7 @@ func TestNixTranscript(t *testing.T) {
 	}
 	_, err := c.IsValidPath(ctx, "/tmp/not-a-store-path")
 	de, ok := err.(*Error)
-	if !ok || !strings.Contains(de.Message, "is not in the Nix store") || de.Status != 0 {
+	if !ok || de.Message != "path '/tmp/not-a-store-path' is not in the Nix store" || de.Status != 0 {
 		t.Fatalf("IsValidPath error: %#v", err)
 	}
 	info, err := c.QueryPathInfo(ctx, "/nix/store/c1vkj2mccblk74zz1fzah0m1rjmc47nw-multi")
@@ -351,6 +351,20 @@ func TestParseAddress(t *testing.T) {
 	for _, in := range []string{"", "/path", "unix:", "unix:relative", "exec:", "exec:  ", "tcp:1.2.3.4:5", "exec:'open"} {
 		if a, err := ParseAddress(in); err == nil {
 			t.Errorf("ParseAddress(%q) = %v; want an error", in, a)
+		}
+	}
+}
+
+func TestPlain(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                               "",
+		"no escapes":                     "no escapes",
+		"\x1b[31;1merror:\x1b[0m failed": "error: failed",
+		"cut \x1b[35":                    "cut ",
+		"lone \x1b here":                 "lone \x1b here",
+	} {
+		if got := plain(in); got != want {
+			t.Errorf("plain(%q) = %q; want %q", in, got, want)
 		}
 	}
 }
