@@ -173,3 +173,33 @@ func TestHandshakeDeadline(t *testing.T) {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
 }
+
+// TestLongCommandLineSaysWhatToDo: a command line over MaxCommandBytes
+// (but under the SSH layer's 256 KiB) is answered with what to do, and
+// build --stdin takes the paths instead.
+func TestLongCommandLineSaysWhatToDo(t *testing.T) {
+	e := newEnv(t, 0)
+	long := "build" + strings.Repeat(" /nix/store/00000000000000000000000000000000-x.drv", (MaxCommandBytes+1024)/50)
+	r := e.run(e.operator, long)
+	if r.code != 2 || !strings.Contains(r.stderr, "limit") || !strings.Contains(r.stderr, "build --stdin") {
+		t.Fatalf("long command line: exit %d, stderr %q", r.code, r.stderr)
+	}
+	drvs := []string{e.drv("a"), e.drv("b"), e.drv("c")}
+	c, err := e.dial(e.operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Stdin = strings.NewReader(strings.Join(drvs[1:], "\n") + "\n")
+	out, err := sess.Output("build --stdin " + drvs[0])
+	if err != nil {
+		t.Fatalf("build --stdin: %v\n%s", err, out)
+	}
+	if ids := strings.Fields(string(out)); len(ids) != 3 {
+		t.Fatalf("build --stdin printed %q, want 3 build ids", out)
+	}
+}

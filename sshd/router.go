@@ -15,8 +15,15 @@ import (
 	"github.com/gbc-farm/gbc/internal/text"
 )
 
-// maxCommandBytes bounds the command line a client may send.
-const maxCommandBytes = 4 << 20
+// MaxCommandBytes bounds the command line a client may send. The SSH layer
+// itself closes the connection, without a word to the client, on a request
+// over 256 KiB (OpenSSH prints "Broken pipe"); this bound sits below that so
+// a long command line gets an answer that says what to do instead.
+const MaxCommandBytes = 192 << 10
+
+// tooLongHint is what to do about a command line over MaxCommandBytes.
+const tooLongHint = "pass the derivations on stdin instead (printf '%s\\n' DRV... | ssh COORDINATOR build --stdin), " +
+	"use gbc submit (which does that), or send fewer paths per command"
 
 // exitError carries an exit status other than 1.
 type exitError struct {
@@ -137,8 +144,10 @@ func (s *Server) exec(ctx context.Context, sess ssh.Session) int {
 		return 1
 	}
 	raw := sess.RawCommand()
-	if len(raw) > maxCommandBytes {
-		fmt.Fprintf(stderr, "command line is %d bytes, limit %d\n", len(raw), maxCommandBytes)
+	if len(raw) > MaxCommandBytes {
+		s.log.Info("command line too long", "bytes", len(raw), "limit", MaxCommandBytes, "fingerprint", who.Fingerprint)
+		fmt.Fprintf(stderr, "command line is %d bytes, limit %d (the SSH layer drops requests over 256 KiB): %s\n",
+			len(raw), MaxCommandBytes, tooLongHint)
 		return 2
 	}
 	if strings.TrimSpace(raw) == "" {

@@ -2,6 +2,7 @@ package sshd
 
 import (
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -23,7 +24,15 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 	timeout := fs.Duration("timeout", 0, "stop a build running longer than this (default: the coordinator's)")
 	maxSilent := fs.Duration("max-silent-time", 0, "stop a build silent for longer than this (default: the coordinator's)")
 	asJSON := fs.Bool("json", false, "print JSON: the builds (with what each waits for), and with --wait their results")
+	fromStdin := fs.Bool("stdin", false, "also read .drv paths from stdin, separated by white space (for more paths than a command line holds)")
 	return func(x *call) error {
+		if *fromStdin {
+			more, err := readPaths(x.in)
+			if err != nil {
+				return usageErr("--stdin: %v", err)
+			}
+			x.args = append(x.args, more...)
+		}
 		if len(x.args) == 0 {
 			return usageErr("want at least one .drv path")
 		}
@@ -165,4 +174,28 @@ type submittedJSON struct {
 	ID         string     `json:"id"`
 	Derivation string     `json:"derivation"`
 	Queue      *queueJSON `json:"queue,omitempty"`
+}
+
+// Bounds of build --stdin: far above any real submission, far below what
+// would hurt the coordinator.
+const (
+	maxStdinPathBytes = 64 << 20
+	maxStdinPaths     = 1_000_000
+)
+
+// readPaths reads white-space separated paths from r, bounded in bytes
+// and count.
+func readPaths(r io.Reader) ([]string, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxStdinPathBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read stdin: %w", err)
+	}
+	if len(data) > maxStdinPathBytes {
+		return nil, fmt.Errorf("stdin holds more than %d bytes of paths", maxStdinPathBytes)
+	}
+	paths := strings.Fields(string(data))
+	if len(paths) > maxStdinPaths {
+		return nil, fmt.Errorf("stdin holds %d paths, limit %d", len(paths), maxStdinPaths)
+	}
+	return paths, nil
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/gbc-farm/gbc/sshd"
 )
 
 const submitUsage = `usage: gbc submit --coordinator HOST:PORT --identity KEYFILE --known-hosts FILE [flags] DRV...
@@ -43,6 +45,16 @@ func runSubmit(ctx context.Context, e env, args []string) error {
 		return usageError{fmt.Sprintf("%s is required\n%s%s", f, submitUsage, fs.FlagUsages())}
 	}
 	drvs := fs.Args()
+	if *build.stdin {
+		data, err := io.ReadAll(io.LimitReader(e.stdin, 64<<20+1))
+		if err != nil {
+			return fmt.Errorf("--stdin: %w", err)
+		}
+		if len(data) > 64<<20 {
+			return usageError{"--stdin: more than 64 MiB of paths"}
+		}
+		drvs = append(drvs, strings.Fields(string(data))...)
+	}
 	if len(drvs) == 0 {
 		return usageError{"want at least one .drv path\n" + submitUsage + fs.FlagUsages()}
 	}
@@ -84,7 +96,14 @@ func runSubmit(ctx context.Context, e env, args []string) error {
 	}
 	e.log.Info("closure imported", "paths", len(closure))
 
-	cmd := append(append([]string{"build"}, build.args(fs)...), drvs...)
+	cmd := append([]string{"build"}, build.args(fs)...)
+	// Paths that would make the command line long go on stdin: the SSH
+	// layer drops a request over 256 KiB without a word.
+	if n := len(strings.Join(drvs, " ")); n > sshd.MaxCommandBytes/2 {
+		cmd = append(cmd, "--stdin")
+		return remote(ctx, client, cmd, strings.NewReader(strings.Join(drvs, "\n")+"\n"), e.stdout, e.stderr)
+	}
+	cmd = append(cmd, drvs...)
 	return remote(ctx, client, cmd, nil, e.stdout, e.stderr)
 }
 
@@ -92,6 +111,7 @@ func runSubmit(ctx context.Context, e env, args []string) error {
 // and passes on as given (the coordinator checks their values).
 type buildFlags struct {
 	tags  *[]string
+	stdin *bool    // read more paths from stdin; sent on the command's stdin when long
 	names []string // every flag but --tag, passed on as --NAME=VALUE when set
 }
 
@@ -106,6 +126,7 @@ func addBuildFlags(fs *pflag.FlagSet) buildFlags {
 	fs.Duration("timeout", 0, "stop a build running longer than this (default: the coordinator's)")
 	fs.Duration("max-silent-time", 0, "stop a build silent for longer than this (default: the coordinator's)")
 	fs.Bool("json", false, "print JSON: the builds (with what each waits for), and with --wait their results")
+	b.stdin = fs.Bool("stdin", false, "also read .drv paths from stdin, separated by white space")
 	b.names = []string{"priority", "wait", "defer-until", "ignore-if-build-for-outputs-exists",
 		"ensure-all-related-derivation-outputs-have-successful-builds", "timeout", "max-silent-time", "json"}
 	return b
