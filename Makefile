@@ -11,7 +11,7 @@ RACE_PKGS := ./agent/... ./cache ./clock ./cmd/gbc ./compression ./coordinator \
 	./db/sqlite ./db/sqlstore ./hooks ./nar ./protocol ./scheduler ./sshd ./storedaemon \
 	./bench/internal/httpload
 
-.PHONY: all build test fmt vet lint golden race deps demo fuzz bench clean
+.PHONY: all build test fmt vet lint golden race chaos deps demo fuzz bench clean
 
 all: build
 
@@ -50,6 +50,15 @@ golden:
 # without it (78 s against 41 s on 2 cores).
 race: deps
 	$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
+
+# chaos is the fault run: a few hundred builds with kill -9 of the
+# coordinator and agents and a disk-full phase, then every build checked
+# (succeeded exactly once, narinfo with Nix's NarHash); on SQLite and, with
+# GBC_TEST_POSTGRES, PostgreSQL. Prints its figures against the same run
+# without faults. Not part of `make test` (minutes). GBC_CHAOS_BUILDS,
+# GBC_CHAOS_SEED.
+chaos: deps
+	$(GO) test -tags chaos -count=1 -timeout 60m -run TestChaos -v ./e2e
 
 demo: deps build
 	@scripts/demo.sh
