@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gliderlabs/ssh"
@@ -39,6 +40,9 @@ type Config struct {
 	Clock       clock.Clock
 	// MaxUploadBytes bounds one uploaded file.
 	MaxUploadBytes int64
+	// MaxAgentUploadBytes bounds one agent's uploads that are not yet
+	// verified, all its builds together (budget.go).
+	MaxAgentUploadBytes int64
 	// KeepAlive is how often agent connections are probed; a probe left
 	// unanswered for two intervals closes the connection.
 	KeepAlive time.Duration
@@ -69,6 +73,9 @@ type Server struct {
 	// conns is every live connection: handshake limits, and by key for
 	// revocation.
 	conns *conns
+
+	budgetMu sync.Mutex
+	budgets  map[string]*uploadBudget // by agent id
 }
 
 // ctxKey names the values this package keeps in an ssh.Context.
@@ -91,6 +98,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxUploadBytes <= 0 {
 		cfg.MaxUploadBytes = DefaultMaxUploadBytes
 	}
+	if cfg.MaxAgentUploadBytes <= 0 {
+		cfg.MaxAgentUploadBytes = DefaultMaxAgentUploadBytes
+	}
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = 15 * time.Second
 	}
@@ -107,7 +117,8 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxUnauthenticatedPerSource = DefaultMaxUnauthenticatedPerSource
 	}
 	s := &Server{cfg: cfg, coord: cfg.Coordinator, log: cfg.Logger,
-		conns: newConns(cfg.Logger, cfg.Clock, cfg.HandshakeTimeout, cfg.MaxUnauthenticated, cfg.MaxUnauthenticatedPerSource)}
+		budgets: map[string]*uploadBudget{},
+		conns:   newConns(cfg.Logger, cfg.Clock, cfg.HandshakeTimeout, cfg.MaxUnauthenticated, cfg.MaxUnauthenticatedPerSource)}
 	s.srv = &ssh.Server{
 		Handler:              s.handleExec,
 		PublicKeyHandler:     s.knownKey,

@@ -124,6 +124,9 @@ func (t *uploadTree) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := t.checkName(v, filepath.Dir(real)); err != nil {
+		return nil, err
+	}
 	if err := t.s.coord.UploadSpace(t.agentID, v.build); err != nil {
 		return nil, refusal{err}
 	}
@@ -147,22 +150,55 @@ func (t *uploadTree) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 		f.Close()
 		return nil, sftp.ErrSSHFxPermissionDenied
 	}
-	return &boundedFile{f: f, max: t.max, t: t, build: v.build}, nil
+	bud := t.s.budget(t.agentID, filepath.Dir(filepath.Dir(real)))
+	bud.opened(real)
+	return &boundedFile{f: f, max: t.max, t: t, build: v.build, budget: bud, path: real}, nil
 }
 
-// boundedFile refuses writes past the upload size limit, and while the
-// coordinator is short of disk space. pkg/sftp closes it (io.Closer) when
-// the client closes the handle.
+// checkName accepts only a file one of the build's outputs can produce
+// (coordinator.UploadOutput), and one file per output: a second name for
+// an output that already has one (another compression) is refused.
+func (t *uploadTree) checkName(v vpath, dir string) error {
+	out, err := t.s.coord.UploadOutput(t.ctx, t.agentID, v.build, v.file)
+	if errors.Is(err, coordinator.ErrNotYourBuild) {
+		return os.ErrNotExist
+	}
+	if err != nil {
+		return refusal{fmt.Errorf("upload refused: %w", err)}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() == v.file {
+			continue
+		}
+		if other, err := t.s.coord.UploadOutput(t.ctx, t.agentID, v.build, e.Name()); err == nil && other == out {
+			return refusal{fmt.Errorf("upload refused: output %q already has %s; remove it first", out, e.Name())}
+		}
+	}
+	return nil
+}
+
+// boundedFile refuses writes past the upload size limit and the agent's
+// in-flight budget, and while the coordinator is short of disk space.
+// pkg/sftp closes it (io.Closer) when the client closes the handle.
 type boundedFile struct {
-	f     *os.File
-	max   int64
-	t     *uploadTree
-	build string
+	f      *os.File
+	max    int64
+	t      *uploadTree
+	build  string
+	budget *uploadBudget
+	path   string
 }
 
 func (b *boundedFile) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > b.max {
 		return 0, fmt.Errorf("write at %d+%d is over the %d-byte upload limit: %w", off, len(p), b.max, sftp.ErrSSHFxFailure)
+	}
+	if err := b.budget.reserve(b.path, off+int64(len(p))); err != nil {
+		return 0, err
 	}
 	if err := b.t.s.coord.UploadSpace(b.t.agentID, b.build); err != nil {
 		return 0, refusal{err}
@@ -184,7 +220,10 @@ type refusal struct{ err error }
 func (r refusal) Error() string   { return r.err.Error() }
 func (r refusal) Unwrap() []error { return []error{r.err, sftp.ErrSSHFxFailure} }
 
-func (b *boundedFile) Close() error { return b.f.Close() }
+func (b *boundedFile) Close() error {
+	b.budget.closed(b.path)
+	return b.f.Close()
+}
 
 func (t *uploadTree) Filecmd(r *sftp.Request) error {
 	switch r.Method {
@@ -220,6 +259,14 @@ func (t *uploadTree) Filecmd(r *sftp.Request) error {
 			size := int64(r.Attributes().Size)
 			if size < 0 || size > t.max {
 				return sftp.ErrSSHFxPermissionDenied
+			}
+			// Growing a file by truncation counts against the budget
+			// as writing would.
+			bud := t.s.budget(t.agentID, filepath.Dir(filepath.Dir(real)))
+			bud.opened(real)
+			defer bud.closed(real)
+			if err := bud.reserve(real, size); err != nil {
+				return err
 			}
 			return os.Truncate(real, size)
 		}

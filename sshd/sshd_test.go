@@ -531,9 +531,12 @@ func TestSFTPConfinement(t *testing.T) {
 		"rename":              func() error { return cl.Rename(mine+"/out.nar.zst", mine+"/y") },
 		"rmdir":               func() error { return cl.RemoveDirectory(mine) },
 		"over size limit": func() error {
-			f, _ := cl.Create(mine + "/big")
+			f, err := cl.OpenFile(mine+"/out.nar.zst", os.O_WRONLY)
+			if err != nil {
+				t.Fatalf("open own upload: %v", err)
+			}
 			defer f.Close()
-			_, err := f.WriteAt([]byte("x"), 1<<20)
+			_, err = f.WriteAt([]byte("x"), 1<<20)
 			return err
 		},
 	}

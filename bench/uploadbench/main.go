@@ -180,7 +180,7 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 		var sf, raw, rawW, sq []float64
 		for r := range rounds {
 			d, err := timed(func() error {
-				_, err := upload.Upload(ctx, sc, p.File, fmt.Sprintf("%s/%s-%d.nar.zst", uploadDir, kind, r), nil)
+				_, err := upload.Upload(ctx, sc, p.File, fresh(sc, uploadDir), nil)
 				return err
 			})
 			if err != nil {
@@ -214,7 +214,7 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 			}
 			rawW = append(rawW, mbps(p.FileSize, d))
 			if r == 0 {
-				d, err = timed(func() error { return seqUpload(seq, p.File, fmt.Sprintf("%s/%s-seq.nar.zst", uploadDir, kind)) })
+				d, err = timed(func() error { return seqUpload(seq, p.File, fresh(sc, uploadDir)) })
 				if err != nil {
 					return err
 				}
@@ -231,7 +231,7 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 				return err
 			}
 			d, err := timed(func() error {
-				_, err := upload.Upload(ctx, vc, p.File, fmt.Sprintf("%s/%s-%s.nar.zst", uploadDir, kind, v), nil)
+				_, err := upload.Upload(ctx, vc, p.File, fresh(sc, uploadDir), nil)
 				return err
 			})
 			vc.Close()
@@ -328,6 +328,15 @@ func command(c *ssh.Client, cmd string, stdin io.Reader) (string, error) {
 		return "", fmt.Errorf("%s: %w: %s", strings.Fields(cmd)[0], err, errb.String())
 	}
 	return strings.TrimSpace(out.String()), nil
+}
+
+// fresh removes the build's one upload (the coordinator accepts only the
+// file names its outputs produce, one per output) so the next upload is
+// sent whole, and returns its path.
+func fresh(c *sftp.Client, uploadDir string) string {
+	p := uploadDir + "/out.nar.zst"
+	c.Remove(p)
+	return p
 }
 
 // allocate speaks gbc-agent-v1 as an agent, submits a derivation as the
@@ -463,7 +472,7 @@ func profileUploads(ctx context.Context, sc *sftp.Client, local, uploadDir, kind
 	var n int64
 	t0 := time.Now()
 	for i := 0; time.Since(t0) < time.Duration(secs)*time.Second; i++ {
-		remote := fmt.Sprintf("%s/%s-prof-%d.nar.zst", uploadDir, kind, i)
+		remote := fresh(sc, uploadDir)
 		st, err := upload.Upload(ctx, sc, local, remote, nil)
 		if err != nil {
 			pprof.StopCPUProfile()

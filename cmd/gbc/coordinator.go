@@ -65,6 +65,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	handshakeTimeout := fs.Duration("handshake-timeout", sshd.DefaultHandshakeTimeout, "close a connection that has not authenticated this long after TCP accept")
 	maxUnauth := fs.Int("max-unauthenticated", sshd.DefaultMaxUnauthenticated, "connections still in the SSH handshake at once; more are closed at accept (authenticated ones do not count)")
 	maxUnauthSource := fs.Int("max-unauthenticated-per-source", sshd.DefaultMaxUnauthenticatedPerSource, "the same, per source IP address")
+	maxAgentUpload := fs.Int64("max-agent-upload-bytes", sshd.DefaultMaxAgentUploadBytes, "bytes one agent may have uploaded and not yet verified, all its builds together")
 	memLimit := fs.String("memory-limit", "", "soft limit of the Go heap and runtime (`SIZE` such as 450MiB, as GOMEMLIMIT, which applies when this is not given): the garbage collector runs more often near it, trading CPU for RSS; it is not a hard cap (docs/scheduling.md)")
 	minFree := fs.String("min-free-space", "2GiB", "reserve of free space in the state directory (`SIZE`): under it no build is allocated and upload writes are refused, charged to no build or agent, until space returns (0: only a full disk pauses)")
 	hf := addHookFlags(fs)
@@ -93,8 +94,8 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if *heartbeat < time.Second || *grace <= 0 || *keepalive <= 0 || *buildTimeout < 0 || *maxSilent < 0 || *maxSetup < 1 {
 		return usageError{"--heartbeat (≥1s), --disconnect-grace, --keepalive and --max-setup-failures must be positive; timeouts not negative"}
 	}
-	if *maxUpload <= 0 {
-		return usageError{"--max-upload-bytes must be positive"}
+	if *maxUpload <= 0 || *maxAgentUpload <= 0 {
+		return usageError{"--max-upload-bytes and --max-agent-upload-bytes must be positive"}
 	}
 	if *handshakeTimeout <= 0 || *maxUnauth < 1 || *maxUnauthSource < 1 {
 		return usageError{"--handshake-timeout, --max-unauthenticated and --max-unauthenticated-per-source must be positive"}
@@ -200,7 +201,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	defer stopHooks()
 	defer startRetention(ctx, log, store, clk, time.Duration(retention), hookList)()
 	srv, err := sshd.New(sshd.Config{Coordinator: coord, HostKey: host, Logger: log, Clock: clk,
-		MaxUploadBytes: *maxUpload, Cache: bc.Handler(), KeepAlive: *keepalive,
+		MaxUploadBytes: *maxUpload, MaxAgentUploadBytes: *maxAgentUpload, Cache: bc.Handler(), KeepAlive: *keepalive,
 		HandshakeTimeout: *handshakeTimeout, MaxUnauthenticated: *maxUnauth, MaxUnauthenticatedPerSource: *maxUnauthSource})
 	if err != nil {
 		return err
