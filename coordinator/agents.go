@@ -70,6 +70,9 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 	if len(h.Systems) == 0 {
 		return nil, protocol.Welcome{}, errors.New("hello: systems is empty")
 	}
+	if err := checkHello(h); err != nil {
+		return nil, protocol.Welcome{}, err
+	}
 	if h.MaxParallelBuilds < 1 || h.MaxParallelBuilds > 1024 {
 		return nil, protocol.Welcome{}, fmt.Errorf("hello: max_parallel_builds %d out of range 1..1024", h.MaxParallelBuilds)
 	}

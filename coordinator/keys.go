@@ -45,6 +45,9 @@ func (c *Coordinator) CreateAgent(ctx context.Context, name, keyLine string) (st
 	if len(name) > MaxAgentName {
 		return "", fmt.Errorf("%w: agent name is %d bytes, limit %d", ErrBadKey, len(name), MaxAgentName)
 	}
+	if text.HasControl(name) {
+		return "", fmt.Errorf("%w: agent name %q contains control characters or bytes that are not UTF-8", ErrBadKey, text.Truncate(name, 100))
+	}
 	now := c.clk.Now()
 	var ks []db.Key
 	if keyLine != "" {

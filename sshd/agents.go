@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/coordinator"
+	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/keys"
 )
 
@@ -40,7 +41,7 @@ func setupAgents(fs *pflag.FlagSet) func(x *call) error {
 		tw := tabwriter.NewWriter(x.out, 2, 8, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tNAME\tACTIVE\tCONNECTED\tLAST SEEN")
 		for _, a := range as {
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s\n", a.ID, a.Name, a.Active, x.s.coord.Connected(a.ID), textTime(a.LastSeenAt))
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s\n", a.ID, text.Escape(a.Name), a.Active, x.s.coord.Connected(a.ID), textTime(a.LastSeenAt))
 		}
 		return tw.Flush()
 	}

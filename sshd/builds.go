@@ -105,10 +105,10 @@ func explainText(id string, q *queueJSON) string {
 			more = fmt.Sprintf(" and %d more", n)
 		}
 		fmt.Fprintf(&b, "build %s waits for inputs that nothing will build (no build here, outputs not in the cache): %s%s; %s\n",
-			id, strings.Join(q.UnbuildableInputs, " "), more, coordinator.FixUnbuildable)
+			id, text.Escape(strings.Join(q.UnbuildableInputs, " ")), more, coordinator.FixUnbuildable)
 	}
 	if q.NoAgent != "" {
-		fmt.Fprintf(&b, "build %s: %s\n", id, q.NoAgent)
+		fmt.Fprintf(&b, "build %s: %s\n", id, text.Escape(q.NoAgent))
 	}
 	return b.String()
 }
@@ -198,7 +198,7 @@ func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
 			if agent == "" {
 				agent = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", b.ID, b.State, b.System, b.Priority, agent, textTime(b.CreatedAt), b.Derivation)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", b.ID, b.State, text.Escape(b.System), b.Priority, agent, textTime(b.CreatedAt), text.Escape(b.Derivation))
 		}
 		return tw.Flush()
 	}
@@ -273,7 +273,7 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 			if v == "" {
 				v = "-"
 			}
-			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+			fmt.Fprintf(tw, "%s:\t%s\n", k, text.Escape(v))
 		}
 		row("id", j.ID)
 		row("derivation", j.Derivation)

@@ -45,7 +45,7 @@ func setupKeys(fs *pflag.FlagSet) func(x *call) error {
 			if agent == "" {
 				agent = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.Fingerprint, k.Role, agent, k.Comment)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.Fingerprint, k.Role, agent, text.Escape(k.Comment))
 		}
 		return tw.Flush()
 	}

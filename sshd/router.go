@@ -195,7 +195,7 @@ func (s *Server) run(ctx context.Context, who principal, words []string, in io.R
 	x := &call{ctx: ctx, s: s, who: who, in: in, out: out, errOut: errOut, params: params, args: fs.Args()}
 	s.log.Info("command", "command", c.name(), "fingerprint", who.Fingerprint, "role", who.Role)
 	if err := runner(x); err != nil {
-		fmt.Fprintf(errOut, "%s: %v\n", c.name(), err)
+		fmt.Fprintf(errOut, "%s: %s\n", c.name(), text.Escape(err.Error()))
 		var ee *exitError
 		if errors.As(err, &ee) {
 			if ee.code == 2 {

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/gbc-farm/gbc/internal/text"
 )
 
 func setupStatus(fs *pflag.FlagSet) func(x *call) error {
@@ -46,7 +48,7 @@ func setupStatus(fs *pflag.FlagSet) func(x *call) error {
 		}
 		fmt.Fprintf(x.out, "connected agents: %d\n", len(st.Connected))
 		for _, a := range st.Connected {
-			fmt.Fprintf(x.out, "  %s %s systems=%s running=%d/%d active=%v\n", a.ID, a.Name, strings.Join(a.Systems, ","), len(a.Running), a.MaxParallel, a.Active)
+			fmt.Fprintf(x.out, "  %s %s systems=%s running=%d/%d active=%v\n", a.ID, text.Escape(a.Name), text.Escape(strings.Join(a.Systems, ",")), len(a.Running), a.MaxParallel, a.Active)
 		}
 		return nil
 	}

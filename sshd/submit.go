@@ -145,11 +145,11 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 				fmt.Fprintf(x.out, "build %s succeeded (on agent %s)\n", b.ID, b.AgentID)
 			case db.StateFailed:
 				fmt.Fprintf(x.out, "build %s failed (on agent %s)\n", b.ID, b.AgentID)
-				fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, b.FailureReason)
+				fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, text.Escape(b.FailureReason))
 			default:
 				fmt.Fprintf(x.out, "build %s %s\n", b.ID, b.State)
 				if b.FailureReason != "" {
-					fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, b.FailureReason)
+					fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, text.Escape(b.FailureReason))
 				}
 			}
 		}

@@ -72,3 +72,24 @@ func FuzzTruncate(f *testing.F) {
 		}
 	})
 }
+
+func TestEscape(t *testing.T) {
+	for in, want := range map[string]string{
+		"builder-1":           "builder-1",
+		"naïve ✓":             "naïve ✓",
+		"a\nb\rc\td":          `a\nb\rc\td`,
+		"\x1b[2J\x1b]0;x\x07": `\x1b[2J\x1b]0;x\x07`,
+		"del\x7f":             `del\x7f`,
+		"c1 \u009b31m":        `c1 \u009b31m`,
+		"bad \xff\xfe utf8":   `bad \xff\xfe utf8`,
+		"truncated \xe2\x9c":  `truncated \xe2\x9c`,
+		"nul\x00":             `nul\x00`,
+	} {
+		if got := Escape(in); got != want {
+			t.Errorf("Escape(%q) = %q, want %q", in, got, want)
+		}
+		if HasControl(in) != (in != want) {
+			t.Errorf("HasControl(%q) = %v", in, HasControl(in))
+		}
+	}
+}
