@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,6 +52,9 @@ type Config struct {
 	// Cache, when set, is served over HTTP inside direct-tcpip channels
 	// to protocol.CacheAddress (the cache tunnel, tunnel.go).
 	Cache http.Handler
+	// Web, when set, is the read-only web interface, served the same way
+	// at WebAddress to keys with the reader role or above.
+	Web http.Handler
 	// HandshakeTimeout is how long a connection may take from TCP accept
 	// to a verified key (default DefaultHandshakeTimeout).
 	HandshakeTimeout time.Duration
@@ -68,8 +72,10 @@ type Server struct {
 	coord *coordinator.Coordinator
 	log   *slog.Logger
 	srv   *ssh.Server
-	// tunnel serves the cache over direct-tcpip channels; nil without Cache.
-	tunnel *tunnel
+	// hosts are the virtual hosts direct-tcpip channels may reach, by
+	// address (tunnel.go); reachable lists them for refusals.
+	hosts     map[string]hostTunnel
+	reachable string
 	// conns is every live connection: handshake limits, and by key for
 	// revocation.
 	conns *conns
@@ -136,8 +142,14 @@ func New(cfg Config) (*Server, error) {
 			"session": ssh.DefaultSessionHandler,
 		},
 	}
-	if cfg.Cache != nil {
-		s.tunnel = newTunnel(cfg.Cache, cfg.Logger)
+	if hosts := virtualHosts(cfg); len(hosts) > 0 {
+		s.hosts = map[string]hostTunnel{}
+		var names []string
+		for _, h := range hosts {
+			s.hosts[h.addr] = hostTunnel{h, newTunnel(h.handler, cfg.Logger)}
+			names = append(names, h.addr+" ("+h.what+")")
+		}
+		s.reachable = strings.Join(names, ", ")
 		s.srv.ChannelHandlers["direct-tcpip"] = s.handleDirectTCPIP
 	}
 	s.srv.AddHostKey(cfg.HostKey)
@@ -166,8 +178,8 @@ func (s *Server) Serve(l net.Listener) error {
 
 // Close stops listening and closes every connection.
 func (s *Server) Close() error {
-	if s.tunnel != nil {
-		s.tunnel.close()
+	for _, h := range s.hosts {
+		h.t.close()
 	}
 	return s.srv.Close()
 }

@@ -16,10 +16,16 @@ import (
 	"github.com/gbc-farm/gbc/protocol"
 )
 
-// The cache tunnel: an agent's local forward (ssh -L or the agent's own
-// forwarder) opens a direct-tcpip channel to protocol.CacheAddress; the
-// channel carries plain HTTP/1.1 to the cache handler. Nothing else can be
-// forwarded, and no TCP connection is ever made on the coordinator's side.
+// Tunnels: a local forward (ssh -L, or the agent's own forwarder) opens a
+// direct-tcpip channel to one of a few reserved virtual host addresses;
+// the channel carries plain HTTP/1.1 to that host's handler. Nothing else
+// can be forwarded, and no TCP connection is ever made on the
+// coordinator's side. Who may reach each host is decided in the one table,
+// virtualHosts.
+
+// WebAddress is the reserved host:port of the read-only web interface
+// (ssh -L 8080:web.gbc:80 COORDINATOR).
+const WebAddress = "web.gbc:80"
 
 // directTCPIP is the payload of a direct-tcpip channel open (RFC 4254 §7.2).
 type directTCPIP struct {
@@ -29,13 +35,49 @@ type directTCPIP struct {
 	OriginPort uint32
 }
 
-// tunnelAllowed decides who may reach the cache through the tunnel: agents,
-// and operator roles from reader up (for debugging with ssh -L).
-func tunnelAllowed(p principal) bool {
+// virtualHost is one address reachable through the SSH port.
+type virtualHost struct {
+	addr    string
+	what    string // for people: "the binary cache"
+	handler http.Handler
+	// allowed decides who may open a channel to it.
+	allowed func(principal) bool
+}
+
+// virtualHosts is the table of addresses a forward may reach and who may
+// reach each; a row without a handler (not configured) is left out.
+func virtualHosts(cfg Config) []virtualHost {
+	rows := []virtualHost{
+		{protocol.CacheAddress, "the binary cache", cfg.Cache, agentOrReader},
+		{WebAddress, "the web interface", cfg.Web, readerOrAbove},
+	}
+	out := rows[:0]
+	for _, r := range rows {
+		if r.handler != nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// agentOrReader: agents (which substitute inputs from the cache), and
+// operator roles from reader up (for debugging with ssh -L).
+func agentOrReader(p principal) bool {
 	if p.Role == db.RoleAgent {
 		return p.AgentID != ""
 	}
 	return allowed(p.Role, db.RoleReader)
+}
+
+// readerOrAbove: operator roles from reader up; never an agent key.
+func readerOrAbove(p principal) bool {
+	return p.Role != db.RoleAgent && allowed(p.Role, db.RoleReader)
+}
+
+// hostTunnel is a virtual host with the server that serves its channels.
+type hostTunnel struct {
+	virtualHost
+	t *tunnel
 }
 
 func (s *Server) handleDirectTCPIP(_ *ssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
@@ -45,15 +87,16 @@ func (s *Server) handleDirectTCPIP(_ *ssh.Server, conn *gossh.ServerConn, nc gos
 		return
 	}
 	dest := net.JoinHostPort(d.DestAddr, strconv.FormatUint(uint64(d.DestPort), 10))
-	if dest != protocol.CacheAddress {
+	h, ok := s.hosts[dest]
+	if !ok {
 		s.log.Info("forward refused", "dest", text.Truncate(dest, 200), "remote", conn.RemoteAddr().String())
-		nc.Reject(gossh.Prohibited, "only "+protocol.CacheAddress+" (the binary cache) can be reached here")
+		nc.Reject(gossh.Prohibited, "only "+s.reachable+" can be reached here")
 		return
 	}
 	pub, _ := ctx.Value(ssh.ContextKeyPublicKey).(ssh.PublicKey)
 	who, err := s.whoamiKey(ctx, pub)
-	if err != nil || !tunnelAllowed(who) {
-		s.log.Warn("cache tunnel refused", "fingerprint", who.Fingerprint, "role", who.Role, "err", err)
+	if err != nil || !h.allowed(who) {
+		s.log.Warn("tunnel refused", "dest", dest, "fingerprint", who.Fingerprint, "role", who.Role, "err", err)
 		nc.Reject(gossh.Prohibited, "permission denied")
 		return
 	}
@@ -62,7 +105,7 @@ func (s *Server) handleDirectTCPIP(_ *ssh.Server, conn *gossh.ServerConn, nc gos
 		return
 	}
 	go gossh.DiscardRequests(reqs)
-	s.tunnel.serve(pipeChannel(ch))
+	h.t.serve(pipeChannel(ch))
 }
 
 // tunnel is one http.Server fed with channel connections.
@@ -119,7 +162,7 @@ func (l *chanListener) Addr() net.Addr { return tunnelAddr{} }
 type tunnelAddr struct{}
 
 func (tunnelAddr) Network() string { return "ssh-direct-tcpip" }
-func (tunnelAddr) String() string  { return protocol.CacheAddress }
+func (tunnelAddr) String() string  { return "ssh-direct-tcpip" }
 
 // pipeChannel gives http.Server one end of a net.Pipe (which supports the
 // deadlines it uses to abort background reads) and copies between the other

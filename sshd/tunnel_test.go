@@ -23,13 +23,18 @@ func newTunnelEnv(t *testing.T) *env {
 }
 
 func tunnelGet(client *gossh.Client, path string) (string, error) {
+	return hostGet(client, protocol.CacheAddress, path)
+}
+
+// hostGet fetches path from a virtual host through the SSH connection.
+func hostGet(client *gossh.Client, addr, path string) (string, error) {
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return client.Dial("tcp", protocol.CacheAddress)
+			return client.Dial("tcp", addr)
 		},
 	}}
 	defer hc.CloseIdleConnections()
-	resp, err := hc.Get("http://" + protocol.CacheAddress + path)
+	resp, err := hc.Get("http://" + addr + path)
 	if err != nil {
 		return "", err
 	}
@@ -63,6 +68,52 @@ func TestCacheTunnel(t *testing.T) {
 				t.Fatalf("%s: forward to %s: %v", name, dest, err)
 			}
 		}
+	}
+}
+
+// TestWebTunnel: the web interface is one more row of the virtual host
+// table: reader and above reach it, agent keys do not (they still reach
+// the cache), and each host answers with its own handler.
+func TestWebTunnel(t *testing.T) {
+	web := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "web says "+r.URL.Path) })
+	cacheH := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "cache says "+r.URL.Path) })
+	e := newEnvWith(t, func(c *Config) { c.Cache, c.Web = cacheH, web })
+	_, agentKey := e.newAgent()
+	for name, s := range map[string]gossh.Signer{"reader": e.reader, "operator": e.operator, "admin": e.admin} {
+		client, err := e.dial(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		for _, p := range []string{"/", "/builds", "/"} {
+			if got, err := hostGet(client, WebAddress, p); err != nil || got != "web says "+p {
+				t.Fatalf("%s: GET %s from %s: %q, %v", name, p, WebAddress, got, err)
+			}
+		}
+		if got, err := tunnelGet(client, "/nix-cache-info"); err != nil || got != "cache says /nix-cache-info" {
+			t.Fatalf("%s: cache next to the web interface: %q, %v", name, got, err)
+		}
+	}
+	client, err := e.dial(agentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if c, err := client.Dial("tcp", WebAddress); err == nil {
+		c.Close()
+		t.Fatal("an agent key reached the web interface")
+	} else if !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("agent forward to %s: %v", WebAddress, err)
+	}
+	if got, err := tunnelGet(client, "/nix-cache-info"); err != nil || got != "cache says /nix-cache-info" {
+		t.Fatalf("agent: cache: %q, %v", got, err)
+	}
+	// An address outside the table is refused, naming what is reachable.
+	if c, err := client.Dial("tcp", "web.gbc:81"); err == nil {
+		c.Close()
+		t.Fatal("forward to web.gbc:81 was accepted")
+	} else if !strings.Contains(err.Error(), WebAddress) || !strings.Contains(err.Error(), protocol.CacheAddress) {
+		t.Fatalf("forward to web.gbc:81: %v does not name the reachable hosts", err)
 	}
 }
 
