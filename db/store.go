@@ -47,6 +47,10 @@ type Agent struct {
 	Active     bool
 	CreatedAt  time.Time
 	LastSeenAt time.Time // zero if never connected
+	// ArchivedAt is when the agent was archived (zero: not archived). An
+	// archived agent is inactive, has no keys and is hidden from listings
+	// unless asked; its builds and attempts keep naming it.
+	ArchivedAt time.Time
 }
 
 // BuildState is where a build is in its lifecycle.
@@ -215,7 +219,9 @@ type BuildFilter struct {
 	AgentID string
 	// Derivation selects the builds of one .drv path.
 	Derivation string
-	Limit      int // 0: no limit
+	// EndedBefore selects builds that ended before then (zero: any).
+	EndedBefore time.Time
+	Limit       int // 0: no limit
 }
 
 // Store is the coordinator's durable state. Every method is safe for
@@ -234,6 +240,14 @@ type Store interface {
 	Agents(ctx context.Context) ([]Agent, error)
 	SetAgentActive(ctx context.Context, id string, active bool) error
 	TouchAgent(ctx context.Context, id string, at time.Time) error
+	// ArchiveAgent deactivates an agent, removes its keys and records
+	// when it was archived, in one transaction; its builds and attempts
+	// stay. ErrNotFound. It returns the fingerprints removed.
+	ArchiveAgent(ctx context.Context, id string, at time.Time) (removedKeys []string, err error)
+	// DeleteAgent removes an agent and its keys; ErrNotFound, ErrConflict
+	// when any build or attempt names it (archive it instead). It returns
+	// the fingerprints removed.
+	DeleteAgent(ctx context.Context, id string) (removedKeys []string, err error)
 
 	// CreateBuilds records all builds or none.
 	CreateBuilds(ctx context.Context, builds []NewBuild) error
@@ -348,7 +362,57 @@ type Store interface {
 	// resuming below it can tell that events are missing.
 	EventsPruned(ctx context.Context, f EventFilter) (events []Event, prunedThrough int64, err error)
 
+	// Cache retention (coordinator/gc.go).
+
+	// PinPaths records pins; pinning a pinned path replaces its reason.
+	PinPaths(ctx context.Context, pins []Pin) error
+	// UnpinPaths removes pins and returns how many there were.
+	UnpinPaths(ctx context.Context, paths []string) (int, error)
+	// Pins lists every pin, by path.
+	Pins(ctx context.Context) ([]Pin, error)
+	// RecordCacheAccess stores last-access times, keeping the later of
+	// the stored and the given time per path.
+	RecordCacheAccess(ctx context.Context, accesses []CacheAccess) error
+	// CacheAccesses returns every recorded last access.
+	CacheAccesses(ctx context.Context) ([]CacheAccess, error)
+	// ForgetCacheAccess drops the rows of paths deleted from the cache.
+	ForgetCacheAccess(ctx context.Context, hashParts []string) error
+	// BuildRootsPage returns up to limit builds recorded after position
+	// after (0: from the first), in recording order, with what retention
+	// decides on, and the position of the last one (after itself when the
+	// page is empty: the end).
+	BuildRootsPage(ctx context.Context, after int64, limit int) (page []BuildRoot, last int64, err error)
+	// DeleteBuilds removes finished builds with their tags, outputs,
+	// attempts and results, in one transaction, and returns how many it
+	// removed; builds that are not terminal are left alone (not counted).
+	DeleteBuilds(ctx context.Context, ids []string) (int, error)
+
 	Close() error
+}
+
+// Pin keeps a store path, and its closure, in the cache until unpinned.
+type Pin struct {
+	Path      string
+	Reason    string
+	CreatedAt time.Time
+	By        string // fingerprint of the key that pinned it
+}
+
+// CacheAccess is the last time a client fetched a cached path's narinfo.
+type CacheAccess struct {
+	HashPart string
+	At       time.Time
+}
+
+// BuildRoot is a build as cache retention sees it.
+type BuildRoot struct {
+	ID         string
+	Derivation string
+	State      BuildState
+	CreatedAt  time.Time
+	EndedAt    time.Time
+	Tags       []Tag
+	Outputs    []string // declared output paths
 }
 
 // DependencyFailure is one build to move to failed-dependency and why:

@@ -55,6 +55,10 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"HookProgress", testHookProgress},
 		{"EventRetention", testEventRetention},
 		{"EventRetentionHooks", testEventRetentionHooks},
+		{"Pins", testPins},
+		{"CacheAccess", testCacheAccess},
+		{"BuildRootsAndDelete", testBuildRootsAndDelete},
+		{"ArchiveAndDeleteAgent", testArchiveAndDeleteAgent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -421,6 +421,10 @@ func (s *Store) Builds(ctx context.Context, f db.BuildFilter) ([]db.Build, error
 		conds = append(conds, "derivation = ?")
 		args = append(args, f.Derivation)
 	}
+	if !f.EndedBefore.IsZero() {
+		conds = append(conds, "ended_at < ?")
+		args = append(args, ms(f.EndedBefore))
+	}
 	sel := selection{where: strings.Join(conds, " AND "), args: args, order: s.newestFirst, limit: f.Limit}
 	return s.list(ctx, fmt.Sprintf("listing builds (state %q, agent %q, limit %d)", f.State, f.AgentID, f.Limit), sel)
 }

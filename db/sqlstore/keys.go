@@ -169,18 +169,20 @@ func (s *Store) CreateAgent(ctx context.Context, a db.Agent, keys ...db.Key) err
 	})
 }
 
-const agentCols = `id, name, active, created_at, last_seen_at`
+const agentCols = `id, name, active, created_at, last_seen_at, archived_at`
 
 func scanAgent(sc interface{ Scan(...any) error }) (db.Agent, error) {
 	var (
 		a             db.Agent
 		created, seen sql.NullInt64
+		archived      sql.NullInt64
 	)
-	if err := sc.Scan(&a.ID, &a.Name, &a.Active, &created, &seen); err != nil {
+	if err := sc.Scan(&a.ID, &a.Name, &a.Active, &created, &seen, &archived); err != nil {
 		return db.Agent{}, err
 	}
 	a.CreatedAt = fromMS(created)
 	a.LastSeenAt = fromMS(seen)
+	a.ArchivedAt = fromMS(archived)
 	return a, nil
 }
 
