@@ -158,7 +158,6 @@ func (a *Agent) runBuild(ctx context.Context, r *run) {
 type phases struct {
 	start  time.Time     // the build message was accepted
 	fetch  time.Duration // .drv closure and inputs from the caches, stale outputs deleted
-	check  time.Duration // the dry run: nothing else would be built
 	build  time.Duration // the store's realisation
 	pack   time.Duration // NAR, hashes, compression, references
 	upload time.Duration // SFTP, every output
@@ -194,7 +193,7 @@ func (a *Agent) conclude(ctx context.Context, r *run, res protocol.Message, log 
 	}
 	t := r.times
 	log.Info("build finished", "result", res.MessageType(),
-		"fetch_ms", millis(t.fetch), "check_ms", millis(t.check), "build_ms", millis(t.build),
+		"fetch_ms", millis(t.fetch), "build_ms", millis(t.build),
 		"pack_ms", millis(t.pack), "upload_ms", millis(t.upload), "total_ms", millis(time.Since(t.start)))
 	a.queueResult(r, res)
 }

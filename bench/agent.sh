@@ -7,8 +7,7 @@
 # and 50 over 2 slots; for gbc, where a build's time goes. Needs root
 # (mount namespaces) and sshd (scripts/install-deps.sh bench).
 #
-#   bench/agent.sh                                    # the agent's default backend
-#   bench/agent.sh -daemon 'exec:nix-daemon --stdio'  # another store connection
+#   bench/agent.sh                                    # agent on exec:nix-daemon --stdio
 #   bench/agent.sh -n 10 -chains 5                    # quicker
 set -eu
 cd "$(dirname "$0")/.."

@@ -47,7 +47,7 @@ func main() {
 	n := flag.Int("n", 50, "independent derivations (one slot)")
 	chains := flag.String("chains", "20,50", "chain lengths, comma-separated (empty: none)")
 	chainSlots := flag.Int("chain-slots", 2, "build slots for the chains (agent and ssh-ng builder)")
-	daemon := flag.String("daemon", "", "gbc agent --daemon `ADDR` (empty: the agent's default backend)")
+	daemon := flag.String("daemon", "", "gbc agent --daemon `ADDR`, in the agent's mount namespace (empty: exec:nix-daemon --stdio)")
 	agentArgs := flag.String("agent-args", "", "extra `ARGS` for gbc agent, space-separated")
 	sshd := flag.String("sshd", "/usr/sbin/sshd", "OpenSSH server binary for the ssh-ng builder")
 	keep := flag.Bool("keep", false, "keep the temporary directory (stores, logs) and print it")
@@ -156,13 +156,13 @@ func (b *bench) run(scen []scenario, keep bool) error {
 	}
 	fmt.Printf("(per build: the run's wall time / its builds; goal for %d independent: gbc ≤ 0.5x nix-store and ≤ 0.25x ssh-ng)\n\n", scen[0].n)
 
-	fmt.Println("where a gbc build's time goes, mean ms per build (agent: fetch = .drv closure and inputs from the caches, check = dry run; coordinator: verify+publish+record; rest = wall per build − the agent's time − the coordinator's, i.e. allocation, messages, waiting)")
-	fmt.Printf("%-16s %8s %8s %8s %8s %8s %8s %8s %14s %8s\n", "scenario", "wall", "fetch", "check", "build", "pack", "upload", "agent", "verify+publish", "rest")
+	fmt.Println("where a gbc build's time goes, mean ms per build (agent: fetch = .drv closure and inputs from the caches, stale outputs deleted; coordinator: verify+publish+record; rest = wall per build − the agent's time − the coordinator's, i.e. allocation, messages, waiting)")
+	fmt.Printf("%-16s %8s %8s %8s %8s %8s %8s %14s %8s\n", "scenario", "wall", "fetch", "build", "pack", "upload", "agent", "verify+publish", "rest")
 	for _, r := range rows {
 		p := r.res[2].phases
 		wall := ms(r.res[2].wall) / float64(r.s.n)
-		fmt.Printf("%-16s %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %14.1f %8.1f\n", r.s.name, wall,
-			p.mean("fetch_ms"), p.mean("check_ms"), p.mean("build_ms"), p.mean("pack_ms"), p.mean("upload_ms"),
+		fmt.Printf("%-16s %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %14.1f %8.1f\n", r.s.name, wall,
+			p.mean("fetch_ms"), p.mean("build_ms"), p.mean("pack_ms"), p.mean("upload_ms"),
 			p.mean("total_ms"), p.coordMean(), wall-p.mean("total_ms")-p.coordMean())
 	}
 	return nil
