@@ -160,11 +160,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent starting", "coordinator", a.cfg.Dialer.Address, "backend", v,
 		"systems", a.cfg.Systems, "max_parallel_builds", a.cfg.MaxParallelBuilds, "work_dir", a.cfg.WorkDir)
 
+	// Builds run under bctx, which ends before Run waits for them:
+	// whatever makes Run return (ctx, a refused host key, the agent's key
+	// refused at a reconnect) stops the builds at once, and closing their
+	// daemon connections makes the daemon kill the builders.
+	bctx, stopBuilds := context.WithCancel(ctx)
 	defer a.wg.Wait()
-	a.recoverUploads(ctx)
+	defer stopBuilds()
+	a.recoverUploads(bctx)
 	backoff := a.cfg.MinBackoff
 	for {
-		welcomed, err := a.session(ctx)
+		welcomed, err := a.session(bctx)
 		if ctx.Err() != nil {
 			a.log.Info("agent stopping", "running_builds", len(a.runningIDs()))
 			return nil
@@ -172,6 +178,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		var hk *HostKeyError
 		var ar *AuthRefusedError
 		if errors.As(err, &hk) || errors.As(err, &ar) {
+			if ids := a.runningIDs(); len(ids) > 0 {
+				a.log.Error("stopping: canceling the running builds", "builds", ids, "err", err)
+			}
 			return err
 		}
 		if welcomed {

@@ -51,6 +51,9 @@ type fakeCoordinator struct {
 	// cutSFTPAfter > 0: the first SFTP session that receives more bytes
 	// than this drops the whole SSH connection (and it is reset to 0).
 	cutSFTPAfter atomic.Int64
+	// refuseKey: the agent's key is refused at authentication, as after
+	// `agent ID deactivate` or `key remove`.
+	refuseKey atomic.Bool
 
 	mu         sync.Mutex
 	sftpRx     []*atomic.Int64 // bytes received per SFTP session
@@ -87,7 +90,7 @@ func startCoordinator(t *testing.T) *fakeCoordinator {
 	srv := &gssh.Server{
 		Handler: func(s gssh.Session) { s.Exit(1) },
 		PublicKeyHandler: func(ctx gssh.Context, key gssh.PublicKey) bool {
-			return gssh.KeysEqual(key, f.agentKey.PublicKey())
+			return !f.refuseKey.Load() && gssh.KeysEqual(key, f.agentKey.PublicKey())
 		},
 		SubsystemHandlers: map[string]gssh.SubsystemHandler{
 			protocol.Subsystem: f.agentChannel,
@@ -628,6 +631,48 @@ func TestCancel(t *testing.T) {
 			t.Fatalf("after cancel got %#v", m)
 		}
 	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// An agent whose key is refused when it reconnects while a build runs
+// stops at once: it cancels the build (the daemon kills the builder when
+// its connection closes) and Run returns the refusal instead of waiting
+// for the build to end on its own.
+func TestKeyRefusedMidBuildStopsBuilds(t *testing.T) {
+	f := startCoordinator(t)
+	a := newTestAgent(t, f, f.knownHosts(t, f.hostKey.PublicKey()))
+	done := runAgent(t, a)
+	cs := f.nextSession(t)
+	pidFile := filepath.Join(t.TempDir(), "builder.pid")
+	drv, out := instantiate(t, "echo $$ > "+pidFile+"; while :; do :; done")
+	f.sendBuild(t, cs, 12, "br", drv, out)
+	expect[*protocol.Ack](t, cs, nil)
+	expect[*protocol.Started](t, cs, nil)
+	var pid int
+	waitFor(t, "builder pid", func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err != nil || !bytes.HasSuffix(b, []byte("\n")) {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // whatever happens, the spinner ends
+
+	f.refuseKey.Store(true)
+	cs.drop()
+	select {
+	case err := <-done:
+		var ar *AuthRefusedError
+		if !errors.As(err, &ar) {
+			t.Fatalf("Run returned %v, want the AuthRefusedError", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent still running 30s after its key was refused, with a build that never ends")
+	}
+	waitFor(t, "builder gone", func() bool { return syscall.Kill(pid, 0) != nil })
+	if ids := a.runningIDs(); len(ids) != 0 {
+		t.Fatalf("builds still running after Run returned: %v", ids)
 	}
 }
 

@@ -130,3 +130,27 @@ func TestDeactivatedAgentIsCutOff(t *testing.T) {
 		t.Fatalf("after activate: exit %d\n%s\n%s", r.Code, r.Stdout, r.Stderr)
 	}
 }
+
+// TestDeactivatedAgentStopsItsBuilds: a real `gbc agent` deactivated in
+// the middle of a build that never ends on its own is refused when it
+// reconnects; it then exits by itself, soon, and the builder it started
+// is gone (closing the daemon connection made the daemon kill it).
+func TestDeactivatedAgentStopsItsBuilds(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t)
+	a := f.addAgent("stopped-agent", "--max-parallel-builds", "1")
+	g := newGatedBuild(t, t.TempDir(), fmt.Sprint(time.Now().UnixNano()))
+	f.mustSSH("build " + g.drv)
+	pid := g.waitBuilders(t, 1, time.Minute)[0]
+	t.Cleanup(func() { g.open(t) }) // whatever happens, the builder ends
+
+	f.mustSSH("agent " + a.ID + " deactivate")
+	err, ok := a.exited(60 * time.Second)
+	if !ok {
+		t.Fatalf("agent still running 60s after it was deactivated:\n%s", a.log.String())
+	}
+	if err == nil || !strings.Contains(a.log.String(), "refused the key") {
+		t.Fatalf("agent exited with %v; want an error saying its key was refused:\n%s", err, a.log.String())
+	}
+	waitDead(t, pid, 30*time.Second, "the deactivated agent's builder")
+}
