@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/coordinator"
-	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/internal/text"
 )
 
@@ -37,7 +36,7 @@ type attemptJSON struct {
 	Reason      string `json:"reason"`
 	ExitCode    int    `json:"exit_code"`
 	// Hardware is what the agent reported when the attempt started.
-	Hardware *db.Hardware `json:"hardware,omitempty"`
+	Hardware *coordinator.Hardware `json:"hardware,omitempty"`
 }
 
 type buildJSON struct {
@@ -113,7 +112,7 @@ func explainText(id string, q *queueJSON) string {
 	return b.String()
 }
 
-func toJSON(b db.Build) buildJSON {
+func toJSON(b coordinator.Build) buildJSON {
 	j := buildJSON{
 		ID: b.ID, Derivation: b.Derivation, System: b.System, Priority: b.Priority,
 		State: string(b.State), Agent: b.AgentID, CreatedAt: jsonTime(b.CreatedAt),
@@ -122,7 +121,7 @@ func toJSON(b db.Build) buildJSON {
 		FailureReason: b.FailureReason, Outputs: []outputJSON{},
 		DeferUntil: jsonTime(b.DeferUntil), TimeoutSeconds: b.TimeoutSeconds, MaxSilentSeconds: b.MaxSilentSeconds,
 	}
-	if b.State == db.StateFailedDependency {
+	if b.State == coordinator.StateFailedDependency {
 		j.FailedInput = b.FailedInput
 	}
 	for _, t := range b.Tags {
@@ -143,21 +142,21 @@ func toJSON(b db.Build) buildJSON {
 }
 
 // buildFilterFlags registers the filters shared by builds and builds cancel.
-func buildFilterFlags(fs *pflag.FlagSet, defaultLimit int) func() (db.BuildFilter, error) {
+func buildFilterFlags(fs *pflag.FlagSet, defaultLimit int) func() (coordinator.BuildFilter, error) {
 	state := fs.String("state", "", "only builds in this state (scheduled, allocated, started, succeeded, failed, canceled, failed-dependency)")
 	agent := fs.String("agent", "", "only builds whose latest attempt ran on this agent id")
 	limit := fs.Int("limit", defaultLimit, "at most this many builds, newest first (0: all)")
-	return func() (db.BuildFilter, error) {
-		st := db.BuildState(*state)
+	return func() (coordinator.BuildFilter, error) {
+		st := coordinator.BuildState(*state)
 		switch st {
-		case "", db.StateScheduled, db.StateAllocated, db.StateStarted, db.StateSucceeded, db.StateFailed, db.StateCanceled, db.StateFailedDependency:
+		case "", coordinator.StateScheduled, coordinator.StateAllocated, coordinator.StateStarted, coordinator.StateSucceeded, coordinator.StateFailed, coordinator.StateCanceled, coordinator.StateFailedDependency:
 		default:
-			return db.BuildFilter{}, usageErr("--state %q is not a build state", *state)
+			return coordinator.BuildFilter{}, usageErr("--state %q is not a build state", *state)
 		}
 		if *limit < 0 {
-			return db.BuildFilter{}, usageErr("--limit must not be negative")
+			return coordinator.BuildFilter{}, usageErr("--limit must not be negative")
 		}
-		return db.BuildFilter{State: st, AgentID: *agent, Limit: *limit}, nil
+		return coordinator.BuildFilter{State: st, AgentID: *agent, Limit: *limit}, nil
 	}
 }
 
@@ -184,7 +183,7 @@ func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
 				full, err := x.s.coord.Build(x.ctx, b.ID)
 				if err == nil {
 					b = full
-				} else if !errors.Is(err, db.ErrNotFound) {
+				} else if !errors.Is(err, coordinator.ErrNotFound) {
 					return err
 				}
 				list = append(list, toJSON(b))
@@ -227,7 +226,7 @@ func setupBuildsCancel(fs *pflag.FlagSet) func(x *call) error {
 				continue
 			}
 			if err := x.s.coord.Cancel(x.ctx, b.ID); err != nil {
-				if errors.Is(err, db.ErrConflict) {
+				if errors.Is(err, coordinator.ErrConflict) {
 					continue // ended meanwhile
 				}
 				return err

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/internal/text"
 )
 
@@ -32,11 +32,11 @@ func setupEvents(fs *pflag.FlagSet) func(x *call) error {
 		if *since < 0 {
 			return usageErr("--since must not be negative")
 		}
-		f := db.EventFilter{AfterID: *since, Build: *build, Limit: eventPage}
+		f := coordinator.EventFilter{AfterID: *since, Build: *build, Limit: eventPage}
 		for _, t := range *types {
 			for _, one := range strings.Split(t, ",") {
-				et := db.EventType(strings.TrimSpace(one))
-				if !db.ValidEventType(et) {
+				et := coordinator.EventType(strings.TrimSpace(one))
+				if !coordinator.ValidEventType(et) {
 					return usageErr("--type %q is not an event type (%s)", text.Truncate(one, 40), eventTypeList())
 				}
 				f.Types = append(f.Types, et)
@@ -83,8 +83,8 @@ func setupEvents(fs *pflag.FlagSet) func(x *call) error {
 }
 
 func eventTypeList() string {
-	names := make([]string, 0, len(db.EventTypes))
-	for _, t := range db.EventTypes {
+	names := make([]string, 0, len(coordinator.EventTypes()))
+	for _, t := range coordinator.EventTypes() {
 		names = append(names, string(t))
 	}
 	return strings.Join(names, ", ")

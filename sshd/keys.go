@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/coordinator"
-	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/internal/text"
 )
 
@@ -57,7 +56,7 @@ func setupKeyAdd(fs *pflag.FlagSet) func(x *call) error {
 		if err := oneKeyLine(x); err != nil {
 			return err
 		}
-		fp, err := x.s.coord.AddKey(x.ctx, x.args[0], db.Role(*role))
+		fp, err := x.s.coord.AddKey(x.ctx, x.args[0], coordinator.Role(*role))
 		if errors.Is(err, coordinator.ErrBadKey) {
 			return &exitError{code: 2, err: err}
 		}
@@ -78,7 +77,7 @@ func setupKeyRemove(fs *pflag.FlagSet) func(x *call) error {
 		if fp == x.who.Fingerprint {
 			return errors.New("refusing to remove the key this session uses")
 		}
-		if err := x.s.coord.RemoveKey(x.ctx, fp); errors.Is(err, db.ErrNotFound) {
+		if err := x.s.coord.RemoveKey(x.ctx, fp); errors.Is(err, coordinator.ErrNotFound) {
 			return fmt.Errorf("no key %q ('keys' lists the fingerprints)", text.Truncate(fp, 80))
 		} else if err != nil {
 			return fmt.Errorf("remove key %q: %w", text.Truncate(fp, 80), err)

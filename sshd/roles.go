@@ -1,16 +1,16 @@
 package sshd
 
-import "github.com/gbc-farm/gbc/db"
+import "github.com/gbc-farm/gbc/coordinator"
 
 // rank orders the operator roles. Agent keys and anything unknown rank 0,
 // which no command accepts: the check fails closed.
-func rank(r db.Role) int {
+func rank(r coordinator.Role) int {
 	switch r {
-	case db.RoleAdmin:
+	case coordinator.RoleAdmin:
 		return 3
-	case db.RoleOperator:
+	case coordinator.RoleOperator:
 		return 2
-	case db.RoleReader:
+	case coordinator.RoleReader:
 		return 1
 	}
 	return 0
@@ -19,7 +19,7 @@ func rank(r db.Role) int {
 // allowed is the one authorisation decision for commands: the caller's
 // role must rank at least the command's minimum, and the minimum must be a
 // real operator role.
-func allowed(have, need db.Role) bool {
+func allowed(have, need coordinator.Role) bool {
 	return rank(need) > 0 && rank(have) >= rank(need)
 }
 
@@ -28,7 +28,7 @@ func allowed(have, need db.Role) bool {
 func subsystemAllowed(p principal, name string) bool {
 	switch name {
 	case "gbc-agent-v1", "sftp":
-		return p.Role == db.RoleAgent && p.AgentID != ""
+		return p.Role == coordinator.RoleAgent && p.AgentID != ""
 	}
 	return false
 }

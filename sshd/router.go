@@ -11,7 +11,7 @@ import (
 	"github.com/google/shlex"
 	"github.com/spf13/pflag"
 
-	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/internal/text"
 )
 
@@ -56,7 +56,7 @@ type call struct {
 // where command authorisation is decided.
 type command struct {
 	path    []string
-	role    db.Role
+	role    coordinator.Role
 	args    string // synopsis of the positional arguments
 	summary string
 	// setup registers flags and returns the runner bound to them.
@@ -71,26 +71,26 @@ func (c command) name() string {
 // paths come before their prefixes.
 func commandTable() []command {
 	return []command{
-		{[]string{"help"}, db.RoleReader, "[COMMAND]", "list commands or show one command's usage", setupHelp},
-		{[]string{"status"}, db.RoleReader, "", "queue lengths and connected agents", setupStatus},
-		{[]string{"agents"}, db.RoleReader, "", "list registered agents", setupAgents},
-		{[]string{"agent", "new"}, db.RoleAdmin, "", "register an agent; prints its id", setupAgentNew},
-		{[]string{"agent", "*", "deactivate"}, db.RoleAdmin, "", "revoke an agent: close its connections, refuse its results in flight, requeue its builds, refuse it until activate", setupAgentActive(false)},
-		{[]string{"agent", "*", "activate"}, db.RoleAdmin, "", "give builds to an agent again", setupAgentActive(true)},
-		{[]string{"agent", "*", "key", "add"}, db.RoleAdmin, "'KEY-LINE'", "add a public key for an agent", setupAgentKeyAdd},
-		{[]string{"keys"}, db.RoleAdmin, "", "list keys and their roles", setupKeys},
-		{[]string{"key", "add"}, db.RoleAdmin, "'KEY-LINE'", "add an operator key with a role", setupKeyAdd},
-		{[]string{"key", "remove"}, db.RoleAdmin, "FINGERPRINT", "remove a key and close every connection that uses it", setupKeyRemove},
-		{[]string{"builds", "cancel"}, db.RoleOperator, "", "cancel every unfinished build the filters select (as for builds)", setupBuildsCancel},
-		{[]string{"builds"}, db.RoleReader, "", "list builds, newest first", setupBuilds},
-		{[]string{"build", "show"}, db.RoleReader, "BUILD-ID", "show one build", setupBuildShow},
-		{[]string{"log"}, db.RoleReader, "BUILD-ID", "print a build's log (latest attempt); --follow streams it until the attempt ends", setupLog},
-		{[]string{"events"}, db.RoleReader, "", "print events as JSON lines, oldest first", setupEvents},
-		{[]string{"build", "cancel"}, db.RoleOperator, "BUILD-ID", "cancel a build (a running build is stopped on its agent)", setupBuildCancel},
-		{[]string{"build", "priority"}, db.RoleOperator, "BUILD-ID N", "change a build's priority (re-orders everything it waits on)", setupBuildPriority},
-		{[]string{"build"}, db.RoleOperator, "DRV...", "submit derivations; prints one build id per line", setupBuild},
-		{[]string{"probe"}, db.RoleAdmin, "< DATA", "read stdin to the end and report bytes and MB/s (measures the SSH link; bench/upload.sh)", setupProbe},
-		{[]string{"import"}, db.RoleOperator, "< EXPORT-STREAM", "add a nix-store --export (or guix archive --export) stream from stdin to the cache; prints the paths", setupImport},
+		{[]string{"help"}, coordinator.RoleReader, "[COMMAND]", "list commands or show one command's usage", setupHelp},
+		{[]string{"status"}, coordinator.RoleReader, "", "queue lengths and connected agents", setupStatus},
+		{[]string{"agents"}, coordinator.RoleReader, "", "list registered agents", setupAgents},
+		{[]string{"agent", "new"}, coordinator.RoleAdmin, "", "register an agent; prints its id", setupAgentNew},
+		{[]string{"agent", "*", "deactivate"}, coordinator.RoleAdmin, "", "revoke an agent: close its connections, refuse its results in flight, requeue its builds, refuse it until activate", setupAgentActive(false)},
+		{[]string{"agent", "*", "activate"}, coordinator.RoleAdmin, "", "give builds to an agent again", setupAgentActive(true)},
+		{[]string{"agent", "*", "key", "add"}, coordinator.RoleAdmin, "'KEY-LINE'", "add a public key for an agent", setupAgentKeyAdd},
+		{[]string{"keys"}, coordinator.RoleAdmin, "", "list keys and their roles", setupKeys},
+		{[]string{"key", "add"}, coordinator.RoleAdmin, "'KEY-LINE'", "add an operator key with a role", setupKeyAdd},
+		{[]string{"key", "remove"}, coordinator.RoleAdmin, "FINGERPRINT", "remove a key and close every connection that uses it", setupKeyRemove},
+		{[]string{"builds", "cancel"}, coordinator.RoleOperator, "", "cancel every unfinished build the filters select (as for builds)", setupBuildsCancel},
+		{[]string{"builds"}, coordinator.RoleReader, "", "list builds, newest first", setupBuilds},
+		{[]string{"build", "show"}, coordinator.RoleReader, "BUILD-ID", "show one build", setupBuildShow},
+		{[]string{"log"}, coordinator.RoleReader, "BUILD-ID", "print a build's log (latest attempt); --follow streams it until the attempt ends", setupLog},
+		{[]string{"events"}, coordinator.RoleReader, "", "print events as JSON lines, oldest first", setupEvents},
+		{[]string{"build", "cancel"}, coordinator.RoleOperator, "BUILD-ID", "cancel a build (a running build is stopped on its agent)", setupBuildCancel},
+		{[]string{"build", "priority"}, coordinator.RoleOperator, "BUILD-ID N", "change a build's priority (re-orders everything it waits on)", setupBuildPriority},
+		{[]string{"build"}, coordinator.RoleOperator, "DRV...", "submit derivations; prints one build id per line", setupBuild},
+		{[]string{"probe"}, coordinator.RoleAdmin, "< DATA", "read stdin to the end and report bytes and MB/s (measures the SSH link; bench/upload.sh)", setupProbe},
+		{[]string{"import"}, coordinator.RoleOperator, "< EXPORT-STREAM", "add a nix-store --export (or guix archive --export) stream from stdin to the cache; prints the paths", setupImport},
 	}
 }
 
@@ -138,7 +138,7 @@ func (s *Server) exec(ctx context.Context, sess ssh.Session) int {
 		fmt.Fprintln(stderr, "permission denied")
 		return 1
 	}
-	if who.Role == db.RoleAgent {
+	if who.Role == coordinator.RoleAgent {
 		s.log.Warn("agent key tried to run a command", "agent", who.AgentID, "command", text.Truncate(sess.RawCommand(), 200))
 		fmt.Fprintln(stderr, "permission denied: agent keys may only open the gbc-agent-v1 and sftp subsystems")
 		return 1

@@ -24,7 +24,6 @@ import (
 
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/coordinator"
-	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/internal/keepalive"
 	"github.com/gbc-farm/gbc/keys"
 	"github.com/gbc-farm/gbc/protocol"
@@ -231,24 +230,24 @@ func (s *Server) verified(ctx ssh.Context, lc *liveConn, key gossh.PublicKey, pe
 // liveKey is the one check that a key may be used now: it is registered
 // and, for an agent key, bound to an agent that is active. Every
 // authentication and every session, channel and command asks it.
-func (s *Server) liveKey(ctx context.Context, fp string) (db.Key, error) {
+func (s *Server) liveKey(ctx context.Context, fp string) (coordinator.Key, error) {
 	k, err := s.coord.Key(ctx, fp)
 	if err != nil {
-		return db.Key{}, fmt.Errorf("key %s: %w", fp, err)
+		return coordinator.Key{}, fmt.Errorf("key %s: %w", fp, err)
 	}
 	if k.Fingerprint != fp {
-		return db.Key{}, fmt.Errorf("key %s: stored key does not match", fp)
+		return coordinator.Key{}, fmt.Errorf("key %s: stored key does not match", fp)
 	}
-	if k.Role == db.RoleAgent {
+	if k.Role == coordinator.RoleAgent {
 		if k.AgentID == "" {
-			return db.Key{}, fmt.Errorf("agent key %s is not bound to an agent", fp)
+			return coordinator.Key{}, fmt.Errorf("agent key %s is not bound to an agent", fp)
 		}
 		a, err := s.coord.Agent(ctx, k.AgentID)
 		if err != nil {
-			return db.Key{}, fmt.Errorf("agent %s of key %s: %w", k.AgentID, fp, err)
+			return coordinator.Key{}, fmt.Errorf("agent %s of key %s: %w", k.AgentID, fp, err)
 		}
 		if !a.Active {
-			return db.Key{}, fmt.Errorf("agent %s of key %s is deactivated", k.AgentID, fp)
+			return coordinator.Key{}, fmt.Errorf("agent %s of key %s is deactivated", k.AgentID, fp)
 		}
 	}
 	return k, nil
@@ -259,7 +258,7 @@ func (s *Server) liveKey(ctx context.Context, fp string) (db.Key, error) {
 func (s *Server) knownKey(ctx ssh.Context, key ssh.PublicKey) bool {
 	fp := keys.Fingerprint(key)
 	if _, err := s.liveKey(ctx, fp); err != nil {
-		if !errors.Is(err, db.ErrNotFound) {
+		if !errors.Is(err, coordinator.ErrNotFound) {
 			s.log.Info("key refused", "fingerprint", fp, "remote", ctx.RemoteAddr().String(), "err", err)
 			return false
 		}
@@ -273,7 +272,7 @@ func (s *Server) knownKey(ctx ssh.Context, key ssh.PublicKey) bool {
 // the session proved.
 type principal struct {
 	Fingerprint string
-	Role        db.Role
+	Role        coordinator.Role
 	AgentID     string
 }
 

@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/coordinator"
-	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/internal/text"
 )
 
@@ -55,13 +54,13 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 		if *timeout < 0 || *maxSilent < 0 {
 			return usageErr("--timeout and --max-silent-time must not be negative")
 		}
-		var ts []db.Tag
+		var ts []coordinator.Tag
 		for _, t := range *tags {
 			k, v, ok := strings.Cut(t, "=")
 			if !ok || k == "" {
 				return usageErr("--tag %q is not K=V", text.Truncate(t, 80))
 			}
-			ts = append(ts, db.Tag{Key: k, Value: v})
+			ts = append(ts, coordinator.Tag{Key: k, Value: v})
 		}
 		ids, err := x.s.coord.Submit(x.ctx, coordinator.Submission{Derivations: x.args, Priority: *prio, Tags: ts,
 			DeferUntil: until, IgnoreIfExists: *ignoreExisting, EnsureInputs: *ensureInputs,
@@ -97,7 +96,7 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 		}
 		type result struct {
 			i   int
-			b   db.Build
+			b   coordinator.Build
 			err error
 		}
 		results := make(chan result, len(ids))
@@ -133,7 +132,7 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 				return r.err
 			}
 			b := r.b
-			if b.State != db.StateSucceeded {
+			if b.State != coordinator.StateSucceeded {
 				failed++
 			}
 			if *asJSON {
@@ -141,9 +140,9 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 				continue
 			}
 			switch b.State {
-			case db.StateSucceeded:
+			case coordinator.StateSucceeded:
 				fmt.Fprintf(x.out, "build %s succeeded (on agent %s)\n", b.ID, b.AgentID)
-			case db.StateFailed:
+			case coordinator.StateFailed:
 				fmt.Fprintf(x.out, "build %s failed (on agent %s)\n", b.ID, b.AgentID)
 				fmt.Fprintf(x.errOut, "build %s: %s\n", b.ID, text.Escape(b.FailureReason))
 			default:

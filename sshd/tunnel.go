@@ -11,7 +11,7 @@ import (
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/gbc-farm/gbc/db"
+	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/internal/text"
 	"github.com/gbc-farm/gbc/protocol"
 )
@@ -63,15 +63,15 @@ func virtualHosts(cfg Config) []virtualHost {
 // agentOrReader: agents (which substitute inputs from the cache), and
 // operator roles from reader up (for debugging with ssh -L).
 func agentOrReader(p principal) bool {
-	if p.Role == db.RoleAgent {
+	if p.Role == coordinator.RoleAgent {
 		return p.AgentID != ""
 	}
-	return allowed(p.Role, db.RoleReader)
+	return allowed(p.Role, coordinator.RoleReader)
 }
 
 // readerOrAbove: operator roles from reader up; never an agent key.
 func readerOrAbove(p principal) bool {
-	return p.Role != db.RoleAgent && allowed(p.Role, db.RoleReader)
+	return p.Role != coordinator.RoleAgent && allowed(p.Role, coordinator.RoleReader)
 }
 
 // hostTunnel is a virtual host with the server that serves its channels.

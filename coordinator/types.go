@@ -1,0 +1,80 @@
+package coordinator
+
+import (
+	"slices"
+
+	"github.com/gbc-farm/gbc/db"
+)
+
+// The coordinator's vocabulary for its callers. The operator commands
+// (sshd) talk to the coordinator only, never to the store, so they name
+// roles, builds, filters and events through this package: the types are
+// the store's, declared once in db, and the aliases below are what the
+// coordinator's API promises. A caller that needs another one adds it
+// here rather than importing db.
+
+// Role is what a key may do.
+type Role = db.Role
+
+// The roles.
+const (
+	RoleAdmin    = db.RoleAdmin
+	RoleOperator = db.RoleOperator
+	RoleReader   = db.RoleReader
+	RoleAgent    = db.RoleAgent
+)
+
+// Key is an SSH public key with its role.
+type Key = db.Key
+
+// Agent is a registered build agent.
+type Agent = db.Agent
+
+// Build is one build with its attempts and outputs.
+type Build = db.Build
+
+// BuildState is where a build is in its lifecycle.
+type BuildState = db.BuildState
+
+// The build states.
+const (
+	StateScheduled        = db.StateScheduled
+	StateAllocated        = db.StateAllocated
+	StateStarted          = db.StateStarted
+	StateSucceeded        = db.StateSucceeded
+	StateFailed           = db.StateFailed
+	StateCanceled         = db.StateCanceled
+	StateFailedDependency = db.StateFailedDependency
+)
+
+// BuildFilter selects builds for Builds and the builds cancel command.
+type BuildFilter = db.BuildFilter
+
+// Tag is a key=value label on a build.
+type Tag = db.Tag
+
+// Hardware is what an agent reported about its machine.
+type Hardware = db.Hardware
+
+// Event is one row of the event log.
+type Event = db.Event
+
+// EventType names a kind of event.
+type EventType = db.EventType
+
+// EventFilter selects events for Events and EventsPruned.
+type EventFilter = db.EventFilter
+
+// EventTypes returns every event type.
+func EventTypes() []EventType { return slices.Clone(db.EventTypes) }
+
+// ValidEventType reports whether t is an event type.
+func ValidEventType(t EventType) bool { return db.ValidEventType(t) }
+
+// Errors the coordinator's operations return, for errors.Is.
+var (
+	// ErrNotFound: no build, agent or key with that id.
+	ErrNotFound = db.ErrNotFound
+	// ErrConflict: the build is not in a state that allows the change.
+	ErrConflict = db.ErrConflict
+)
