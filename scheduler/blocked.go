@@ -267,7 +267,7 @@ func (s *Scheduler) Unmatched(agents []Agent) int {
 		}
 		taken := false
 		for _, a := range agents {
-			if slices.Contains(a.Systems, bk.system) && matches(bk, a) {
+			if slices.Contains(a.Systems, bk.system) && matches(bk, a) && !bk.excludes(s, a.ID) {
 				taken = true
 				break
 			}
@@ -277,4 +277,13 @@ func (s *Scheduler) Unmatched(agents []Agent) int {
 		}
 	}
 	return n
+}
+
+// excludes reports whether the bucket's builds never go to agent id.
+func (bk *bucket) excludes(s *Scheduler, id string) bool {
+	if len(bk.exclude) == 0 {
+		return false
+	}
+	ai, ok := s.agentByID[id]
+	return ok && slices.Contains(bk.exclude, ai)
 }

@@ -47,7 +47,7 @@ func (s *Scheduler) Add(b Build) error {
 				b.ID, s.idOf(u), s.drvs[s.builds[u].drv].path)
 		}
 	}
-	bk := s.internBucket(b.System, b.Features, b.Tags)
+	bk := s.internBucket(b.System, b.Features, b.Tags, s.agentSet(b.ExcludeAgents))
 
 	idx := s.allocSlot()
 	nb := &s.builds[idx]

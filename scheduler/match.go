@@ -67,7 +67,7 @@ func (s *Scheduler) Allocate(a Agent) (Build, bool) {
 		}
 		for _, bi := range s.bucketsBySystem[sys] {
 			bk := &s.buckets[bi]
-			if len(bk.heap) == 0 || !matches(bk, a) {
+			if len(bk.heap) == 0 || !matches(bk, a) || slices.Contains(bk.exclude, ai) {
 				continue
 			}
 			c, avoided := s.bestIn(bk, ai)
@@ -129,10 +129,14 @@ func (s *Scheduler) bestIn(bk *bucket, ai int32) (int32, bool) {
 	return h[0], true
 }
 
-func (s *Scheduler) internBucket(system string, features []string, tags map[string]string) int32 {
+// internBucket finds or makes the bucket of builds that match the same
+// agents: same system, features and tags, and the same excluded agents
+// (so that an excluded agent skips the whole bucket, and the heap search
+// stays exact however many builds exclude it).
+func (s *Scheduler) internBucket(system string, features []string, tags map[string]string, exclude []int32) int32 {
 	key := system
 	var fs []string
-	if len(features) > 0 || len(tags) > 0 {
+	if len(features) > 0 || len(tags) > 0 || len(exclude) > 0 {
 		fs = slices.Clone(features)
 		sort.Strings(fs)
 		fs = slices.Compact(fs)
@@ -152,12 +156,16 @@ func (s *Scheduler) internBucket(system string, features []string, tags map[stri
 			kb.WriteString(tags[k])
 			kb.WriteByte(1)
 		}
+		kb.WriteByte(0)
+		for _, ai := range exclude {
+			fmt.Fprintf(&kb, "%d,", ai)
+		}
 		key = kb.String()
 	}
 	if bi, ok := s.bucketByKey[key]; ok {
 		return bi
 	}
-	bk := bucket{system: strings.Clone(system), features: fs}
+	bk := bucket{system: strings.Clone(system), features: fs, exclude: exclude}
 	if len(tags) > 0 {
 		bk.tags = make(map[string]string, len(tags))
 		for k, v := range tags {
@@ -169,6 +177,44 @@ func (s *Scheduler) internBucket(system string, features []string, tags map[stri
 	s.bucketByKey[key] = bi
 	s.bucketsBySystem[bk.system] = append(s.bucketsBySystem[bk.system], bi)
 	return bi
+}
+
+// agentSet is the sorted, deduplicated agent indexes of ids (nil for none).
+func (s *Scheduler) agentSet(ids []string) []int32 {
+	if len(ids) == 0 {
+		return nil
+	}
+	out := make([]int32, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, s.agentIdx(id))
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// SetExcluded replaces the agents that must never get a queued or
+// allocated build (none: nil). An allocated build keeps its agent; the
+// set applies to its next allocation. The build moves to the bucket of
+// its new set.
+func (s *Scheduler) SetExcluded(id string, agents []string) {
+	idx, ok := s.lookupID(id)
+	if !ok {
+		return
+	}
+	b := &s.builds[idx]
+	old := &s.buckets[b.bucket]
+	nb := s.internBucket(old.system, old.features, old.tags, s.agentSet(agents))
+	if nb == b.bucket {
+		return
+	}
+	inHeap := b.hpos >= 0
+	if inHeap {
+		s.hremove(idx)
+	}
+	b.bucket = nb
+	if inHeap {
+		s.refresh(idx)
+	}
 }
 
 func matches(bk *bucket, a Agent) bool {

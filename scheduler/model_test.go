@@ -137,6 +137,9 @@ func (m *model) allocate(a Agent) (string, bool) {
 		if !ok {
 			continue
 		}
+		if slices.Contains(b.ExcludeAgents, a.ID) {
+			continue
+		}
 		if b.avoid == a.ID {
 			if bestAvoided == nil || m.less(b, bestAvoided) {
 				bestAvoided = b
@@ -154,6 +157,33 @@ func (m *model) allocate(a Agent) (string, bool) {
 	best.allocated, best.agent = true, a.ID
 	m.held[a.ID]++
 	return best.ID, true
+}
+
+// unmatched counts the ready builds none of agents may take (system,
+// features, required tags, exclusion).
+func (m *model) unmatched(agents []Agent) int {
+	n := 0
+	for _, b := range m.live {
+		if m.state(b) != Ready {
+			continue
+		}
+		taken := false
+		for _, a := range agents {
+			ok := slices.Contains(a.Systems, b.System) && !slices.Contains(b.ExcludeAgents, a.ID)
+			for _, f := range b.Features {
+				ok = ok && slices.Contains(a.Features, f)
+			}
+			for k, v := range a.RequireTags {
+				got, has := b.Tags[k]
+				ok = ok && has && got == v
+			}
+			taken = taken || ok
+		}
+		if !taken {
+			n++
+		}
+	}
+	return n
 }
 
 func (m *model) remove(id string) {
@@ -322,6 +352,17 @@ var modelAgents = []Agent{
 	{ID: "a4", Systems: []string{"aarch64-linux", "x86_64-linux"}, Features: []string{"kvm", "big"}},
 }
 
+// pickAgents is a subset of modelAgents, possibly empty.
+func pickAgents(src *byteSource) []string {
+	var out []string
+	for _, a := range modelAgents {
+		if src.n(2) == 0 {
+			out = append(out, a.ID)
+		}
+	}
+	return out
+}
+
 // runModel drives the scheduler and the model with the same operations and
 // fails at the first difference.
 func runModel(t *testing.T, data []byte) {
@@ -374,8 +415,11 @@ func runModel(t *testing.T, data []byte) {
 			if src.n(5) == 0 {
 				b.DeferUntil = clk.Now().Add(time.Duration(1+src.n(3)) * time.Minute)
 			}
+			if src.n(4) == 0 {
+				b.ExcludeAgents = pickAgents(src)
+			}
 			b.CreatedAt = clk.Now()
-			log = append(log, fmt.Sprintf("add %s drv=%d in=%v prio=%d sys=%s feat=%v tags=%v defer=%v", b.ID, di, b.InputDrvs, b.Priority, b.System, b.Features, b.Tags, !b.DeferUntil.IsZero()))
+			log = append(log, fmt.Sprintf("add %s drv=%d in=%v prio=%d sys=%s feat=%v tags=%v defer=%v exclude=%v", b.ID, di, b.InputDrvs, b.Priority, b.System, b.Features, b.Tags, !b.DeferUntil.IsZero(), b.ExcludeAgents))
 			if err := s.Add(b); err != nil {
 				fail("add: %v", err)
 			}
@@ -420,7 +464,14 @@ func runModel(t *testing.T, data []byte) {
 			}
 		case 6: // cancel or requeue
 			id := pick()
-			switch src.n(3) {
+			switch src.n(4) {
+			case 3:
+				excl := pickAgents(src)
+				log = append(log, fmt.Sprintf("exclude %s %v", id, excl))
+				s.SetExcluded(id, excl)
+				if b, ok := m.live[id]; ok {
+					b.ExcludeAgents = excl
+				}
 			case 0:
 				log = append(log, "cancel "+id)
 				if _, ok := m.live[id]; !ok {
@@ -540,6 +591,12 @@ func runModel(t *testing.T, data []byte) {
 			}
 			if !slices.Equal(sorted(gotIn), sorted(wantIn)) {
 				fail("blocking inputs of %s: got %v want %v", id, gotIn, wantIn)
+			}
+		}
+		s.Wake()
+		for _, agents := range [][]Agent{modelAgents, modelAgents[:2], modelAgents[2:3]} {
+			if got, want := s.Unmatched(agents), m.unmatched(agents); got != want {
+				fail("unmatched by %d agents: got %d want %d", len(agents), got, want)
 			}
 		}
 		stats := s.Stats()

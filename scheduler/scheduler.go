@@ -85,6 +85,10 @@ type Build struct {
 	Priority               int       // clamped to int32
 	CreatedAt              time.Time // zero = now
 	DeferUntil             time.Time // zero = not deferred
+	// ExcludeAgents never get this build, whatever else they could take
+	// (the sides of a reproducibility check go to distinct agents).
+	// SetExcluded replaces the set while the build is queued.
+	ExcludeAgents []string
 }
 
 // Agent describes who asks for work. MaxParallel 0 means no limit here (the
@@ -177,6 +181,7 @@ type bucket struct {
 	system   string
 	features []string
 	tags     map[string]string
+	exclude  []int32 // agents that never get its builds, sorted
 	heap     []int32
 }
 
@@ -352,6 +357,9 @@ func (s *Scheduler) export(idx int32) Build {
 		for k, v := range bk.tags {
 			out.Tags[k] = v
 		}
+	}
+	for _, ai := range bk.exclude {
+		out.ExcludeAgents = append(out.ExcludeAgents, s.agents[ai].id)
 	}
 	return out
 }

@@ -570,3 +570,60 @@ func TestAddBatchAnyOrder(t *testing.T) {
 		t.Fatal("acyclic part of the batch not added")
 	}
 }
+
+// The sides of a check: the same derivation, each excluded from the
+// agents that hold or built another side. An excluded agent takes
+// anything else, however deep in the heap, and never the excluded build.
+func TestExcludeAgents(t *testing.T) {
+	a1 := Agent{ID: "a1", Systems: []string{x86}}
+	a2 := Agent{ID: "a2", Systems: []string{x86}}
+	s, _ := newSched(t, DerivationOrdered)
+	// 300 high-priority builds, all excluding a1, above one a1 may take.
+	for i := 0; i < 300; i++ {
+		bd := b(fmt.Sprintf("x%03d", i), 10)
+		bd.ExcludeAgents = []string{"a1"}
+		if err := s.Add(bd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Add(b("free", 0)); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := s.Allocate(a1)
+	if !ok || got.ID != "free" {
+		t.Fatalf("a1 got %q, %v; want the one build it is not excluded from", got.ID, ok)
+	}
+	if _, ok := s.Allocate(a1); ok {
+		t.Fatal("a1 got a build it is excluded from")
+	}
+	if n := s.Unmatched([]Agent{a1}); n != 300 {
+		t.Fatalf("unmatched by a1 alone: %d, want 300", n)
+	}
+	if n := s.Unmatched([]Agent{a1, a2}); n != 0 {
+		t.Fatalf("unmatched by a1 and a2: %d, want 0", n)
+	}
+	got, ok = s.Allocate(a2)
+	if !ok || got.ID != "x000" || !slices.Equal(got.ExcludeAgents, []string{"a1"}) {
+		t.Fatalf("a2 got %+v, %v", got, ok)
+	}
+	// Lifting the exclusion lets a1 take the next one.
+	s.SetExcluded("x001", nil)
+	if got, ok := s.Allocate(a1); !ok || got.ID != "x001" {
+		t.Fatalf("a1 after SetExcluded(nil) got %q, %v", got.ID, ok)
+	}
+	// An exclusion beats an avoidance: a build a2 should avoid still goes
+	// to a2 if nothing else is there, an excluded one never.
+	s2, _ := newSched(t, DerivationOrdered, b("c1", 0))
+	if _, ok := s2.Allocate(a2); !ok {
+		t.Fatal("a2 got nothing")
+	}
+	s2.Requeue("c1", "a2")
+	if got, ok := s2.Allocate(a2); !ok || got.ID != "c1" {
+		t.Fatalf("avoided build not given to the only agent: %q %v", got.ID, ok)
+	}
+	s2.Requeue("c1", "a2")
+	s2.SetExcluded("c1", []string{"a2"})
+	if got, ok := s2.Allocate(a2); ok {
+		t.Fatalf("excluded agent got %q", got.ID)
+	}
+}
