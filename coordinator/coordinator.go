@@ -134,11 +134,13 @@ type Coordinator struct {
 	waiters   map[string][]chan struct{}
 	verifying map[string]bool
 	// avoid remembers, per build, agents where setup failed.
-	avoid  map[string]map[string]bool
-	space  spaceState
-	closed bool
-	done   chan struct{}
-	wg     sync.WaitGroup
+	avoid map[string]map[string]bool
+	space spaceState
+	// activity is the overview's recent history (activity.go).
+	activity activity
+	closed   bool
+	done     chan struct{}
+	wg       sync.WaitGroup
 	// logMu orders log chunk writes against compressing finished logs.
 	logMu sync.Mutex
 	// revokers are told of removed keys and deactivated agents.
@@ -227,6 +229,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if c.spawn() {
 		go c.watchSpace()
+	}
+	if c.spawn() {
+		go c.sampleActivity()
 	}
 	c.sweepLogs(ctx)
 	st := c.sched.Stats()

@@ -408,6 +408,7 @@ const (
 func (c *Coordinator) endedLocked(ctx context.Context, id string, how outcome) {
 	c.wakeLocked(id)
 	delete(c.avoid, id)
+	c.activity.ended(c.clk.Now(), how)
 	switch how {
 	case outcomeSucceeded:
 		c.sched.Succeeded(id)

@@ -224,6 +224,46 @@ type BuildFilter struct {
 	Limit       int // 0: no limit
 }
 
+// BuildQuery selects one page of builds, newest first (recording order),
+// for the web interface; zero values mean "any". Every filter is served by
+// an index that walks its builds in recording order, so a page costs about
+// the same however many builds there are.
+type BuildQuery struct {
+	State  BuildState
+	System string
+	// Name is the derivation's name: its base name without the hash and
+	// ".drv" (hello-2.12).
+	Name string
+	// Tag selects builds carrying this key=value tag (empty Key: any).
+	Tag     Tag
+	AgentID string // builds whose latest attempt ran on this agent
+	// Before is a cursor from an earlier page's Next: only builds
+	// recorded before it (0: from the newest).
+	Before int64
+	Limit  int // at most this many (1 … MaxPageLimit; 0: DefaultPageLimit)
+}
+
+// Page sizes of BuildsPage.
+const (
+	DefaultPageLimit = 50
+	MaxPageLimit     = 500
+)
+
+// BuildPage is one page of builds (as Builds returns them: without
+// attempts and results) and the cursor of the next page (0: this is the
+// last).
+type BuildPage struct {
+	Builds []Build
+	Next   int64
+}
+
+// AttemptCount is how many attempts on an agent ended one way.
+type AttemptCount struct {
+	Outcome Outcome
+	Kind    AttemptKind
+	Count   int
+}
+
 // Store is the coordinator's durable state. Every method is safe for
 // concurrent use. State transitions check the current state and the agent
 // that holds the build, and return ErrConflict when they do not match, so
@@ -258,6 +298,11 @@ type Store interface {
 	// order), with tags, features and outputs but without attempts and
 	// results.
 	Builds(ctx context.Context, f BuildFilter) ([]Build, error)
+	// BuildsPage returns one page of the builds q selects, newest first.
+	BuildsPage(ctx context.Context, q BuildQuery) (BuildPage, error)
+	// AgentAttemptCounts counts an agent's attempts by outcome and kind
+	// (open attempts have OutcomeOpen), sorted by outcome then kind.
+	AgentAttemptCounts(ctx context.Context, agentID string) ([]AttemptCount, error)
 	// BuildsOnAgent returns the builds in state allocated or started that
 	// agentID holds (as Builds does, without attempts and results). An
 	// unknown agent holds nothing: the result is empty, not ErrNotFound.

@@ -39,6 +39,8 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"FailBuild", testFailBuild},
 		{"ResultsRoundTrip", testResultsRoundTrip},
 		{"Filters", testFilters},
+		{"BuildsPage", testBuildsPage},
+		{"AgentAttemptCounts", testAgentAttemptCounts},
 		{"RunnableAndOnAgent", testRunnableAndOnAgent},
 		{"ConcurrentTransitions", testConcurrentTransitions},
 		{"FailDependency", testFailDependency},
