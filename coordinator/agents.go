@@ -32,6 +32,10 @@ type Session struct {
 	backendVer  string
 	sched       scheduler.Agent
 
+	// hw is what the agent last reported of its machine (hello,
+	// heartbeats); guarded by c.mu.
+	hw protocol.Hardware
+
 	// Guarded by c.mu.
 	// holds are the builds allocated to this session, each with the id of
 	// the build message that gave it (0: continued from the hello).
@@ -115,6 +119,7 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		lastSeen:    now,
 		inactive:    !a.Active,
 		wake:        make(chan struct{}),
+		hw:          h.Hardware,
 	}
 	for _, f := range h.Features {
 		s.features[f] = true
@@ -166,6 +171,7 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		old.gone = true
 	}
 	c.sessions[agentID] = s
+	c.noteAgentLocked(agentID, func(m *agentMeta) { m.name, m.active, m.lastSeen = a.Name, a.Active, now })
 	c.mu.Unlock()
 	if old != nil {
 		c.log.Info("agent session replaced", "agent", agentID)
@@ -215,6 +221,7 @@ func (s *Session) Heartbeat(ctx context.Context, hb *protocol.Heartbeat) {
 	now := c.clk.Now()
 	c.mu.Lock()
 	s.lastSeen = now
+	s.hw = hb.Hardware
 	if n := len(hb.Running) + len(hb.Results); n > maxListedBuilds {
 		c.log.Warn("heartbeat lists too many builds; not reconciled", "agent", s.agentID, "builds", n, "max", maxListedBuilds)
 	} else {
@@ -294,6 +301,7 @@ func (s *Session) Close() {
 	current := c.sessions[s.agentID] == s
 	if current {
 		delete(c.sessions, s.agentID)
+		c.noteAgentLocked(s.agentID, func(m *agentMeta) { m.lastSeen = s.lastSeen })
 	}
 	already := s.gone
 	s.gone = true
@@ -473,6 +481,11 @@ func (c *Coordinator) requeueLocked(ctx context.Context, buildID, agentID string
 		c.log.Error("requeue build", "build", buildID, "agent", agentID, "reason", reason, "err", err)
 		return
 	}
+	if kind == db.KindInfrastructure {
+		// Setup and verification failures are counted by
+		// infraFailureLocked, which requeues some through here.
+		c.countFailureLocked(agentID, kind)
+	}
 	c.releaseLocked(buildID, agentID)
 	c.sched.Requeue(buildID, avoid)
 	c.log.Info("build requeued", "build", buildID, "agent", agentID, "reason", reason)
@@ -503,6 +516,9 @@ func (c *Coordinator) SetAgentActive(ctx context.Context, agentID string, active
 		return fmt.Errorf("set agent %s active=%v: %w", agentID, active, err)
 	}
 	c.log.Info("agent activation changed", "agent", agentID, "active", active)
+	c.mu.Lock()
+	c.noteAgentLocked(agentID, func(m *agentMeta) { m.active = active })
+	c.mu.Unlock()
 	if active {
 		c.mu.Lock()
 		defer c.mu.Unlock()

@@ -146,6 +146,11 @@ type Coordinator struct {
 	// revokers are told of removed keys and deactivated agents.
 	revokeMu sync.Mutex
 	revokers []func(Revocation)
+
+	// metrics are observed as things happen (metrics.go); known is every
+	// registered agent, for the gauges of agents not connected (c.mu).
+	metrics *metrics
+	known   map[string]agentMeta
 }
 
 // New loads the ready queue from the store and returns a running coordinator.
@@ -209,6 +214,11 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		avoid:     map[string]map[string]bool{},
 		space:     spaceState{refused: map[string]bool{}},
 		done:      make(chan struct{}),
+		metrics:   newMetrics(),
+		known:     map[string]agentMeta{},
+	}
+	if err := c.loadAgents(ctx); err != nil {
+		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	c.checkSpace(ctx)
 	held, err := c.restore(ctx)

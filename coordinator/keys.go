@@ -68,6 +68,9 @@ func (c *Coordinator) CreateAgent(ctx context.Context, name, keyLine string) (st
 		}
 		return "", fmt.Errorf("create agent %q: %w", text.Truncate(name, 64), err)
 	}
+	c.mu.Lock()
+	c.noteAgentLocked(id, func(m *agentMeta) { m.name, m.active = name, true })
+	c.mu.Unlock()
 	c.log.Info("agent created", "agent", id, "name", name, "keys", len(ks))
 	return id, nil
 }

@@ -89,7 +89,7 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 		return err
 	}
 	defer release()
-	_, done, err := s.holding(ctx, m.Build, db.StateFailed)
+	b, done, err := s.holding(ctx, m.Build, db.StateFailed)
 	if err != nil || done {
 		return err
 	}
@@ -110,6 +110,7 @@ func (s *Session) Failed(ctx context.Context, m *protocol.Failed) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.log.Info("build failed", "build", m.Build, "agent", s.agentID, "reason", reason, "exit_code", m.ExitCode)
+	c.observeEnd(b, db.StateFailed)
 	c.releaseLocked(m.Build, s.agentID)
 	c.endedLocked(ctx, m.Build, outcomeFailed)
 	c.dispatchLocked(ctx)
@@ -211,6 +212,7 @@ func (c *Coordinator) infraFailureLocked(ctx context.Context, b db.Build, agentI
 		}
 	}
 	setup := kind == db.KindSetup
+	c.countFailureLocked(agentID, kind)
 	if limit := c.attemptLimit(kind); limit == 0 || n < limit {
 		// Prefer another agent next time: this one may lack something.
 		if c.avoid[b.ID] == nil {
@@ -352,6 +354,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	locked := time.Now()
+	c.observeEnd(b, db.StateSucceeded)
 	c.releaseLocked(m.Build, s.agentID)
 	c.endedLocked(ctx, m.Build, outcomeSucceeded)
 	c.dispatchLocked(ctx)

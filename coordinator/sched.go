@@ -302,6 +302,7 @@ func (c *Coordinator) dispatchLocked(ctx context.Context) {
 			switch err := c.assignLocked(ctx, s, sb.ID); {
 			case err == nil:
 				progress = true
+				c.metrics.queueWait.WithLabelValues(sb.System).Observe(max(0, c.clk.Now().Sub(sb.Ready).Seconds()))
 			case errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound):
 				// Changed behind our back: the store is the truth, so
 				// forget the build here and move on.

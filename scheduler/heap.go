@@ -21,6 +21,7 @@ func (s *Scheduler) less(a, b int32) bool {
 }
 
 func (s *Scheduler) hpush(x int32) {
+	s.builds[x].ready = s.clk.Now().UnixNano()
 	bk := &s.buckets[s.builds[x].bucket]
 	bk.heap = append(bk.heap, x)
 	s.builds[x].hpos = int32(len(bk.heap) - 1)

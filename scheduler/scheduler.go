@@ -89,6 +89,9 @@ type Build struct {
 	// (the sides of a reproducibility check go to distinct agents).
 	// SetExcluded replaces the set while the build is queued.
 	ExcludeAgents []string
+	// Ready is when the build last entered a ready queue (set by
+	// Allocate and Lookup; ignored by Add).
+	Ready time.Time
 }
 
 // Agent describes who asks for work. MaxParallel 0 means no limit here (the
@@ -144,6 +147,7 @@ type build struct {
 	uid      [16]byte // the id when it is a UUID (see ids.go)
 	inputs   []int32  // derivation indexes, deduplicated
 	created  int64
+	ready    int64 // unix ns it last entered a ready heap
 	drv      int32
 	bucket   int32
 	prio     int32
@@ -342,6 +346,7 @@ func (s *Scheduler) export(idx int32) Build {
 		System:     bk.system,
 		Priority:   int(b.prio),
 		CreatedAt:  time.Unix(0, b.created),
+		Ready:      time.Unix(0, b.ready),
 	}
 	if du, ok := s.deferUntil[idx]; ok {
 		out.DeferUntil = time.Unix(0, du)

@@ -22,6 +22,9 @@ command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v lzip >/dev/null 2>&1 || need+=(lzip)   # compression tests read real lzip output
 # PostgreSQL backend tests (.ci/run starts the cluster; make test skips them without it)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
+# promtool checks the metrics output; e2e runs a real Prometheus server scraping a coordinator
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -54,6 +54,9 @@ type Config struct {
 	// Web, when set, is the read-only web interface, served the same way
 	// at WebAddress to keys with the reader role or above.
 	Web http.Handler
+	// Metrics, when set, is the Prometheus /metrics handler, served the
+	// same way at MetricsAddress to keys with the reader role or above.
+	Metrics http.Handler
 	// HandshakeTimeout is how long a connection may take from TCP accept
 	// to a verified key (default DefaultHandshakeTimeout).
 	HandshakeTimeout time.Duration

@@ -27,6 +27,10 @@ import (
 // (ssh -L 8080:web.gbc:80 COORDINATOR).
 const WebAddress = "web.gbc:80"
 
+// MetricsAddress is the reserved host:port of the Prometheus metrics
+// (ssh -L 9100:metrics.gbc:80 COORDINATOR).
+const MetricsAddress = "metrics.gbc:80"
+
 // directTCPIP is the payload of a direct-tcpip channel open (RFC 4254 §7.2).
 type directTCPIP struct {
 	DestAddr   string
@@ -50,6 +54,7 @@ func virtualHosts(cfg Config) []virtualHost {
 	rows := []virtualHost{
 		{protocol.CacheAddress, "the binary cache", cfg.Cache, agentOrReader},
 		{WebAddress, "the web interface", cfg.Web, readerOrAbove},
+		{MetricsAddress, "the Prometheus metrics", cfg.Metrics, readerOrAbove},
 	}
 	out := rows[:0]
 	for _, r := range rows {

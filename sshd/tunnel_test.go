@@ -117,6 +117,44 @@ func TestWebTunnel(t *testing.T) {
 	}
 }
 
+// TestMetricsTunnel: reader and above reach the metrics, agent keys do
+// not (they still reach the cache).
+func TestMetricsTunnel(t *testing.T) {
+	answer := func(name string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name+" says "+r.URL.Path) })
+	}
+	e := newEnvWith(t, func(c *Config) { c.Cache, c.Web, c.Metrics = answer("cache"), answer("web"), answer("metrics") })
+	_, agentKey := e.newAgent()
+	for name, s := range map[string]gossh.Signer{"reader": e.reader, "operator": e.operator, "admin": e.admin, "agent": agentKey} {
+		client, err := e.dial(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		got, err := hostGet(client, MetricsAddress, "/metrics")
+		switch {
+		case name == "agent" && (err == nil || !strings.Contains(err.Error(), "permission denied")):
+			t.Fatalf("agent: GET /metrics through %s: %q, %v; want refused", MetricsAddress, got, err)
+		case name != "agent" && (err != nil || got != "metrics says /metrics"):
+			t.Fatalf("%s: GET /metrics through %s: %q, %v", name, MetricsAddress, got, err)
+		}
+		if got, err := tunnelGet(client, "/nix-cache-info"); err != nil || got != "cache says /nix-cache-info" {
+			t.Fatalf("%s: cache next to the metrics: %q, %v", name, got, err)
+		}
+	}
+	client, err := e.dial(e.reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if c, err := client.Dial("tcp", "metrics.gbc:9100"); err == nil {
+		c.Close()
+		t.Fatal("forward to metrics.gbc:9100 was accepted")
+	} else if !strings.Contains(err.Error(), MetricsAddress) {
+		t.Fatalf("forward to metrics.gbc:9100: %v does not name %s", err, MetricsAddress)
+	}
+}
+
 func TestProbeReadsStdin(t *testing.T) {
 	e := newEnv(t, 0)
 	for _, cmd := range []string{"probe", "probe --write"} {

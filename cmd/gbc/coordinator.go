@@ -23,6 +23,7 @@ import (
 	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db/open"
 	"github.com/gbc-farm/gbc/keys"
+	"github.com/gbc-farm/gbc/metrics"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
 	"github.com/gbc-farm/gbc/sshd"
@@ -52,6 +53,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	keyName := fs.String("signing-key-name", "", "name of a generated signing key (default HOSTNAME-1)")
 	storeDir := fs.String("store-dir", "/nix/store", "the farm's store directory (/gnu/store adds Guix signatures)")
 	httpListen := fs.String("http-listen", "", "also serve the cache read-only over plain HTTP on `ADDR` (e.g. 127.0.0.1:8080)")
+	metricsListen := fs.String("metrics-listen", "", "also serve Prometheus metrics at /metrics over plain HTTP on `ADDR` (e.g. 127.0.0.1:9100); they are always reachable through the SSH port at "+sshd.MetricsAddress)
 	strategy := fs.String("allocation-strategy", "derivation-ordered", "derivation-ordered: an input without a successful build here or in the cache blocks its dependents; permissive: such inputs are assumed substitutable")
 	heartbeat := fs.Duration("heartbeat", coordinator.DefaultHeartbeat, "interval agents send heartbeats at; three missed end the session")
 	grace := fs.Duration("disconnect-grace", coordinator.DefaultDisconnectGrace, "how long an absent agent keeps its builds before they are requeued")
@@ -200,9 +202,15 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	defer stopHooks()
 	defer startRetention(ctx, log, store, clk, time.Duration(retention), hookList)()
+	reg, err := metrics.NewRegistry(coord.Collector())
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	metricsHandler := metrics.Handler(reg, log)
 	srv, err := sshd.New(sshd.Config{Coordinator: coord, HostKey: host, Logger: log, Clock: clk,
 		MaxUploadBytes: *maxUpload, MaxAgentUploadBytes: *maxAgentUpload, Cache: bc.Handler(), KeepAlive: *keepalive,
-		HandshakeTimeout: *handshakeTimeout, MaxUnauthenticated: *maxUnauth, MaxUnauthenticatedPerSource: *maxUnauthSource})
+		HandshakeTimeout: *handshakeTimeout, MaxUnauthenticated: *maxUnauth, MaxUnauthenticatedPerSource: *maxUnauthSource,
+		Metrics: metricsHandler})
 	if err != nil {
 		return err
 	}
@@ -224,6 +232,16 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		go hs.Serve(hl) //nolint:errcheck // ends at Close
 		defer hs.Close()
 		log.Info("cache listening", "http", hl.Addr().String())
+	}
+	if *metricsListen != "" {
+		ml, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w", *metricsListen, err)
+		}
+		ms := &http.Server{Handler: metricsHandler, ReadHeaderTimeout: 30 * time.Second}
+		go ms.Serve(ml) //nolint:errcheck // ends at Close
+		defer ms.Close()
+		log.Info("metrics listening", "http", ml.Addr().String(), "path", metrics.Path)
 	}
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
