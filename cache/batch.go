@@ -90,6 +90,11 @@ func (c *Cache) commit(ctx context.Context, ps []*pending, t *batchTimes) (err e
 		files = append(files, p.nar, p.info)
 	}
 	t.mark(&t.prepare)
+	var keys []string
+	for _, p := range ps {
+		keys = append(keys, c.fenceKeys(p.sp.HashPart, p.url, p.e.References)...)
+	}
+	defer c.enter(keys...)()
 	if err := c.barrier(files); err != nil {
 		return fmt.Errorf("cache publish %d paths: %w", len(ps), err)
 	}

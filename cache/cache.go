@@ -40,6 +40,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/narinfo"
 	"github.com/gbc-farm/gbc/nixhash"
@@ -75,6 +76,9 @@ type Options struct {
 	// MaxLogSize bounds a stored build log; longer logs are cut there.
 	MaxLogSize int64
 	Logger     *slog.Logger
+	// Clock stamps recorded accesses and collections. Default: the wall
+	// clock.
+	Clock clock.Clock
 }
 
 // Cache is a binary cache directory. Its methods are safe for concurrent use;
@@ -96,6 +100,9 @@ type Cache struct {
 	// onStep, set only by tests, observes each durability step of a
 	// batch (see commit).
 	onStep func(op, path string)
+	// fence keeps collections away from what is being published, and
+	// batches last accesses (gc.go).
+	fence fence
 }
 
 // Entry describes one store path to publish. The caller has verified that
@@ -161,6 +168,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Cache, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
 	}
 	c := &Cache{dir: dir, opts: opts, log: opts.Logger.With("cache", dir), zpool: compression.NewPool(0)}
 	for _, d := range []string{dir, filepath.Join(dir, "nar"), filepath.Join(dir, "log")} {
@@ -267,6 +277,7 @@ func (c *Cache) Has(storePath string) bool {
 	if err != nil {
 		return false
 	}
+	c.touch(sp.HashPart)
 	_, err = os.Stat(c.narinfoPath(sp.HashPart))
 	return err == nil
 }
@@ -280,6 +291,7 @@ func (c *Cache) Lookup(storePath string) (*narinfo.NarInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache lookup: %w", err)
 	}
+	c.touch(sp.HashPart)
 	b, err := os.ReadFile(c.narinfoPath(sp.HashPart))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("cache lookup %s: %w", storePath, ErrNotFound)
@@ -357,6 +369,8 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 	if err != nil {
 		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
 	}
+	url := narURL(e.FileHash, e.Compression)
+	defer c.enter(c.fenceKeys(sp.HashPart, url, e.References)...)()
 	if done, err := c.alreadyPublished(sp, e.NarHash); done || err != nil {
 		if err == nil {
 			os.Remove(compressedFile)
@@ -370,7 +384,6 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 	if !st.Mode().IsRegular() || st.Size() != e.FileSize {
 		return fmt.Errorf("cache publish %s: %s is %d bytes (%s), entry says FileSize %d", e.StorePath, compressedFile, st.Size(), st.Mode().Type(), e.FileSize)
 	}
-	url := narURL(e.FileHash, e.Compression)
 	body, err := c.render(sp, &e, url)
 	if err != nil {
 		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
@@ -407,6 +420,19 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 	}
 	c.log.InfoContext(ctx, "published", "path", e.StorePath, "nar_size", e.NarSize, "file_size", e.FileSize, "compression", e.Compression)
 	return nil
+}
+
+// fenceKeys are what a publication relies on: its narinfo, its NAR and
+// its references (full store paths).
+func (c *Cache) fenceKeys(hashPart, url string, refs []string) []string {
+	keys := make([]string, 0, 2+len(refs))
+	keys = append(keys, hashPart, url)
+	for _, r := range refs {
+		if sp, err := c.parsePath(r); err == nil {
+			keys = append(keys, sp.HashPart)
+		}
+	}
+	return keys
 }
 
 // alreadyPublished reports whether sp is there with narHash, or a conflict.

@@ -42,7 +42,9 @@ func (c *Cache) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", typeCacheInfo)
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(c.info))
 	case strings.HasSuffix(p, ".narinfo") && isHashPart(p[1:len(p)-len(".narinfo")]) && strings.Count(p, "/") == 1:
-		c.serveFile(w, r, p[1:], typeNarinfo, "")
+		if c.serveFile(w, r, p[1:], typeNarinfo, "") {
+			c.recordAccess(p[1 : len(p)-len(".narinfo")])
+		}
 	case strings.HasPrefix(p, "/nar/") && isNarName(p[len("/nar/"):]):
 		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable") // named by content hash
 		c.serveFile(w, r, p[1:], typeNar, "")
@@ -59,18 +61,19 @@ func (c *Cache) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveFile serves rel (already validated) with ServeContent, which
-// handles HEAD, Range and conditional requests.
-func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, encoding string) {
+// handles HEAD, Range and conditional requests. It reports whether the
+// file was there.
+func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, encoding string) bool {
 	f, err := os.Open(filepath.Join(c.dir, filepath.FromSlash(rel)))
 	if err != nil {
 		http.NotFound(w, r)
-		return
+		return false
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
 		http.NotFound(w, r)
-		return
+		return false
 	}
 	h := w.Header()
 	h.Set("Content-Type", ctype)
@@ -82,19 +85,20 @@ func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, en
 			dr, err := compression.NewReader(f, encoding)
 			if err != nil {
 				http.Error(w, "cannot decode stored log", http.StatusInternalServerError)
-				return
+				return true
 			}
 			defer dr.Close()
 			if r.Method != http.MethodHead {
 				io.Copy(w, dr)
 			}
-			return
+			return true
 		}
 		// Nix sends no Accept-Encoding and decodes by Content-Encoding;
 		// "zstd" and "gzip" are also the HTTP names browsers know.
 		h.Set("Content-Encoding", encoding)
 	}
 	http.ServeContent(w, r, "", st.ModTime(), f)
+	return true
 }
 
 // acceptsEncoding applies RFC 9110 §12.5.3 loosely: no header means any

@@ -31,6 +31,7 @@ func (c *Cache) WriteLog(ctx context.Context, drvPath string, r io.Reader) error
 	if !sp.IsDerivation() {
 		return fmt.Errorf("cache log: %s is not a .drv path", drvPath)
 	}
+	defer c.enter(sp.HashPart)()
 	dst := filepath.Join(c.dir, "log", sp.Base())
 	tmp, err := os.CreateTemp(filepath.Dir(dst), tmpPrefix+"log-")
 	if err != nil {

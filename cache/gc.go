@@ -1,0 +1,447 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gbc-farm/gbc/narinfo"
+	"github.com/gbc-farm/gbc/storepath"
+)
+
+// What a collection needs from the cache, and the fence that keeps it
+// from deleting anything published while it runs.
+//
+// Every publication enters the fence with the keys it is about to
+// create or rely on — its narinfo's hash part, its NAR's URL, its
+// references' hash parts — before it looks at what is there, and leaves
+// when it is done. Reads that a new build relies on (Lookup, Has, a
+// narinfo fetched over HTTP) touch the hash part while a collection
+// runs. A collection deletes a file only under the fence's lock after
+// checking that nothing touched it, and stops whenever anything was
+// touched since it last looked, so that it can keep the touched paths'
+// closures first (Collection.Touched). A collection that starts while a
+// publication is in flight sees that publication's keys as touched.
+
+// maxAccesses bounds the last accesses held in memory between flushes.
+const maxAccesses = 1 << 20
+
+type fence struct {
+	active  atomic.Bool
+	mu      sync.Mutex
+	pending map[*[]string]struct{} // keys of publications in flight
+	touched map[string]struct{}    // since the collection began
+	fresh   []string               // touched since the collection last looked
+	gen     uint64
+	// accesses: narinfo fetches not yet flushed (hash part → unix ms).
+	accesses map[string]int64
+	dropped  int64
+}
+
+// enter registers a publication's keys; call the returned func when it
+// is done.
+func (c *Cache) enter(keys ...string) func() {
+	f := &c.fence
+	f.mu.Lock()
+	if f.pending == nil {
+		f.pending = map[*[]string]struct{}{}
+	}
+	f.pending[&keys] = struct{}{}
+	if f.active.Load() {
+		f.touchLocked(keys)
+	}
+	f.mu.Unlock()
+	return func() {
+		f.mu.Lock()
+		delete(f.pending, &keys)
+		f.mu.Unlock()
+	}
+}
+
+// touch records that keys were relied on, while a collection runs.
+func (c *Cache) touch(keys ...string) {
+	f := &c.fence
+	if !f.active.Load() {
+		return
+	}
+	f.mu.Lock()
+	if f.active.Load() {
+		f.touchLocked(keys)
+	}
+	f.mu.Unlock()
+}
+
+func (f *fence) touchLocked(keys []string) {
+	for _, k := range keys {
+		if _, ok := f.touched[k]; !ok {
+			f.touched[k] = struct{}{}
+			f.fresh = append(f.fresh, k)
+			f.gen++
+		}
+	}
+}
+
+// recordAccess notes a narinfo fetch (batched; see TakeAccesses).
+func (c *Cache) recordAccess(hashPart string) {
+	now := c.opts.Clock.Now().UnixMilli()
+	f := &c.fence
+	f.mu.Lock()
+	if f.active.Load() {
+		f.touchLocked([]string{hashPart})
+	}
+	if f.accesses == nil {
+		f.accesses = map[string]int64{}
+	}
+	if _, ok := f.accesses[hashPart]; ok || len(f.accesses) < maxAccesses {
+		f.accesses[hashPart] = now
+	} else {
+		f.dropped++
+	}
+	f.mu.Unlock()
+}
+
+// Access is the last fetch of a path's narinfo.
+type Access struct {
+	HashPart string
+	At       time.Time
+}
+
+// TakeAccesses returns the narinfo fetches recorded since the last call
+// (the latest per path) and forgets them, and how many were dropped
+// because the table was full.
+func (c *Cache) TakeAccesses() ([]Access, int64) {
+	f := &c.fence
+	f.mu.Lock()
+	m, dropped := f.accesses, f.dropped
+	f.accesses, f.dropped = nil, 0
+	f.mu.Unlock()
+	out := make([]Access, 0, len(m))
+	for h, t := range m {
+		out = append(out, Access{HashPart: h, At: time.UnixMilli(t).UTC()})
+	}
+	return out, dropped
+}
+
+// ErrCollecting: another collection is running on this cache.
+var ErrCollecting = errors.New("a cache collection is already running")
+
+// Collection is one garbage collection of the cache. Methods are for
+// one goroutine.
+type Collection struct {
+	c     *Cache
+	start time.Time
+	seen  uint64
+}
+
+// BeginCollection starts the fence: from now on what publications rely
+// on is recorded, and every publication in flight counts as touched.
+func (c *Cache) BeginCollection() (*Collection, error) {
+	f := &c.fence
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.active.Load() {
+		return nil, ErrCollecting
+	}
+	f.touched = map[string]struct{}{}
+	f.fresh = nil
+	f.gen = 0
+	f.active.Store(true)
+	for keys := range f.pending {
+		f.touchLocked(*keys)
+	}
+	return &Collection{c: c, start: c.opts.Clock.Now()}, nil
+}
+
+// Start is when the collection began: files written after it are never
+// reaped as orphans.
+func (x *Collection) Start() time.Time { return x.start }
+
+// End stops the fence.
+func (x *Collection) End() {
+	f := &x.c.fence
+	f.mu.Lock()
+	f.active.Store(false)
+	f.touched, f.fresh = nil, nil
+	f.mu.Unlock()
+}
+
+// Touched returns the keys (hash parts and NAR URLs) touched since the
+// last call; deletions stop while any are untaken.
+func (x *Collection) Touched() []string {
+	f := &x.c.fence
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := f.fresh
+	f.fresh = nil
+	x.seen = f.gen
+	return out
+}
+
+// ErrTouched: something was touched since Touched was last called; call
+// it, keep what it names and try again.
+var ErrTouched = errors.New("cache touched during the collection")
+
+// removeUntouched removes path under the fence unless key was touched
+// or anything was touched since the collection last looked.
+func (x *Collection) removeUntouched(key, path string) (bool, error) {
+	f := &x.c.fence
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.gen != x.seen {
+		return false, ErrTouched
+	}
+	if _, ok := f.touched[key]; ok {
+		return false, nil
+	}
+	err := os.Remove(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Stored is a narinfo as a collection reads it.
+type Stored struct {
+	Base       string // store path basename
+	References []string
+	Deriver    string
+	URL        string
+	FileSize   int64
+	Published  time.Time // the narinfo file's modification time
+}
+
+// Scan calls fn for every narinfo in the cache (in directory order). A
+// narinfo that does not parse is logged and skipped: it is left alone.
+func (c *Cache) Scan(ctx context.Context, fn func(Stored) error) (skipped int, err error) {
+	d, err := os.Open(c.dir)
+	if err != nil {
+		return 0, fmt.Errorf("cache scan: %w", err)
+	}
+	defer d.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		names, err := d.Readdirnames(4096)
+		for _, name := range names {
+			h, ok := strings.CutSuffix(name, ".narinfo")
+			if !ok || !isHashPart(h) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return skipped, err
+			}
+			s, ok, rerr := c.readStored(filepath.Join(c.dir, name), h, buf)
+			if rerr != nil {
+				return skipped, fmt.Errorf("cache scan: %w", rerr)
+			}
+			if !ok {
+				skipped++
+				continue
+			}
+			if err := fn(s); err != nil {
+				return skipped, err
+			}
+		}
+		if errors.Is(err, io.EOF) || (err == nil && len(names) == 0) {
+			return skipped, nil
+		}
+		if err != nil {
+			return skipped, fmt.Errorf("cache scan: %w", err)
+		}
+	}
+}
+
+// readStored reads one narinfo; ok is false (and the problem logged) for
+// one that is gone or does not parse.
+func (c *Cache) readStored(path, hashPart string, buf []byte) (Stored, bool, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Stored{}, false, nil
+	}
+	if err != nil {
+		return Stored{}, false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return Stored{}, false, err
+	}
+	n, err := readUpTo(f, buf)
+	if err != nil {
+		return Stored{}, false, err
+	}
+	if n == len(buf) {
+		c.log.Warn("narinfo too large; left alone", "path", path)
+		return Stored{}, false, nil
+	}
+	ni, err := narinfo.Parse(buf[:n])
+	if err != nil {
+		c.log.Warn("narinfo does not parse; left alone", "path", path, "err", err)
+		return Stored{}, false, nil
+	}
+	sp, err := c.parsePath(ni.StorePath)
+	if err != nil || sp.HashPart != hashPart {
+		c.log.Warn("narinfo names another path; left alone", "path", path, "store_path", ni.StorePath)
+		return Stored{}, false, nil
+	}
+	return Stored{Base: sp.Base(), References: ni.References, Deriver: ni.Deriver, URL: ni.URL,
+		FileSize: int64(ni.FileSize), Published: st.ModTime()}, true, nil
+}
+
+func readUpTo(f *os.File, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := f.Read(buf[n:])
+		n += m
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return n, nil
+			}
+			return n, err
+		}
+		if m == 0 {
+			return n, nil
+		}
+	}
+	return n, nil
+}
+
+// DeleteNarinfos removes the narinfos of bases (store path basenames)
+// that nothing touched, then syncs the directory, so that the removals
+// are durable before any NAR goes. It returns what it removed with each
+// one's NAR URL; on ErrTouched the caller takes Touched and calls again
+// with what is still to delete.
+func (x *Collection) DeleteNarinfos(ctx context.Context, bases []string) ([]Stored, error) {
+	c := x.c
+	var done []Stored
+	buf := make([]byte, 64<<10)
+	var stop error
+	for _, b := range bases {
+		if err := ctx.Err(); err != nil {
+			stop = err
+			break
+		}
+		sp, err := storepath.ParseBase(b)
+		if err != nil {
+			continue
+		}
+		path := c.narinfoPath(sp.HashPart)
+		s, ok, err := c.readStored(path, sp.HashPart, buf)
+		if err != nil {
+			stop = err
+			break
+		}
+		if !ok {
+			continue
+		}
+		mu := c.lockFor(sp.HashPart)
+		mu.Lock()
+		removed, err := x.removeUntouched(sp.HashPart, path)
+		mu.Unlock()
+		if err != nil {
+			stop = err
+			break
+		}
+		if removed {
+			done = append(done, s)
+		}
+	}
+	if len(done) > 0 {
+		if err := syncDir(c.dir); err != nil {
+			return done, fmt.Errorf("cache collect: %w", err)
+		}
+	}
+	return done, stop
+}
+
+// DeleteNar removes a NAR file (by narinfo URL) unless touched. The
+// caller has made sure no narinfo still names it.
+func (x *Collection) DeleteNar(url string) (bool, error) {
+	name, ok := strings.CutPrefix(url, "nar/")
+	if !ok || !isNarName(name) {
+		return false, nil
+	}
+	return x.removeUntouched(url, filepath.Join(x.c.dir, "nar", name))
+}
+
+// DeleteLog removes the log of a deleted .drv (basename).
+func (x *Collection) DeleteLog(drvBase string) (bool, error) {
+	sp, err := storepath.ParseBase(drvBase)
+	if err != nil || !sp.IsDerivation() {
+		return false, nil
+	}
+	return x.removeUntouched(sp.HashPart, filepath.Join(x.c.dir, "log", sp.Base()))
+}
+
+// File is a NAR or log file as Orphans lists it.
+type File struct {
+	Name    string // nar/<file> or log/<drv>
+	Size    int64
+	ModTime time.Time
+}
+
+// Files lists nar/ and log/ (not temp files) for orphan reaping.
+func (c *Cache) Files(ctx context.Context, fn func(File) error) error {
+	for _, sub := range []string{"nar", "log"} {
+		d, err := os.Open(filepath.Join(c.dir, sub))
+		if err != nil {
+			return fmt.Errorf("cache files: %w", err)
+		}
+		for {
+			ents, err := d.ReadDir(4096)
+			for _, e := range ents {
+				if strings.HasPrefix(e.Name(), tmpPrefix) || !e.Type().IsRegular() {
+					continue
+				}
+				if cerr := ctx.Err(); cerr != nil {
+					d.Close()
+					return cerr
+				}
+				info, ierr := e.Info()
+				if ierr != nil {
+					continue
+				}
+				if ferr := fn(File{Name: sub + "/" + e.Name(), Size: info.Size(), ModTime: info.ModTime()}); ferr != nil {
+					d.Close()
+					return ferr
+				}
+			}
+			if err != nil || len(ents) == 0 {
+				d.Close()
+				if err != nil && !errors.Is(err, io.EOF) {
+					return fmt.Errorf("cache files: %w", err)
+				}
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// DeleteOrphan removes a NAR or log file no narinfo names, unless touched
+// or written since the collection began.
+func (x *Collection) DeleteOrphan(f File) (bool, error) {
+	if !f.ModTime.Before(x.start) {
+		return false, nil
+	}
+	if name, ok := strings.CutPrefix(f.Name, "log/"); ok {
+		return x.DeleteLog(name)
+	}
+	return x.DeleteNar(f.Name)
+}
+
+// URLKey is the hash a collection counts NAR URLs by (a collision only
+// keeps a NAR).
+func URLKey(url string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(url))
+	return h.Sum64()
+}
