@@ -26,6 +26,9 @@ const (
 	EventAgentAbsent      EventType = "agent-absent"
 	// EventHookFailed reports a hook that kept failing for an event.
 	EventHookFailed EventType = "hook-failed"
+	// EventCheckFinished: a reproducibility check reached its verdict
+	// (Check, Verdict; Outputs names the unreproducible outputs).
+	EventCheckFinished EventType = "check-finished"
 )
 
 // EventTypes lists every event type, for validation and help texts.
@@ -33,6 +36,7 @@ var EventTypes = []EventType{
 	EventSubmitted, EventAllocated, EventStarted, EventSucceeded, EventFailed,
 	EventFailedDependency, EventCanceled, EventRequeued, EventSetupFailure,
 	EventMissingInputs, EventAgentConnected, EventAgentAbsent, EventHookFailed,
+	EventCheckFinished,
 }
 
 // ValidEventType reports whether t is a known event type.
@@ -73,6 +77,9 @@ type Event struct {
 	// Hook and EventID are set on hook-failed events.
 	Hook    string `json:"hook,omitempty"`
 	EventID int64  `json:"event_id,omitempty"`
+	// Check and Verdict are set on check-finished events.
+	Check   string     `json:"check,omitempty"`
+	Verdict CheckState `json:"verdict,omitempty"`
 }
 
 // MarshalJSON encodes tags as "K=V" strings, as the command line shows them.

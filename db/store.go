@@ -432,6 +432,30 @@ type Store interface {
 	// removed; builds that are not terminal are left alone (not counted).
 	DeleteBuilds(ctx context.Context, ids []string) (int, error)
 
+	// Reproducibility checks (db/checks.go).
+
+	// CreateCheck records a check with its sides (the cache side with its
+	// outputs) and, in the same transaction, the builds of its build
+	// sides (as CreateBuilds, with their submitted events). ErrExists.
+	CreateCheck(ctx context.Context, c NewCheck, builds []NewBuild) error
+	// RecordCheckSide records a side's agent and, for a side that built,
+	// its outputs; recording the same side again replaces them.
+	// ErrNotFound for an unknown check or side.
+	RecordCheckSide(ctx context.Context, checkID string, side int, agentID string, outputs []CheckOutput) error
+	// FinishCheck moves a pending check to its verdict and appends its
+	// check-finished event in the same transaction; ErrNotFound,
+	// ErrConflict when it is not pending.
+	FinishCheck(ctx context.Context, id string, at time.Time, state CheckState, unreproducible []string) error
+	// Check returns one check with its sides and their outputs.
+	Check(ctx context.Context, id string) (Check, error)
+	// Checks lists checks newest first, with their sides (build ids and
+	// agents) but without outputs.
+	Checks(ctx context.Context, f CheckFilter) ([]Check, error)
+	// ChecksSummary counts, per system and state, the derivations whose
+	// latest check is in that state, and returns the latest checks that
+	// are unreproducible (oldest first, without sides).
+	ChecksSummary(ctx context.Context) ([]CheckCount, []Check, error)
+
 	Close() error
 }
 

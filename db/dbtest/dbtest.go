@@ -61,6 +61,8 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"CacheAccess", testCacheAccess},
 		{"BuildRootsAndDelete", testBuildRootsAndDelete},
 		{"ArchiveAndDeleteAgent", testArchiveAndDeleteAgent},
+		{"Checks", testChecks},
+		{"ChecksSummary", testChecksSummary},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

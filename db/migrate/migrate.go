@@ -25,6 +25,7 @@ import (
 var order = []string{
 	"agents", "keys", "builds", "build_tags", "build_features", "build_outputs",
 	"attempts", "results", "result_references", "events", "hook_cursors", "hook_done",
+	"checks", "check_sides", "check_outputs",
 }
 
 // skipped are bookkeeping tables each side keeps for itself.

@@ -1,0 +1,42 @@
+-- Reproducibility checks: one derivation built on N distinct agents (and,
+-- with against_cache, the NAR already published as one more side), every
+-- output's NAR compared. A side is a build (build_id) or the cache
+-- (side 0, no build); its outputs are recorded when it ends, each with
+-- the NAR the coordinator keeps for inspection (file, relative to the
+-- state directory).
+CREATE TABLE checks (
+	id             TEXT    PRIMARY KEY,
+	derivation     TEXT    NOT NULL,
+	system         TEXT    NOT NULL,
+	agents         INTEGER NOT NULL,
+	against_cache  INTEGER NOT NULL DEFAULT 0,
+	priority       INTEGER NOT NULL DEFAULT 0,
+	state          TEXT    NOT NULL CHECK (state IN ('pending', 'reproducible', 'unreproducible', 'failed')),
+	unreproducible TEXT    NOT NULL DEFAULT '', -- output names, space-separated
+	created_at     INTEGER,
+	ended_at       INTEGER
+);
+CREATE INDEX checks_state ON checks (state, created_at);
+CREATE INDEX checks_derivation ON checks (derivation, created_at);
+
+CREATE TABLE check_sides (
+	check_id TEXT    NOT NULL REFERENCES checks (id) ON DELETE CASCADE,
+	side     INTEGER NOT NULL,
+	build_id TEXT    NOT NULL DEFAULT '',
+	agent_id TEXT    NOT NULL DEFAULT '',
+	PRIMARY KEY (check_id, side)
+);
+CREATE INDEX check_sides_build ON check_sides (build_id);
+
+CREATE TABLE check_outputs (
+	check_id    TEXT    NOT NULL,
+	side        INTEGER NOT NULL,
+	name        TEXT    NOT NULL,
+	path        TEXT    NOT NULL,
+	nar_hash    TEXT    NOT NULL,
+	nar_size    INTEGER NOT NULL,
+	file        TEXT    NOT NULL,
+	compression TEXT    NOT NULL,
+	PRIMARY KEY (check_id, side, name),
+	FOREIGN KEY (check_id, side) REFERENCES check_sides (check_id, side) ON DELETE CASCADE
+);
