@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,9 @@ type coordSession struct {
 	w     *protocol.Writer
 	msgs  chan protocol.Message // everything but heartbeats
 	drop  func()                // closes the SSH connection
+	// seen lists, in arrival order, the phase reports expect passed
+	// over and the types it returned ("started", "succeeded", …).
+	seen []string
 }
 
 func newSigner(t *testing.T) gossh.Signer {
@@ -218,6 +222,11 @@ func expect[T protocol.Message](t *testing.T, cs *coordSession, logs *bytes.Buff
 				}
 				continue
 			}
+			if p, ok := m.(*protocol.Phase); ok {
+				cs.seen = append(cs.seen, p.Build+":"+p.Phase)
+				continue
+			}
+			cs.seen = append(cs.seen, m.MessageType())
 			got, ok := m.(T)
 			if !ok {
 				var zero T
@@ -409,6 +418,11 @@ func TestBuildSucceedsAndUploads(t *testing.T) {
 		t.Fatalf("succeeded %+v", s)
 	}
 	f.checkUpload(t, "b1", s.Outputs[0])
+	// Phases come in order: preparing before the start, uploading after
+	// the build and before the result.
+	if want := []string{"ack", "b1:preparing", "started", "b1:uploading", "succeeded"}; !slices.Equal(cs.seen, want) {
+		t.Errorf("messages %q, want %q", cs.seen, want)
+	}
 	if !strings.Contains(logs.String(), "building the thing") {
 		t.Errorf("log lacks the builder's output: %q", logs.String())
 	}

@@ -220,6 +220,7 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 	a.mu.Unlock()
 
 	be := a.cfg.Backend
+	a.reportPhase(b.Build, protocol.PhasePreparing, log)
 	t0 := time.Now()
 	started := false
 	req := backend.Request{
@@ -270,6 +271,7 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 		return setup(br.Message, br.Missing...)
 	}
 
+	a.reportPhase(b.Build, protocol.PhaseUploading, log)
 	outputs := b.Outputs
 	if len(outputs) == 0 {
 		d, err := derivation.ReadFile(b.Derivation)
@@ -294,6 +296,15 @@ func (a *Agent) buildAndUpload(ctx context.Context, r *run, log *slog.Logger) pr
 		log.Warn("upload state not saved; a restart will not resume this upload", "err", err)
 	}
 	return a.uploadAll(ctx, r, results, log)
+}
+
+// reportPhase tells the coordinator where a build is; without an id, so
+// nothing waits for an answer, and a report lost with a connection only
+// leaves the coordinator's view a phase behind.
+func (a *Agent) reportPhase(build, phase string, log *slog.Logger) {
+	if err := a.send(&protocol.Phase{Build: build, Phase: phase}); err != nil {
+		log.Debug("phase not sent", "phase", phase, "err", err)
+	}
 }
 
 // uploadAll uploads every packed output and returns the success report, or

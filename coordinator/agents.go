@@ -497,6 +497,7 @@ func (c *Coordinator) releaseLocked(buildID, agentID string) {
 		delete(s.holds, buildID)
 	}
 	delete(c.space.refused, buildID)
+	c.closePhasesLocked(buildID)
 	if err := os.RemoveAll(c.uploadDir(agentID, buildID)); err != nil {
 		c.log.Warn("remove upload dir", "build", buildID, "agent", agentID, "err", err)
 	}

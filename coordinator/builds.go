@@ -26,6 +26,8 @@ func (e *plainError) Unwrap() error { return e.is }
 // Build reads a build an operator named; an unknown id says so
 // plainly.
 func (c *Coordinator) Build(ctx context.Context, id string) (db.Build, error) {
+	// Taken before the read: a mark committed after it is in the read.
+	marks := c.unflushedMarks(id)
 	b, err := c.store.Build(ctx, id)
 	if errors.Is(err, db.ErrNotFound) {
 		return db.Build{}, &plainError{fmt.Sprintf("no build %q ('builds' lists the build ids)", text.Truncate(id, 64)), db.ErrNotFound}
@@ -33,7 +35,7 @@ func (c *Coordinator) Build(ctx context.Context, id string) (db.Build, error) {
 	if err != nil {
 		return db.Build{}, fmt.Errorf("read build %s: %w", text.Truncate(id, 64), err)
 	}
-	return b, nil
+	return withMarks(b, marks), nil
 }
 
 // Builds lists builds for an operator, newest first (db.Store.Builds).

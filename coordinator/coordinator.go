@@ -116,6 +116,10 @@ type Config struct {
 	SpaceCheckInterval time.Duration
 	FreeSpace          FreeSpaceFunc
 
+	// PhaseObserver, if set, is told of every phase an attempt leaves
+	// (see PhaseObserver).
+	PhaseObserver PhaseObserver
+
 	// restorePage is the queue rebuild's page size (0: defaultRestorePage);
 	// tests make it small to cross pages with a few builds.
 	restorePage int
@@ -138,9 +142,13 @@ type Coordinator struct {
 	space spaceState
 	// activity is the overview's recent history (activity.go).
 	activity activity
-	closed   bool
-	done     chan struct{}
-	wg       sync.WaitGroup
+	// live is the attempt and phase of every build held by an agent;
+	// phases holds the phase marks not yet committed (phases.go).
+	live   map[string]*livePhase
+	phases phaseLog
+	closed bool
+	done   chan struct{}
+	wg     sync.WaitGroup
 	// logMu orders log chunk writes against compressing finished logs.
 	logMu sync.Mutex
 	// revokers are told of removed keys and deactivated agents.
@@ -213,6 +221,8 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		verifying: map[string]bool{},
 		avoid:     map[string]map[string]bool{},
 		space:     spaceState{refused: map[string]bool{}},
+		live:      map[string]*livePhase{},
+		phases:    phaseLog{wake: make(chan struct{}, 1)},
 		done:      make(chan struct{}),
 		metrics:   newMetrics(),
 		known:     map[string]agentMeta{},
@@ -242,6 +252,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if c.spawn() {
 		go c.sampleActivity()
+	}
+	if c.spawn() {
+		go c.writePhases()
 	}
 	c.sweepLogs(ctx)
 	st := c.sched.Stats()

@@ -65,7 +65,8 @@ func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
 	defer release()
 	hw := db.Hardware{Cores: m.Hardware.Cores, MemoryBytes: m.Hardware.MemoryBytes, FreeDiskBytes: m.Hardware.FreeDiskBytes,
 		Load1: m.Hardware.Load1, Backend: s.backend, BackendVersion: s.backendVer}
-	err = s.c.store.StartBuildWith(ctx, m.Build, s.agentID, s.c.clk.Now(), hw)
+	now := s.c.clk.Now()
+	err = s.c.store.StartBuildWith(ctx, m.Build, s.agentID, now, hw)
 	if errors.Is(err, db.ErrConflict) || errors.Is(err, db.ErrNotFound) {
 		b, _, herr := s.holding(ctx, m.Build, "")
 		if herr != nil {
@@ -78,6 +79,8 @@ func (s *Session) Started(ctx context.Context, m *protocol.Started) error {
 	if err != nil {
 		return unavailable(fmt.Errorf("start build %s: %w", m.Build, err))
 	}
+	// The start is the building phase's record.
+	s.enterTracked(m.Build, db.PhaseBuilding, now)
 	s.c.log.Info("build started", "build", m.Build, "agent", s.agentID)
 	return nil
 }
@@ -290,6 +293,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		c.dispatchLocked(ctx)
 		return nil
 	}
+	s.coordinatorPhase(m.Build, db.PhaseVerifying)
 	dir := c.uploadDir(s.agentID, m.Build)
 	allowed, err := c.allowedReferences(ctx, b)
 	if err != nil {
@@ -311,6 +315,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		return fmt.Errorf("%w: %w", ErrVerification, verr)
 	}
 	verified := time.Now()
+	s.coordinatorPhase(m.Build, db.PhasePublishing)
 	// From here to the commit, a revocation waits: a result either is
 	// refused or was signed before the revocation returned.
 	release, err = s.admit()

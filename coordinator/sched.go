@@ -95,6 +95,12 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 			return nil, fmt.Errorf("rebuild queue: %w", err)
 		}
 		held[b.AgentID] = true
+		// Its attempt, for phases (few builds: one read each).
+		if full, err := c.store.Build(ctx, b.ID); err == nil {
+			c.restorePhasesLocked(full)
+		} else {
+			c.log.Warn("read held build for its phases", "build", b.ID, "err", err)
+		}
 	}
 	for after := int64(0); ; {
 		page, last, err := c.store.ScheduledBuildsPage(ctx, after, c.cfg.restorePage)
@@ -368,6 +374,7 @@ func (c *Coordinator) assignLocked(ctx context.Context, s *Session, id string) e
 	if silent == 0 {
 		silent = int(c.cfg.MaxSilentTime.Seconds())
 	}
+	c.openPhasesLocked(id, a.Attempt, s.agentID, a.System)
 	s.holds[id] = s.push(&protocol.Build{
 		Build:                id,
 		Derivation:           a.Derivation,

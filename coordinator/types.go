@@ -33,6 +33,12 @@ type Agent = db.Agent
 // Build is one build with its attempts and outputs.
 type Build = db.Build
 
+// Attempt is one allocation of a build to an agent, with its phases.
+type Attempt = db.Attempt
+
+// Phase is a stage of an attempt (db.Phases lists them in order).
+type Phase = db.Phase
+
 // BuildState is where a build is in its lifecycle.
 type BuildState = db.BuildState
 

@@ -23,6 +23,7 @@ const (
 	TypeHello        = "hello"
 	TypeHeartbeat    = "heartbeat"
 	TypeStarted      = "started"
+	TypePhase        = "phase"
 	TypeLog          = "log"
 	TypeSetupFailure = "setup-failure"
 	TypeFailed       = "failed"
@@ -41,6 +42,14 @@ const (
 	ReasonBuild         = "build"
 	ReasonTimeout       = "timeout"
 	ReasonSilentTimeout = "silent-timeout"
+)
+
+// Phases an agent reports in Phase. Building is reported by Started (it
+// carries the hardware); the coordinator adds verifying and publishing
+// itself once the result arrives.
+const (
+	PhasePreparing = "preparing" // fetching and importing the .drv closure and inputs
+	PhaseUploading = "uploading" // packing and uploading the outputs
 )
 
 // Message is implemented by every message type.
@@ -143,6 +152,18 @@ type Started struct {
 	Hardware Hardware `json:"hardware"`
 }
 
+// Phase reports that the agent moved a build it holds to another phase:
+// PhasePreparing right after accepting it, PhaseUploading once the build
+// succeeded and packing begins. Phases only move forward; the coordinator
+// records when it received each. Like Log it needs no id (an answer comes
+// only for an id, or to refuse); an agent that sends none still works,
+// and a coordinator that does not know the type refuses it harmlessly.
+type Phase struct {
+	Header
+	Build string `json:"build"`
+	Phase string `json:"phase"`
+}
+
 // Log carries a chunk of a build log at a byte offset; resending a chunk
 // after a reconnect is harmless.
 type Log struct {
@@ -207,6 +228,7 @@ func (Heartbeat) MessageType() string    { return TypeHeartbeat }
 func (Build) MessageType() string        { return TypeBuild }
 func (Cancel) MessageType() string       { return TypeCancel }
 func (Started) MessageType() string      { return TypeStarted }
+func (Phase) MessageType() string        { return TypePhase }
 func (Log) MessageType() string          { return TypeLog }
 func (SetupFailure) MessageType() string { return TypeSetupFailure }
 func (Failed) MessageType() string       { return TypeFailed }
@@ -229,6 +251,8 @@ func newMessage(typ string) Message {
 		return &Cancel{}
 	case TypeStarted:
 		return &Started{}
+	case TypePhase:
+		return &Phase{}
 	case TypeLog:
 		return &Log{}
 	case TypeSetupFailure:

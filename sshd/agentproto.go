@@ -104,6 +104,16 @@ func (s *Server) handleAgent(sess ssh.Session) {
 			switch m := m.(type) {
 			case *protocol.Started:
 				err = cs.Started(ctx, m)
+			case *protocol.Phase:
+				// In order with the results, so a phase is never
+				// handled before the start that came ahead of it.
+				if err = cs.Phase(ctx, m); err != nil {
+					log.Info("phase refused", "build", text.Truncate(m.Build, 64), "err", err)
+				}
+				if m.ID != 0 || err != nil {
+					reply(m.ID, err)
+				}
+				continue
 			case *protocol.Failed:
 				err = cs.Failed(ctx, m)
 			case *protocol.SetupFailure:
@@ -175,7 +185,7 @@ func (s *Server) handleAgent(sess ssh.Session) {
 			cs.Ack(m.ID)
 		case *protocol.Error:
 			log.Warn("agent reported an error", "id", m.ID, "message", text.Truncate(m.Message, 500))
-		case *protocol.Started, *protocol.Failed, *protocol.SetupFailure, *protocol.Succeeded:
+		case *protocol.Started, *protocol.Phase, *protocol.Failed, *protocol.SetupFailure, *protocol.Succeeded:
 			select {
 			case results <- m:
 			case <-ctx.Done():

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -37,6 +38,34 @@ type attemptJSON struct {
 	ExitCode    int    `json:"exit_code"`
 	// Hardware is what the agent reported when the attempt started.
 	Hardware *coordinator.Hardware `json:"hardware,omitempty"`
+	// Phases are the phases the attempt went through, in order.
+	Phases []phaseJSON `json:"phases"`
+}
+
+// phaseJSON is one phase of an attempt. A phase ends when the next one
+// begins or the attempt ends; the one an attempt is still in has no
+// ended_at, and its duration is the time in it so far.
+type phaseJSON struct {
+	Name       string `json:"name"`
+	StartedAt  string `json:"started_at"`
+	EndedAt    string `json:"ended_at"`
+	DurationMS int64  `json:"duration_ms"`
+	Current    bool   `json:"current,omitempty"`
+}
+
+// phasesOf lists an attempt's phases; now ends the current one.
+func phasesOf(a coordinator.Attempt, now time.Time) []phaseJSON {
+	out := []phaseJSON{}
+	for _, sp := range a.Spans() {
+		p := phaseJSON{Name: string(sp.Phase), StartedAt: jsonTime(sp.Started), EndedAt: jsonTime(sp.Ended)}
+		end := sp.Ended
+		if end.IsZero() {
+			end, p.Current = now, true
+		}
+		p.DurationMS = max(0, end.Sub(sp.Started).Milliseconds())
+		out = append(out, p)
+	}
+	return out
 }
 
 type buildJSON struct {
@@ -112,7 +141,9 @@ func explainText(id string, q *queueJSON) string {
 	return b.String()
 }
 
-func toJSON(b coordinator.Build) buildJSON {
+// toJSON converts a build; now is the end of the phase a running attempt
+// is in.
+func toJSON(b coordinator.Build, now time.Time) buildJSON {
 	j := buildJSON{
 		ID: b.ID, Derivation: b.Derivation, System: b.System, Priority: b.Priority,
 		State: string(b.State), Agent: b.AgentID, CreatedAt: jsonTime(b.CreatedAt),
@@ -128,7 +159,7 @@ func toJSON(b coordinator.Build) buildJSON {
 		j.Tags = append(j.Tags, t.Key+"="+t.Value)
 	}
 	for _, a := range b.Attempts {
-		aj := attemptJSON{a.Number, a.AgentID, jsonTime(a.AllocatedAt), jsonTime(a.StartedAt), jsonTime(a.EndedAt), string(a.Outcome), string(a.Kind), a.Reason, a.ExitCode, nil}
+		aj := attemptJSON{a.Number, a.AgentID, jsonTime(a.AllocatedAt), jsonTime(a.StartedAt), jsonTime(a.EndedAt), string(a.Outcome), string(a.Kind), a.Reason, a.ExitCode, nil, phasesOf(a, now)}
 		if !a.Hardware.IsZero() {
 			hw := a.Hardware
 			aj.Hardware = &hw
@@ -186,7 +217,7 @@ func setupBuilds(fs *pflag.FlagSet) func(x *call) error {
 				} else if !errors.Is(err, coordinator.ErrNotFound) {
 					return err
 				}
-				list = append(list, toJSON(b))
+				list = append(list, toJSON(b, x.s.cfg.Clock.Now()))
 			}
 			return writeJSON(x.out, list)
 		}
@@ -262,7 +293,7 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 		if err != nil {
 			return err
 		}
-		j := toJSON(b)
+		j := toJSON(b, x.s.cfg.Clock.Now())
 		j.Queue = queueOf(x, b.ID)
 		if *asJSON {
 			return writeJSON(x.out, j)
@@ -322,6 +353,13 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 			if hw := a.Hardware; hw != nil {
 				row(fmt.Sprintf("attempt %d hardware", a.Number), fmt.Sprintf("cores=%d memory=%s free_disk=%s load1=%.2f backend=%s %s",
 					hw.Cores, humanBytes(hw.MemoryBytes), humanBytes(hw.FreeDiskBytes), hw.Load1, hw.Backend, hw.BackendVersion))
+			}
+			for _, p := range a.Phases {
+				took := (time.Duration(p.DurationMS) * time.Millisecond).String()
+				if p.Current {
+					took += " so far"
+				}
+				row(fmt.Sprintf("attempt %d %s", a.Number, p.Name), p.StartedAt+" "+took)
 			}
 		}
 		for _, o := range j.Outputs {

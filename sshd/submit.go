@@ -136,7 +136,7 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 				failed++
 			}
 			if *asJSON {
-				done[r.i] = toJSON(b)
+				done[r.i] = toJSON(b, x.s.cfg.Clock.Now())
 				continue
 			}
 			switch b.State {

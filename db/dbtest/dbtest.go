@@ -54,6 +54,7 @@ func Run(t *testing.T, open func(t *testing.T) db.Store) {
 		{"SucceedImpliesStart", testSucceedImpliesStart},
 		{"SetupFailBuild", testSetupFailBuild},
 		{"AttemptHardware", testAttemptHardware},
+		{"AttemptPhases", testAttemptPhases},
 		{"HookProgress", testHookProgress},
 		{"EventRetention", testEventRetention},
 		{"EventRetentionHooks", testEventRetentionHooks},

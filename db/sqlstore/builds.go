@@ -324,7 +324,8 @@ func (s *Store) Build(ctx context.Context, id string) (db.Build, error) {
 }
 
 func attempts(ctx context.Context, tx Tx, id string) ([]db.Attempt, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, kind, reason, exit_code, hardware
+	rows, err := tx.QueryContext(ctx, `SELECT number, agent_id, allocated_at, started_at, ended_at, outcome, kind, reason, exit_code, hardware,
+		preparing_at, uploading_at, verifying_at, publishing_at
 		FROM attempts WHERE build_id = ? ORDER BY number`, id)
 	if err != nil {
 		return nil, err
@@ -336,9 +337,21 @@ func attempts(ctx context.Context, tx Tx, id string) ([]db.Attempt, error) {
 			a                         db.Attempt
 			allocated, started, ended sql.NullInt64
 			hw                        string
+			preparing, uploading      sql.NullInt64
+			verifying, publishing     sql.NullInt64
 		)
-		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Kind, &a.Reason, &a.ExitCode, &hw); err != nil {
+		if err := rows.Scan(&a.Number, &a.AgentID, &allocated, &started, &ended, &a.Outcome, &a.Kind, &a.Reason, &a.ExitCode, &hw,
+			&preparing, &uploading, &verifying, &publishing); err != nil {
 			return nil, err
+		}
+		for _, p := range []struct {
+			phase db.Phase
+			at    sql.NullInt64
+		}{{db.PhasePreparing, preparing}, {db.PhaseBuilding, started}, {db.PhaseUploading, uploading},
+			{db.PhaseVerifying, verifying}, {db.PhasePublishing, publishing}} {
+			if p.at.Valid {
+				a.Phases = append(a.Phases, db.PhaseTime{Phase: p.phase, At: fromMS(p.at)})
+			}
 		}
 		if hw != "" {
 			if err := json.Unmarshal([]byte(hw), &a.Hardware); err != nil {
