@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/gbc-farm/gbc/db"
@@ -116,33 +117,78 @@ func (c *Coordinator) readDrv(ctx context.Context, p string) (*derivation.Deriva
 	return d, err
 }
 
-// submitMissingInputs submits a build for every missing input derivation
-// drvs (see missingDerivations) that has no live or succeeded build here,
-// tagged needed-by=<b> with b's priority, and returns those it submitted.
-// In permissive mode a live build of an input blocks its dependents, so b,
-// requeued after this, waits until those builds succeed.
+// SubmitMissingInputs applies the rule of submitMissing to build id's
+// missing inputs: the built-in submit-missing-inputs hook calls it with
+// the paths of a missing-inputs event. The setup failure already applied
+// it before requeueing the build, so this finds the builds and submits
+// nothing; it is the at-least-once path for a submission that failed
+// there for a passing reason. A build that is gone or ended needs no
+// inputs any more.
+func (c *Coordinator) SubmitMissingInputs(ctx context.Context, id string, missing []string) ([]string, error) {
+	b, err := c.store.Build(ctx, id)
+	if errors.Is(err, db.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("submit missing inputs of build %s: %w", id, err)
+	}
+	if b.State.Terminal() {
+		return nil, nil
+	}
+	return c.submitMissing(ctx, b, missing)
+}
+
+// submitMissingInputs is the setup failure's use of submitMissing: what
+// could not be submitted is logged, and b is requeued as without it (the
+// failure then counts, unless b waits for another input). The
+// missing-inputs event written with the setup failure names the same
+// derivations, so the hook (SubmitMissingInputs) retries a submission
+// that failed for a passing reason.
 //
-// It must be called without c.mu (Submit takes it). Nothing here is fatal
-// to the setup failure: a derivation that cannot be submitted (not in a
-// store directory, neither in this host's store nor in the cache) or a
-// store error is logged, and b is requeued as without this (the failure
-// then counts, unless b waits for another input). The missing-inputs event
-// written with the setup failure names drvs too, so the
-// submit-missing-inputs hook retries a submission that failed for a
-// passing reason and skips what was submitted here.
-func (c *Coordinator) submitMissingInputs(ctx context.Context, b db.Build, drvs []string) []string {
+// It must be called without c.mu (Submit takes it).
+func (c *Coordinator) submitMissingInputs(ctx context.Context, b db.Build, drvs []string) {
+	done, err := c.submitMissing(ctx, b, drvs)
+	if len(done) > 0 {
+		c.log.Info("submitted missing inputs", "build", b.ID, "derivations", done)
+	}
+	if err != nil {
+		c.log.Warn("missing input not submitted; the build is requeued without waiting for it", "build", b.ID, "err", err)
+	}
+}
+
+// submitMissing is the one rule for builds of a build's missing inputs,
+// whoever applies it (the setup failure, the built-in hook): among
+// missing, every .drv path other than b's own derivation that has no
+// live or succeeded build here (a failed or canceled one is built again)
+// is submitted, tagged needed-by=<b> with b's priority; at most MaxSubmit
+// of them. In permissive mode a live build of an input blocks its
+// dependents, so b, requeued after this, waits until those builds
+// succeed. It returns the derivations it submitted.
+//
+// A submission is all or none, so when one derivation is refused the
+// others are submitted one by one and still built. The error names each
+// derivation not submitted; it is ErrBadSubmission (errors.Is) only when
+// retrying cannot help, every one of them refused (not in a store
+// directory, neither in this host's store nor in the cache), and a
+// passing failure (a store error) otherwise.
+func (c *Coordinator) submitMissing(ctx context.Context, b db.Build, missing []string) ([]string, error) {
+	var drvs []string
+	for _, p := range missing {
+		if strings.HasSuffix(p, ".drv") && p != b.Derivation && !slices.Contains(drvs, p) {
+			drvs = append(drvs, p)
+		}
+	}
 	if len(drvs) == 0 {
-		return nil
+		return nil, nil
 	}
 	if len(drvs) > MaxSubmit {
-		c.log.Warn("agent reported more missing input derivations than one submission takes; submitting the first ones",
+		c.log.Warn("more missing input derivations than one submission takes; submitting the first ones",
 			"build", b.ID, "missing", len(drvs), "submitted_at_most", MaxSubmit)
 		drvs = drvs[:MaxSubmit]
 	}
 	have, err := c.liveOrSucceeded(ctx, drvs)
 	if err != nil {
-		c.log.Warn("missing inputs not submitted: look up their builds", "build", b.ID, "err", err)
-		return nil
+		return nil, fmt.Errorf("missing inputs of build %s: %w", b.ID, err)
 	}
 	var todo []string
 	for _, d := range drvs {
@@ -151,38 +197,44 @@ func (c *Coordinator) submitMissingInputs(ctx context.Context, b db.Build, drvs 
 		}
 	}
 	if len(todo) == 0 {
-		return nil
+		return nil, nil
 	}
 	submit := func(ds []string) error {
 		_, err := c.Submit(ctx, Submission{Derivations: ds, Priority: b.Priority,
 			Tags: []db.Tag{{Key: db.TagNeededBy, Value: b.ID}}})
-		return err
+		if err != nil {
+			return fmt.Errorf("submit %s, needed by build %s: %w", strings.Join(ds, " "), b.ID, err)
+		}
+		return nil
 	}
 	err = submit(todo)
 	if err == nil {
-		c.log.Info("submitted missing inputs", "build", b.ID, "derivations", todo)
-		return todo
+		return todo, nil
 	}
 	if !errors.Is(err, ErrBadSubmission) || len(todo) == 1 {
-		c.log.Warn("missing input not submitted; the build is requeued without waiting for it",
-			"build", b.ID, "derivations", todo, "err", err)
-		return nil
+		return nil, err
 	}
-	// A submission is all or none: one by one, so that one unreadable
-	// .drv does not keep the others from being built.
 	var done []string
+	var bad, passing []error
 	for _, d := range todo {
-		if err := submit([]string{d}); err != nil {
-			c.log.Warn("missing input not submitted; the build is requeued without waiting for it",
-				"build", b.ID, "derivations", []string{d}, "err", err)
-			continue
+		switch err := submit([]string{d}); {
+		case err == nil:
+			done = append(done, d)
+		case errors.Is(err, ErrBadSubmission):
+			bad = append(bad, err)
+		default:
+			passing = append(passing, err)
 		}
-		done = append(done, d)
 	}
-	if len(done) > 0 {
-		c.log.Info("submitted missing inputs", "build", b.ID, "derivations", done)
+	if len(passing) > 0 {
+		// Reported, not wrapped: the error must not read as one that
+		// retrying cannot help.
+		if len(bad) > 0 {
+			return done, fmt.Errorf("%w; refused, not retryable: %v", errors.Join(passing...), errors.Join(bad...))
+		}
+		return done, errors.Join(passing...)
 	}
-	return done
+	return done, errors.Join(bad...)
 }
 
 // liveOrSucceeded reports which derivations have a build here that is

@@ -2,13 +2,17 @@ package coordinator
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/hooks"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
 )
@@ -375,4 +379,110 @@ func (h *harness) output(drv string) string {
 		h.t.Fatal(err)
 	}
 	return d.Outputs[0].Path
+}
+
+// The setup failure and the built-in submit-missing-inputs hook apply one
+// rule (submitMissing): for the same missing paths they submit builds of
+// the same derivations, with B's priority and needed-by=B, and a replay
+// of the event submits nothing more. Of the paths, only .drv files other
+// than B's own with no live or succeeded build are submitted (an input
+// whose build was canceled is built again); an unreadable one is refused,
+// as an error that retrying cannot help.
+func TestSubmitMissingInputsOneRule(t *testing.T) {
+	type result struct {
+		submitted []string // "drv priority", sorted
+		hookErr   error    // the hook's first run
+		gone      string   // the unreadable input
+	}
+	run := func(t *testing.T, viaHook bool) result {
+		logs := &syncBuffer{}
+		h := newHarnessWith(t, func(c *Config) {
+			c.Strategy = scheduler.Permissive
+			c.SubmitMissingInputs = !viaHook
+			c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+		})
+		ctx := context.Background()
+		names := map[string]string{}
+		for _, n := range []string{"done", "fresh", "canceled", "live"} {
+			names[n] = h.drv(n, "x86_64-linux")
+		}
+		names["gone"] = h.storePath("gone.drv") // never written
+		names["source"] = h.storePath("source.sh")
+		var opts []drvOpt
+		for _, n := range []string{"done", "fresh", "canceled", "live", "gone"} {
+			opts = append(opts, withInput(names[n]))
+		}
+		names["top"] = h.drv("top", "x86_64-linux", opts...)
+
+		a := h.agent("a", protocol.Hello{})
+		doneID := h.submit(0, names["done"])[0]
+		dm := a.next()
+		if dm.Build != doneID {
+			t.Fatalf("got %s, want the done input's build", dm.Build)
+		}
+		if err := a.succeed(dm, a.upload(dm, "done")); err != nil {
+			t.Fatal(err)
+		}
+		bID := h.submit(5, names["top"])[0]
+		if got := a.next().Build; got != bID {
+			t.Fatalf("got %s, want B %s", got, bID)
+		}
+		h.submit(0, names["live"])
+		if err := h.c.Cancel(ctx, h.submit(0, names["canceled"])[0]); err != nil {
+			t.Fatal(err)
+		}
+		missing := []string{names["fresh"], names["canceled"], names["live"], names["done"], names["gone"], names["top"], names["source"], names["fresh"]}
+		if err := a.s.SetupFailure(ctx, &protocol.SetupFailure{Build: bID, Reason: "inputs not available", Missing: missing}); err != nil {
+			t.Fatal(err)
+		}
+		es, err := h.store.Events(ctx, db.EventFilter{Build: bID, Types: []db.EventType{db.EventMissingInputs}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(es) != 1 {
+			t.Fatalf("%d missing-inputs events, want 1", len(es))
+		}
+		hook := hooks.SubmitMissingInputs(func(ctx context.Context, build string, missing []string) error {
+			_, err := h.c.SubmitMissingInputs(ctx, build, missing)
+			return err
+		}, func(err error) bool { return errors.Is(err, ErrBadSubmission) })
+		res := result{hookErr: hook(ctx, es[0]), gone: names["gone"]}
+		if err := hook(ctx, es[0]); err == nil {
+			t.Fatal("the replayed hook submitted the unreadable derivation")
+		}
+		if !viaHook && !strings.Contains(logs.String(), "missing input not submitted; the build is requeued without waiting for it") {
+			t.Fatalf("no log line for the unreadable input:\n%s", logs.String())
+		}
+		all, err := h.store.Builds(ctx, db.BuildFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		label := map[string]string{}
+		for n, p := range names {
+			label[p] = n
+		}
+		for _, b := range all {
+			if hasTag(b, db.TagNeededBy, bID) {
+				res.submitted = append(res.submitted, fmt.Sprintf("%s %d", label[b.Derivation], b.Priority))
+			}
+		}
+		slices.Sort(res.submitted)
+		return res
+	}
+	setup := run(t, false)
+	hook := run(t, true)
+	want := []string{"canceled 5", "fresh 5"}
+	if !slices.Equal(setup.submitted, want) {
+		t.Errorf("the setup failure submitted %q, want %q", setup.submitted, want)
+	}
+	if !slices.Equal(hook.submitted, want) {
+		t.Errorf("the hook submitted %q, want %q", hook.submitted, want)
+	}
+	// After the setup failure the hook finds the builds and tries only the
+	// unreadable input again; on its own it refuses the same one.
+	for name, r := range map[string]result{"after the setup failure": setup, "alone": hook} {
+		if !errors.Is(r.hookErr, ErrBadSubmission) || !strings.Contains(r.hookErr.Error(), r.gone) {
+			t.Errorf("hook %s: %v, want a refused submission of the unreadable input", name, r.hookErr)
+		}
+	}
 }

@@ -2,10 +2,8 @@ package hooks
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/gbc-farm/gbc/db"
 )
@@ -73,57 +71,26 @@ func RetryFailed(n int, submit SubmitFunc, builds BuildReader, isBad func(error)
 	}
 }
 
-// SubmitMissingInputs submits a build for every missing input derivation
-// (.drv paths in a missing-inputs event) that has no build here yet,
-// tagged needed-by=<build>. Other paths are skipped: the coordinator
-// traces missing output paths to their input derivations and adds those
-// to the event.
-//
-// The coordinator already does this when it records the setup failure
-// (coordinator.Config.SubmitMissingInputs), before requeueing the build,
-// so the build waits for them; this handler then finds builds and does
-// nothing. It remains the at-least-once path: a submission that failed
-// there for a passing reason (a busy database) is retried from the event.
-func SubmitMissingInputs(submit SubmitFunc, builds BuildReader, isBad func(error) bool) Handler {
+// SubmitMissingFunc applies the coordinator's one rule for builds of a
+// build's missing inputs (coordinator.SubmitMissingInputs): which of the
+// paths get a build, with what priority and tags.
+type SubmitMissingFunc func(ctx context.Context, build string, missing []string) error
+
+// SubmitMissingInputs hands a missing-inputs event's paths to the
+// coordinator's rule. The coordinator already applied it when it recorded
+// the setup failure, before requeueing the build, so the build waits for
+// the inputs; this handler then submits nothing. It remains the
+// at-least-once path: a submission that failed there for a passing reason
+// (a busy database) is retried from the event. An error isBad calls
+// permanent (every derivation refused) is not retried.
+func SubmitMissingInputs(submit SubmitMissingFunc, isBad func(error) bool) Handler {
 	return func(ctx context.Context, e db.Event) error {
-		if e.Type != db.EventMissingInputs {
+		if e.Type != db.EventMissingInputs || e.Build == "" || len(e.Missing) == 0 {
 			return nil
 		}
-		var drvs []string
-		for _, p := range e.Missing {
-			if !strings.HasSuffix(p, ".drv") {
-				continue
-			}
-			bs, err := builds.Builds(ctx, db.BuildFilter{Derivation: p, Limit: 1})
-			if err != nil {
-				return fmt.Errorf("submit-missing-inputs: %w", err)
-			}
-			if len(bs) == 0 {
-				drvs = append(drvs, p)
-			}
-		}
-		if len(drvs) == 0 {
-			return nil
-		}
-		prio := 0
-		if b, err := builds.Build(ctx, e.Build); err == nil {
-			prio = b.Priority
-		}
-		// One submission per derivation, so one unreadable .drv does not
-		// keep the others from being built.
-		var errs []error
-		bad := 0
-		for _, d := range drvs {
-			if _, err := submit(ctx, []string{d}, prio, []db.Tag{{Key: db.TagNeededBy, Value: e.Build}}); err != nil {
-				if isBad != nil && isBad(err) {
-					bad++
-				}
-				errs = append(errs, fmt.Errorf("submit %s: %w", d, err))
-			}
-		}
-		if err := errors.Join(errs...); err != nil {
+		if err := submit(ctx, e.Build, e.Missing); err != nil {
 			err = fmt.Errorf("submit-missing-inputs: %w", err)
-			if bad == len(errs) {
+			if isBad != nil && isBad(err) {
 				return Permanent(err)
 			}
 			return err

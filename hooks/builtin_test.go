@@ -80,24 +80,3 @@ func TestRetryFailed(t *testing.T) {
 		t.Errorf("unreadable derivation: %v, want a permanent error", err)
 	}
 }
-
-func TestSubmitMissingInputs(t *testing.T) {
-	st := openStore(t)
-	ctx := context.Background()
-	have := "/nix/store/have-in.drv"
-	st.CreateBuilds(ctx, []db.NewBuild{
-		{ID: "b", Derivation: "/nix/store/b.drv", System: "x86_64-linux", Priority: 3},
-		{ID: "h", Derivation: have, System: "x86_64-linux"},
-	})
-	var subs []submitted
-	h := SubmitMissingInputs(fakeSubmit(st, &subs, nil), st, nil)
-	ev := db.Event{Type: db.EventMissingInputs, Build: "b", Missing: []string{have, "/nix/store/new-in.drv", "/nix/store/some-output"}}
-	for i := 0; i < 2; i++ {
-		if err := h(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if len(subs) != 1 || subs[0].drvs[0] != "/nix/store/new-in.drv" || subs[0].prio != 3 || subs[0].tags[0] != (db.Tag{Key: db.TagNeededBy, Value: "b"}) {
-		t.Fatalf("submissions %+v", subs)
-	}
-}

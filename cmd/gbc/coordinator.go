@@ -192,7 +192,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 			return fmt.Errorf("--admin-key %s: %w", *adminKey, err)
 		}
 	}
-	hookList, err := hf.hooks(log, submitVia(coord), store)
+	hookList, err := hf.hooks(log, submitVia(coord), submitMissingVia(coord), store)
 	if err != nil {
 		return err
 	}

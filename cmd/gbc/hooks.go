@@ -42,8 +42,9 @@ func addHookFlags(fs *pflag.FlagSet) hookFlags {
 	}
 }
 
-// hooks builds the hook list; submit and builds serve the built-ins.
-func (f hookFlags) hooks(log *slog.Logger, submit hooks.SubmitFunc, builds hooks.BuildReader) ([]hooks.Hook, error) {
+// hooks builds the hook list; submit, submitMissing and builds serve the
+// built-ins.
+func (f hookFlags) hooks(log *slog.Logger, submit hooks.SubmitFunc, submitMissing hooks.SubmitMissingFunc, builds hooks.BuildReader) ([]hooks.Hook, error) {
 	if *f.timeout <= 0 || *f.parallel < 1 || *f.tries < 1 || *f.backoff <= 0 || *f.retryFailed < 0 {
 		return nil, usageError{"--hook-timeout, --hook-parallel, --hook-tries and --hook-backoff must be positive, --retry-failed not negative"}
 	}
@@ -84,7 +85,7 @@ func (f hookFlags) hooks(log *slog.Logger, submit hooks.SubmitFunc, builds hooks
 		h := base
 		h.Name = "builtin:submit-missing-inputs"
 		h.Types = []db.EventType{db.EventMissingInputs}
-		h.Handler = hooks.SubmitMissingInputs(submit, builds, isBad)
+		h.Handler = hooks.SubmitMissingInputs(submitMissing, isBad)
 		hs = append(hs, h)
 	}
 	return hs, nil
@@ -115,6 +116,15 @@ func startHooks(ctx context.Context, log *slog.Logger, store hooks.Store, clk cl
 	}
 	log.Info("hooks running", "hooks", names)
 	return func() { cancel(); <-done }, nil
+}
+
+// submitMissingVia adapts coordinator.SubmitMissingInputs for the
+// built-in hook.
+func submitMissingVia(c *coordinator.Coordinator) hooks.SubmitMissingFunc {
+	return func(ctx context.Context, build string, missing []string) error {
+		_, err := c.SubmitMissingInputs(ctx, build, missing)
+		return err
+	}
 }
 
 // submitVia adapts coordinator.Submit for the built-in hooks.
