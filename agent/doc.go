@@ -59,10 +59,12 @@
 //     with its own trusted keys). Whatever is still invalid ends the build
 //     as setup-failure listing those paths, so the daemon never builds an
 //     input behind the coordinator's back. Everything valid is held by
-//     temporary roots of the connection until the build ends. Outputs
-//     already present are deleted where the store allows it, and the
-//     build runs with substitution off, so the output really is built
-//     here; SetOptions carries the build's timeout and max-silent-time.
+//     temporary roots of the connection, which the protocol cannot drop:
+//     a connection serves at most 50 builds and is then closed, and its
+//     replacement is dialed in the background. Outputs already present
+//     are deleted, and the build runs with substitution off, so the output
+//     really is built here; SetOptions carries the build's timeout and
+//     max-silent-time.
 //   - The daemon's build status decides the outcome (no text is matched):
 //     built/already valid → succeeded; builder failure, hash mismatch, not
 //     deterministic → failed (build); timed out → failed (timeout, or
@@ -72,10 +74,13 @@
 //     the next build connects again (starting a new daemon in exec: mode).
 //     Canceling a build closes its connection; the daemon then kills the
 //     builder. An exec: daemon gets SIGTERM when the agent dies.
-//   - An output that is valid and alive before the build (e.g. a store
-//     shared with the coordinator, or built earlier on the same
-//     connection, whose temporary roots hold it) cannot be deleted; the
-//     build returns at once and the existing path is packed and uploaded.
+//   - An output that is valid and alive before the build cannot be
+//     deleted. If the connection served builds before, its own temporary
+//     roots may be what holds it: the build runs again on a fresh
+//     connection. Otherwise (a GC root, or a valid path referring to it,
+//     e.g. in a store shared with other builders) it is a setup-failure
+//     (the coordinator retries elsewhere), never an upload of a path this
+//     agent did not build.
 //   - Outputs are held by an indirect GC root in the build's work directory
 //     until uploaded; the directory (root, log spool, NAR files) is removed
 //     once the result is acked or the build is canceled.

@@ -28,11 +28,11 @@ const (
 	queryTimeout = 5 * time.Minute
 	// maxClosure bounds the paths fetched for one build.
 	maxClosure = 100000
-	// connBuilds is how many builds one connection serves before it is
-	// closed: a daemon holds everything a connection imported or built as
-	// a temporary root until the connection ends, so a connection that
-	// lived for ever would keep the garbage collector from every such path.
-	connBuilds = 50
+	// dialTimeout bounds connecting to the daemon and its handshake.
+	dialTimeout = time.Minute
+	// DefaultConnBuilds is how many builds one connection serves before it
+	// is retired (DaemonConfig.ConnBuilds).
+	DefaultConnBuilds = 50
 )
 
 // DaemonConfig configures a Daemon.
@@ -47,22 +47,39 @@ type DaemonConfig struct {
 	GuixKey *signing.GuixSecretKey
 	// HTTP fetches from the coordinator's cache (through the agent's
 	// tunnel); nil: a client with connection timeouts.
-	HTTP  *http.Client
-	Clock clock.Clock
-	Log   *slog.Logger
+	HTTP *http.Client
+	// ConnBuilds is how many builds a connection serves before it is
+	// retired, which drops its temporary roots (DefaultConnBuilds if 0).
+	ConnBuilds int
+	Clock      clock.Clock
+	Log        *slog.Logger
 }
 
-// Daemon is the store, reached through its daemon. It keeps one
-// connection per build running at the same time and reuses them, each for
-// up to connBuilds builds (its temporary roots go with it); a connection
-// that broke (the daemon died, a build was canceled) is dropped and the
-// next build dials anew.
+// Daemon is the store, reached through its daemon. A daemon holds
+// everything a connection imported or built as a temporary GC root until
+// the connection ends, and the worker protocol cannot drop one; so a
+// connection serves at most ConnBuilds builds and is then retired, which
+// bounds what the agent keeps from the garbage collector to the inputs of
+// that many builds per slot. A connection is not closed after every build
+// because dialing costs as much as a trivial build (an exec: daemon starts
+// a process; bench/README.md); the replacement of a retired connection is
+// dialed in the background, off the builds' path. A connection that broke
+// (the daemon died, a build was canceled) is retired the same way. An
+// output held alive by a reused connection's own temporary roots is built
+// again on a fresh connection instead of being refused.
 type Daemon struct {
 	cfg DaemonConfig
+	// bg ends at Close; it bounds the background dials.
+	bg     context.Context
+	stopBg context.CancelFunc
 
-	mu   sync.Mutex
-	idle []*storedaemon.Conn
-	uses map[*storedaemon.Conn]int // builds served, for connections in use or idle
+	mu       sync.Mutex
+	idle     []*storedaemon.Conn
+	uses     map[*storedaemon.Conn]int // builds served, for connections in use or idle
+	closed   bool
+	inFlight int           // background dials not finished
+	refilled chan struct{} // closed (and replaced) when one finishes
+	dials    sync.WaitGroup
 }
 
 // NewDaemon returns the backend; it connects on first use.
@@ -79,7 +96,11 @@ func NewDaemon(cfg DaemonConfig) *Daemon {
 			IdleConnTimeout:       time.Minute,
 		}}
 	}
-	return &Daemon{cfg: cfg, uses: map[*storedaemon.Conn]int{}}
+	if cfg.ConnBuilds <= 0 {
+		cfg.ConnBuilds = DefaultConnBuilds
+	}
+	bg, stop := context.WithCancel(context.Background())
+	return &Daemon{cfg: cfg, bg: bg, stopBg: stop, uses: map[*storedaemon.Conn]int{}, refilled: make(chan struct{})}
 }
 
 var _ Backend = (*Daemon)(nil)
@@ -87,19 +108,37 @@ var _ Backend = (*Daemon)(nil)
 func (d *Daemon) Name() string     { return d.cfg.Kind }
 func (d *Daemon) StoreDir() string { return d.cfg.StoreDir }
 
+// get returns an idle connection, else waits for a background dial in
+// flight (it started earlier than a new one would), else dials.
 func (d *Daemon) get(ctx context.Context) (*storedaemon.Conn, error) {
-	d.mu.Lock()
-	for len(d.idle) > 0 {
-		c := d.idle[len(d.idle)-1]
-		d.idle = d.idle[:len(d.idle)-1]
-		if c.Err() == nil {
-			d.mu.Unlock()
-			return c, nil
+	for {
+		d.mu.Lock()
+		for len(d.idle) > 0 {
+			c := d.idle[len(d.idle)-1]
+			d.idle = d.idle[:len(d.idle)-1]
+			if c.Err() == nil {
+				d.mu.Unlock()
+				return c, nil
+			}
+			delete(d.uses, c)
+			go c.Close()
 		}
-		delete(d.uses, c)
+		if d.inFlight == 0 || d.closed {
+			d.mu.Unlock()
+			return d.dial(ctx)
+		}
+		refilled := d.refilled
+		d.mu.Unlock()
+		select {
+		case <-refilled:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	d.mu.Unlock()
-	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+}
+
+func (d *Daemon) dial(ctx context.Context) (*storedaemon.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	c, err := storedaemon.Dial(dctx, d.cfg.Address, d.cfg.Log)
 	if err != nil {
@@ -110,29 +149,73 @@ func (d *Daemon) get(ctx context.Context) (*storedaemon.Conn, error) {
 	return c, nil
 }
 
-// put returns c after use; build says whether it served a build.
+// put returns c after use; build says whether a build ran on it. A
+// connection that broke or served ConnBuilds builds is retired, and a
+// build's connection retired is replaced in the background.
 func (d *Daemon) put(c *storedaemon.Conn, build bool) {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	if build {
 		d.uses[c]++
 	}
-	if c.Err() != nil || d.uses[c] >= connBuilds {
-		delete(d.uses, c)
-		d.mu.Unlock()
-		go c.Close() // an exec: daemon may take a moment to exit
+	if d.closed || c.Err() != nil || d.uses[c] >= d.cfg.ConnBuilds {
+		d.retireLocked(c, build)
 		return
 	}
 	d.idle = append(d.idle, c)
-	d.mu.Unlock()
 }
 
-// Close closes the idle connections; connections in use close when their
-// build ends.
+// retireLocked closes c and, if refill, dials its replacement in the
+// background. The caller holds d.mu.
+func (d *Daemon) retireLocked(c *storedaemon.Conn, refill bool) {
+	delete(d.uses, c)
+	go c.Close() // an exec: daemon may take a moment to exit
+	if refill && !d.closed {
+		d.inFlight++
+		d.dials.Add(1)
+		go d.refill()
+	}
+}
+
+// refill dials a connection for the next build.
+func (d *Daemon) refill() {
+	defer d.refillDone()
+	c, err := d.dial(d.bg)
+	if err != nil {
+		if d.bg.Err() == nil {
+			d.cfg.Log.Warn("store daemon: connection for the next build not dialed; the build dials itself", "daemon", d.cfg.Address.String(), "err", err)
+		}
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		go c.Close()
+		return
+	}
+	d.idle = append(d.idle, c)
+}
+
+// refillDone wakes the builds waiting in get.
+func (d *Daemon) refillDone() {
+	d.mu.Lock()
+	d.inFlight--
+	close(d.refilled)
+	d.refilled = make(chan struct{})
+	d.mu.Unlock()
+	d.dials.Done()
+}
+
+// Close closes the idle connections and stops dialing; connections in use
+// close when their build ends.
 func (d *Daemon) Close() error {
 	d.mu.Lock()
+	d.closed = true
 	idle := d.idle
 	d.idle = nil
 	d.mu.Unlock()
+	d.stopBg()
+	d.dials.Wait()
 	for _, c := range idle {
 		c.Close()
 		d.mu.Lock()
@@ -190,21 +273,52 @@ func (d *Daemon) Build(ctx context.Context, req Request, log io.Writer) (Result,
 		}
 		return setup(fmt.Sprintf("connect to the store daemon: %v", err)), nil
 	}
-	defer d.put(c, true)
-	res := d.build(ctx, c, req, log)
+	res, ownRoots := d.build(ctx, c, req, log)
+	if ownRoots {
+		// An output this connection built or imported earlier is held by
+		// its own temporary roots: close it (waiting, so an exec: daemon
+		// and its roots are gone) and build on a fresh one.
+		d.mu.Lock()
+		delete(d.uses, c)
+		d.mu.Unlock()
+		c.Close()
+		d.cfg.Log.Info("output held by the daemon connection's own temporary roots; building on a new connection", "derivation", req.Derivation)
+		if c, err = d.dial(ctx); err != nil {
+			if ctx.Err() != nil {
+				return Result{}, ctx.Err()
+			}
+			return setup(fmt.Sprintf("connect to the store daemon: %v", err)), nil
+		}
+		res, _ = d.build(ctx, c, req, log)
+	}
+	d.put(c, true)
 	if ctx.Err() != nil {
 		return Result{}, ctx.Err()
 	}
 	return res, nil
 }
 
-func (d *Daemon) build(ctx context.Context, c *storedaemon.Conn, req Request, log io.Writer) Result {
+// build runs one build on c. ownRoots reports that an output could not
+// be deleted while c had served builds before, so c's own temporary roots
+// may be what holds it.
+func (d *Daemon) build(ctx context.Context, c *storedaemon.Conn, req Request, log io.Writer) (res Result, ownRoots bool) {
 	pctx, cancel := context.WithTimeout(ctx, prepareTimeout)
 	defer cancel()
-	outputs, res := d.prepare(pctx, c, req, log)
-	if res != nil {
-		return *res
+	d.mu.Lock()
+	reused := d.uses[c] > 0
+	d.mu.Unlock()
+	outputs, r, alive := d.prepare(pctx, c, req, log)
+	if alive && reused {
+		return Result{}, true
 	}
+	if r != nil {
+		return *r, false
+	}
+	return d.run(ctx, c, req, outputs, log), false
+}
+
+// run builds once the inputs are in place.
+func (d *Daemon) run(ctx context.Context, c *storedaemon.Conn, req Request, outputs []Output, log io.Writer) Result {
 	if err := c.SetOptions(ctx, storedaemon.Options{
 		Timeout:       req.Options.Timeout,
 		MaxSilentTime: req.Options.MaxSilentTime,
@@ -304,8 +418,10 @@ func (d *Daemon) addRoots(ctx context.Context, c *storedaemon.Conn, root string,
 // upstream substituters), keeps them alive with temporary roots, and
 // deletes outputs already present where nothing keeps them alive. It
 // returns the outputs to build, or a Result when the build cannot run.
-func (d *Daemon) prepare(ctx context.Context, c *storedaemon.Conn, req Request, log io.Writer) ([]Output, *Result) {
-	fail := func(r Result) ([]Output, *Result) { return nil, &r }
+// alive reports that the Result is for an output that could not be
+// deleted.
+func (d *Daemon) prepare(ctx context.Context, c *storedaemon.Conn, req Request, log io.Writer) (outs []Output, res *Result, alive bool) {
+	fail := func(r Result) ([]Output, *Result, bool) { return nil, &r, false }
 	var f *fetcher
 	if req.Sources.CacheURL != "" {
 		var err error
@@ -375,15 +491,18 @@ func (d *Daemon) prepare(ctx context.Context, c *storedaemon.Conn, req Request, 
 		var de *storedaemon.Error
 		switch {
 		case errors.As(err, &de):
-			// Alive (e.g. a store shared with the coordinator, or built
-			// on this connection): the build returns at once and the
-			// existing output is uploaded.
-			d.cfg.Log.Info("output already present and in use; not rebuilt", "path", p, "why", de.Message)
+			// Alive (a GC root, or a valid path that refers to it): the
+			// daemon would return it at once as already valid, and the
+			// agent would upload an output it did not build. Not the
+			// derivation's fault: another agent may build it.
+			r := setup(fmt.Sprintf("output %s is valid in this agent's store before the build and cannot be deleted (%s): "+
+				"it would be uploaded without being built here", p, de.Message))
+			return nil, &r, true
 		case err != nil:
 			return fail(setup(fmt.Sprintf("delete output present before the build: %v", err)))
 		}
 	}
-	return outputs, nil
+	return outputs, nil, false
 }
 
 // InputPaths lists what building d needs valid: the wanted outputs of its

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -389,4 +390,130 @@ func TestDaemonSubstitutesUpstream(t *testing.T) {
 	if b, err := os.ReadFile(drv.Outputs[0].Path); err != nil || string(b) != "from-upstream" {
 		t.Fatalf("output: %q, %v", b, err)
 	}
+}
+
+// TestDaemonPresentOutputs: an output already valid before the build is
+// deleted and built again; one held by the connection's own temporary
+// roots (built on it before) is built again on a fresh connection; one
+// held alive by something else (here the previous build's GC root) is a
+// setup failure, never uploaded as it is.
+func TestDaemonPresentOutputs(t *testing.T) {
+	d, store := scratchDaemon(t)
+	cache := newFakeCache(t, store)
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
+	src, srcNAR := source(t, store, "input-"+nonce, "in-"+nonce)
+	cache.add(src, srcNAR, nil, nil)
+	mk := func(name string) (string, Request) {
+		drv, drvPath, drvNAR := drvUsing(t, name+"-"+nonce, "echo builder-ran; /bin/cat "+src+"/data > $out", src)
+		cache.add(drvPath, drvNAR, []string{src}, nil)
+		return drv.Outputs[0].Path, Request{Derivation: drvPath, Sources: cache.sources()}
+	}
+	build := func(what string, req Request) (Result, string) {
+		t.Helper()
+		var log bytes.Buffer
+		res, err := d.Build(context.Background(), req, &log)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return res, log.String()
+	}
+
+	_, again := mk("again")
+	if res, log := build("first build", again); res.Outcome != Succeeded || !strings.Contains(log, "builder-ran") {
+		t.Fatalf("first build = %+v\n%s", res, log)
+	}
+	if res, log := build("the same build again", again); res.Outcome != Succeeded || !strings.Contains(log, "builder-ran") {
+		t.Fatalf("build with its output held by the connection = %+v; want it built again\n%s", res, log)
+	}
+
+	_, rooted := mk("rooted")
+	rooted.Options.GCRoot = filepath.Join(t.TempDir(), "result")
+	if res, log := build("rooted build", rooted); res.Outcome != Succeeded {
+		t.Fatalf("rooted build = %+v\n%s", res, log)
+	}
+	res, log := build("rooted build again", rooted)
+	if res.Outcome != SetupFailed || !strings.Contains(res.Message, "cannot be deleted") || strings.Contains(log, "builder-ran") {
+		t.Fatalf("build with its output alive = %+v; want a setup failure saying the output cannot be deleted\n%s", res, log)
+	}
+	t.Log(res.Message)
+}
+
+// TestDaemonRetiredConnectionDropsRoots: once a connection has served
+// ConnBuilds builds it is retired, and nothing its builds imported stays
+// held by its temporary roots: another client can delete the inputs,
+// while the GC-rooted output stays.
+func TestDaemonRetiredConnectionDropsRoots(t *testing.T) {
+	// Without keep-derivations the live output does not keep its .drv
+	// (and through it the input) alive.
+	d, store := scratchDaemon(t, "keep-derivations = false")
+	d.cfg.ConnBuilds = 1
+	cache := newFakeCache(t, store)
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
+	src, srcNAR := source(t, store, "input-"+nonce, "in-"+nonce)
+	drv, drvPath, drvNAR := drvUsing(t, "rooted-"+nonce, "/bin/cat "+src+"/data > $out", src)
+	cache.add(src, srcNAR, nil, nil)
+	cache.add(drvPath, drvNAR, []string{src}, nil)
+	req := Request{Derivation: drvPath, Sources: cache.sources(), Options: Options{GCRoot: filepath.Join(t.TempDir(), "result")}}
+	if res, err := d.Build(context.Background(), req, nil); err != nil || res.Outcome != Succeeded {
+		t.Fatalf("build = %+v, %v", res, err)
+	}
+	out := drv.Outputs[0].Path
+
+	c, err := storedaemon.Dial(context.Background(), d.cfg.Address, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The retired connection closes (and its daemon exits) in the
+	// background: wait for the inputs to become deletable.
+	deadline := time.Now().Add(time.Minute)
+	for _, p := range []string{drvPath, src} {
+		for {
+			err := c.DeletePath(context.Background(), p)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("input %s still alive a minute after the build: %v", p, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if valid, err := c.QueryValidPaths(context.Background(), []string{drvPath, src, out}); err != nil || !slices.Equal(valid, []string{out}) {
+		t.Fatalf("valid after deleting the inputs: %v, %v; want only the output", valid, err)
+	}
+	var de *storedaemon.Error
+	if err := c.DeletePath(context.Background(), out); !errors.As(err, &de) {
+		t.Fatalf("deleting the GC-rooted output: %v, want the daemon's refusal", err)
+	}
+}
+
+// BenchmarkDialExecDaemon is what a build would wait for if its
+// connection were not dialed in the background: starting nix-daemon
+// --stdio on a scratch store and the handshake, then closing it.
+func BenchmarkDialExecDaemon(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root: nix-daemon --stdio opens a scratch store itself")
+	}
+	root := b.TempDir()
+	addr := storedaemon.Address{Command: []string{"nix-daemon", "--stdio"}, Env: []string{
+		"NIX_STORE_DIR=" + filepath.Join(root, "store"),
+		"NIX_STATE_DIR=" + filepath.Join(root, "state"),
+		"NIX_LOG_DIR=" + filepath.Join(root, "log"),
+		"NIX_CONFIG=build-users-group =\nsubstituters =\nsandbox = false",
+	}}
+	var dial, closing time.Duration
+	n := 0
+	for b.Loop() {
+		t0 := time.Now()
+		c, err := storedaemon.Dial(context.Background(), addr, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		c.Close()
+		dial, closing, n = dial+t1.Sub(t0), closing+time.Since(t1), n+1
+	}
+	b.ReportMetric(float64(dial.Microseconds())/1000/float64(n), "dial-ms/op")
+	b.ReportMetric(float64(closing.Microseconds())/1000/float64(n), "close-ms/op")
 }
