@@ -6,12 +6,14 @@ import (
 	"github.com/gbc-farm/gbc/nixhash"
 )
 
-// base32Byte marks the bytes of Nix's base32 alphabet.
-var base32Byte = func() (t [256]bool) {
+// base32Byte marks the bytes of Nix's base32 alphabet; base32Value is
+// each one's digit value.
+var base32Byte, base32Value = func() (t [256]bool, v [256]uint32) {
 	for i := 0; i < len(nixhash.Alphabet); i++ {
 		t[nixhash.Alphabet[i]] = true
+		v[nixhash.Alphabet[i]] = uint32(i)
 	}
-	return t
+	return t, v
 }()
 
 // IsBase32 reports whether every byte of s is in Nix's base32 alphabet.
@@ -31,17 +33,29 @@ func IsBase32(s string) bool {
 // targets are all searched).
 type Scanner struct {
 	byHash map[string]string // hash part → full path
-	found  map[string]bool
-	tail   []byte // last HashLen-1 bytes seen, for matches across writes
+	// prefixes has a bit for the first four characters of every hash
+	// part (32⁴ bits, 128 KiB), so nearly every window of base32 text is
+	// rejected without hashing 32 bytes for a map lookup, even with
+	// thousands of candidates.
+	prefixes *[1 << 20 / 64]uint64
+	found    map[string]bool
+	tail     []byte // last HashLen-1 bytes seen, for matches across writes
+}
+
+// prefixOf is the first four characters of a base32 window as a number.
+func prefixOf(b []byte) uint32 {
+	return base32Value[b[0]]<<15 | base32Value[b[1]]<<10 | base32Value[b[2]]<<5 | base32Value[b[3]]
 }
 
 // NewScanner searches for the hash parts of candidates (full store paths;
 // anything that does not parse is ignored).
 func NewScanner(candidates []string) *Scanner {
-	s := &Scanner{byHash: make(map[string]string, len(candidates)), found: map[string]bool{}}
+	s := &Scanner{byHash: make(map[string]string, len(candidates)), found: map[string]bool{}, prefixes: new([1 << 20 / 64]uint64)}
 	for _, c := range candidates {
 		if sp, err := Parse(c); err == nil {
 			s.byHash[sp.HashPart] = sp.String()
+			p := prefixOf([]byte(sp.HashPart))
+			s.prefixes[p/64] |= 1 << (p % 64)
 		}
 	}
 	return s
@@ -65,21 +79,32 @@ func (s *Scanner) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// search checks each window of HashLen base32 bytes, skipping past any
-// non-base32 byte as Nix does.
+// search checks every window of HashLen base32 bytes, as Nix does: a
+// window is checked from its end, and on a byte outside the alphabet the
+// search jumps past it (so binary data is mostly skipped HashLen bytes at
+// a time). Unlike Nix it remembers how far the bytes are known to be
+// base32, so a long base32 run costs one look per byte, not HashLen.
 func (s *Scanner) search(b []byte) {
 	const k = HashLen
+	if len(s.byHash) == 0 {
+		return
+	}
+	checked := 0 // b[i:checked] are known to be base32
 	for i := 0; i+k <= len(b); {
 		j := i + k - 1
-		for j >= i && base32Byte[b[j]] {
+		for j >= checked && base32Byte[b[j]] {
 			j--
 		}
-		if j >= i {
-			i = j + 1
+		if j >= checked {
+			i, checked = j+1, j+1
 			continue
 		}
-		if p, ok := s.byHash[string(b[i:i+k])]; ok {
-			s.found[p] = true
+		checked = i + k
+		w := b[i : i+k]
+		if p := prefixOf(w); s.prefixes[p/64]&(1<<(p%64)) != 0 {
+			if p, ok := s.byHash[string(w)]; ok {
+				s.found[p] = true
+			}
 		}
 		i++
 	}
