@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -22,72 +21,82 @@ import (
 // narinfo never names a NAR that is not durably complete) across a crash
 // at any point:
 //
-//  1. every NAR is spooled to a temp file in one of nar/'s spool
-//     directories and its signed narinfo to a temp file beside it,
-//     unsynced (for .drv files, in parallel);
-//  2. one barrier makes all their bytes durable (syncfs(2) on Linux for
-//     more than a couple of files, else fsync of each);
-//  3. the NARs are renamed into place and nar/ is synced;
-//  4. only then are the narinfos renamed into place, and the cache
-//     directory is synced before the batch reports success.
+//  1. every NAR is spooled to an upload and its signed narinfo to
+//     another, unsynced (for .drv files, in parallel); in a FileStore,
+//     temp files in nar/'s spool directories;
+//  2. one barrier (Store.Sync) makes all their bytes durable (syncfs(2)
+//     on Linux for more than a couple of files, else fsync of each);
+//  3. the NARs are placed (renamed into place, nar/ synced);
+//  4. only then are the narinfos placed (renamed, the cache directory
+//     synced) before the batch reports success.
 //
-// A crash before 3 leaves only temp files (Open removes them); between 3
-// and 4, NARs without narinfos (harmless, content-named); during 4, a
-// prefix of the narinfos, each naming a NAR made durable in 3.
+// A crash before 3 leaves only uploads (Open cleans them); between 3 and
+// 4, NARs without narinfos (harmless, content-named); during 4, a prefix
+// of the narinfos, each naming a NAR made durable in 3.
 
 // pending is one store path of a batch.
 type pending struct {
 	sp   storepath.StorePath
 	e    Entry
-	nar  string // spooled NAR, temp file in a spool directory
+	nar  Upload // spooled NAR
 	url  string
-	info string // narinfo temp file, beside nar until it is renamed
+	info Upload // its narinfo, nil until prepareInfo
 }
 
-// prepareInfo renders and signs p's narinfo into a temp file beside its
-// NAR: signing is the larger part of a .drv's cost, so the parallel
-// spoolers do it, and creating the file in the spool directory keeps them
-// off the cache directory's lock.
-func (c *Cache) prepareInfo(p *pending) error {
+// prepareInfo renders and signs p's narinfo into an upload: signing is
+// the larger part of a .drv's cost, so the parallel spoolers do it (in a
+// FileStore, creating the file in a spool directory keeps them off the
+// cache directory's lock).
+func (c *Cache) prepareInfo(ctx context.Context, p *pending) error {
 	body, err := c.render(p.sp, &p.e, p.url)
 	if err != nil {
 		return fmt.Errorf("cache publish %s: %w", p.sp, err)
 	}
-	if p.info, err = writeTemp(filepath.Dir(p.nar), body); err != nil {
+	up, err := c.store.Create(ctx)
+	if err == nil {
+		if _, err = up.Write(body); err == nil {
+			err = up.Close()
+		}
+		if err != nil {
+			up.Discard()
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("cache publish %s: write narinfo: %w", p.sp, err)
 	}
+	p.info = up
 	return nil
 }
 
-// fewFiles is the most files the barrier fsyncs one by one; above it one
-// syncfs is cheaper than a journal commit per file.
-const fewFiles = 2
+func (p *pending) discard() {
+	if p.nar != nil {
+		p.nar.Discard()
+	}
+	if p.info != nil {
+		p.info.Discard()
+	}
+}
 
 // commit runs steps 2-4 above for spooled NARs, after writing the narinfo
-// temps the spoolers did not (input sources'). Temp files are removed
-// whatever happens.
+// uploads the spoolers did not (input sources'). Uploads not placed are
+// discarded whatever happens.
 func (c *Cache) commit(ctx context.Context, ps []*pending, t *batchTimes) (err error) {
 	defer func() {
 		for _, p := range ps {
-			if p.nar != "" {
-				os.Remove(p.nar)
-			}
-			if p.info != "" {
-				os.Remove(p.info)
-			}
+			p.discard()
 		}
 	}()
 	if len(ps) == 0 {
 		return nil
 	}
-	files := make([]string, 0, 2*len(ps))
+	ups := make([]Upload, 0, 2*len(ps))
 	for _, p := range ps {
-		if p.info == "" {
-			if err := c.prepareInfo(p); err != nil {
+		if p.info == nil {
+			if err := c.prepareInfo(ctx, p); err != nil {
 				return err
 			}
 		}
-		files = append(files, p.nar, p.info)
+		ups = append(ups, p.nar, p.info)
 	}
 	t.mark(&t.prepare)
 	var keys []string
@@ -95,25 +104,19 @@ func (c *Cache) commit(ctx context.Context, ps []*pending, t *batchTimes) (err e
 		keys = append(keys, c.fenceKeys(p.sp.HashPart, p.url, p.e.References)...)
 	}
 	defer c.enter(keys...)()
-	if err := c.barrier(files); err != nil {
+	if err := c.store.Sync(ctx, ups...); err != nil {
 		return fmt.Errorf("cache publish %d paths: %w", len(ps), err)
 	}
 	t.mark(&t.barrier)
+	nars := make([]Placement, 0, len(ps))
 	for _, p := range ps {
-		dst := filepath.Join(c.dir, filepath.FromSlash(p.url))
-		if _, err := os.Stat(dst); err == nil {
-			// Content-named and placed only after a barrier: same bytes.
-			os.Remove(p.nar)
-		} else if err := os.Rename(p.nar, dst); err != nil {
-			return fmt.Errorf("cache publish %s: move NAR into place: %w", p.sp, err)
-		}
-		c.trace("nar", dst)
-		p.nar = ""
+		// Content-named and placed only after a barrier: an object
+		// already there holds the same bytes.
+		nars = append(nars, Placement{Upload: p.nar, Key: p.url, Keep: true})
 	}
-	if err := syncDir(filepath.Join(c.dir, "nar")); err != nil {
-		return fmt.Errorf("cache publish %d paths: %w", len(ps), err)
+	if err := c.store.Place(ctx, nars...); err != nil {
+		return fmt.Errorf("cache publish %d paths: place NARs: %w", len(ps), err)
 	}
-	c.trace("sync-nar-dir", "")
 	t.mark(&t.nars)
 	// Hold every stripe the batch touches, in order, so a concurrent
 	// publisher of the same path sees our narinfo only once it is durable.
@@ -132,50 +135,24 @@ func (c *Cache) commit(ctx context.Context, ps []*pending, t *batchTimes) (err e
 		}
 	}()
 	var errs []error
-	renamed := 0
+	infos := make([]Placement, 0, len(ps))
 	for _, p := range ps {
-		if done, err := c.alreadyPublished(p.sp, p.e.NarHash); done || err != nil {
+		if done, err := c.alreadyPublished(ctx, p.sp, p.e.NarHash); done || err != nil {
 			if err != nil {
 				errs = append(errs, err)
 			}
 			continue
 		}
-		if err := os.Rename(p.info, c.narinfoPath(p.sp.HashPart)); err != nil {
-			errs = append(errs, fmt.Errorf("cache publish %s: %w", p.sp, err))
-			continue
-		}
-		c.trace("narinfo", c.narinfoPath(p.sp.HashPart))
-		p.info = ""
-		renamed++
-		c.log.DebugContext(ctx, "published", "path", p.sp.String(), "nar_size", p.e.NarSize, "file_size", p.e.FileSize, "compression", p.e.Compression)
+		infos = append(infos, Placement{Upload: p.info, Key: narinfoKey(p.sp.HashPart)})
 	}
-	if renamed > 0 {
-		if err := syncDir(c.dir); err != nil {
-			return fmt.Errorf("cache publish %d paths: %w", len(ps), err)
+	if len(infos) > 0 {
+		if err := c.store.Place(ctx, infos...); err != nil {
+			errs = append(errs, fmt.Errorf("cache publish %d paths: place narinfos: %w", len(infos), err))
 		}
-		c.trace("sync-dir", "")
+		c.log.DebugContext(ctx, "published", "paths", len(infos))
 	}
 	t.mark(&t.narinfos)
 	return errors.Join(errs...)
-}
-
-// barrier makes the contents of files durable.
-func (c *Cache) barrier(files []string) error {
-	if len(files) > fewFiles {
-		if err := syncFS(c.dir); err == nil {
-			c.trace("syncfs", "")
-			return nil
-		} else if !errors.Is(err, errNoSyncfs) {
-			return err
-		}
-	}
-	for _, f := range files {
-		if err := fsyncFile(f); err != nil {
-			return err
-		}
-		c.trace("fsync", f)
-	}
-	return nil
 }
 
 // batchTimes are the phases of one batch, for its log line.
@@ -192,18 +169,6 @@ func (t *batchTimes) mark(d *time.Duration) {
 }
 
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func fsyncFile(name string) error {
-	f, err := os.Open(name)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", name, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", name, err)
-	}
-	return nil
-}
 
 // trace reports a durability step to a test (see batch_test.go).
 func (c *Cache) trace(op, path string) {
@@ -268,10 +233,7 @@ func (c *Cache) PublishDerivationClosures(ctx context.Context, drvPaths []string
 	var ps []*pending
 	abort := func(err error) (map[string]error, error) {
 		for _, p := range ps {
-			os.Remove(p.nar)
-			if p.info != "" {
-				os.Remove(p.info)
-			}
+			p.discard()
 		}
 		return bad, err
 	}
@@ -328,7 +290,7 @@ func (c *Cache) PublishDerivationClosures(ctx context.Context, drvPaths []string
 			for i := range next {
 				spooled[i], errs[i] = c.spoolDrv(ctx, todo[i], root, drvs[todo[i]])
 				if errs[i] == nil {
-					errs[i] = c.prepareInfo(spooled[i])
+					errs[i] = c.prepareInfo(ctx, spooled[i])
 				}
 			}
 		}()
@@ -431,5 +393,5 @@ func (c *Cache) spoolPending(ctx context.Context, sp storepath.StorePath, e Entr
 		return nil, fmt.Errorf("%s: %w", sp, err)
 	}
 	e.NarHash, e.NarSize, e.FileHash, e.FileSize = s.narHash, s.narSize, s.fileHash, s.fileSize
-	return &pending{sp: sp, e: e, nar: s.path, url: narURL(e.FileHash, e.Compression)}, nil
+	return &pending{sp: sp, e: e, nar: s.up, url: narURL(e.FileHash, e.Compression)}, nil
 }

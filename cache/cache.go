@@ -1,12 +1,14 @@
-// Package cache is the coordinator's binary cache: a directory of static
-// files (nix-cache-info, <hashpart>.narinfo, nar/<filehash>.nar<suffix>,
-// log/<drv basename>) that Nix and Guix clients substitute from, plus a
-// read-only HTTP handler for it.
+// Package cache is the coordinator's binary cache: static objects
+// (nix-cache-info, <hashpart>.narinfo, nar/<filehash>.nar<suffix>,
+// log/<drv basename>) that Nix and Guix clients substitute from, kept in a
+// Store (a directory, or an S3-compatible bucket), plus a read-only HTTP
+// handler for them.
 //
 // Invariants the package keeps:
-//   - a narinfo is written only after its NAR file is complete and synced,
-//     and every file appears by rename, so a reader (this handler, nginx, a
-//     crash) never sees a partial file or a narinfo without its NAR;
+//   - a narinfo is written only after its NAR object is complete and
+//     durable, and every object appears atomically (Store.Place), so a
+//     reader (this handler, nginx, a crash) never sees a partial object or
+//     a narinfo without its NAR;
 //   - the first publication of a store path wins: publishing it again with
 //     the same NarHash is a no-op, with another NarHash it is a *ConflictError
 //     (a non-deterministic build, or a forged upload).
@@ -28,8 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -37,8 +37,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/compression"
@@ -81,24 +79,24 @@ type Options struct {
 	Clock clock.Clock
 }
 
-// Cache is a binary cache directory. Its methods are safe for concurrent use;
-// open one Cache per directory (Open removes temp files a crash left).
+// Cache is a binary cache in a Store. Its methods are safe for concurrent
+// use; open one Cache per store (opening cleans what a crash left).
 type Cache struct {
-	dir   string
+	store Store
+	// life is the context Open was given: the cache's lifetime, for the
+	// store I/O of methods that take none (Has, Lookup).
+	life  context.Context
+	dir   string // a FileStore's directory, else ""
 	opts  Options
 	log   *slog.Logger
 	info  []byte // nix-cache-info contents
 	locks [64]sync.Mutex
 	zpool *compression.Pool
 	bufs  sync.Pool // *bufio.Writer of 256 KiB for spool
-	// spoolDirs are where spool creates its temp files, taken in turn.
-	// Creating a file locks its directory: the parallel spools of one
-	// `build` command all creating in nar/ spent more CPU waiting on that
-	// lock than on compressing and signing (bench/dispatch profile).
+	// spoolDirs are a FileStore's spool directories (tests look at them).
 	spoolDirs []string
-	spoolNext atomic.Uint32
 	// onStep, set only by tests, observes each durability step of a
-	// batch (see commit).
+	// FileStore (see commit).
 	onStep func(op, path string)
 	// fence keeps collections away from what is being published, and
 	// batches last accesses (gc.go).
@@ -136,8 +134,31 @@ func (e *ConflictError) Error() string {
 
 func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
-// Open prepares dir as a cache: nix-cache-info, nar/ and log/.
+// Open prepares dir as a cache in a FileStore: nix-cache-info, nar/ and
+// log/.
 func Open(ctx context.Context, dir string, opts Options) (*Cache, error) {
+	c := &Cache{}
+	fs, err := NewFileStore(dir, opts.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("cache open %s: %w", dir, err)
+	}
+	fs.trace = c.trace
+	c.dir, c.spoolDirs = dir, fs.spoolDirs
+	return c.open(ctx, fs, opts)
+}
+
+// OpenStore prepares st as a cache: it writes nix-cache-info when it is
+// missing or stale and cleans what interrupted writes left.
+func OpenStore(ctx context.Context, st Store, opts Options) (*Cache, error) {
+	c := &Cache{}
+	if fs, ok := st.(*FileStore); ok {
+		c.dir, c.spoolDirs = fs.dir, fs.spoolDirs
+	}
+	return c.open(ctx, st, opts)
+}
+
+func (c *Cache) open(ctx context.Context, st Store, opts Options) (*Cache, error) {
+	dir := st.String()
 	if opts.StoreDir == "" {
 		opts.StoreDir = "/nix/store"
 	}
@@ -172,78 +193,31 @@ func Open(ctx context.Context, dir string, opts Options) (*Cache, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real{}
 	}
-	c := &Cache{dir: dir, opts: opts, log: opts.Logger.With("cache", dir), zpool: compression.NewPool(0)}
-	for _, d := range []string{dir, filepath.Join(dir, "nar"), filepath.Join(dir, "log")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("cache open: %w", err)
-		}
+	c.store, c.life, c.opts, c.log, c.zpool = st, ctx, opts, opts.Logger.With("cache", dir), compression.NewPool(0)
+	if err := st.Clean(ctx); err != nil {
+		return nil, fmt.Errorf("cache open %s: %w", dir, err)
 	}
 	c.info = []byte("StoreDir: " + opts.StoreDir + "\nWantMassQuery: 1\nPriority: " + strconv.Itoa(cachePriority) + "\n")
-	cur, err := os.ReadFile(filepath.Join(dir, "nix-cache-info"))
+	cur, err := readSmall(ctx, st, "nix-cache-info", 4096)
 	if err != nil || !bytes.Equal(cur, c.info) {
-		if err := writeFileAtomic(filepath.Join(dir, "nix-cache-info"), c.info); err != nil {
-			return nil, fmt.Errorf("cache open: %w", err)
+		if err := putBytes(ctx, st, "nix-cache-info", c.info); err != nil {
+			return nil, fmt.Errorf("cache open %s: write nix-cache-info: %w", dir, err)
 		}
-	}
-	c.cleanTemps(ctx)
-	for i := range spoolDirCount {
-		d := filepath.Join(dir, "nar", fmt.Sprintf("%sspool-%d", tmpPrefix, i))
-		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("cache open: %w", err)
-		}
-		c.spoolDirs = append(c.spoolDirs, d)
 	}
 	return c, nil
 }
 
-// Dir is the cache directory.
+// Dir is the cache directory of a FileStore, "" for other stores.
 func (c *Cache) Dir() string { return c.dir }
+
+// Store is where the cache keeps its objects.
+func (c *Cache) Store() Store { return c.store }
 
 // StoreDir is the store directory the cache serves.
 func (c *Cache) StoreDir() string { return c.opts.StoreDir }
 
 // PublicKey is the Nix key clients put in trusted-public-keys.
 func (c *Cache) PublicKey() signing.NixPublicKey { return c.opts.NixKey.Public() }
-
-// spoolDirCount is how many directories spool spreads its temp files over;
-// more than the spooling goroutines of one batch (2 per CPU) rarely collide.
-const spoolDirCount = 8
-
-// cleanTemps removes temporary files a crash left behind; they are never
-// referenced by a narinfo. Temp directories (spool's) are emptied.
-func (c *Cache) cleanTemps(ctx context.Context) {
-	for _, sub := range []string{"", "nar", "log"} {
-		ents, err := os.ReadDir(filepath.Join(c.dir, sub))
-		if err != nil {
-			continue
-		}
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), tmpPrefix) {
-				p := filepath.Join(c.dir, sub, e.Name())
-				if e.IsDir() {
-					c.emptyTempDir(ctx, p)
-					continue
-				}
-				if err := os.Remove(p); err == nil {
-					c.log.DebugContext(ctx, "removed stale temp file", "path", p)
-				}
-			}
-		}
-	}
-}
-
-func (c *Cache) emptyTempDir(ctx context.Context, dir string) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		if err := os.RemoveAll(p); err == nil {
-			c.log.DebugContext(ctx, "removed stale temp file", "path", p)
-		}
-	}
-}
 
 func (c *Cache) lockFor(hashPart string) *sync.Mutex {
 	return &c.locks[c.stripe(hashPart)]
@@ -255,9 +229,17 @@ func (c *Cache) stripe(hashPart string) int {
 	return int(h.Sum32() % uint32(len(c.locks)))
 }
 
+// narinfoKey is the key of a narinfo.
+func narinfoKey(hashPart string) string { return hashPart + ".narinfo" }
+
+// narinfoPath is where a FileStore keeps a narinfo.
 func (c *Cache) narinfoPath(hashPart string) string {
-	return filepath.Join(c.dir, hashPart+".narinfo")
+	return filepath.Join(c.dir, narinfoKey(hashPart))
 }
+
+// maxNarinfoSize bounds a narinfo read back from the store: a path with
+// thousands of references stays far below it.
+const maxNarinfoSize = 4 << 20
 
 // parsePath checks that p is a store path of this cache's store.
 func (c *Cache) parsePath(p string) (storepath.StorePath, error) {
@@ -278,7 +260,7 @@ func (c *Cache) Has(storePath string) bool {
 		return false
 	}
 	c.touch(sp.HashPart)
-	_, err = os.Stat(c.narinfoPath(sp.HashPart))
+	_, err = c.store.Stat(c.life, narinfoKey(sp.HashPart))
 	return err == nil
 }
 
@@ -292,8 +274,8 @@ func (c *Cache) Lookup(storePath string) (*narinfo.NarInfo, error) {
 		return nil, fmt.Errorf("cache lookup: %w", err)
 	}
 	c.touch(sp.HashPart)
-	b, err := os.ReadFile(c.narinfoPath(sp.HashPart))
-	if errors.Is(err, fs.ErrNotExist) {
+	b, err := readSmall(c.life, c.store, narinfoKey(sp.HashPart), maxNarinfoSize)
+	if isNotExist(err) {
 		return nil, fmt.Errorf("cache lookup %s: %w", storePath, ErrNotFound)
 	}
 	if err != nil {
@@ -361,9 +343,10 @@ func (c *Cache) deriverBase(d string) (string, error) {
 	return d, nil
 }
 
-// Publish moves compressedFile into nar/ and writes the signed narinfo of
-// e. On success the file has been consumed (moved, or removed when the
-// same content or path was already there); on error it is left in place.
+// Publish moves compressedFile into the store as e's NAR and writes the
+// signed narinfo of e. On success the file has been consumed (moved, or
+// removed when the same content or path was already there); on error it is
+// left in place.
 func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) error {
 	sp, err := c.checkEntry(&e)
 	if err != nil {
@@ -371,7 +354,7 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 	}
 	url := narURL(e.FileHash, e.Compression)
 	defer c.enter(c.fenceKeys(sp.HashPart, url, e.References)...)()
-	if done, err := c.alreadyPublished(sp, e.NarHash); done || err != nil {
+	if done, err := c.alreadyPublished(ctx, sp, e.NarHash); done || err != nil {
 		if err == nil {
 			os.Remove(compressedFile)
 		}
@@ -384,38 +367,50 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 	if !st.Mode().IsRegular() || st.Size() != e.FileSize {
 		return fmt.Errorf("cache publish %s: %s is %d bytes (%s), entry says FileSize %d", e.StorePath, compressedFile, st.Size(), st.Mode().Type(), e.FileSize)
 	}
+	up, err := c.store.Adopt(ctx, compressedFile)
+	if err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	return c.publishUpload(ctx, sp, e, up)
+}
+
+// publishUpload places up, the compressed NAR of e, and then e's narinfo;
+// up is consumed whatever happens.
+func (c *Cache) publishUpload(ctx context.Context, sp storepath.StorePath, e Entry, up Upload) error {
+	defer up.Discard()
+	url := narURL(e.FileHash, e.Compression)
 	body, err := c.render(sp, &e, url)
 	if err != nil {
 		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
 	}
-	// The narinfo's temp file is written before the NAR is placed so that
-	// both files' syncs run at once (one journal commit on most
-	// filesystems) instead of one after the other. The narinfo itself
-	// still appears only after the NAR's rename is durable.
-	info, err := writeTemp(c.dir, body)
+	// The narinfo is written before the NAR is placed so that both
+	// uploads' syncs run at once (one journal commit on most filesystems)
+	// instead of one after the other. The narinfo itself still appears
+	// only after the NAR's placement is durable.
+	info, err := c.store.Create(ctx)
+	if err == nil {
+		if _, err = info.Write(body); err == nil {
+			err = info.Close()
+		}
+		defer info.Discard()
+	}
 	if err != nil {
 		return fmt.Errorf("cache publish %s: write narinfo: %w", e.StorePath, err)
 	}
-	defer func() {
-		if info != "" {
-			os.Remove(info)
-		}
-	}()
-	if err := c.placeNar(compressedFile, filepath.Join(c.dir, filepath.FromSlash(url)), info); err != nil {
+	if err := c.store.Sync(ctx, up, info); err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	if err := c.store.Place(ctx, Placement{Upload: up, Key: url, Keep: true}); err != nil {
 		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
 	}
 	mu := c.lockFor(sp.HashPart)
 	mu.Lock()
 	defer mu.Unlock()
 	// Re-check under the lock: another publisher may have won meanwhile.
-	if done, err := c.alreadyPublished(sp, e.NarHash); done || err != nil {
+	if done, err := c.alreadyPublished(ctx, sp, e.NarHash); done || err != nil {
 		return err
 	}
-	if err := os.Rename(info, c.narinfoPath(sp.HashPart)); err != nil {
-		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
-	}
-	info = ""
-	if err := syncDir(c.dir); err != nil {
+	if err := c.store.Place(ctx, Placement{Upload: info, Key: narinfoKey(sp.HashPart)}); err != nil {
 		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
 	}
 	c.log.InfoContext(ctx, "published", "path", e.StorePath, "nar_size", e.NarSize, "file_size", e.FileSize, "compression", e.Compression)
@@ -436,9 +431,9 @@ func (c *Cache) fenceKeys(hashPart, url string, refs []string) []string {
 }
 
 // alreadyPublished reports whether sp is there with narHash, or a conflict.
-func (c *Cache) alreadyPublished(sp storepath.StorePath, narHash nixhash.Hash) (bool, error) {
-	b, err := os.ReadFile(c.narinfoPath(sp.HashPart))
-	if errors.Is(err, fs.ErrNotExist) {
+func (c *Cache) alreadyPublished(ctx context.Context, sp storepath.StorePath, narHash nixhash.Hash) (bool, error) {
+	b, err := readSmall(ctx, c.store, narinfoKey(sp.HashPart), maxNarinfoSize)
+	if isNotExist(err) {
 		return false, nil
 	}
 	if err != nil {
@@ -455,63 +450,6 @@ func (c *Cache) alreadyPublished(sp storepath.StorePath, narHash nixhash.Hash) (
 		return false, &ConflictError{StorePath: sp.String(), Have: ni.NarHash, Got: narHash}
 	}
 	return true, nil
-}
-
-// placeNar moves src to dst, durably, and makes also (a file already
-// written, not yet synced) durable, syncing both at once. NAR files are
-// named by content hash, so an existing dst already holds these bytes.
-func (c *Cache) placeNar(src, dst, also string) error {
-	if _, err := os.Stat(dst); err == nil {
-		if err := fsyncFile(also); err != nil {
-			return err
-		}
-		return os.Remove(src)
-	}
-	// The caller's file may not be synced; make its bytes durable before a
-	// narinfo can point at them.
-	alsoErr := make(chan error, 1)
-	go func() { alsoErr <- fsyncFile(also) }()
-	serr := fsyncFile(src)
-	if err := errors.Join(serr, <-alsoErr); err != nil {
-		return err
-	}
-	err := os.Rename(src, dst)
-	if errors.Is(err, syscall.EXDEV) {
-		err = copyAcross(src, dst)
-	}
-	if err != nil {
-		return fmt.Errorf("move %s to %s: %w", src, dst, err)
-	}
-	return syncDir(filepath.Dir(dst))
-}
-
-// copyAcross copies src into a temp file beside dst, syncs and renames it,
-// then removes src: rename cannot cross filesystems.
-func copyAcross(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), tmpPrefix+"nar-")
-	if err != nil {
-		return err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := io.Copy(tmp, in); err != nil {
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	if err := finishTemp(tmp, dst); err != nil {
-		return err
-	}
-	ok = true
-	return os.Remove(src)
 }
 
 // render produces the narinfo bytes (see the package comment for the

@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,22 +27,6 @@ func writeFileAtomic(path string, b []byte) error {
 		return err
 	}
 	return nil
-}
-
-// writeTemp writes b to a new world-readable temp file in dir, without
-// syncing it, and returns its name.
-func writeTemp(dir string, b []byte) (string, error) {
-	tmp, err := os.CreateTemp(dir, tmpPrefix)
-	if err != nil {
-		return "", err
-	}
-	_, werr := tmp.Write(b)
-	cerr := tmp.Chmod(0o644)
-	if err := errors.Join(werr, cerr, tmp.Close()); err != nil {
-		os.Remove(tmp.Name())
-		return "", err
-	}
-	return tmp.Name(), nil
 }
 
 // finishTemp makes a fully written temp file durable and renames it to

@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -190,9 +187,10 @@ func (x *Collection) Touched() []string {
 // it, keep what it names and try again.
 var ErrTouched = errors.New("cache touched during the collection")
 
-// removeUntouched removes path under the fence unless key was touched
-// or anything was touched since the collection last looked.
-func (x *Collection) removeUntouched(key, path string) (bool, error) {
+// removeUntouched removes the object objKey under the fence unless key
+// was touched or anything was touched since the collection last looked.
+// The removal is durable when it returns (Store.Delete).
+func (x *Collection) removeUntouched(ctx context.Context, key, objKey string) (bool, error) {
 	f := &x.c.fence
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -202,8 +200,14 @@ func (x *Collection) removeUntouched(key, path string) (bool, error) {
 	if _, ok := f.touched[key]; ok {
 		return false, nil
 	}
-	err := os.Remove(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	st := x.c.store
+	if _, err := st.Stat(ctx, objKey); isNotExist(err) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	err := st.Delete(ctx, objKey)
+	if isNotExist(err) {
 		return false, nil
 	}
 	return err == nil, err
@@ -216,87 +220,69 @@ type Stored struct {
 	Deriver    string
 	URL        string
 	FileSize   int64
-	Published  time.Time // the narinfo file's modification time
+	Published  time.Time // the narinfo object's modification time
 }
 
-// Scan calls fn for every narinfo in the cache (in directory order). A
+// Scan calls fn for every narinfo in the cache (in listing order). A
 // narinfo that does not parse is logged and skipped: it is left alone.
 func (c *Cache) Scan(ctx context.Context, fn func(Stored) error) (skipped int, err error) {
-	d, err := os.Open(c.dir)
-	if err != nil {
-		return 0, fmt.Errorf("cache scan: %w", err)
-	}
-	defer d.Close()
 	buf := make([]byte, 64<<10)
-	for {
-		names, err := d.Readdirnames(4096)
-		for _, name := range names {
-			h, ok := strings.CutSuffix(name, ".narinfo")
-			if !ok || !isHashPart(h) {
-				continue
-			}
-			if err := ctx.Err(); err != nil {
-				return skipped, err
-			}
-			s, ok, rerr := c.readStored(filepath.Join(c.dir, name), h, buf)
-			if rerr != nil {
-				return skipped, fmt.Errorf("cache scan: %w", rerr)
-			}
-			if !ok {
-				skipped++
-				continue
-			}
-			if err := fn(s); err != nil {
-				return skipped, err
-			}
+	err = c.store.List(ctx, "", func(oi ObjectInfo) error {
+		h, ok := strings.CutSuffix(oi.Key, ".narinfo")
+		if !ok || !isHashPart(h) {
+			return nil
 		}
-		if errors.Is(err, io.EOF) || (err == nil && len(names) == 0) {
-			return skipped, nil
+		s, ok, rerr := c.readStored(ctx, h, buf)
+		if rerr != nil {
+			return fmt.Errorf("cache scan: %w", rerr)
 		}
-		if err != nil {
-			return skipped, fmt.Errorf("cache scan: %w", err)
+		if !ok {
+			skipped++
+			return nil
 		}
+		return fn(s)
+	})
+	if err != nil {
+		return skipped, err
 	}
+	return skipped, ctx.Err()
 }
 
 // readStored reads one narinfo; ok is false (and the problem logged) for
 // one that is gone or does not parse.
-func (c *Cache) readStored(path, hashPart string, buf []byte) (Stored, bool, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
+func (c *Cache) readStored(ctx context.Context, hashPart string, buf []byte) (Stored, bool, error) {
+	key := narinfoKey(hashPart)
+	f, err := c.store.Open(ctx, key)
+	if isNotExist(err) {
 		return Stored{}, false, nil
 	}
 	if err != nil {
 		return Stored{}, false, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return Stored{}, false, err
-	}
 	n, err := readUpTo(f, buf)
 	if err != nil {
 		return Stored{}, false, err
 	}
 	if n == len(buf) {
-		c.log.Warn("narinfo too large; left alone", "path", path)
+		c.log.Warn("narinfo too large; left alone", "key", key)
 		return Stored{}, false, nil
 	}
 	ni, err := narinfo.Parse(buf[:n])
 	if err != nil {
-		c.log.Warn("narinfo does not parse; left alone", "path", path, "err", err)
+		c.log.Warn("narinfo does not parse; left alone", "key", key, "err", err)
 		return Stored{}, false, nil
 	}
 	sp, err := c.parsePath(ni.StorePath)
 	if err != nil || sp.HashPart != hashPart {
-		c.log.Warn("narinfo names another path; left alone", "path", path, "store_path", ni.StorePath)
+		c.log.Warn("narinfo names another path; left alone", "key", key, "store_path", ni.StorePath)
 		return Stored{}, false, nil
 	}
 	return Stored{Base: sp.Base(), References: ni.References, Deriver: ni.Deriver, URL: ni.URL,
-		FileSize: int64(ni.FileSize), Published: st.ModTime()}, true, nil
+		FileSize: int64(ni.FileSize), Published: f.Info().ModTime}, true, nil
 }
 
-func readUpTo(f *os.File, buf []byte) (int, error) {
+func readUpTo(f io.Reader, buf []byte) (int, error) {
 	n := 0
 	for n < len(buf) {
 		m, err := f.Read(buf[n:])
@@ -315,8 +301,8 @@ func readUpTo(f *os.File, buf []byte) (int, error) {
 }
 
 // DeleteNarinfos removes the narinfos of bases (store path basenames)
-// that nothing touched, then syncs the directory, so that the removals
-// are durable before any NAR goes. It returns what it removed with each
+// that nothing touched, each removal durable (Store.Delete) before the
+// next, so that they are all durable before any NAR goes. It returns what it removed with each
 // one's NAR URL; on ErrTouched the caller takes Touched and calls again
 // with what is still to delete.
 func (x *Collection) DeleteNarinfos(ctx context.Context, bases []string) ([]Stored, error) {
@@ -333,8 +319,7 @@ func (x *Collection) DeleteNarinfos(ctx context.Context, bases []string) ([]Stor
 		if err != nil {
 			continue
 		}
-		path := c.narinfoPath(sp.HashPart)
-		s, ok, err := c.readStored(path, sp.HashPart, buf)
+		s, ok, err := c.readStored(ctx, sp.HashPart, buf)
 		if err != nil {
 			stop = err
 			break
@@ -344,7 +329,7 @@ func (x *Collection) DeleteNarinfos(ctx context.Context, bases []string) ([]Stor
 		}
 		mu := c.lockFor(sp.HashPart)
 		mu.Lock()
-		removed, err := x.removeUntouched(sp.HashPart, path)
+		removed, err := x.removeUntouched(ctx, sp.HashPart, narinfoKey(sp.HashPart))
 		mu.Unlock()
 		if err != nil {
 			stop = err
@@ -352,11 +337,6 @@ func (x *Collection) DeleteNarinfos(ctx context.Context, bases []string) ([]Stor
 		}
 		if removed {
 			done = append(done, s)
-		}
-	}
-	if len(done) > 0 {
-		if err := syncDir(c.dir); err != nil {
-			return done, fmt.Errorf("cache collect: %w", err)
 		}
 	}
 	return done, stop
@@ -369,7 +349,7 @@ func (x *Collection) DeleteNar(url string) (bool, error) {
 	if !ok || !isNarName(name) {
 		return false, nil
 	}
-	return x.removeUntouched(url, filepath.Join(x.c.dir, "nar", name))
+	return x.removeUntouched(x.c.life, url, "nar/"+name)
 }
 
 // DeleteLog removes the log of a deleted .drv (basename).
@@ -378,7 +358,7 @@ func (x *Collection) DeleteLog(drvBase string) (bool, error) {
 	if err != nil || !sp.IsDerivation() {
 		return false, nil
 	}
-	return x.removeUntouched(sp.HashPart, filepath.Join(x.c.dir, "log", sp.Base()))
+	return x.removeUntouched(x.c.life, sp.HashPart, "log/"+sp.Base())
 }
 
 // File is a NAR or log file as Orphans lists it.
@@ -388,39 +368,14 @@ type File struct {
 	ModTime time.Time
 }
 
-// Files lists nar/ and log/ (not temp files) for orphan reaping.
+// Files lists nar/ and log/ (not uploads in progress) for orphan reaping.
 func (c *Cache) Files(ctx context.Context, fn func(File) error) error {
-	for _, sub := range []string{"nar", "log"} {
-		d, err := os.Open(filepath.Join(c.dir, sub))
+	for _, sub := range []string{"nar/", "log/"} {
+		err := c.store.List(ctx, sub, func(oi ObjectInfo) error {
+			return fn(File{Name: oi.Key, Size: oi.Size, ModTime: oi.ModTime})
+		})
 		if err != nil {
 			return fmt.Errorf("cache files: %w", err)
-		}
-		for {
-			ents, err := d.ReadDir(4096)
-			for _, e := range ents {
-				if strings.HasPrefix(e.Name(), tmpPrefix) || !e.Type().IsRegular() {
-					continue
-				}
-				if cerr := ctx.Err(); cerr != nil {
-					d.Close()
-					return cerr
-				}
-				info, ierr := e.Info()
-				if ierr != nil {
-					continue
-				}
-				if ferr := fn(File{Name: sub + "/" + e.Name(), Size: info.Size(), ModTime: info.ModTime()}); ferr != nil {
-					d.Close()
-					return ferr
-				}
-			}
-			if err != nil || len(ents) == 0 {
-				d.Close()
-				if err != nil && !errors.Is(err, io.EOF) {
-					return fmt.Errorf("cache files: %w", err)
-				}
-				break
-			}
 		}
 	}
 	return nil

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -62,19 +60,19 @@ func (c *Cache) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // serveFile serves rel (already validated) with ServeContent, which
 // handles HEAD, Range and conditional requests. It reports whether the
-// file was there.
+// object was there.
 func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, encoding string) bool {
-	f, err := os.Open(filepath.Join(c.dir, filepath.FromSlash(rel)))
-	if err != nil {
+	f, err := c.store.Open(r.Context(), rel)
+	if isNotExist(err) {
 		http.NotFound(w, r)
+		return false
+	}
+	if err != nil {
+		c.log.WarnContext(r.Context(), "serve from the store", "key", rel, "err", err)
+		http.Error(w, "cache store unavailable", http.StatusServiceUnavailable)
 		return false
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() {
-		http.NotFound(w, r)
-		return false
-	}
 	h := w.Header()
 	h.Set("Content-Type", ctype)
 	if encoding != "" && encoding != "none" {
@@ -97,7 +95,7 @@ func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, en
 		// "zstd" and "gzip" are also the HTTP names browsers know.
 		h.Set("Content-Encoding", encoding)
 	}
-	http.ServeContent(w, r, "", st.ModTime(), f)
+	http.ServeContent(w, r, "", f.Info().ModTime, f)
 	return true
 }
 

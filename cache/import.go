@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 
 	"github.com/gbc-farm/gbc/archive"
@@ -50,7 +49,7 @@ func (c *Cache) importRecord(ctx context.Context, rec *archive.Record) (string, 
 	if err != nil {
 		return "", err
 	}
-	defer os.Remove(s.path) // no-op once Publish has moved it
+	defer s.up.Discard() // no-op once published
 	if err := rec.Finish(); err != nil {
 		return "", err
 	}
@@ -71,7 +70,7 @@ func (c *Cache) importRecord(ctx context.Context, rec *archive.Record) (string, 
 		FileHash: s.fileHash, FileSize: s.fileSize, Compression: c.opts.Compression,
 		References: rec.References, Deriver: rec.Deriver,
 	}
-	if err := c.Publish(ctx, e, s.path); err != nil {
+	if err := c.publishEntry(ctx, e, s.up); err != nil {
 		return rec.Path, err
 	}
 	return rec.Path, nil

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,10 +16,10 @@ import (
 	"github.com/gbc-farm/gbc/storepath"
 )
 
-// spooled is a compressed NAR in a temp file inside the cache, with the
+// spooled is a compressed NAR in an upload of the cache's store, with the
 // hashes Publish needs.
 type spooled struct {
-	path              string
+	up                Upload
 	narHash, fileHash nixhash.Hash
 	narSize, fileSize int64
 }
@@ -28,26 +27,18 @@ type spooled struct {
 // errTooLarge is wrapped when a NAR exceeds Options.MaxNarSize.
 var errTooLarge = errors.New("NAR exceeds the size limit")
 
-// spool compresses the NAR that produce writes into a temp file under nar/,
-// hashing both streams on the way. extra (e.g. a reference scanner) sees the
-// uncompressed bytes too. The caller removes s.path if it does not publish.
+// spool compresses the NAR that produce writes into a new upload of the
+// store, hashing both streams on the way. extra (e.g. a reference scanner)
+// sees the uncompressed bytes too. The caller discards s.up if it does not
+// publish it.
 func (c *Cache) spool(ctx context.Context, produce func(w io.Writer) error, extra ...io.Writer) (s spooled, err error) {
-	dir := c.spoolDirs[c.spoolNext.Add(1)%uint32(len(c.spoolDirs))]
-	tmp, err := os.CreateTemp(dir, tmpPrefix)
-	if errors.Is(err, fs.ErrNotExist) {
-		// Someone cleaned up hidden directories under a running
-		// coordinator: make it again rather than fail every publish.
-		if err = os.MkdirAll(dir, 0o700); err == nil {
-			tmp, err = os.CreateTemp(dir, tmpPrefix)
-		}
-	}
+	tmp, err := c.store.Create(ctx)
 	if err != nil {
 		return s, fmt.Errorf("spool: %w", err)
 	}
 	defer func() {
 		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
+			tmp.Discard()
 		}
 	}()
 	fileHW := nar.NewHashingWriter()
@@ -78,14 +69,26 @@ func (c *Cache) spool(ctx context.Context, produce func(w io.Writer) error, extr
 	if err := bw.Flush(); err != nil {
 		return s, err
 	}
-	// World-readable once renamed into place: the cache is public.
-	if err := tmp.Chmod(0o644); err != nil {
-		return s, err
-	}
 	if err := tmp.Close(); err != nil {
 		return s, err
 	}
-	return spooled{path: tmp.Name(), narHash: narHW.Sum(), narSize: narHW.Size(), fileHash: fileHW.Sum(), fileSize: fileHW.Size()}, nil
+	return spooled{up: tmp, narHash: narHW.Sum(), narSize: narHW.Size(), fileHash: fileHW.Sum(), fileSize: fileHW.Size()}, nil
+}
+
+// publishEntry publishes up, a spooled NAR, as e (see Publish); up is
+// consumed whatever happens.
+func (c *Cache) publishEntry(ctx context.Context, e Entry, up Upload) error {
+	sp, err := c.checkEntry(&e)
+	if err != nil {
+		up.Discard()
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	defer c.enter(c.fenceKeys(sp.HashPart, narURL(e.FileHash, e.Compression), e.References)...)()
+	if done, err := c.alreadyPublished(ctx, sp, e.NarHash); done || err != nil {
+		up.Discard()
+		return err
+	}
+	return c.publishUpload(ctx, sp, e, up)
 }
 
 // guardWriter stops a long dump or import when ctx ends or the NAR grows
@@ -149,8 +152,7 @@ func (c *Cache) PublishLocal(ctx context.Context, storePath, root string, candid
 		e.References = scan.Found()
 	}
 	e.NarHash, e.NarSize, e.FileHash, e.FileSize = s.narHash, s.narSize, s.fileHash, s.fileSize
-	if err := c.Publish(ctx, e, s.path); err != nil {
-		os.Remove(s.path)
+	if err := c.publishEntry(ctx, e, s.up); err != nil {
 		return e, err
 	}
 	return e, nil

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/gbc-farm/gbc/compression"
 )
@@ -32,18 +30,11 @@ func (c *Cache) WriteLog(ctx context.Context, drvPath string, r io.Reader) error
 		return fmt.Errorf("cache log: %s is not a .drv path", drvPath)
 	}
 	defer c.enter(sp.HashPart)()
-	dst := filepath.Join(c.dir, "log", sp.Base())
-	tmp, err := os.CreateTemp(filepath.Dir(dst), tmpPrefix+"log-")
+	tmp, err := c.store.Create(ctx)
 	if err != nil {
 		return fmt.Errorf("cache log %s: %w", drvPath, err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Discard()
 	cw, err := compression.NewWriter(tmp, c.opts.Compression)
 	if err != nil {
 		return fmt.Errorf("cache log %s: %w", drvPath, err)
@@ -63,9 +54,14 @@ func (c *Cache) WriteLog(ctx context.Context, drvPath string, r io.Reader) error
 	if err := cw.Close(); err != nil {
 		return fmt.Errorf("cache log %s: compress: %w", drvPath, err)
 	}
-	if err := finishTemp(tmp, dst); err != nil {
+	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("cache log %s: %w", drvPath, err)
 	}
-	ok = true
+	if err := c.store.Sync(ctx, tmp); err != nil {
+		return fmt.Errorf("cache log %s: %w", drvPath, err)
+	}
+	if err := c.store.Place(ctx, Placement{Upload: tmp, Key: "log/" + sp.Base()}); err != nil {
+		return fmt.Errorf("cache log %s: %w", drvPath, err)
+	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 
 	"github.com/gbc-farm/gbc/derivation"
@@ -30,7 +29,7 @@ func (c *Cache) ReadDerivation(ctx context.Context, drvPath string) (*derivation
 	if !isNarName(filepath.Base(ni.URL)) || filepath.Dir(ni.URL) != "nar" {
 		return nil, fmt.Errorf("cache read derivation %s: narinfo URL %q", drvPath, ni.URL)
 	}
-	f, err := os.Open(filepath.Join(c.dir, filepath.FromSlash(ni.URL)))
+	f, err := c.store.Open(ctx, ni.URL)
 	if err != nil {
 		return nil, fmt.Errorf("cache read derivation %s: %w", drvPath, err)
 	}
