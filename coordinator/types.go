@@ -84,3 +84,46 @@ var (
 	// ErrConflict: the build is not in a state that allows the change.
 	ErrConflict = db.ErrConflict
 )
+
+// BuildQuery selects one page of builds for BuildsPage.
+type BuildQuery = db.BuildQuery
+
+// BuildPage is one page of builds and the cursor of the next.
+type BuildPage = db.BuildPage
+
+// Page sizes of BuildsPage.
+const (
+	DefaultPageLimit = db.DefaultPageLimit
+	MaxPageLimit     = db.MaxPageLimit
+)
+
+// AttemptCount is how many of an agent's attempts ended one way.
+type AttemptCount = db.AttemptCount
+
+// OutputResult is a built, verified output.
+type OutputResult = db.OutputResult
+
+// Outcome is how an attempt ended; AttemptKind why one failed.
+type (
+	Outcome     = db.Outcome
+	AttemptKind = db.AttemptKind
+)
+
+// ValidBuildState reports whether s names a build state.
+func ValidBuildState(s BuildState) bool {
+	switch s {
+	case StateScheduled, StateAllocated, StateStarted, StateSucceeded, StateFailed, StateCanceled, StateFailedDependency:
+		return true
+	}
+	return false
+}
+
+// The attempt kinds (why a failed or requeued attempt ended).
+const (
+	KindBuild            = db.KindBuild
+	KindSetup            = db.KindSetup
+	KindWaitingForInputs = db.KindWaitingForInputs
+	KindVerification     = db.KindVerification
+	KindInfrastructure   = db.KindInfrastructure
+	KindCoordinator      = db.KindCoordinator
+)

@@ -20,6 +20,10 @@ command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v curl >/dev/null 2>&1 || need+=(curl)   # make demo fetches a narinfo
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v lzip >/dev/null 2>&1 || need+=(lzip)   # compression tests read real lzip output
+# e2e/web_test.go drives the web interface in headless Chromium (with a font
+# for its screenshots)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 # PostgreSQL backend tests (.ci/run starts the cluster; make test skips them without it)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 # promtool checks the metrics output; e2e runs a real Prometheus server scraping a coordinator

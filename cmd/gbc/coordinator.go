@@ -27,6 +27,7 @@ import (
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
 	"github.com/gbc-farm/gbc/sshd"
+	"github.com/gbc-farm/gbc/web"
 )
 
 const coordinatorUsage = `usage: gbc coordinator --state-dir DIR [flags]
@@ -54,6 +55,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	storeDir := fs.String("store-dir", "/nix/store", "the farm's store directory (/gnu/store adds Guix signatures)")
 	httpListen := fs.String("http-listen", "", "also serve the cache read-only over plain HTTP on `ADDR` (e.g. 127.0.0.1:8080)")
 	metricsListen := fs.String("metrics-listen", "", "also serve Prometheus metrics at /metrics over plain HTTP on `ADDR` (e.g. 127.0.0.1:9100); they are always reachable through the SSH port at "+sshd.MetricsAddress)
+	webListen := fs.String("web-listen", "", "also serve the read-only web interface over plain HTTP on `ADDR` (for a reverse proxy; without it, ssh -L 8080:web.gbc:80 reaches it for reader keys and above)")
 	strategy := fs.String("allocation-strategy", "derivation-ordered", "derivation-ordered: an input without a successful build here or in the cache blocks its dependents; permissive: such inputs are assumed substitutable")
 	heartbeat := fs.Duration("heartbeat", coordinator.DefaultHeartbeat, "interval agents send heartbeats at; three missed end the session")
 	grace := fs.Duration("disconnect-grace", coordinator.DefaultDisconnectGrace, "how long an absent agent keeps its builds before they are requeued")
@@ -207,10 +209,14 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	metricsHandler := metrics.Handler(reg, log)
+	ui, err := web.New(web.Config{Coordinator: coord, Cache: bc.Handler(), Logger: log, Clock: clk})
+	if err != nil {
+		return err
+	}
 	srv, err := sshd.New(sshd.Config{Coordinator: coord, HostKey: host, Logger: log, Clock: clk,
 		MaxUploadBytes: *maxUpload, MaxAgentUploadBytes: *maxAgentUpload, Cache: bc.Handler(), KeepAlive: *keepalive,
 		HandshakeTimeout: *handshakeTimeout, MaxUnauthenticated: *maxUnauth, MaxUnauthenticatedPerSource: *maxUnauthSource,
-		Metrics: metricsHandler})
+		Metrics: metricsHandler, Web: ui})
 	if err != nil {
 		return err
 	}
@@ -242,6 +248,17 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		go ms.Serve(ml) //nolint:errcheck // ends at Close
 		defer ms.Close()
 		log.Info("metrics listening", "http", ml.Addr().String(), "path", metrics.Path)
+	}
+	if *webListen != "" {
+		wl, err := net.Listen("tcp", *webListen)
+		if err != nil {
+			return fmt.Errorf("--web-listen %s: %w", *webListen, err)
+		}
+		// No WriteTimeout: a followed log is one long response.
+		ws := &http.Server{Handler: ui, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+		go ws.Serve(wl) //nolint:errcheck // ends at Close
+		defer ws.Close()
+		log.Info("web interface listening", "http", wl.Addr().String())
 	}
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
