@@ -171,6 +171,7 @@ func (c *Coordinator) Connect(ctx context.Context, agentID string, h *protocol.H
 		old.gone = true
 	}
 	c.sessions[agentID] = s
+	delete(c.departed, agentID)
 	c.noteAgentLocked(agentID, func(m *agentMeta) { m.name, m.active, m.lastSeen = a.Name, a.Active, now })
 	c.mu.Unlock()
 	if old != nil {
@@ -301,6 +302,7 @@ func (s *Session) Close() {
 	current := c.sessions[s.agentID] == s
 	if current {
 		delete(c.sessions, s.agentID)
+		c.departed[s.agentID] = s
 		c.noteAgentLocked(s.agentID, func(m *agentMeta) { m.lastSeen = s.lastSeen })
 	}
 	already := s.gone
@@ -519,6 +521,9 @@ func (c *Coordinator) SetAgentActive(ctx context.Context, agentID string, active
 	c.log.Info("agent activation changed", "agent", agentID, "active", active)
 	c.mu.Lock()
 	c.noteAgentLocked(agentID, func(m *agentMeta) { m.active = active })
+	if s := c.departed[agentID]; s != nil {
+		s.inactive = !active
+	}
 	c.mu.Unlock()
 	if active {
 		c.mu.Lock()

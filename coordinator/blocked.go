@@ -1,11 +1,6 @@
 package coordinator
 
 import (
-	"fmt"
-	"slices"
-	"sort"
-	"strings"
-
 	"github.com/gbc-farm/gbc/scheduler"
 )
 
@@ -36,8 +31,8 @@ type Blockage struct {
 	// of UnbuildableTotal).
 	Unbuildable      []string
 	UnbuildableTotal int
-	// NoAgent says why no connected agent can take it; empty when one can.
-	NoAgent string
+	// NoAgent says why no agent takes it now; nil when a free one can.
+	NoAgent *NoAgent
 }
 
 // Stuck reports whether the build waits for something nothing will build.
@@ -58,7 +53,7 @@ func (c *Coordinator) Blockage(id string) (Blockage, bool) {
 		bl.Inputs = append(bl.Inputs, BlockingInput{Derivation: in.Derivation, Builds: nonNilStrings(in.Builds), Unbuildable: in.Unbuildable})
 	}
 	if sb, ok := c.sched.Lookup(id); ok {
-		bl.NoAgent = c.noAgentLocked(sb)
+		bl.NoAgent = c.noAgentLocked(sb, st == scheduler.Ready)
 	}
 	return bl, true
 }
@@ -68,67 +63,6 @@ func nonNilStrings(s []string) []string {
 		return []string{}
 	}
 	return s
-}
-
-// noAgentLocked says why no connected agent can take b (system, required
-// features, the agents' required tags, deactivation), or "" if one can.
-func (c *Coordinator) noAgentLocked(b scheduler.Build) string {
-	var sessions []*Session
-	for _, s := range c.sessions {
-		if !s.gone {
-			sessions = append(sessions, s)
-		}
-	}
-	if len(sessions) == 0 {
-		return "no agent is connected"
-	}
-	sort.Slice(sessions, func(i, j int) bool { return sessions[i].agentID < sessions[j].agentID })
-	var systems []string
-	var bySystem, byFeatures, byTags []*Session
-	for _, s := range sessions {
-		for _, sys := range s.systems {
-			if !slices.Contains(systems, sys) {
-				systems = append(systems, sys)
-			}
-		}
-		if !slices.Contains(s.systems, b.System) {
-			continue
-		}
-		bySystem = append(bySystem, s)
-		has := true
-		for _, f := range b.Features {
-			has = has && s.features[f]
-		}
-		if !has {
-			continue
-		}
-		byFeatures = append(byFeatures, s)
-		if !s.canTake(b) {
-			continue
-		}
-		byTags = append(byTags, s)
-		if !s.inactive {
-			return ""
-		}
-	}
-	sort.Strings(systems)
-	switch {
-	case len(bySystem) == 0:
-		return fmt.Sprintf("no connected agent builds system %s (the connected agents build %s)", b.System, strings.Join(systems, ", "))
-	case len(byFeatures) == 0:
-		return fmt.Sprintf("no connected agent for %s has every required feature (%s)", b.System, strings.Join(b.Features, ", "))
-	case len(byTags) == 0:
-		var req []string
-		for _, s := range byFeatures {
-			req = append(req, fmt.Sprintf("%s requires %s", s.name, strings.Join(s.requireTags, ",")))
-		}
-		return fmt.Sprintf("every connected agent for %s takes only builds with tags this one lacks (%s); resubmit with --tag K=V", b.System, strings.Join(req, "; "))
-	}
-	var names []string
-	for _, s := range byTags {
-		names = append(names, s.name+" ("+s.agentID+")")
-	}
-	return fmt.Sprintf("the connected agents that could take it are deactivated: %s ('agent ID activate' gives them builds again)", strings.Join(names, ", "))
 }
 
 // blockedLocked counts, for Status, the queued builds that wait for inputs

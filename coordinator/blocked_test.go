@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -110,8 +111,8 @@ func TestBlockageNamesUnbuildableInputs(t *testing.T) {
 	if len(bl.Inputs) != 1 || bl.Inputs[0].Derivation != gcc || !slices.Equal(bl.Inputs[0].Builds, []string{ids[1]}) || !bl.Inputs[0].Unbuildable {
 		t.Fatalf("hello's blocking inputs %+v, want gcc (build %s), unbuildable", bl.Inputs, ids[1])
 	}
-	if bl.NoAgent != "no agent is connected" {
-		t.Fatalf("no agent: %q", bl.NoAgent)
+	if na := bl.NoAgent; na == nil || na.Kind != NoAgentSeen || na.Message != "no agent has connected since the coordinator started" {
+		t.Fatalf("no agent: %+v", na)
 	}
 	if st := h.c.Status(); st.Stuck != 2 {
 		t.Fatalf("status stuck %d, want 2", st.Stuck)
@@ -130,13 +131,18 @@ func TestBlockageNoAgentCanTake(t *testing.T) {
 	arm := h.submit(0, h.drv("arm", "aarch64-linux"))[0]
 	kvm := h.submit(0, h.drv("kvm", "x86_64-linux", withFeatures("kvm")))[0]
 	h.agent("a", protocol.Hello{Systems: []string{"x86_64-linux"}})
-	for _, tc := range []struct{ id, want string }{
-		{arm, "no connected agent builds system aarch64-linux (the connected agents build x86_64-linux)"},
-		{kvm, "no connected agent for x86_64-linux has every required feature (kvm)"},
+	for _, tc := range []struct {
+		id   string
+		want NoAgent
+	}{
+		{arm, NoAgent{Kind: NoAgentForSystem, System: "aarch64-linux", Systems: []string{"x86_64-linux"},
+			Message: "no agent builds system aarch64-linux (the agents build x86_64-linux)"}},
+		{kvm, NoAgent{Kind: NoAgentWithFeatures, System: "x86_64-linux", Features: []string{"kvm"},
+			Message: "no agent for x86_64-linux has every required feature (kvm)"}},
 	} {
 		bl, ok := h.c.Blockage(tc.id)
-		if !ok || bl.NoAgent != tc.want {
-			t.Errorf("no agent: %q, want %q", bl.NoAgent, tc.want)
+		if !ok || bl.NoAgent == nil || !reflect.DeepEqual(*bl.NoAgent, tc.want) {
+			t.Errorf("no agent: %+v, want %+v", bl.NoAgent, tc.want)
 		}
 	}
 	if st := h.c.Status(); st.Unmatched != 2 {
@@ -149,8 +155,70 @@ func TestBlockageAgentsRequireTags(t *testing.T) {
 	id := h.submit(0, h.drv("plain", "x86_64-linux"))[0]
 	h.agent("web-only", protocol.Hello{RequireTags: []string{"team=web"}})
 	bl, _ := h.c.Blockage(id)
-	want := "every connected agent for x86_64-linux takes only builds with tags this one lacks (web-only requires team=web); resubmit with --tag K=V"
-	if bl.NoAgent != want {
-		t.Fatalf("no agent: %q\nwant %q", bl.NoAgent, want)
+	want := "every agent for x86_64-linux takes only builds with tags this one lacks (web-only requires team=web); resubmit with --tag K=V"
+	if na := bl.NoAgent; na == nil || na.Kind != NoAgentForTags || na.Message != want ||
+		len(na.Agents) != 1 || na.Agents[0].Name != "web-only" || !slices.Equal(na.Agents[0].RequireTags, []string{"team=web"}) {
+		t.Fatalf("no agent: %+v\nwant %q", na, want)
+	}
+}
+
+// TestNoAgentFullAbsentDeactivated: a runnable build whose only matching
+// agent is busy, then gone, then deactivated says so, as data; a free
+// agent for it means no reason at all.
+func TestNoAgentFullAbsentDeactivated(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	a := h.agent("busy", protocol.Hello{Systems: []string{"aarch64-linux"}})
+	first := h.submit(0, h.drv("first", "aarch64-linux"))[0]
+	a.next()
+	second := h.submit(0, h.drv("second", "aarch64-linux"))[0]
+	kind := func(id string) (NoAgentKind, *NoAgent) {
+		t.Helper()
+		bl, ok := h.c.Blockage(id)
+		if !ok {
+			t.Fatalf("build %s is not queued", id)
+		}
+		if bl.NoAgent == nil {
+			return "", nil
+		}
+		return bl.NoAgent.Kind, bl.NoAgent
+	}
+	if k, na := kind(second); k != NoAgentFree || len(na.Agents) != 1 || na.Agents[0].ID != a.id || na.Agents[0].Running != 1 ||
+		na.Agents[0].MaxParallel != 1 || !na.Agents[0].Connected || !k.Passing() {
+		t.Fatalf("behind a busy agent: %+v", na)
+	}
+	if _, ok := h.c.Blockage(first); ok {
+		t.Fatalf("the running build has a blockage")
+	}
+	// A build still waiting for an input is not held back by full agents.
+	dep := h.submit(0, h.drv("dep", "aarch64-linux", withInput(h.build(second).Derivation)))[0]
+	if k, na := kind(dep); k != "" {
+		t.Fatalf("waiting build: %+v", na)
+	}
+
+	a.s.Close()
+	if k, na := kind(second); k != NoAgentConnected || len(na.Agents) != 1 || na.Agents[0].Connected || na.Agents[0].Name != "busy" || k.Passing() {
+		t.Fatalf("with the agent gone: %+v", na)
+	}
+	if err := h.c.SetAgentActive(ctx, a.id, false); err != nil {
+		t.Fatal(err)
+	}
+	if k, na := kind(second); k != NoAgentActive || na.Agents[0].Active {
+		t.Fatalf("with the agent deactivated: %+v", na)
+	}
+	if err := h.c.SetAgentActive(ctx, a.id, true); err != nil {
+		t.Fatal(err)
+	}
+	if k, na := kind(second); k != NoAgentConnected {
+		t.Fatalf("activated again, still away: %+v", na)
+	}
+	// Another agent for the system, free: nothing holds the build back
+	// but dispatch, which gives it the build at once.
+	b := h.agent("free", protocol.Hello{Systems: []string{"aarch64-linux"}})
+	if got := b.next(); got.Build != second {
+		t.Fatalf("free agent got %s, want %s", got.Build, second)
+	}
+	if k, na := kind(dep); k != "" {
+		t.Fatalf("dep: %+v", na)
 	}
 }

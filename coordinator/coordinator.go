@@ -132,9 +132,13 @@ type Coordinator struct {
 	clk   clock.Clock
 	log   *slog.Logger
 
-	mu        sync.Mutex
-	sched     *scheduler.Scheduler
-	sessions  map[string]*Session // by agent id
+	mu       sync.Mutex
+	sched    *scheduler.Scheduler
+	sessions map[string]*Session // by agent id
+	// departed is the last session of each agent that disconnected
+	// since the start and has not come back: what it builds, for
+	// explaining why no agent takes a build (noagent.go).
+	departed  map[string]*Session
 	waiters   map[string][]chan struct{}
 	verifying map[string]bool
 	// avoid remembers, per build, agents where setup failed.
@@ -217,6 +221,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		log:       cfg.Logger,
 		sched:     scheduler.New(cfg.Strategy, cfg.Clock),
 		sessions:  map[string]*Session{},
+		departed:  map[string]*Session{},
 		waiters:   map[string][]chan struct{}{},
 		verifying: map[string]bool{},
 		avoid:     map[string]map[string]bool{},

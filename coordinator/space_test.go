@@ -46,6 +46,9 @@ func TestLowSpacePausesAndChargesNobody(t *testing.T) {
 	queued := h.submit(0, h.drv("space-queued", "x86_64-linux"))[0]
 	other := h.agent("b", protocol.Hello{})
 	other.idle() // nothing is allocated while paused
+	if bl, _ := h.c.Blockage(queued); bl.NoAgent == nil || bl.NoAgent.Kind != NoAgentSpace {
+		t.Fatalf("queued while paused: %+v, want %s", bl.NoAgent, NoAgentSpace)
+	}
 
 	for i := range DefaultMaxSetupFailures + 2 {
 		err := h.c.UploadSpace(a.id, id)

@@ -102,8 +102,8 @@ type queueJSON struct {
 	// nothing will build: it waits for them forever unless someone acts.
 	UnbuildableInputs []string `json:"unbuildable_inputs,omitempty"`
 	UnbuildableTotal  int      `json:"unbuildable_total,omitempty"`
-	// NoAgent says why no connected agent can take it.
-	NoAgent string `json:"no_agent,omitempty"`
+	// NoAgent says why no agent takes it now, as a kind with details.
+	NoAgent *coordinator.NoAgent `json:"no_agent,omitempty"`
 }
 
 // queueOf reads a live build's place in the queue; nil once it ended.
@@ -135,8 +135,8 @@ func explainText(id string, q *queueJSON) string {
 		fmt.Fprintf(&b, "build %s waits for inputs that nothing will build (no build here, outputs not in the cache): %s%s; %s\n",
 			id, text.Escape(strings.Join(q.UnbuildableInputs, " ")), more, coordinator.FixUnbuildable)
 	}
-	if q.NoAgent != "" {
-		fmt.Fprintf(&b, "build %s: %s\n", id, text.Escape(q.NoAgent))
+	if na := q.NoAgent; na != nil && !na.Kind.Passing() {
+		fmt.Fprintf(&b, "build %s: %s\n", id, text.Escape(na.Message))
 	}
 	return b.String()
 }
@@ -344,8 +344,8 @@ func setupBuildShow(fs *pflag.FlagSet) func(x *call) error {
 				row("unbuildable", strings.Join(q.UnbuildableInputs, " ")+more)
 				row("to unblock", coordinator.FixUnbuildable)
 			}
-			if q.NoAgent != "" {
-				row("no agent", q.NoAgent)
+			if na := q.NoAgent; na != nil {
+				row("no agent", string(na.Kind)+": "+na.Message)
 			}
 		}
 		for _, a := range j.Attempts {
