@@ -155,7 +155,9 @@ func (c *Cache) BeginCollection() (*Collection, error) {
 	for keys := range f.pending {
 		f.touchLocked(*keys)
 	}
-	return &Collection{c: c, start: c.opts.Clock.Now()}, nil
+	// The wall clock, not the injected one: start is compared with the
+	// modification times the kernel stamps on files.
+	return &Collection{c: c, start: time.Now()}, nil
 }
 
 // Start is when the collection began: files written after it are never

@@ -531,29 +531,75 @@ func (c *Coordinator) SetAgentActive(ctx context.Context, agentID string, active
 		c.dispatchLocked(ctx)
 		return nil
 	}
-	c.mu.Lock()
-	if s := c.sessions[agentID]; s != nil {
-		s.inactive = true
-	}
-	c.mu.Unlock()
-	c.revokeSession(agentID, "agent deactivated")
 	fps, err := c.agentKeys(ctx, agentID)
 	if err != nil {
 		// The store refuses the agent's keys already; live connections
 		// end with the session or at their next channel.
 		c.log.Error("list keys of a deactivated agent", "agent", agentID, "err", err)
 	}
-	c.announce(Revocation{Fingerprints: fps, Reason: "agent deactivated"})
+	return c.revokeAgent(ctx, agentID, fps, "agent deactivated")
+}
+
+// revokeAgent ends an agent that the store no longer lets in: its session
+// (results in flight refused), the connections of its keys fps, and its
+// builds, which go back to the queue.
+func (c *Coordinator) revokeAgent(ctx context.Context, agentID string, fps []string, reason string) error {
+	c.mu.Lock()
+	if s := c.sessions[agentID]; s != nil {
+		s.inactive = true
+	}
+	c.mu.Unlock()
+	c.revokeSession(agentID, reason)
+	c.announce(Revocation{Fingerprints: fps, Reason: reason})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	bs, err := c.store.BuildsOnAgent(ctx, agentID)
 	if err != nil {
-		return fmt.Errorf("agent %s deactivated; its builds will be requeued after the disconnect grace: %w", agentID, err)
+		return fmt.Errorf("agent %s: %s; its builds will be requeued after the disconnect grace: %w", agentID, reason, err)
 	}
 	for _, b := range bs {
-		c.requeueLocked(ctx, b.ID, agentID, db.KindInfrastructure, "agent deactivated", "")
+		c.requeueLocked(ctx, b.ID, agentID, db.KindInfrastructure, reason, "")
 	}
 	c.dispatchLocked(ctx)
+	return nil
+}
+
+// ArchiveAgent retires an agent for good: it is deactivated and revoked
+// at once (as SetAgentActive(false)), its keys are removed, and it is
+// hidden from listings unless asked; its builds and attempts keep naming
+// it.
+func (c *Coordinator) ArchiveAgent(ctx context.Context, agentID string) error {
+	fps, err := c.store.ArchiveAgent(ctx, agentID, c.clk.Now())
+	if err != nil {
+		if errors.Is(err, db.ErrNotFound) {
+			return &plainError{fmt.Sprintf("no agent %q ('agents --all' lists the agent ids)", text.Truncate(agentID, 64)), db.ErrNotFound}
+		}
+		return fmt.Errorf("archive agent %s: %w", agentID, err)
+	}
+	c.log.Info("agent archived", "agent", agentID, "keys_removed", len(fps))
+	c.mu.Lock()
+	c.noteAgentLocked(agentID, func(m *agentMeta) { m.active = false })
+	c.mu.Unlock()
+	return c.revokeAgent(ctx, agentID, fps, "agent archived")
+}
+
+// DeleteAgent removes an agent that never held a build, with its keys.
+func (c *Coordinator) DeleteAgent(ctx context.Context, agentID string) error {
+	fps, err := c.store.DeleteAgent(ctx, agentID)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		return &plainError{fmt.Sprintf("no agent %q ('agents --all' lists the agent ids)", text.Truncate(agentID, 64)), db.ErrNotFound}
+	case errors.Is(err, db.ErrConflict):
+		return &plainError{fmt.Sprintf("agent %s has builds or attempts; archive it instead (agent %s archive) to keep its history", text.Truncate(agentID, 64), text.Truncate(agentID, 64)), db.ErrConflict}
+	case err != nil:
+		return fmt.Errorf("delete agent %s: %w", agentID, err)
+	}
+	c.log.Info("agent deleted", "agent", agentID, "keys_removed", len(fps))
+	c.revokeSession(agentID, "agent deleted")
+	c.announce(Revocation{Fingerprints: fps, Reason: "agent deleted"})
+	c.mu.Lock()
+	delete(c.known, agentID)
+	c.mu.Unlock()
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gbc-farm/gbc/cache"
+	"github.com/gbc-farm/gbc/cache/retention"
 	"github.com/gbc-farm/gbc/clock"
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/scheduler"
@@ -119,6 +120,11 @@ type Config struct {
 	// PhaseObserver, if set, is told of every phase an attempt leaves
 	// (see PhaseObserver).
 	PhaseObserver PhaseObserver
+	// CachePolicy is what cache collections keep (CollectCache).
+	CachePolicy retention.Policy
+	// AccessFlushInterval is how often narinfo fetches are written to the
+	// store (DefaultAccessFlush).
+	AccessFlushInterval time.Duration
 
 	// restorePage is the queue rebuild's page size (0: defaultRestorePage);
 	// tests make it small to cross pages with a few builds.
@@ -203,6 +209,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.FreeSpace == nil {
 		cfg.FreeSpace = StatfsFree
 	}
+	if cfg.AccessFlushInterval <= 0 {
+		cfg.AccessFlushInterval = DefaultAccessFlush
+	}
 	if cfg.restorePage <= 0 {
 		cfg.restorePage = defaultRestorePage
 	}
@@ -260,6 +269,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if c.spawn() {
 		go c.writePhases()
+	}
+	if cfg.Cache != nil && c.spawn() {
+		go c.watchAccesses()
 	}
 	c.sweepLogs(ctx)
 	st := c.sched.Stats()

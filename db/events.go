@@ -29,6 +29,9 @@ const (
 	// EventCheckFinished: a reproducibility check reached its verdict
 	// (Check, Verdict; Outputs names the unreproducible outputs).
 	EventCheckFinished EventType = "check-finished"
+	// EventCacheDeleted lists paths a cache collection deleted (one
+	// event per batch).
+	EventCacheDeleted EventType = "cache-deleted"
 )
 
 // EventTypes lists every event type, for validation and help texts.
@@ -36,7 +39,7 @@ var EventTypes = []EventType{
 	EventSubmitted, EventAllocated, EventStarted, EventSucceeded, EventFailed,
 	EventFailedDependency, EventCanceled, EventRequeued, EventSetupFailure,
 	EventMissingInputs, EventAgentConnected, EventAgentAbsent, EventHookFailed,
-	EventCheckFinished,
+	EventCheckFinished, EventCacheDeleted,
 }
 
 // ValidEventType reports whether t is a known event type.
@@ -80,6 +83,10 @@ type Event struct {
 	// Check and Verdict are set on check-finished events.
 	Check   string     `json:"check,omitempty"`
 	Verdict CheckState `json:"verdict,omitempty"`
+	// Paths and Bytes are set on cache-deleted events: the store paths
+	// whose narinfos went, and their files' bytes.
+	Paths []string `json:"paths,omitempty"`
+	Bytes int64    `json:"bytes,omitempty"`
 }
 
 // MarshalJSON encodes tags as "K=V" strings, as the command line shows them.

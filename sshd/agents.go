@@ -19,29 +19,45 @@ type agentJSON struct {
 	Connected  bool   `json:"connected"`
 	CreatedAt  string `json:"created_at"`
 	LastSeenAt string `json:"last_seen_at"`
+	ArchivedAt string `json:"archived_at,omitempty"`
 }
 
 func setupAgents(fs *pflag.FlagSet) func(x *call) error {
 	asJSON := fs.Bool("json", false, "print JSON")
+	all := fs.Bool("all", false, "list archived agents too")
 	return func(x *call) error {
 		if err := needArgs(x, 0, "no arguments"); err != nil {
 			return err
 		}
-		as, err := x.s.coord.Agents(x.ctx)
+		listed, err := x.s.coord.Agents(x.ctx)
 		if err != nil {
 			return err
 		}
+		as := listed[:0:0]
+		for _, a := range listed {
+			if *all || a.ArchivedAt.IsZero() {
+				as = append(as, a)
+			}
+		}
 		list := make([]agentJSON, 0, len(as))
 		for _, a := range as {
-			list = append(list, agentJSON{a.ID, a.Name, a.Active, x.s.coord.Connected(a.ID), jsonTime(a.CreatedAt), jsonTime(a.LastSeenAt)})
+			list = append(list, agentJSON{a.ID, a.Name, a.Active, x.s.coord.Connected(a.ID), jsonTime(a.CreatedAt), jsonTime(a.LastSeenAt), jsonTime(a.ArchivedAt)})
 		}
 		if *asJSON {
 			return writeJSON(x.out, list)
 		}
 		tw := tabwriter.NewWriter(x.out, 2, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tACTIVE\tCONNECTED\tLAST SEEN")
+		if *all {
+			fmt.Fprintln(tw, "ID\tNAME\tACTIVE\tCONNECTED\tLAST SEEN\tARCHIVED")
+		} else {
+			fmt.Fprintln(tw, "ID\tNAME\tACTIVE\tCONNECTED\tLAST SEEN")
+		}
 		for _, a := range as {
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s\n", a.ID, text.Escape(a.Name), a.Active, x.s.coord.Connected(a.ID), textTime(a.LastSeenAt))
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%s", a.ID, text.Escape(a.Name), a.Active, x.s.coord.Connected(a.ID), textTime(a.LastSeenAt))
+			if *all {
+				fmt.Fprintf(tw, "\t%s", textTime(a.ArchivedAt))
+			}
+			fmt.Fprintln(tw)
 		}
 		return tw.Flush()
 	}
@@ -100,6 +116,24 @@ func setupAgentActive(active bool) func(fs *pflag.FlagSet) func(x *call) error {
 			}
 			return x.s.coord.SetAgentActive(x.ctx, x.params[0], active)
 		}
+	}
+}
+
+func setupAgentArchive(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments after the agent id"); err != nil {
+			return err
+		}
+		return x.s.coord.ArchiveAgent(x.ctx, x.params[0])
+	}
+}
+
+func setupAgentDelete(fs *pflag.FlagSet) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments after the agent id"); err != nil {
+			return err
+		}
+		return x.s.coord.DeleteAgent(x.ctx, x.params[0])
 	}
 }
 

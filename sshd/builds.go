@@ -389,3 +389,46 @@ func setupBuildCancel(fs *pflag.FlagSet) func(x *call) error {
 		return nil
 	}
 }
+
+func setupBuildsPrune(fs *pflag.FlagSet) func(x *call) error {
+	before := fs.String("finished-before", "", "remove builds that ended before this date (2026-01-31 or RFC 3339); required")
+	state := fs.String("state", "", "only builds in this final state (succeeded, failed, canceled, failed-dependency)")
+	dry := fs.Bool("dry-run", false, "print what would be removed, remove nothing")
+	force := fs.Bool("force", false, "remove builds whose outputs are pinned or kept by a rule too")
+	asJSON := fs.Bool("json", false, "print JSON")
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments"); err != nil {
+			return err
+		}
+		if *before == "" {
+			return usageErr("--finished-before is required")
+		}
+		t, err := time.Parse(time.RFC3339, *before)
+		if err != nil {
+			if t, err = time.Parse(time.DateOnly, *before); err != nil {
+				return usageErr("--finished-before %q: want a date (2026-01-31) or an RFC 3339 time", *before)
+			}
+		}
+		rep, err := x.s.coord.PruneBuilds(x.ctx, coordinator.PruneOptions{FinishedBefore: t,
+			State: coordinator.BuildState(*state), DryRun: *dry, Force: *force})
+		if err != nil {
+			return err
+		}
+		rep.Pruned = nonNil(rep.Pruned)
+		if *asJSON {
+			return writeJSON(x.out, rep)
+		}
+		for _, id := range rep.Pruned {
+			fmt.Fprintln(x.out, id)
+		}
+		for _, k := range rep.Kept {
+			fmt.Fprintf(x.errOut, "kept %s: %s\n", k.ID, text.Escape(k.Reason))
+		}
+		verb := "removed"
+		if *dry {
+			verb = "would remove"
+		}
+		fmt.Fprintf(x.errOut, "%s %d build(s) and %d log file(s); %d kept (--force removes them too)\n", verb, len(rep.Pruned), rep.Logs, len(rep.Kept))
+		return nil
+	}
+}

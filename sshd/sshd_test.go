@@ -238,6 +238,15 @@ func TestCommandRoles(t *testing.T) {
 		{"help per command", e.reader, "builds --help", 0, regexp.MustCompile(`(?s)usage: builds.*--state`), ""},
 		{"bad flag", e.admin, "builds --bogus", 2, nil, "unknown flag"},
 		{"unbalanced quote", e.admin, "key add --role reader 'ssh-ed25519", 2, nil, "split"},
+		{"operator cannot collect the cache", e.operator, "cache gc --dry-run", 1, nil, "needs role admin"},
+		{"reader cannot pin", e.reader, "cache pin /nix/store/x", 1, nil, "needs role operator"},
+		{"reader lists pins", e.reader, "cache pins", 0, regexp.MustCompile(`^PATH\s+PINNED\s+BY\s+REASON\n$`), ""},
+		{"reader cannot ask why", e.reader, "cache why /nix/store/x", 1, nil, "needs role operator"},
+		{"operator cannot prune builds", e.operator, "builds prune --finished-before 2020-01-01", 1, nil, "needs role admin"},
+		{"admin prunes nothing old", e.admin, "builds prune --finished-before 2020-01-01", 0, regexp.MustCompile(`^$`), "removed 0 build(s)"},
+		{"prune needs a date", e.admin, "builds prune", 2, nil, "--finished-before is required"},
+		{"operator cannot archive agents", e.operator, "agent x archive", 1, nil, "needs role admin"},
+		{"operator cannot delete agents", e.operator, "agent x delete", 1, nil, "needs role admin"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

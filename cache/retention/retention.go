@@ -231,22 +231,9 @@ func (g *Graph) Plan(pol Policy, in Inputs) *Plan {
 		if b.Active {
 			continue
 		}
-		for _, r := range pol.Rules {
-			if r.Keep != Forever && now-b.CreatedAt.UnixMilli() > r.Keep.Milliseconds() {
-				continue
-			}
-			matched := false
-			for _, t := range b.Tags {
-				if r.matches(t[0], t[1]) {
-					matched = true
-					break
-				}
-			}
-			if matched {
-				for _, o := range b.Outputs {
-					root(o, KeepRule, fmt.Sprintf("output of build %s, kept by rule %s", b.ID, r))
-				}
-				break
+		if r, ok := pol.RuleFor(b, in.Now); ok {
+			for _, o := range b.Outputs {
+				root(o, KeepRule, fmt.Sprintf("output of build %s, kept by rule %s", b.ID, r))
 			}
 		}
 	}
@@ -514,4 +501,37 @@ func (p *Plan) MarkDeleted(base string) {
 	if i, ok := p.g.index[hashPart(base)]; ok {
 		p.g.nodes[i].deleted = true
 	}
+}
+
+// Has reports whether base was in the cache when the plan was made.
+func (p *Plan) Has(base string) bool {
+	i, ok := p.g.index[hashPart(base)]
+	return ok && p.g.nodes[i].base != ""
+}
+
+// RuleFor returns the first rule that keeps b's outputs at now.
+func (pol Policy) RuleFor(b Build, now time.Time) (Rule, bool) {
+	for _, r := range pol.Rules {
+		if r.Keep != Forever && now.Sub(b.CreatedAt) > r.Keep {
+			continue
+		}
+		for _, t := range b.Tags {
+			if r.matches(t[0], t[1]) {
+				return r, true
+			}
+		}
+	}
+	return Rule{}, false
+}
+
+// KeepsBuild says why the policy keeps b's outputs, "" if it does not:
+// a rule, or --cache-keep-default.
+func (pol Policy) KeepsBuild(b Build, now time.Time) string {
+	if r, ok := pol.RuleFor(b, now); ok {
+		return "kept by rule " + r.String()
+	}
+	if pol.KeepDefault > 0 && now.Sub(b.CreatedAt) <= pol.KeepDefault {
+		return "younger than --cache-keep-default " + FormatDuration(pol.KeepDefault)
+	}
+	return ""
 }

@@ -73,6 +73,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	memLimit := fs.String("memory-limit", "", "soft limit of the Go heap and runtime (`SIZE` such as 450MiB, as GOMEMLIMIT, which applies when this is not given): the garbage collector runs more often near it, trading CPU for RSS; it is not a hard cap (docs/scheduling.md)")
 	minFree := fs.String("min-free-space", "2GiB", "reserve of free space in the state directory (`SIZE`): under it no build is allocated and upload writes are refused, charged to no build or agent, until space returns (0: only a full disk pauses)")
 	hf := addHookFlags(fs)
+	gcf := addCacheGCFlags(fs)
 	retention := daysDuration(coordinator.DefaultEventRetention)
 	fs.Var(&retention, "event-retention", "delete events older than this (30d, 720h; 0: keep forever); events a hook has not finished stay")
 	if err := fs.Parse(args); err != nil {
@@ -103,6 +104,10 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	if *handshakeTimeout <= 0 || *maxUnauth < 1 || *maxUnauthSource < 1 {
 		return usageError{"--handshake-timeout, --max-unauthenticated and --max-unauthenticated-per-source must be positive"}
+	}
+	policy, err := gcf.policy()
+	if err != nil {
+		return usageError{err.Error()}
 	}
 	log := e.log
 	reserve, err := parseSize("min free space", *minFree)
@@ -163,7 +168,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	bc, err := cache.Open(ctx, filepath.Join(dir, "cache"), cache.Options{
-		StoreDir: *storeDir, Compression: *comp, NixKey: ck.Nix, GuixKey: ck.Guix, Logger: log,
+		StoreDir: *storeDir, Compression: *comp, NixKey: ck.Nix, GuixKey: ck.Guix, Logger: log, Clock: clk,
 	})
 	if err != nil {
 		return err
@@ -179,7 +184,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		Cache: bc, CacheAddress: protocol.CacheAddress,
 		Strategy: strat, Heartbeat: *heartbeat, DisconnectGrace: *grace, BuildTimeout: *buildTimeout,
 		MaxSilentTime: *maxSilent, MaxSetupFailures: *maxSetup, SubmitMissingInputs: *hf.submitMissing,
-		MinFreeSpace: uint64(reserve),
+		MinFreeSpace: uint64(reserve), CachePolicy: policy,
 	})
 	if err != nil {
 		return err
@@ -204,6 +209,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	defer stopHooks()
 	defer startRetention(ctx, log, store, clk, time.Duration(retention), hookList)()
+	defer startCacheGC(ctx, log, coord, *gcf.interval)()
 	reg, err := metrics.NewRegistry(coord.Collector())
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
