@@ -74,6 +74,7 @@ type config struct {
 	rounds    int
 	probeConc []int
 	noStarted bool
+	noPhases  bool
 	keep      bool
 	noInputs  bool
 	coordArgs string
@@ -98,6 +99,7 @@ func main() {
 	flag.BoolVar(&cfg.noInputs, "no-inputs", false, "record the queue without input derivations, as builds from before migration 0004 (the coordinator re-reads each .drv at start)")
 	flag.StringVar(&cfg.pprofDir, "pprof", "", "write coordinator CPU profiles of the batch submit and the probe rounds into `DIR`")
 	flag.StringVar(&cfg.database, "database", "", "run the coordinator on PostgreSQL: a postgres:// `URL` whose role has CREATEDB; each coordinator run gets a fresh database gbc_bench_<random> on that server (same user, password and parameters, e.g. ?synchronous_commit=off), dropped at the end unless -keep (default: SQLite in the state directory)")
+	flag.BoolVar(&cfg.noPhases, "no-phases", false, "probe agents report no phases (preparing, uploading), as agents did before phases existed")
 	flag.BoolVar(&cfg.noStarted, "no-started", false, "probe agents report success without a prior started (as this bench did before 2026-11-28; the coordinator then records the start with the success)")
 	flag.Parse()
 	if len(cfg.probeConc) == 0 {
@@ -844,8 +846,18 @@ func (a *agent) round(pr *probe) error {
 	}
 	pr.pLatency = time.Since(pr.freedAt)
 	// As the real agent does before it builds (agent/runner.go).
+	if !a.b.cfg.noPhases {
+		if err := a.send(&protocol.Phase{Build: pm.Build, Phase: protocol.PhasePreparing}); err != nil {
+			return err
+		}
+	}
 	if !a.b.cfg.noStarted {
 		if err := a.send(&protocol.Started{Header: a.hdr(), Build: pm.Build}); err != nil {
+			return err
+		}
+	}
+	if !a.b.cfg.noPhases {
+		if err := a.send(&protocol.Phase{Build: pm.Build, Phase: protocol.PhaseUploading}); err != nil {
 			return err
 		}
 	}
