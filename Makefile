@@ -11,7 +11,7 @@ RACE_PKGS := ./agent/... ./cache ./clock ./cmd/gbc ./compression ./coordinator \
 	./db/sqlite ./db/sqlstore ./hooks ./nar ./protocol ./scheduler ./sshd ./storedaemon \
 	./bench/internal/httpload
 
-.PHONY: all build test fmt vet lint golden race chaos deps demo fuzz bench clean
+.PHONY: all build test fmt vet lint golden race chaos abuse deps demo fuzz bench clean
 
 all: build
 
@@ -59,6 +59,11 @@ race: deps
 # GBC_CHAOS_SEED.
 chaos: deps
 	$(GO) test -tags chaos -count=1 -timeout 60m -run TestChaos -v ./e2e
+
+# abuse replays the attacks of docs/security.md against a real coordinator
+# and prints attack → expected → result; non-zero on any regression.
+abuse: deps
+	@scripts/abuse.sh
 
 demo: deps build
 	@scripts/demo.sh
