@@ -49,6 +49,10 @@ func testBuildsPage(t *testing.T, s db.Store) {
 		{db.BuildQuery{Tag: main, System: "x86_64-linux", State: db.StateScheduled}, []string{"p5", "p3", "p1"}},
 		{db.BuildQuery{Name: "hello-2.12", State: db.StateScheduled}, []string{"p1"}},
 		{db.BuildQuery{System: "riscv64-linux"}, []string{}},
+		{db.BuildQuery{Name: "hello-2.12", Tag: other}, []string{"p2"}},
+		{db.BuildQuery{Name: "zlib-1.3-dev", System: "x86_64-linux", Tag: main}, []string{"p5"}},
+		{db.BuildQuery{AgentID: "a1", System: "x86_64-linux"}, []string{"p4"}},
+		{db.BuildQuery{Tag: main, State: db.StateAllocated}, []string{}},
 	}
 	for _, tc := range cases {
 		p, err := s.BuildsPage(ctx, tc.q)
@@ -76,6 +80,21 @@ func testBuildsPage(t *testing.T, s db.Store) {
 	}
 	if want := []string{"p5", "p4", "p3", "p2", "p1"}; !reflect.DeepEqual(walked, want) {
 		t.Errorf("pages of 2 walked %v, want %v", walked, want)
+	}
+	// A tag's builds page through their own index the same way.
+	walked = nil
+	q = db.BuildQuery{Tag: main, Limit: 1}
+	for range 10 {
+		p, err := s.BuildsPage(ctx, q)
+		must(t, "BuildsPage", err)
+		walked = append(walked, ids(p.Builds)...)
+		if p.Next == 0 {
+			break
+		}
+		q.Before = p.Next
+	}
+	if want := []string{"p5", "p3", "p1"}; !reflect.DeepEqual(walked, want) {
+		t.Errorf("pages of 1 with tag %v walked %v, want %v", main, walked, want)
 	}
 	// The same with a filter, and a page exactly as long as what is left.
 	p, err := s.BuildsPage(ctx, db.BuildQuery{Name: "hello-2.12", Limit: 2})
