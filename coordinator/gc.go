@@ -320,6 +320,9 @@ func (c *Coordinator) sweep(ctx context.Context, x *cache.Collection, plan *rete
 			todo = append(rest, todo...)
 		}
 		c.recordDeleted(ctx, done, storeDir, rep)
+		if len(done) > 0 {
+			c.log.Info("cache gc batch: narinfos removed and synced; their NARs go next", "narinfos", len(done), "deleted_so_far", rep.Deleted)
+		}
 		for _, s := range done {
 			k := cache.URLKey(s.URL)
 			if urls[k]--; urls[k] <= 0 {
