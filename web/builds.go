@@ -108,6 +108,9 @@ type queueInfo struct {
 	Dependents      int
 	Blockage        coordinator.Blockage
 	HasBlockage     bool
+	// NoAgent is why no agent takes it, when that keeps it from running
+	// (not when it only waits for a free slot).
+	NoAgent *coordinator.NoAgent
 }
 
 // outputRow is a declared output and, once built, its verified result.
@@ -129,6 +132,9 @@ func (h *Handler) build(w http.ResponseWriter, r *http.Request) {
 	if st, p, n, ok := h.coord.QueueOrder(b.ID); ok {
 		d.Queue = &queueInfo{State: st, DerivedPriority: p, Dependents: n}
 		d.Queue.Blockage, d.Queue.HasBlockage = h.coord.Blockage(b.ID)
+		if na := d.Queue.Blockage.NoAgent; d.Queue.HasBlockage && na != nil && !na.Kind.Passing() {
+			d.Queue.NoAgent = na
+		}
 	}
 	results := map[string]*coordinator.OutputResult{}
 	for i := range b.Results {

@@ -21,6 +21,7 @@ func (h *Handler) funcs() template.FuncMap {
 		"state":    stateClass,
 		"drvName":  drvName,
 		"clean":    text.Escape,
+		"lines":    func(s string) string { return logText([]byte(s)) },
 		"short":    func(s string) string { return truncate(s, 13) },
 		"truncate": truncate,
 		// href is a link to path with the query v (already encoded here,
@@ -36,7 +37,7 @@ func timestamp(t time.Time) string {
 	if t.IsZero() {
 		return "–"
 	}
-	return t.UTC().Format("2006-01-02 15:04:05")
+	return t.UTC().Format("2006-01-02\u00a015:04:05") // one line in a table cell
 }
 
 // ago says how long before now t was, roughly.

@@ -10,8 +10,11 @@ import (
 	"testing"
 
 	"github.com/gbc-farm/gbc/coordinator"
+	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/db/sqlite"
 )
+
+const queuedID = "01a23746-71a6-7b48-b045-c32f42067237"
 
 // newHandler is the web interface of a real coordinator on an empty
 // SQLite farm.
@@ -24,6 +27,12 @@ func newHandler(t *testing.T) *httptest.Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
+	// One queued build, which no agent can take (there is none).
+	if err := store.CreateBuilds(ctx, []db.NewBuild{{ID: queuedID, Derivation: "/nix/store/qmjlh9rwz1nji7m5aasfvv5jmvp3skha-hello-2.12.drv",
+		System: "x86_64-linux", Outputs: []db.DerivationOutput{{Name: "out", Path: "/nix/store/pf90cis4fby2fik2a274yhizqh6p15d2-hello-2.12"}},
+		InputDerivations: []string{}}}); err != nil {
+		t.Fatal(err)
+	}
 	c, err := coordinator.New(ctx, coordinator.Config{StateDir: dir, Store: store})
 	if err != nil {
 		t.Fatal(err)
@@ -53,10 +62,10 @@ func get(t *testing.T, method, url string) (*http.Response, string) {
 	return resp, string(b)
 }
 
-// TestPagesOfAnEmptyFarm: every page renders on a farm with nothing in
-// it, with the security headers; unknown ids are 404 pages, bad filters
+// TestPagesOfAQueuedFarm: every page renders on a farm with one queued
+// build and no agent, with the security headers; unknown ids are 404 pages, bad filters
 // 400, and nothing but GET and HEAD is served.
-func TestPagesOfAnEmptyFarm(t *testing.T) {
+func TestPagesOfAQueuedFarm(t *testing.T) {
 	srv := newHandler(t)
 	for _, tc := range []struct {
 		path string
@@ -64,10 +73,14 @@ func TestPagesOfAnEmptyFarm(t *testing.T) {
 		want string
 	}{
 		{"/", 200, `<svg id="activity"`},
-		{"/builds", 200, `id="nobuilds"`},
+		{"/builds", 200, `href="/builds/` + queuedID + `"`},
+		{"/builds?name=hello-2.12&system=x86_64-linux&state=scheduled", 200, `href="/builds/` + queuedID + `"`},
+		{"/builds/" + queuedID, 200, `id="noagent"`},
+		{"/builds/" + queuedID + "/log", 200, "the build has not run yet"},
+		{"/builds/" + queuedID + "/log?attempt=3", 400, "attempt"},
 		{"/builds?state=failed&system=x86_64-linux&name=hello&tag=jobset%3Dmain&agent=a", 200, "No build matches these filters"},
 		{"/agents", 200, "No agent is registered"},
-		{"/events", 200, "No events"},
+		{"/events", 200, `ev submitted">submitted`},
 		{"/static/style.css", 200, "--queue"},
 		{"/static/log.js", 200, "EventSource"},
 		{"/builds/nope", 404, "no build"},

@@ -179,7 +179,7 @@ func newFarm(ctx context.Context, cfg config, n int) (*farm, error) {
 	f.coord = c
 	debug.FreeOSMemory()
 	f.rss = rss()
-	h, err := web.New(web.Config{Coordinator: c})
+	h, err := web.New(web.Config{Coordinator: c, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))})
 	if err != nil {
 		return nil, err
 	}
