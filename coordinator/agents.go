@@ -314,7 +314,7 @@ func (s *Session) Close() {
 		return
 	}
 	c.log.Info("agent disconnected", "agent", s.agentID, "grace", c.cfg.DisconnectGrace)
-	c.agentEvent(context.Background(), db.EventAgentAbsent, s.agentID, "session ended")
+	c.agentEvent(c.life, db.EventAgentAbsent, s.agentID, "session ended")
 	c.reconcileAfterGrace(s.agentID)
 }
 
@@ -444,7 +444,7 @@ func (c *Coordinator) reconcileAfterGrace(agentID string) {
 		case <-c.done:
 			return
 		}
-		ctx := context.Background()
+		ctx := c.life
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.closed {

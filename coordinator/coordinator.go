@@ -157,8 +157,13 @@ type Coordinator struct {
 	live   map[string]*livePhase
 	phases phaseLog
 	closed bool
-	done   chan struct{}
-	wg     sync.WaitGroup
+	// life is the coordinator's lifetime: background work runs under it,
+	// and Close cancels it (stop) and then waits for that work (wg).
+	// done is life.Done().
+	life context.Context
+	stop context.CancelFunc
+	done <-chan struct{}
+	wg   sync.WaitGroup
 	// logMu orders log chunk writes against compressing finished logs.
 	logMu sync.Mutex
 	// revokers are told of removed keys and deactivated agents.
@@ -237,16 +242,20 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		space:     spaceState{refused: map[string]bool{}},
 		live:      map[string]*livePhase{},
 		phases:    phaseLog{wake: make(chan struct{}, 1)},
-		done:      make(chan struct{}),
 		metrics:   newMetrics(),
 		known:     map[string]agentMeta{},
 	}
+	// Not ctx, which may be New's alone: the lifetime ends with Close.
+	c.life, c.stop = context.WithCancel(context.Background())
+	c.done = c.life.Done()
 	if err := c.loadAgents(ctx); err != nil {
+		c.stop()
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	c.checkSpace(ctx)
 	held, err := c.restore(ctx)
 	if err != nil {
+		c.stop()
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	// The rebuild's transient heap (rows, parsed .drv files, AddBatch's
@@ -294,15 +303,20 @@ func (c *Coordinator) wakeDeferred() {
 		c.mu.Lock()
 		if next, ok := c.sched.NextWakeup(); ok && !next.After(c.clk.Now()) {
 			if len(c.sched.Wake()) > 0 {
-				c.dispatchLocked(context.Background())
+				c.dispatchLocked(c.life)
 			}
 		}
 		c.mu.Unlock()
 	}
 }
 
-// Close ends every agent session and stops background work. Builds held by
-// agents stay allocated in the store; the next start gives them a grace period.
+// Close ends every agent session and stops background work: it cancels
+// the coordinator's lifetime context, which every background goroutine
+// and its store writes run under, and waits for them to return. Work cut
+// short is left as a crash would leave it, which the next start repairs
+// (the queue is rebuilt from the store, logs are swept). Builds held by
+// agents stay allocated in the store; the next start gives them a grace
+// period.
 func (c *Coordinator) Close() {
 	c.mu.Lock()
 	if c.closed {
@@ -310,7 +324,7 @@ func (c *Coordinator) Close() {
 		return
 	}
 	c.closed = true
-	close(c.done)
+	c.stop()
 	sessions := make([]*Session, 0, len(c.sessions))
 	for _, s := range c.sessions {
 		sessions = append(sessions, s)
@@ -320,6 +334,7 @@ func (c *Coordinator) Close() {
 		s.closeOutbox()
 	}
 	c.wg.Wait()
+	c.finalPhases()
 }
 
 func (c *Coordinator) uploadDir(agentID, buildID string) string {

@@ -86,7 +86,7 @@ func (c *Coordinator) finishLogsLocked(buildID string) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := c.finishLogsNow(context.Background(), buildID); err != nil {
+		if err := c.finishLogsNow(c.life, buildID); err != nil {
 			c.log.Error("finish build log", "build", buildID, "err", err)
 		}
 	}()

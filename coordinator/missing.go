@@ -49,7 +49,7 @@ func (c *Coordinator) missingDerivations(ctx context.Context, b db.Build, missin
 	}
 	inputs := b.InputDerivations
 	if inputs == nil {
-		in, err := c.inputDerivations(b.Derivation)
+		in, err := c.inputDerivations(ctx, b.Derivation)
 		if err != nil {
 			c.log.Warn("missing outputs not traced to their derivations: read the build's derivation",
 				"build", b.ID, "derivation", b.Derivation, "err", err)

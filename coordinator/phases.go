@@ -124,21 +124,26 @@ func (c *Coordinator) markPhase(m db.PhaseMark) {
 }
 
 // writePhases is the background writer: every wake takes all pending
-// marks into one transaction. On Close it writes what is left.
+// marks into one transaction. Close writes what is left once it stopped
+// (finalPhases).
 func (c *Coordinator) writePhases() {
 	defer c.wg.Done()
 	for {
 		select {
 		case <-c.phases.wake:
-			c.flushPhases()
+			c.flushPhases(c.life)
 		case <-c.done:
-			c.flushPhases()
 			return
 		}
 	}
 }
 
-func (c *Coordinator) flushPhases() {
+// finalPhases writes, once Close stopped the writer, the marks still
+// pending (those of the last moments, and a batch whose write Close
+// canceled): one transaction, Close's own, after the lifetime ended.
+func (c *Coordinator) finalPhases() { c.flushPhases(context.Background()) }
+
+func (c *Coordinator) flushPhases(ctx context.Context) {
 	pl := &c.phases
 	pl.mu.Lock()
 	batch := pl.pending
@@ -147,7 +152,7 @@ func (c *Coordinator) flushPhases() {
 	if len(batch) == 0 {
 		return
 	}
-	err := c.store.RecordPhases(context.Background(), batch)
+	err := c.store.RecordPhases(ctx, batch)
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	pl.flushing = nil

@@ -77,7 +77,7 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 	// Nothing else runs yet; the lock is for the scheduler's invariant.
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r := &restorer{c: c, unresolved: map[string]struct{}{}}
+	r := &restorer{ctx: ctx, c: c, unresolved: map[string]struct{}{}}
 	// Held builds first: few, and usually inputs of the queued ones.
 	batch := make([]scheduler.Build, 0, len(heldBuilds))
 	for _, b := range heldBuilds {
@@ -133,7 +133,8 @@ func (c *Coordinator) restore(ctx context.Context) (map[string]bool, error) {
 
 // restorer is the state of one queue rebuild.
 type restorer struct {
-	c *Coordinator
+	ctx context.Context
+	c   *Coordinator
 	// unresolved holds input derivations that had no live build when the
 	// page naming them was queued; once every page is in, those still
 	// without one are looked up (resolveInputsLocked).
@@ -152,7 +153,7 @@ func (r *restorer) inputs(id, drv string, recorded []string) []string {
 	if in, ok := r.reread[drv]; ok {
 		return in
 	}
-	in, err := r.c.inputDerivations(drv)
+	in, err := r.c.inputDerivations(r.ctx, drv)
 	if err != nil {
 		// Without its inputs the build still runs; the agent reports
 		// anything missing as a setup failure.
@@ -213,7 +214,7 @@ func (c *Coordinator) resolveInputsLocked(ctx context.Context, drvs []string) er
 		}
 	}
 	for _, d := range ask {
-		if done[d] || c.outputsInCache(d) {
+		if done[d] || c.outputsInCache(ctx, d) {
 			c.sched.MarkAvailable(d)
 		}
 	}
@@ -222,8 +223,8 @@ func (c *Coordinator) resolveInputsLocked(ctx context.Context, drvs []string) er
 
 // outputsInCache reports whether every output of the derivation has a
 // narinfo in the cache directory (the cache names them by hash part).
-func (c *Coordinator) outputsInCache(drvPath string) bool {
-	d, err := c.readDrv(context.Background(), drvPath)
+func (c *Coordinator) outputsInCache(ctx context.Context, drvPath string) bool {
+	d, err := c.readDrv(ctx, drvPath)
 	if err != nil || len(d.Outputs) == 0 {
 		return false
 	}
@@ -481,9 +482,10 @@ func (c *Coordinator) failDependentsLocked(ctx context.Context, id string, deps 
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		// The caller's context ends with its request; the writes
-		// must not.
-		write(context.WithoutCancel(ctx), false)
+		// Not the caller's context, which ends with its request: the
+		// coordinator's lifetime, which Close cancels (the dependents
+		// then stay scheduled in the database, as after a crash).
+		write(c.life, false)
 	}()
 }
 

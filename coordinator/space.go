@@ -108,7 +108,7 @@ func (c *Coordinator) watchSpace() {
 		case <-c.done:
 			return
 		}
-		c.checkSpace(context.Background())
+		c.checkSpace(c.life)
 	}
 }
 

@@ -224,7 +224,7 @@ func (c *Coordinator) addClosure(ctx context.Context, builds []db.NewBuild, inpu
 			}
 		}
 		for _, d := range level {
-			if skip[d] || c.outputsInCache(d) {
+			if skip[d] || c.outputsInCache(ctx, d) {
 				continue
 			}
 			if len(byDrv) >= MaxSubmit {
@@ -421,8 +421,8 @@ func (c *Coordinator) Import(ctx context.Context, r io.Reader) ([]string, error)
 
 // inputDerivations re-reads a recorded derivation's input .drv paths, from
 // this host's store or the cache.
-func (c *Coordinator) inputDerivations(p string) ([]string, error) {
-	d, err := c.readDrv(context.Background(), p)
+func (c *Coordinator) inputDerivations(ctx context.Context, p string) ([]string, error) {
+	d, err := c.readDrv(ctx, p)
 	if err != nil {
 		return nil, err
 	}
