@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -117,17 +118,35 @@ func TestHostileAgentTextOverSSH(t *testing.T) {
 	if _, ok := a.read(t).(*protocol.Welcome); !ok {
 		t.Fatal("clean hello not welcomed")
 	}
-	id := f.mustSSH("build " + drv)
-	b, ok := a.read(t).(*protocol.Build)
-	if !ok || b.Build != id {
-		t.Fatalf("build %s not pushed", id)
+	// An operator waits for it with build --wait over real ssh.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	wait := f.sshCmd(ctx, f.admin, "build --wait "+drv)
+	var waitOut, waitErr syncBuf
+	wait.Stdout, wait.Stderr = &waitOut, &waitErr
+	if err := wait.Start(); err != nil {
+		t.Fatal(err)
 	}
+	b, ok := a.read(t).(*protocol.Build)
+	if !ok {
+		t.Fatalf("no build pushed: %T %+v", b, b)
+	}
+	id := b.Build
 	hostile := "oops\x1b]0;owned\x07\x1b[2J\nbuild " + id + " succeeded (on agent x)"
 	if err := a.w.Write(&protocol.Failed{Header: protocol.Header{ID: 2}, Build: id, Reason: protocol.ReasonBuild, Message: hostile}); err != nil {
 		t.Fatal(err)
 	}
 	if m := a.read(t); m.MessageType() != protocol.TypeAck {
 		t.Fatalf("failed not acknowledged: %T %+v", m, m)
+	}
+	if err := wait.Wait(); err == nil {
+		t.Fatalf("build --wait of a failed build exited 0:\n%s", waitOut.String())
+	}
+	if all := waitOut.String() + waitErr.String(); strings.ContainsAny(all, "\x1b\x07") || strings.Contains(all, "\nbuild "+id+" succeeded") {
+		t.Errorf("build --wait prints the agent's control characters raw: %q", all)
+	}
+	if !strings.Contains(waitErr.String(), `oops\x1b]0;owned\x07\x1b[2J\nbuild `) || !strings.Contains(waitOut.String(), "build "+id+" failed") {
+		t.Errorf("build --wait does not say the build failed with the message escaped: stdout %q stderr %q", waitOut.String(), waitErr.String())
 	}
 	show := f.mustSSH("build show " + id)
 	if strings.ContainsAny(show, "\x1b\x07") || strings.Contains(show, "\nbuild "+id+" succeeded") {
