@@ -117,33 +117,7 @@ func TestAgentTrust(t *testing.T) {
 func (f *farm) addUntrustedAgent(nixDir, name, key string, extra ...string) agentProc {
 	t := f.t
 	t.Helper()
-	n, a := nsCmd(nixDir, "nix-daemon")
-	daemon := exec.Command(n, a...)
-	daemon.Env = append(os.Environ(), "NIX_CONFIG=build-users-group =\nsubstituters =\nsandbox = false\n"+
-		"require-sigs = true\ntrusted-users = root\ntrusted-public-keys = "+key)
-	dlog := &logFile{}
-	daemon.Stdout, daemon.Stderr = dlog, dlog
-	if err := daemon.Start(); err != nil {
-		t.Fatalf("nix-daemon: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = daemon.Process.Kill()
-		_ = daemon.Wait()
-		if t.Failed() {
-			t.Logf("nix-daemon of %s:\n%s", name, dlog.String())
-		}
-	})
-	socket := filepath.Join(nixDir, "var", "nix", "daemon-socket", "socket")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(socket); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nix-daemon made no socket at %s:\n%s", socket, dlog.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	startSocketDaemon(t, nixDir, name, "require-sigs = true\ntrusted-users = root\ntrusted-public-keys = "+key)
 
 	// Everything the agent reads or writes, where nobody may.
 	home, err := os.MkdirTemp("", "gbc-e2e-untrusted-")
@@ -182,8 +156,41 @@ func (f *farm) addUntrustedAgent(nixDir, name, key string, extra ...string) agen
 		"agent", "--coordinator", f.addr, "--identity", ident, "--known-hosts", hosts,
 		"--backend", "nix", "--name", name, "--work-dir", work,
 		"--daemon", "unix:/nix/var/nix/daemon-socket/socket"}, extra...)
-	n, a = nsCmd(nixDir, "setpriv", args...)
+	n, a := nsCmd(nixDir, "setpriv", args...)
 	return agentProc{ID: id, Key: k, proc: start(t, n, a...)}
+}
+
+// startSocketDaemon starts nix-daemon as root in nixDir's namespace,
+// listening on its socket (/nix/var/nix/daemon-socket/socket there), with
+// extra nix.conf lines, and waits for the socket.
+func startSocketDaemon(t *testing.T, nixDir, name, extraConf string) {
+	t.Helper()
+	n, a := nsCmd(nixDir, "nix-daemon")
+	daemon := exec.Command(n, a...)
+	daemon.Env = append(os.Environ(), "NIX_CONFIG=build-users-group =\nsubstituters =\nsandbox = false\n"+extraConf)
+	dlog := &logFile{}
+	daemon.Stdout, daemon.Stderr = dlog, dlog
+	if err := daemon.Start(); err != nil {
+		t.Fatalf("nix-daemon: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = daemon.Process.Kill()
+		_ = daemon.Wait()
+		if t.Failed() {
+			t.Logf("nix-daemon of %s:\n%s", name, dlog.String())
+		}
+	})
+	socket := filepath.Join(nixDir, "var", "nix", "daemon-socket", "socket")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(socket); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nix-daemon made no socket at %s:\n%s", socket, dlog.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func copyFile(from, to string) error {
