@@ -325,11 +325,18 @@ func TestAbuse(t *testing.T) {
 // rawAgent is a gbc-agent-v1 session with its raw stdin, for lines a
 // protocol.Writer would not write.
 type rawAgent struct {
-	c    *gossh.Client
-	in   io.Writer
-	w    *protocol.Writer
-	msgs chan protocol.Message
-	errs chan error
+	c  *gossh.Client
+	in io.Writer
+	w  *protocol.Writer
+	// msgs carries what the coordinator sent, in order, then the error
+	// that ended the stream.
+	msgs chan readResult
+	err  error // the stream's end, once next has seen it
+}
+
+type readResult struct {
+	m   protocol.Message
+	err error
 }
 
 func dialRaw(f *farm, key sshKey) (*rawAgent, error) {
@@ -357,19 +364,19 @@ func dialRaw(f *farm, key sshKey) (*rawAgent, error) {
 		c.Close()
 		return nil, err
 	}
-	a := &rawAgent{c: c, in: in, w: protocol.NewWriter(in, 0), msgs: make(chan protocol.Message, 64), errs: make(chan error, 1)}
+	a := &rawAgent{c: c, in: in, w: protocol.NewWriter(in, 0), msgs: make(chan readResult, 64)}
 	go func() {
 		r := protocol.NewReader(out, 0)
 		for {
 			m, err := r.Read()
 			if err != nil {
-				a.errs <- err
+				a.msgs <- readResult{err: err}
 				return
 			}
 			if m.MessageType() == protocol.TypeAck && protocol.IDOf(m) == 0 {
 				continue
 			}
-			a.msgs <- m
+			a.msgs <- readResult{m: m}
 		}
 	}()
 	return a, nil
@@ -377,12 +384,13 @@ func dialRaw(f *farm, key sshKey) (*rawAgent, error) {
 
 // next is the next message from the coordinator, within a minute.
 func (a *rawAgent) next() (protocol.Message, error) {
+	if a.err != nil {
+		return nil, a.err
+	}
 	select {
-	case m := <-a.msgs:
-		return m, nil
-	case err := <-a.errs:
-		a.errs <- err
-		return nil, err
+	case r := <-a.msgs:
+		a.err = r.err
+		return r.m, r.err
 	case <-time.After(time.Minute):
 		return nil, errNoMessage
 	}
