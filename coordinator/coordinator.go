@@ -174,6 +174,8 @@ type Coordinator struct {
 	// registered agent, for the gauges of agents not connected (c.mu).
 	metrics *metrics
 	known   map[string]agentMeta
+	// checks are the pending reproducibility checks (checks.go).
+	checks checkState
 }
 
 // New loads the ready queue from the store and returns a running coordinator.
@@ -223,7 +225,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.LogCache == nil && cfg.Cache != nil {
 		cfg.LogCache = cfg.Cache
 	}
-	for _, d := range []string{"uploads", "cache/nar", "log"} {
+	for _, d := range []string{"uploads", "cache/nar", "log", "checks"} {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("coordinator: create %s: %w", d, err)
 		}
@@ -244,6 +246,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		phases:    phaseLog{wake: make(chan struct{}, 1)},
 		metrics:   newMetrics(),
 		known:     map[string]agentMeta{},
+		checks:    newCheckState(),
 	}
 	// Not ctx, which may be New's alone: the lifetime ends with Close.
 	c.life, c.stop = context.WithCancel(context.Background())
@@ -256,6 +259,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	held, err := c.restore(ctx)
 	if err != nil {
 		c.stop()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	if err := c.restoreChecks(ctx); err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	// The rebuild's transient heap (rows, parsed .drv files, AddBatch's
@@ -281,6 +287,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if cfg.Cache != nil && c.spawn() {
 		go c.watchAccesses()
+	}
+	if c.spawn() {
+		go c.settleChecks()
 	}
 	c.sweepLogs(ctx)
 	st := c.sched.Stats()

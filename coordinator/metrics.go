@@ -33,6 +33,9 @@ type metrics struct {
 	buildDuration *prometheus.HistogramVec
 	setupFailures *prometheus.CounterVec
 	infraFailures *prometheus.CounterVec
+	// checksFinished counts reproducibility checks by verdict.
+	checksFinished *prometheus.CounterVec
+	checksPending  *prometheus.Desc
 
 	builds, runnable, finished, agents          *prometheus.Desc
 	agentConnected, agentActive, agentRunning   *prometheus.Desc
@@ -76,6 +79,11 @@ func newMetrics() *metrics {
 		spacePaused:    prometheus.NewDesc("gbc_space_paused", "1 while allocation is paused because the state directory is under its free-space reserve or full.", nil, nil),
 		spaceFree:      prometheus.NewDesc("gbc_state_dir_free_bytes", "Free bytes in the state directory at the last check.", nil, nil),
 		agentLabels:    agent,
+		checksFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gbc_checks_finished_total",
+			Help: "Reproducibility checks that reached a verdict since the coordinator started, by verdict (reproducible, unreproducible, failed).",
+		}, []string{"verdict"}),
+		checksPending: prometheus.NewDesc("gbc_checks_pending", "Reproducibility checks waiting for a side to end.", nil, nil),
 	}
 }
 
@@ -87,13 +95,14 @@ type collector Coordinator
 func (k *collector) Describe(ch chan<- *prometheus.Desc) {
 	m := k.metrics
 	for _, d := range []*prometheus.Desc{m.builds, m.runnable, m.finished, m.agents, m.agentConnected, m.agentActive,
-		m.agentRunning, m.agentSlots, m.agentLoad, m.agentDisk, m.agentSeen, m.spacePaused, m.spaceFree} {
+		m.agentRunning, m.agentSlots, m.agentLoad, m.agentDisk, m.agentSeen, m.spacePaused, m.spaceFree, m.checksPending} {
 		ch <- d
 	}
 	m.queueWait.Describe(ch)
 	m.buildDuration.Describe(ch)
 	m.setupFailures.Describe(ch)
 	m.infraFailures.Describe(ch)
+	m.checksFinished.Describe(ch)
 }
 
 // agentSample is one agent's gauges, copied under the lock.
@@ -112,6 +121,7 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	st := c.sched.Stats()
 	space := c.spaceStatusLocked()
+	pendingChecks := len(c.checks.groups)
 	samples := make([]agentSample, 0, len(c.known))
 	for id, a := range c.known {
 		as := agentSample{id: id, name: a.name, active: a.active, lastSeen: a.lastSeen}
@@ -168,6 +178,8 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	m.buildDuration.Collect(ch)
 	m.setupFailures.Collect(ch)
 	m.infraFailures.Collect(ch)
+	gauge(m.checksPending, float64(pendingChecks))
+	m.checksFinished.Collect(ch)
 }
 
 func b2f(b bool) float64 {

@@ -323,7 +323,13 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		return err
 	}
 	defer release()
-	if err := c.publish(ctx, b, dir, m.Outputs, results); err != nil {
+	// A check side's NARs are kept for the check first; publishing then
+	// keeps the cache's first NAR of each path, as for any build.
+	err = c.keepCheckSide(ctx, m.Build, s.agentID, dir, m.Outputs, results)
+	if err == nil {
+		err = c.publish(ctx, b, dir, m.Outputs, results)
+	}
+	if err != nil {
 		// Verified outputs the coordinator could not publish (its disk
 		// full, its cache unwritable): the coordinator's trouble. The
 		// build goes back to the queue charged to nobody; the agent's

@@ -385,6 +385,7 @@ func (c *Coordinator) assignLocked(ctx context.Context, s *Session, id string) e
 		MaxSilentTimeSeconds: silent,
 		UploadDir:            "/uploads/" + id,
 	})
+	c.checkAllocatedLocked(id, s.agentID)
 	c.log.Info("build allocated", "build", id, "agent", s.agentID, "system", a.System, "priority", a.Priority)
 	return nil
 }
@@ -490,6 +491,7 @@ func (c *Coordinator) failDependentsLocked(ctx context.Context, id string, deps 
 }
 
 func (c *Coordinator) wakeLocked(id string) {
+	c.checkEndedLocked(id)
 	for _, ch := range c.waiters[id] {
 		close(ch)
 	}
