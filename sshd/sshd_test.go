@@ -234,6 +234,12 @@ func TestCommandRoles(t *testing.T) {
 		{"operator cannot create agents", e.operator, "agent new", 1, nil, "needs role admin"},
 		{"admin creates agents", e.admin, "agent new --name n1", 0, uuidRE, ""},
 		{"missing drv records nothing", e.operator, "build " + e.storePath("missing.drv"), 1, regexp.MustCompile(`^$`), "bad submission"},
+		{"reader cannot check", e.reader, "check " + drv, 1, nil, "needs role operator"},
+		{"operator can check", e.operator, "check --agents 2 " + drv, 0, uuidRE, ""},
+		{"reader lists checks", e.reader, "checks --state pending", 0, regexp.MustCompile(`pending`), ""},
+		{"reader summarises checks", e.reader, "checks summary --json", 0, regexp.MustCompile(`"pending": 1`), ""},
+		{"check of one agent refused", e.operator, "check --agents 1 " + drv, 1, nil, "at least two NARs"},
+		{"unknown check", e.reader, "check show 00000000-0000-4000-8000-000000000000", 1, nil, "no check"},
 		{"unknown command", e.admin, "rm -rf /", 2, nil, "unknown command"},
 		{"help per command", e.reader, "builds --help", 0, regexp.MustCompile(`(?s)usage: builds.*--state`), ""},
 		{"bad flag", e.admin, "builds --bogus", 2, nil, "unknown flag"},
@@ -262,8 +268,13 @@ func TestCommandRoles(t *testing.T) {
 			}
 		})
 	}
+	// The build, and the check's two builds at the checks' priority.
 	bs, _ := e.store.Builds(context.Background(), db.BuildFilter{})
-	if len(bs) != 1 || bs[0].Priority != 3 || len(bs[0].Tags) != 1 {
+	prios := map[int]int{}
+	for _, b := range bs {
+		prios[b.Priority]++
+	}
+	if len(bs) != 3 || prios[3] != 1 || prios[coordinator.DefaultCheckPriority] != 2 {
 		t.Fatalf("builds recorded: %+v", bs)
 	}
 }
