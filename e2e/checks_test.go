@@ -212,7 +212,7 @@ func TestReproducibilityChecks(t *testing.T) {
 				n++
 			}
 		}
-		if n == 2 && strings.Contains(c.Waiting, "holds or built another side of its check") {
+		if n == 2 && strings.Contains(c.Waiting, "holds or built another side of this check") {
 			break
 		}
 		if time.Now().After(deadline) {
