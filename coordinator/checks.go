@@ -432,7 +432,7 @@ func (c *Coordinator) keepCheckSide(ctx context.Context, buildID, agentID, dir s
 // settle (the store failing) is tried again a little later.
 func (c *Coordinator) settleChecks() {
 	defer c.wg.Done()
-	ctx := context.Background()
+	ctx := c.life
 	var retry <-chan time.Time
 	for {
 		select {
