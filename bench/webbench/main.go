@@ -31,7 +31,7 @@ import (
 
 type config struct {
 	big, small, rounds int
-	names, systems     int
+	builds, systems    int
 }
 
 func main() {
@@ -39,7 +39,7 @@ func main() {
 	flag.IntVar(&cfg.big, "n", 1000000, "queued builds of the large farm")
 	flag.IntVar(&cfg.small, "small", 1000, "queued builds of the baseline farm")
 	flag.IntVar(&cfg.rounds, "rounds", 30, "requests per page")
-	flag.IntVar(&cfg.names, "names", 1000, "distinct derivation names (each has n/names builds)")
+	flag.IntVar(&cfg.builds, "per-name", 1000, "builds per derivation name (at least 50, so that both farms' name pages are full)")
 	flag.IntVar(&cfg.systems, "systems", 4, "systems the builds are spread over")
 	flag.Parse()
 	if err := run(cfg); err != nil {
@@ -60,9 +60,9 @@ var pages = []page{
 	{"/builds, a page in the middle", func(f *farm) string { return fmt.Sprintf("/builds?before=%d", f.n/2) }},
 	{"/builds?state=scheduled", func(*farm) string { return "/builds?state=scheduled" }},
 	{"/builds?system=", func(*farm) string { return "/builds?system=" + system(1) }},
-	{"/builds?name=", func(*farm) string { return "/builds?name=" + name(7) }},
+	{"/builds?name=", func(*farm) string { return "/builds?name=" + name(0) }},
 	{"/builds?tag=", func(*farm) string { return "/builds?tag=jobset%3D" + jobset(3) }},
-	{"/builds?system=&name= (both)", func(*farm) string { return "/builds?system=" + system(7) + "&name=" + name(7) }},
+	{"/builds?system=&name= (both)", func(*farm) string { return "/builds?system=" + system(0) + "&name=" + name(0) }},
 	{"/builds/<id>", func(f *farm) string { return "/builds/" + f.someID }},
 	{"/events (newest 100)", func(*farm) string { return "/events" }},
 	{"/agents", func(*farm) string { return "/agents" }},
@@ -86,7 +86,8 @@ type farm struct {
 
 func run(cfg config) error {
 	ctx := context.Background()
-	fmt.Printf("webbench: %d vs %d queued builds, %d requests per page, %s, %d CPUs\n\n", cfg.big, cfg.small, cfg.rounds, runtime.Version(), runtime.NumCPU())
+	fmt.Printf("webbench: %d vs %d queued builds (%d builds per name, %d systems), %d requests per page, %s, %d CPUs\n\n",
+		cfg.big, cfg.small, cfg.builds, cfg.systems, cfg.rounds, runtime.Version(), runtime.NumCPU())
 	results := map[int]map[string]stats{}
 	for _, n := range []int{cfg.small, cfg.big} {
 		f, err := newFarm(ctx, cfg, n)
@@ -156,7 +157,7 @@ func newFarm(ctx context.Context, cfg config, n int) (*farm, error) {
 		for j := i; j < min(i+batch, n); j++ {
 			sum := sha256.Sum256(fmt.Appendf(nil, "webbench %d %d", n, j))
 			hash := nixhash.Base32(sum[:20])
-			nm := name(j % cfg.names)
+			nm := name(j % max(n/cfg.builds, 1))
 			nb := db.NewBuild{ID: fmt.Sprintf("%08x-0000-7000-8000-%012x", n, j), Derivation: "/nix/store/" + hash + "-" + nm + ".drv",
 				System: system(j % cfg.systems), Tags: []db.Tag{{Key: "jobset", Value: jobset(j % 10)}},
 				Outputs:   []db.DerivationOutput{{Name: "out", Path: "/nix/store/" + hash[:31] + "x-" + nm}},
