@@ -108,7 +108,7 @@ func (s *Server) handleAgent(sess ssh.Session) {
 				// In order with the results, so a phase is never
 				// handled before the start that came ahead of it.
 				if err = cs.Phase(ctx, m); err != nil {
-					log.Info("phase refused", "build", text.Truncate(m.Build, 64), "err", err)
+					log.Debug("phase refused", "build", text.Truncate(m.Build, 64), "err", err)
 				}
 				if m.ID != 0 || err != nil {
 					reply(m.ID, err)
