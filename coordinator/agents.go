@@ -581,7 +581,12 @@ func (c *Coordinator) ArchiveAgent(ctx context.Context, agentID string) error {
 	c.mu.Lock()
 	c.noteAgentLocked(agentID, func(m *agentMeta) { m.active = false })
 	c.mu.Unlock()
-	return c.revokeAgent(ctx, agentID, fps, "agent archived")
+	err = c.revokeAgent(ctx, agentID, fps, "agent archived")
+	// Retired for good: no longer an agent a build could wait for.
+	c.mu.Lock()
+	delete(c.departed, agentID)
+	c.mu.Unlock()
+	return err
 }
 
 // DeleteAgent removes an agent that never held a build, with its keys.
@@ -600,6 +605,7 @@ func (c *Coordinator) DeleteAgent(ctx context.Context, agentID string) error {
 	c.announce(Revocation{Fingerprints: fps, Reason: "agent deleted"})
 	c.mu.Lock()
 	delete(c.known, agentID)
+	delete(c.departed, agentID)
 	c.mu.Unlock()
 	return nil
 }

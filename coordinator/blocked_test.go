@@ -212,6 +212,13 @@ func TestNoAgentFullAbsentDeactivated(t *testing.T) {
 	if k, na := kind(second); k != NoAgentConnected {
 		t.Fatalf("activated again, still away: %+v", na)
 	}
+	// Archived: retired for good, so no agent it could wait for is left.
+	if err := h.c.ArchiveAgent(ctx, a.id); err != nil {
+		t.Fatal(err)
+	}
+	if k, na := kind(second); k != NoAgentSeen {
+		t.Fatalf("with the agent archived: %+v", na)
+	}
 	// Another agent for the system, free: nothing holds the build back
 	// but dispatch, which gives it the build at once.
 	b := h.agent("free", protocol.Hello{Systems: []string{"aarch64-linux"}})
