@@ -22,7 +22,7 @@ func (h *Handler) funcs() template.FuncMap {
 		"drvName":  drvName,
 		"clean":    text.Escape,
 		"lines":    func(s string) string { return logText([]byte(s)) },
-		"short":    func(s string) string { return truncate(s, 13) },
+		"short":    shortID,
 		"truncate": truncate,
 		// href is a link to path with the query v (already encoded here,
 		// so the template does not encode it again).
@@ -139,4 +139,15 @@ func truncate(s string, n int) string {
 	}
 	r := []rune(s)
 	return string(r[:n-1]) + "…"
+}
+
+// shortID is the end of an id: build ids are UUIDv7, whose start is the
+// submission time and is the same for a batch; the end tells them apart.
+func shortID(id string) string {
+	const keep = 12
+	if utf8.RuneCountInString(id) <= keep+1 {
+		return id
+	}
+	r := []rune(id)
+	return "…" + string(r[len(r)-keep:])
 }
