@@ -16,9 +16,11 @@ import (
 // the database. Histograms and counters are observed where things happen.
 // Collector hands them to a registry the process owns.
 
-// Buckets of the queue wait and build duration histograms: seconds, from
-// a second to a day.
-var durationBuckets = []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400}
+// durationBuckets are the buckets of the queue wait and build duration
+// histograms: seconds, from a second to a day.
+func durationBuckets() []float64 {
+	return []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400}
+}
 
 // agentMeta is what the coordinator keeps of each registered agent for
 // the metrics of agents that are not connected.
@@ -50,12 +52,12 @@ func newMetrics() *metrics {
 		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gbc_build_queue_wait_seconds",
 			Help:    "Time from a build becoming runnable (in a ready queue) to its allocation to an agent, by system.",
-			Buckets: append([]float64{0.01, 0.1}, durationBuckets...),
+			Buckets: append([]float64{0.01, 0.1}, durationBuckets()...),
 		}, []string{"system"}),
 		buildDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gbc_build_duration_seconds",
 			Help:    "Time from an attempt's start (its allocation if the agent never reported the start) to its result, for attempts that ended the build, by system and outcome (succeeded, failed).",
-			Buckets: durationBuckets,
+			Buckets: durationBuckets(),
 		}, []string{"system", "outcome"}),
 		setupFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gbc_agent_setup_failures_total",

@@ -658,3 +658,23 @@ type PruneResult struct {
 	HeldBy string
 	HeldAt int64
 }
+
+// TxKind is what a Store transaction did, for an Observer.
+type TxKind string
+
+const (
+	TxWrite TxKind = "write"
+	TxRead  TxKind = "read"
+)
+
+// Observer is told what a Store does, for metrics. Its methods are called
+// on the store's goroutines, so they must be quick and safe for
+// concurrent use.
+type Observer interface {
+	// Transaction reports one try of a transaction, from its begin to
+	// its commit (or the error that ended it; nil: committed).
+	Transaction(kind TxKind, took time.Duration, err error)
+	// EventsCommitted reports n events of type t that a committed
+	// transaction wrote.
+	EventsCommitted(t EventType, n int)
+}

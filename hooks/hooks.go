@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/gbc-farm/gbc/clock"
@@ -83,6 +84,19 @@ type Config struct {
 type Runner struct {
 	cfg Config
 	log *slog.Logger
+
+	// progress is each hook's position, by name, for Collector.
+	mu       sync.Mutex
+	progress map[string]*progress
+	descs    descs
+}
+
+// progress is how far a hook is: the newest event id it saw in the log,
+// the id through which it has read every event of its types, and how
+// many events it is handling (running or waiting for a retry).
+type progress struct {
+	head, through int64
+	inflight      int
 }
 
 // New checks the hooks and fills in defaults.
@@ -133,7 +147,11 @@ func New(cfg Config) (*Runner, error) {
 		hooks = append(hooks, h)
 	}
 	cfg.Hooks = hooks
-	return &Runner{cfg: cfg, log: cfg.Logger}, nil
+	r := &Runner{cfg: cfg, log: cfg.Logger, progress: map[string]*progress{}, descs: newDescs()}
+	for _, h := range hooks {
+		r.progress[h.Name] = &progress{}
+	}
+	return r, nil
 }
 
 // Prepare registers hooks the store has never seen, at the current end of
@@ -243,12 +261,23 @@ func (r *Runner) runHook(ctx context.Context, h Hook) {
 		for len(inflight) > 0 {
 			record(<-results)
 		}
+		r.note(h.Name, -1, -1, 0)
 	}()
 	for {
+		// The newest id, read before the events: a short read below
+		// then proves the hook has read through it.
+		head, herr := r.cfg.Store.LastEventID(ctx)
+		if herr != nil {
+			head = -1
+		}
+		through := int64(-1)
 		if room := h.Parallel - len(inflight); room > 0 {
 			es, err := r.cfg.Store.Events(ctx, db.EventFilter{AfterID: scanned, Types: h.Types, Limit: room})
 			if err != nil && ctx.Err() == nil {
 				log.Error("read events", "after", scanned, "err", err)
+			}
+			if err == nil && len(es) < room {
+				through = head
 			}
 			for _, e := range es {
 				scanned = e.ID
@@ -262,9 +291,15 @@ func (r *Runner) runHook(ctx context.Context, h Hook) {
 					results <- finished{id: e.ID, interrupted: err != nil && ctx.Err() != nil}
 				}()
 			}
+			if through < 0 {
+				through = scanned
+			}
+			r.note(h.Name, head, through, len(inflight))
 			if len(es) == room {
 				continue // more may be waiting; take them as slots free up
 			}
+		} else {
+			r.note(h.Name, head, -1, len(inflight))
 		}
 		select {
 		case <-ctx.Done():
@@ -274,6 +309,21 @@ func (r *Runner) runHook(ctx context.Context, h Hook) {
 		case <-r.cfg.Clock.After(r.cfg.Poll):
 		}
 	}
+}
+
+// note records a hook's position; a negative head or through keeps the
+// one known.
+func (r *Runner) note(name string, head, through int64, inflight int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.progress[name]
+	if head >= 0 {
+		p.head = max(p.head, head)
+	}
+	if through >= 0 {
+		p.through = max(p.through, through)
+	}
+	p.inflight = inflight
 }
 
 func mapKeys(m map[int64]bool) []int64 {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gliderlabs/ssh"
+	"github.com/prometheus/client_golang/prometheus"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gbc-farm/gbc/clock"
@@ -84,7 +85,13 @@ type Server struct {
 
 	budgetMu sync.Mutex
 	budgets  map[string]*uploadBudget // by agent id
+
+	// uploaded counts the bytes agents wrote into upload files.
+	uploaded *prometheus.CounterVec
 }
+
+// Collector returns the SSH port's metrics for a prometheus.Registry.
+func (s *Server) Collector() prometheus.Collector { return s.uploaded }
 
 // ctxKey names the values this package keeps in an ssh.Context.
 type ctxKey int
@@ -126,7 +133,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, coord: cfg.Coordinator, log: cfg.Logger,
 		budgets: map[string]*uploadBudget{},
-		conns:   newConns(cfg.Logger, cfg.Clock, cfg.HandshakeTimeout, cfg.MaxUnauthenticated, cfg.MaxUnauthenticatedPerSource)}
+		uploaded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gbc_uploaded_bytes_total",
+			Help: "Bytes agents wrote into upload files over SFTP (resent ranges count again), by agent id.",
+		}, []string{"agent"}),
+		conns: newConns(cfg.Logger, cfg.Clock, cfg.HandshakeTimeout, cfg.MaxUnauthenticated, cfg.MaxUnauthenticatedPerSource)}
 	s.srv = &ssh.Server{
 		Handler:              s.handleExec,
 		PublicKeyHandler:     s.knownKey,

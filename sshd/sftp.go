@@ -204,6 +204,7 @@ func (b *boundedFile) WriteAt(p []byte, off int64) (int, error) {
 		return 0, refusal{err}
 	}
 	n, err := b.f.WriteAt(p, off)
+	b.t.s.uploaded.WithLabelValues(b.t.agentID).Add(float64(n))
 	if err != nil {
 		var low *coordinator.LowSpaceError
 		if err := b.t.s.coord.UploadFailed(b.t.agentID, b.build, err); errors.As(err, &low) {

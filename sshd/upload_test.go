@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/pkg/sftp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gbc-farm/gbc/agent/upload"
 )
@@ -58,5 +59,22 @@ func TestUploadWithAgentClientOptions(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(real); !bytes.Equal(got, data) {
 		t.Fatal("on disk after resume: differs")
+	}	// Every byte written counts, the resent tail again.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(e.srv.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == "gbc_uploaded_bytes_total" && m.GetLabel()[0].GetValue() == id {
+				got = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if want := float64(int64(len(data)) + st.Sent); got != want {
+		t.Fatalf("gbc_uploaded_bytes_total{agent=%q} = %v, want %v", id, got, want)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/cache"
@@ -146,7 +147,8 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return usageError{"--database: " + err.Error()}
 	}
-	store, err := target.Open(ctx, log)
+	dbMetrics := metrics.NewStore()
+	store, err := target.OpenObserved(ctx, log, dbMetrics)
 	if err != nil {
 		return err
 	}
@@ -203,14 +205,18 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	stopHooks, err := startHooks(ctx, log, store, clk, hookList)
+	stopHooks, hookMetrics, err := startHooks(ctx, log, store, clk, hookList)
 	if err != nil {
 		return err
 	}
 	defer stopHooks()
 	defer startRetention(ctx, log, store, clk, time.Duration(retention), hookList)()
 	defer startCacheGC(ctx, log, coord, *gcf.interval)()
-	reg, err := metrics.NewRegistry(coord.Collector())
+	collectors := []prometheus.Collector{coord.Collector(), dbMetrics}
+	if hookMetrics != nil {
+		collectors = append(collectors, hookMetrics)
+	}
+	reg, err := metrics.NewRegistry(collectors...)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -225,6 +231,9 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 		Metrics: metricsHandler, Web: ui})
 	if err != nil {
 		return err
+	}
+	if err := reg.Register(srv.Collector()); err != nil {
+		return fmt.Errorf("metrics: %w", err)
 	}
 	if *pprofListen != "" {
 		if err := servePprof(*pprofListen); err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/gbc-farm/gbc/clock"
@@ -93,16 +94,17 @@ func (f hookFlags) hooks(log *slog.Logger, submit hooks.SubmitFunc, submitMissin
 
 // startHooks runs the hooks in the background; the returned stop cancels
 // them and waits (handlers not finished then run again at the next start).
-func startHooks(ctx context.Context, log *slog.Logger, store hooks.Store, clk clock.Clock, hs []hooks.Hook) (stop func(), err error) {
+// The collector is the hooks' backlog metrics (nil without hooks).
+func startHooks(ctx context.Context, log *slog.Logger, store hooks.Store, clk clock.Clock, hs []hooks.Hook) (stop func(), c prometheus.Collector, err error) {
 	if len(hs) == 0 {
-		return func() {}, nil
+		return func() {}, nil, nil
 	}
 	r, err := hooks.New(hooks.Config{Store: store, Hooks: hs, Logger: log, Clock: clk})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := r.Prepare(ctx); err != nil {
-		return nil, fmt.Errorf("register hooks: %w", err)
+		return nil, nil, fmt.Errorf("register hooks: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -115,7 +117,7 @@ func startHooks(ctx context.Context, log *slog.Logger, store hooks.Store, clk cl
 		names = append(names, h.Name)
 	}
 	log.Info("hooks running", "hooks", names)
-	return func() { cancel(); <-done }, nil
+	return func() { cancel(); <-done }, r.Collector(), nil
 }
 
 // submitMissingVia adapts coordinator.SubmitMissingInputs for the

@@ -73,11 +73,17 @@ func Store(ctx context.Context, spec string, logger *slog.Logger) (db.Store, err
 
 // Open opens (and migrates) the target's store.
 func (t Target) Open(ctx context.Context, logger *slog.Logger) (db.Store, error) {
+	return t.OpenObserved(ctx, logger, nil)
+}
+
+// OpenObserved is Open with an Observer told of every transaction and of
+// the events committed (the coordinator's metrics); nil: none.
+func (t Target) OpenObserved(ctx context.Context, logger *slog.Logger, obs db.Observer) (db.Store, error) {
 	switch t.Backend {
 	case Postgres:
-		return postgres.Open(ctx, t.Location, logger)
+		return postgres.OpenWith(ctx, t.Location, logger, postgres.Options{Observer: obs})
 	case SQLite:
-		return sqlite.Open(ctx, t.Location, logger)
+		return sqlite.OpenWith(ctx, t.Location, logger, sqlite.Options{Observer: obs})
 	}
 	return nil, fmt.Errorf("database: unknown backend %q", t.Backend)
 }

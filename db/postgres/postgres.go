@@ -72,6 +72,9 @@ type Options struct {
 	// Retry is how long and how often lost connections are retried
 	// (default DefaultBackoff).
 	Retry Backoff
+	// Observer, if set, is told of every transaction and of the events
+	// committed (metrics).
+	Observer db.Observer
 }
 
 // Open connects to the database named by dsn (a postgres:// URL or a
@@ -114,7 +117,7 @@ func OpenWith(ctx context.Context, dsn string, logger *slog.Logger, o Options) (
 		return nil, fmt.Errorf("postgres: migrating %s: %w", where, err)
 	}
 	logger.DebugContext(ctx, "postgres store open", "database", where)
-	return &Store{sqlstore.New(dialect(logger, o.Retry), pool, pool)}, nil
+	return &Store{sqlstore.New(dialect(logger, o.Retry), pool, pool, o.Observer)}, nil
 }
 
 // Redact returns dsn with any password replaced, for messages and logs.

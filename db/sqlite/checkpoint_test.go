@@ -16,7 +16,7 @@ import (
 func TestCheckpointOffTheWritePath(t *testing.T) {
 	ctx := t.Context()
 	// No background round during the test: it calls checkpoint itself.
-	s, err := open(ctx, filepath.Join(t.TempDir(), "gbc.db"), nil, time.Hour)
+	s, err := open(ctx, filepath.Join(t.TempDir(), "gbc.db"), nil, time.Hour, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestCheckpointOffTheWritePath(t *testing.T) {
 func TestWALBoundedUnderSteadyWrites(t *testing.T) {
 	median := func(t *testing.T, restartAt int) int {
 		ctx := t.Context()
-		s, err := open(ctx, filepath.Join(t.TempDir(), "gbc.db"), nil, time.Hour)
+		s, err := open(ctx, filepath.Join(t.TempDir(), "gbc.db"), nil, time.Hour, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

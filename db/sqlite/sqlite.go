@@ -80,10 +80,22 @@ func dsn(path string, readOnly bool) string {
 // the schema this binary knows. A database migrated by a newer binary is
 // refused with an error wrapping migrations.ErrTooNew.
 func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error) {
-	return open(ctx, path, logger, checkpointInterval)
+	return OpenWith(ctx, path, logger, Options{})
 }
 
-func open(ctx context.Context, path string, logger *slog.Logger, ckptEvery time.Duration) (*Store, error) {
+// Options tune OpenWith; the zero value is Open.
+type Options struct {
+	// Observer, if set, is told of every transaction and of the events
+	// committed (metrics).
+	Observer db.Observer
+}
+
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, path string, logger *slog.Logger, o Options) (*Store, error) {
+	return open(ctx, path, logger, checkpointInterval, o)
+}
+
+func open(ctx context.Context, path string, logger *slog.Logger, ckptEvery time.Duration, o Options) (*Store, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -131,7 +143,7 @@ func open(ctx context.Context, path string, logger *slog.Logger, ckptEvery time.
 	}
 	cp.SetMaxOpenConns(1)
 	logger.DebugContext(ctx, "sqlite store open", "path", abs)
-	st := sqlstore.New(dialect(), w, r)
+	st := sqlstore.New(dialect(), w, r, o.Observer)
 	return &Store{Store: st, path: abs,
 		ckpt: startCheckpointer(cp, ckptEvery, st.WhileQuiet, logger)}, nil
 }

@@ -60,11 +60,16 @@ func (s *Store) CreateBuilds(ctx context.Context, builds []db.NewBuild) error {
 	if len(builds) == 0 {
 		return nil
 	}
-	insert := s.d.InsertBuilds
-	if insert == nil {
-		insert = s.insertBuilds
+	if s.d.InsertBuilds == nil {
+		return s.write(ctx, func(tx Tx) error { return s.insertBuilds(ctx, tx, builds) })
 	}
-	return s.write(ctx, func(tx Tx) error { return insert(ctx, tx, builds) })
+	return s.write(ctx, func(tx Tx) error {
+		if err := s.d.InsertBuilds(ctx, tx, builds); err != nil {
+			return err
+		}
+		tx.countEvents(db.EventSubmitted, len(builds)) // one each, by the dialect
+		return nil
+	})
 }
 
 // insertBuilds is the portable CreateBuilds: prepared statements, one row
@@ -148,6 +153,7 @@ func (s *Store) insertBuilds(ctx context.Context, tx Tx, builds []db.NewBuild) e
 		if _, err := insEvent.ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("appending %s event of build %q: %w", e.Type, e.Build, err)
 		}
+		tx.countEvents(e.Type, 1)
 	}
 	return nil
 }

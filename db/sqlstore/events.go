@@ -40,6 +40,7 @@ func (s *Store) insertEvent(ctx context.Context, tx Tx, e db.Event) (int64, erro
 	if err != nil {
 		return 0, fmt.Errorf("appending %s event of build %q: %w", e.Type, e.Build, err)
 	}
+	tx.countEvents(e.Type, 1)
 	return id, nil
 }
 
@@ -101,6 +102,9 @@ func (s *Store) insertEvents(ctx context.Context, tx Tx, events []db.Event) erro
 	}
 	if err := insert(ctx, tx, rows); err != nil {
 		return fmt.Errorf("appending %d events (first: %s of build %q): %w", len(events), events[0].Type, events[0].Build, err)
+	}
+	for _, e := range events {
+		tx.countEvents(e.Type, 1)
 	}
 	return nil
 }

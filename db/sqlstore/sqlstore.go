@@ -83,6 +83,7 @@ type Store struct {
 	d    Dialect
 	w, r *sql.DB
 	wl   *writeLock
+	obs  db.Observer // nil: none
 
 	// ORDER BY clauses with the dialect's NULL placement.
 	newestFirst, oldestFirst, keysOrder, agentsOrder string
@@ -92,13 +93,14 @@ var _ db.Store = (*Store)(nil)
 
 // New returns a Store writing through writer and reading through reader
 // (which may be the same pool). Both must be migrated already. The Store
-// owns them from now on: Close closes them.
-func New(d Dialect, writer, reader *sql.DB) *Store {
+// owns them from now on: Close closes them. obs, if not nil, is told of
+// every transaction and of the events committed.
+func New(d Dialect, writer, reader *sql.DB, obs db.Observer) *Store {
 	if reader == nil {
 		reader = writer
 	}
 	return &Store{
-		d: d, w: writer, r: reader, wl: newWriteLock(d.SingleWriter),
+		d: d, w: writer, r: reader, wl: newWriteLock(d.SingleWriter), obs: obs,
 		newestFirst: "created_at DESC" + d.NullsLast + ", seq DESC",
 		oldestFirst: "created_at" + d.NullsFirst + ", seq",
 		keysOrder:   "created_at" + d.NullsFirst + ", fingerprint",
@@ -140,6 +142,23 @@ type Tx struct {
 	// event lock is held (until commit), so a transaction writing several
 	// events takes it once.
 	eventsLocked *bool
+	// events, in a writer transaction, counts the events written by
+	// type, for the Observer once the transaction committed.
+	events *eventTally
+}
+
+// eventTally counts a transaction's events by type.
+type eventTally struct{ n map[db.EventType]int }
+
+// countEvents notes n events of type t written in this transaction.
+func (t Tx) countEvents(typ db.EventType, n int) {
+	if t.events == nil {
+		return
+	}
+	if t.events.n == nil {
+		t.events.n = map[db.EventType]int{}
+	}
+	t.events.n[typ] += n
 }
 
 type stmtCache struct {
@@ -266,13 +285,15 @@ func (s *Store) writeAs(ctx context.Context, class int, cached bool, fn func(tx 
 }
 
 func (s *Store) writeTx(ctx context.Context, cached bool, fn func(tx Tx) error) error {
-	return s.retry(ctx, func() error {
+	return s.retry(ctx, func() (err error) {
+		events := &eventTally{}
+		defer s.observe(db.TxWrite, time.Now(), &err, events)
 		tx, err := s.w.BeginTx(ctx, nil)
 		if err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
 		defer tx.Rollback()
-		t := Tx{q: tx, rebind: s.d.Rebind, eventsLocked: new(bool)}
+		t := Tx{q: tx, rebind: s.d.Rebind, eventsLocked: new(bool), events: events}
 		if cached {
 			t.stmts = &stmtCache{m: map[string]*sql.Stmt{}}
 			defer t.stmts.close()
@@ -287,10 +308,26 @@ func (s *Store) writeTx(ctx context.Context, cached bool, fn func(tx Tx) error) 
 	})
 }
 
+// observe tells the Observer, if any, of one try of a transaction that
+// began at start and ended with *err, and of the events it committed.
+func (s *Store) observe(kind db.TxKind, start time.Time, err *error, events *eventTally) {
+	if s.obs == nil {
+		return
+	}
+	s.obs.Transaction(kind, time.Since(start), *err)
+	if *err != nil || events == nil {
+		return
+	}
+	for t, n := range events.n {
+		s.obs.EventsCommitted(t, n)
+	}
+}
+
 // read runs fn in one read-only transaction on the reader pool, so
 // multi-query reads see one snapshot.
 func (s *Store) read(ctx context.Context, fn func(tx Tx) error) error {
-	return s.retry(ctx, func() error {
+	return s.retry(ctx, func() (err error) {
+		defer s.observe(db.TxRead, time.Now(), &err, nil)
 		opts := s.d.ReadTx
 		tx, err := s.r.BeginTx(ctx, &opts)
 		if err != nil {
@@ -307,7 +344,10 @@ func (s *Store) readOne(ctx context.Context, fn func(tx Tx) error) error {
 	if !s.d.DirectSingleReads {
 		return s.read(ctx, fn)
 	}
-	return s.retry(ctx, func() error { return fn(Tx{q: s.r, rebind: s.d.Rebind}) })
+	return s.retry(ctx, func() (err error) {
+		defer s.observe(db.TxRead, time.Now(), &err, nil)
+		return fn(Tx{q: s.r, rebind: s.d.Rebind})
+	})
 }
 
 func (s *Store) isUnique(err error) bool {
