@@ -33,13 +33,14 @@ type agentMeta struct {
 type metrics struct {
 	queueWait     *prometheus.HistogramVec
 	buildDuration *prometheus.HistogramVec
+	phaseDuration *prometheus.HistogramVec
 	setupFailures *prometheus.CounterVec
 	infraFailures *prometheus.CounterVec
 	// checksFinished counts reproducibility checks by verdict.
 	checksFinished *prometheus.CounterVec
 	checksPending  *prometheus.Desc
 
-	builds, runnable, finished, agents          *prometheus.Desc
+	builds, runnable, finished, agents, inPhase *prometheus.Desc
 	agentConnected, agentActive, agentRunning   *prometheus.Desc
 	agentSlots, agentLoad, agentDisk, agentSeen *prometheus.Desc
 	spacePaused, spaceFree                      *prometheus.Desc
@@ -59,6 +60,11 @@ func newMetrics() *metrics {
 			Help:    "Time from an attempt's start (its allocation if the agent never reported the start) to its result, for attempts that ended the build, by system and outcome (succeeded, failed).",
 			Buckets: durationBuckets(),
 		}, []string{"system", "outcome"}),
+		phaseDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gbc_build_phase_duration_seconds",
+			Help:    "Time an attempt spent in a phase (preparing, building, uploading, verifying, publishing), by system and phase, observed as the phase ends.",
+			Buckets: append([]float64{0.01, 0.1}, durationBuckets()...),
+		}, []string{"system", "phase"}),
 		setupFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gbc_agent_setup_failures_total",
 			Help: "Attempts an agent could not set up (an input missing, its store daemon refused), counted toward the build's setup-failure limit.",
@@ -67,6 +73,7 @@ func newMetrics() *metrics {
 			Name: "gbc_agent_infrastructure_failures_total",
 			Help: "Attempts on an agent that ended without a verdict on the build, by kind: infrastructure (the agent or its link went away) or verification (its upload did not verify). The coordinator's own trouble is not counted.",
 		}, append(agent, "kind")),
+		inPhase:        prometheus.NewDesc("gbc_builds_in_phase", "Builds held by agents by the phase their attempt is in (none: allocated, no phase reported yet).", []string{"phase"}, nil),
 		builds:         prometheus.NewDesc("gbc_builds", "Builds in the queue by state: waiting (for an input), deferred, runnable (in a ready queue), allocated (to an agent, running or not).", []string{"state"}, nil),
 		runnable:       prometheus.NewDesc("gbc_runnable_builds", "Runnable builds (in a ready queue) by system.", []string{"system"}, nil),
 		finished:       prometheus.NewDesc("gbc_builds_finished_total", "Builds that reached a final state since the coordinator started, by state.", []string{"state"}, nil),
@@ -96,12 +103,13 @@ type collector Coordinator
 
 func (k *collector) Describe(ch chan<- *prometheus.Desc) {
 	m := k.metrics
-	for _, d := range []*prometheus.Desc{m.builds, m.runnable, m.finished, m.agents, m.agentConnected, m.agentActive,
+	for _, d := range []*prometheus.Desc{m.builds, m.inPhase, m.runnable, m.finished, m.agents, m.agentConnected, m.agentActive,
 		m.agentRunning, m.agentSlots, m.agentLoad, m.agentDisk, m.agentSeen, m.spacePaused, m.spaceFree, m.checksPending} {
 		ch <- d
 	}
 	m.queueWait.Describe(ch)
 	m.buildDuration.Describe(ch)
+	m.phaseDuration.Describe(ch)
 	m.setupFailures.Describe(ch)
 	m.infraFailures.Describe(ch)
 	m.checksFinished.Describe(ch)
@@ -124,6 +132,10 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.sched.Stats()
 	space := c.spaceStatusLocked()
 	pendingChecks := len(c.checks.groups)
+	phases := map[db.Phase]int{db.PhasePreparing: 0, db.PhaseBuilding: 0, db.PhaseUploading: 0, db.PhaseVerifying: 0, db.PhasePublishing: 0}
+	for _, lp := range c.live {
+		phases[lp.phase]++
+	}
 	samples := make([]agentSample, 0, len(c.known))
 	for id, a := range c.known {
 		as := agentSample{id: id, name: a.name, active: a.active, lastSeen: a.lastSeen}
@@ -142,6 +154,13 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.builds, float64(st.Deferred), "deferred")
 	gauge(m.builds, float64(st.Ready), "runnable")
 	gauge(m.builds, float64(st.Allocated), "allocated")
+	for p, n := range phases {
+		name := string(p)
+		if p == "" {
+			name = "none"
+		}
+		gauge(m.inPhase, float64(n), name)
+	}
 	for sys, n := range st.ReadyBySystem {
 		gauge(m.runnable, float64(n), sys)
 	}
@@ -178,6 +197,7 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.spaceFree, float64(space.Free))
 	m.queueWait.Collect(ch)
 	m.buildDuration.Collect(ch)
+	m.phaseDuration.Collect(ch)
 	m.setupFailures.Collect(ch)
 	m.infraFailures.Collect(ch)
 	gauge(m.checksPending, float64(pendingChecks))

@@ -120,6 +120,9 @@ func TestMetricsFollowTheFarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantSample(t, reg, 2, "gbc_builds", "state", "allocated")
+	wantSample(t, reg, 1, "gbc_builds_in_phase", "phase", "building")
+	wantSample(t, reg, 1, "gbc_builds_in_phase", "phase", "none")
+	wantSample(t, reg, 0, "gbc_builds_in_phase", "phase", "uploading")
 	wantSample(t, reg, 2, "gbc_build_queue_wait_seconds", "system", "x86_64-linux")
 	if s := histogramSum(t, reg, "gbc_build_queue_wait_seconds", "system", "x86_64-linux"); s != 60 {
 		t.Errorf("queue wait sum %v, want 2×30 s", s)
@@ -151,6 +154,14 @@ func TestMetricsFollowTheFarm(t *testing.T) {
 	if s := histogramSum(t, reg, "gbc_build_duration_seconds", "system", "x86_64-linux", "outcome", "succeeded"); s != 60 {
 		t.Errorf("build duration sum %v, want 60 s", s)
 	}
+	// Its phases: building for the 60 s, then verifying and publishing
+	// (no time passes on the fake clock).
+	wantSample(t, reg, 1, "gbc_build_phase_duration_seconds", "system", "x86_64-linux", "phase", "building")
+	if s := histogramSum(t, reg, "gbc_build_phase_duration_seconds", "system", "x86_64-linux", "phase", "building"); s != 60 {
+		t.Errorf("building phase sum %v, want 60 s", s)
+	}
+	wantSample(t, reg, 1, "gbc_build_phase_duration_seconds", "system", "x86_64-linux", "phase", "publishing")
+	wantSample(t, reg, 0, "gbc_builds_in_phase", "phase", "building")
 	h.clk.Advance(time.Minute)
 	a.fail(b2.Build)
 	wantSample(t, reg, 1, "gbc_build_duration_seconds", "system", "x86_64-linux", "outcome", "failed")

@@ -82,7 +82,11 @@ func (c *Coordinator) closePhasesLocked(id string) {
 }
 
 func (c *Coordinator) observeLocked(id string, lp *livePhase, end time.Time) {
-	if lp.phase == "" || c.cfg.PhaseObserver == nil {
+	if lp.phase == "" {
+		return
+	}
+	c.metrics.phaseDuration.WithLabelValues(lp.system, string(lp.phase)).Observe(max(0, end.Sub(lp.since).Seconds()))
+	if c.cfg.PhaseObserver == nil {
 		return
 	}
 	c.cfg.PhaseObserver.PhaseEnded(ObservedPhase{Build: id, Attempt: lp.attempt, Agent: lp.agent, System: lp.system,
