@@ -136,6 +136,7 @@ func (c *Cache) commit(ctx context.Context, ps []*pending, t *batchTimes) (err e
 	}()
 	var errs []error
 	infos := make([]Placement, 0, len(ps))
+	var bytes int64 // the placed narinfos' FileSize, for the counts
 	for _, p := range ps {
 		if done, err := c.alreadyPublished(ctx, p.sp, p.e.NarHash); done || err != nil {
 			if err != nil {
@@ -144,10 +145,13 @@ func (c *Cache) commit(ctx context.Context, ps []*pending, t *batchTimes) (err e
 			continue
 		}
 		infos = append(infos, Placement{Upload: p.info, Key: narinfoKey(p.sp.HashPart)})
+		bytes += p.e.FileSize
 	}
 	if len(infos) > 0 {
 		if err := c.store.Place(ctx, infos...); err != nil {
 			errs = append(errs, fmt.Errorf("cache publish %d paths: place narinfos: %w", len(infos), err))
+		} else {
+			c.stored(len(infos), bytes)
 		}
 		c.log.DebugContext(ctx, "published", "paths", len(infos))
 	}

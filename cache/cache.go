@@ -95,6 +95,8 @@ type Cache struct {
 	bufs  sync.Pool // *bufio.Writer of 256 KiB for spool
 	// spoolDirs are a FileStore's spool directories (tests look at them).
 	spoolDirs []string
+	// counts are the narinfos and bytes held, for metrics (stats.go).
+	counts counts
 	// onStep, set only by tests, observes each durability step of a
 	// FileStore (see commit).
 	onStep func(op, path string)
@@ -194,6 +196,7 @@ func (c *Cache) open(ctx context.Context, st Store, opts Options) (*Cache, error
 		opts.Clock = clock.Real{}
 	}
 	c.store, c.life, c.opts, c.log, c.zpool = st, ctx, opts, opts.Logger.With("cache", dir), compression.NewPool(0)
+	c.initCounts()
 	if err := st.Clean(ctx); err != nil {
 		return nil, fmt.Errorf("cache open %s: %w", dir, err)
 	}
@@ -413,6 +416,7 @@ func (c *Cache) publishUpload(ctx context.Context, sp storepath.StorePath, e Ent
 	if err := c.store.Place(ctx, Placement{Upload: info, Key: narinfoKey(sp.HashPart)}); err != nil {
 		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
 	}
+	c.stored(1, e.FileSize)
 	c.log.InfoContext(ctx, "published", "path", e.StorePath, "nar_size", e.NarSize, "file_size", e.FileSize, "compression", e.Compression)
 	return nil
 }

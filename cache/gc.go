@@ -339,6 +339,7 @@ func (x *Collection) DeleteNarinfos(ctx context.Context, bases []string) ([]Stor
 		}
 		if removed {
 			done = append(done, s)
+			c.stored(-1, -s.FileSize)
 		}
 	}
 	return done, stop

@@ -59,7 +59,7 @@ func TestUploadWithAgentClientOptions(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(real); !bytes.Equal(got, data) {
 		t.Fatal("on disk after resume: differs")
-	}	// Every byte written counts, the resent tail again.
+	} // Every byte written counts, the resent tail again.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(e.srv.Collector())
 	mfs, err := reg.Gather()

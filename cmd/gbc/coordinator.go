@@ -212,7 +212,17 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	defer stopHooks()
 	defer startRetention(ctx, log, store, clk, time.Duration(retention), hookList)()
 	defer startCacheGC(ctx, log, coord, *gcf.interval)()
-	collectors := []prometheus.Collector{coord.Collector(), dbMetrics}
+	// The cache's gauges appear once it has been counted (a read of every
+	// narinfo, in the background).
+	go func() {
+		if err := bc.Count(ctx); err != nil {
+			log.Warn("cache not counted for the metrics", "err", err)
+			return
+		}
+		st := bc.Stats()
+		log.Info("cache counted", "narinfos", st.Narinfos, "nar_bytes", st.NarBytes)
+	}()
+	collectors := []prometheus.Collector{coord.Collector(), dbMetrics, bc.Collector()}
 	if hookMetrics != nil {
 		collectors = append(collectors, hookMetrics)
 	}
