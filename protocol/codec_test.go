@@ -46,22 +46,26 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestReaderRejectsAndContinues(t *testing.T) {
-	long := `{"type":"heartbeat","x":"` + strings.Repeat("a", 300) + `"}`
+	long := `{"type":"heartbeat","x":"` + strings.Repeat("a", 50001) + `"}`
 	input := strings.Join([]string{
 		long,
 		`not json`,
 		`{"type":"launch-missiles","id":7}`,
 		`{"id":8}`,
 		`{"type":"started","id":9,"build":"b","bogus":1}`,
+		// Nested past encoding/json's depth limit: malformed, not a stack
+		// overflow (a 200,000-deep line fits a real reader's 1 MiB).
+		`{"type":"heartbeat","id":11,"running":` + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}`,
 		`{"type":"started","id":10,"build":"b"}`,
 	}, "\n") + "\n"
-	r := NewReader(strings.NewReader(input), 200)
+	r := NewReader(strings.NewReader(input), 50000)
 	checks := []func(error) bool{
 		func(err error) bool { return errors.Is(err, ErrLineTooLong) },
 		func(err error) bool { var m *MalformedError; return errors.As(err, &m) },
 		func(err error) bool { var u *UnknownTypeError; return errors.As(err, &u) && u.ID == 7 },
 		func(err error) bool { var m *MalformedError; return errors.As(err, &m) && m.ID == 8 },
 		func(err error) bool { var m *MalformedError; return errors.As(err, &m) && m.ID == 9 },
+		func(err error) bool { var m *MalformedError; return errors.As(err, &m) },
 	}
 	for i, ok := range checks {
 		_, err := r.Read()
