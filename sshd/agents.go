@@ -92,11 +92,43 @@ func setupAgentNew(fs *pflag.FlagSet) func(x *call) error {
 }
 
 func setupAgentKeyAdd(fs *pflag.FlagSet) func(x *call) error {
+	return addKey(func(x *call) (string, error) { return x.s.coord.AddAgentKey(x.ctx, x.params[0], x.args[0]) })
+}
+
+func setupAgentActive(active bool) func(fs *pflag.FlagSet) func(x *call) error {
+	return func(fs *pflag.FlagSet) func(x *call) error {
+		return agentAction(func(x *call, id string) error { return x.s.coord.SetAgentActive(x.ctx, id, active) })
+	}
+}
+
+func setupAgentArchive(fs *pflag.FlagSet) func(x *call) error {
+	return agentAction(func(x *call, id string) error { return x.s.coord.ArchiveAgent(x.ctx, id) })
+}
+
+func setupAgentDelete(fs *pflag.FlagSet) func(x *call) error {
+	return agentAction(func(x *call, id string) error { return x.s.coord.DeleteAgent(x.ctx, id) })
+}
+
+// agentAction is a command on the agent its path names ("agent ID
+// archive") that takes no arguments of its own.
+func agentAction(act func(x *call, id string) error) func(x *call) error {
+	return func(x *call) error {
+		if err := needArgs(x, 0, "no arguments after the agent id"); err != nil {
+			return err
+		}
+		return act(x, x.params[0])
+	}
+}
+
+// addKey is a command that adds the key line, its one argument, and
+// prints the new key's fingerprint; a key the coordinator's rules refuse
+// exits with status 2, as a usage error does.
+func addKey(add func(x *call) (string, error)) func(x *call) error {
 	return func(x *call) error {
 		if err := oneKeyLine(x); err != nil {
 			return err
 		}
-		fp, err := x.s.coord.AddAgentKey(x.ctx, x.params[0], x.args[0])
+		fp, err := add(x)
 		if errors.Is(err, coordinator.ErrBadKey) {
 			return &exitError{code: 2, err: err}
 		}
@@ -105,35 +137,6 @@ func setupAgentKeyAdd(fs *pflag.FlagSet) func(x *call) error {
 		}
 		fmt.Fprintln(x.out, fp)
 		return nil
-	}
-}
-
-func setupAgentActive(active bool) func(fs *pflag.FlagSet) func(x *call) error {
-	return func(fs *pflag.FlagSet) func(x *call) error {
-		return func(x *call) error {
-			if err := needArgs(x, 0, "no arguments after the agent id"); err != nil {
-				return err
-			}
-			return x.s.coord.SetAgentActive(x.ctx, x.params[0], active)
-		}
-	}
-}
-
-func setupAgentArchive(fs *pflag.FlagSet) func(x *call) error {
-	return func(x *call) error {
-		if err := needArgs(x, 0, "no arguments after the agent id"); err != nil {
-			return err
-		}
-		return x.s.coord.ArchiveAgent(x.ctx, x.params[0])
-	}
-}
-
-func setupAgentDelete(fs *pflag.FlagSet) func(x *call) error {
-	return func(x *call) error {
-		if err := needArgs(x, 0, "no arguments after the agent id"); err != nil {
-			return err
-		}
-		return x.s.coord.DeleteAgent(x.ctx, x.params[0])
 	}
 }
 

@@ -52,20 +52,7 @@ func setupKeys(fs *pflag.FlagSet) func(x *call) error {
 
 func setupKeyAdd(fs *pflag.FlagSet) func(x *call) error {
 	role := fs.String("role", "", "admin, operator or reader (required)")
-	return func(x *call) error {
-		if err := oneKeyLine(x); err != nil {
-			return err
-		}
-		fp, err := x.s.coord.AddKey(x.ctx, x.args[0], coordinator.Role(*role))
-		if errors.Is(err, coordinator.ErrBadKey) {
-			return &exitError{code: 2, err: err}
-		}
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(x.out, fp)
-		return nil
-	}
+	return addKey(func(x *call) (string, error) { return x.s.coord.AddKey(x.ctx, x.args[0], coordinator.Role(*role)) })
 }
 
 func setupKeyRemove(fs *pflag.FlagSet) func(x *call) error {
