@@ -9,13 +9,7 @@
 #
 #   bench/agent.sh                                    # agent on exec:nix-daemon --stdio
 #   bench/agent.sh -n 10 -chains 5                    # quicker
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/gbc" ./cmd/gbc
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/agentbench" ./bench/agentbench
-NIX_CONFIG="build-users-group =
-substituters =
-sandbox = false" "$out/agentbench" -gbc "$out/gbc" "$@"
+. "$(dirname "$0")/internal/lib.sh"
+gbc=$(bench_build ./cmd/gbc)
+prog=$(bench_build ./bench/agentbench)
+NIX_CONFIG=$bench_nix_config "$prog" -gbc "$gbc" "$@"

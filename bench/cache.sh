@@ -6,10 +6,6 @@
 #
 #   bench/cache.sh                      # defaults: -n 10000 -c 64 -d 4s -rounds 2
 #   bench/cache.sh -n 2000 -d 2s        # quicker
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/cachebench" ./bench/cachebench
-"$out/cachebench" "$@"
+. "$(dirname "$0")/internal/lib.sh"
+prog=$(bench_build ./bench/cachebench)
+"$prog" "$@"

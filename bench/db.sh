@@ -8,10 +8,6 @@
 #
 # Without a PostgreSQL URL only SQLite is measured. Start the cluster first
 # (pg_ctlcluster 15 main start) and use a role that may create schemas.
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/dbstore" ./bench/dbstore
-"$out/dbstore" "$@"
+. "$(dirname "$0")/internal/lib.sh"
+prog=$(bench_build ./bench/dbstore)
+"$prog" "$@"

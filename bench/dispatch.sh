@@ -11,15 +11,10 @@
 #   bench/dispatch.sh                                   # defaults (see -h)
 #   bench/dispatch.sh -submit 5000 -queue 50000 -rounds 200   # quicker
 #   bench/dispatch.sh -pprof /tmp/prof                  # also CPU profiles
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
-export GOFLAGS=${GOFLAGS:--mod=mod}
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-"$GO" build -o "$out/gbc" ./cmd/gbc
-"$GO" build -o "$out/dispatch" ./bench/dispatch
-"$out/dispatch" -gbc "$out/gbc" "$@"
+. "$(dirname "$0")/internal/lib.sh"
+gbc=$(bench_build ./cmd/gbc)
+prog=$(bench_build ./bench/dispatch)
+"$prog" -gbc "$gbc" "$@"
 echo
 echo "baseline, in-process Coordinator.Submit (no SSH, no cache):"
 GBC_BENCH_SUBMIT=${BASELINE_N:-100000} "$GO" test -count=1 -run '^TestSubmitRate$' -v ./coordinator | grep '^|'

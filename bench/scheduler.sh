@@ -6,14 +6,10 @@
 #   bench/scheduler.sh                  # defaults: -n 1000000 -agents 50 -events 200000
 #   bench/scheduler.sh -n 100000        # quicker
 #   GOBENCH=1 bench/scheduler.sh        # also run the Go benchmarks in scheduler/
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/schedbench" ./bench/scheduler
-"$out/schedbench" "$@"
+. "$(dirname "$0")/internal/lib.sh"
+prog=$(bench_build ./bench/scheduler)
+"$prog" "$@"
 if [ "${GOBENCH:-0}" = 1 ]; then
 	echo
-	GOFLAGS=${GOFLAGS:--mod=mod} "$GO" test -run '^$' -bench . -benchmem ./scheduler
+	"$GO" test -run '^$' -bench . -benchmem ./scheduler
 fi

@@ -8,13 +8,7 @@
 #
 #   bench/upload.sh                     # defaults: -mib 512 -rounds 2
 #   bench/upload.sh -mib 128 -rounds 1  # quicker
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/gbc" ./cmd/gbc
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/uploadbench" ./bench/uploadbench
-NIX_CONFIG="build-users-group =
-substituters =
-sandbox = false" "$out/uploadbench" -gbc "$out/gbc" "$@"
+. "$(dirname "$0")/internal/lib.sh"
+gbc=$(bench_build ./cmd/gbc)
+prog=$(bench_build ./bench/uploadbench)
+NIX_CONFIG=$bench_nix_config "$prog" -gbc "$gbc" "$@"

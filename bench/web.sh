@@ -6,11 +6,6 @@
 #
 #   bench/web.sh                     # defaults (see -h)
 #   bench/web.sh -n 100000 -rounds 10   # quicker
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
-export GOFLAGS=${GOFLAGS:--mod=mod}
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-"$GO" build -o "$out/webbench" ./bench/webbench
-"$out/webbench" "$@"
+. "$(dirname "$0")/internal/lib.sh"
+prog=$(bench_build ./bench/webbench)
+"$prog" "$@"
