@@ -15,7 +15,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
-"$GO" test ./storepath -run '^$' -bench '^BenchmarkVerifyNAR$' -benchtime "${BENCHTIME:-5x}" -count "${COUNT:-5}" |
+"$GO" test ./storepath -timeout 60m -run '^$' -bench '^BenchmarkVerifyNAR$' -benchtime "${BENCHTIME:-5x}" -count "${COUNT:-5}" |
 awk '
 /^BenchmarkVerifyNAR\// {
 	split($1, f, "/")
