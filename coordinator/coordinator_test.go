@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -14,11 +13,10 @@ import (
 	"time"
 
 	"github.com/gbc-farm/gbc/clock"
-	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/db/sqlite"
 	"github.com/gbc-farm/gbc/derivation"
-	"github.com/gbc-farm/gbc/nar"
+	"github.com/gbc-farm/gbc/internal/testagent"
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
 )
@@ -219,39 +217,19 @@ func (a *fakeAgent) fail(id string) {
 	}
 }
 
-// upload writes a real compressed NAR into the agent's upload area and
-// returns the matching report.
+// upload writes a real compressed NAR (the shared test agent's,
+// testagent.Output) into the agent's upload area and returns the
+// matching report.
 func (a *fakeAgent) upload(b *protocol.Build, content string) protocol.OutputResult {
 	a.h.t.Helper()
-	src := filepath.Join(a.h.t.TempDir(), "f")
-	if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
-		a.h.t.Fatal(err)
-	}
-	var narBuf bytes.Buffer
-	if err := nar.Dump(&narBuf, src); err != nil {
-		a.h.t.Fatal(err)
-	}
-	narHash := sha256.Sum256(narBuf.Bytes())
-	var comp bytes.Buffer
-	w, err := compression.NewWriter(&comp, "zstd")
+	file, out, err := testagent.Output(b.Outputs[0], content)
 	if err != nil {
 		a.h.t.Fatal(err)
 	}
-	w.Write(narBuf.Bytes())
-	if err := w.Close(); err != nil {
+	if err := os.WriteFile(filepath.Join(a.h.c.UploadDir(a.id, b.Build), out.Upload), file, 0o644); err != nil {
 		a.h.t.Fatal(err)
 	}
-	fileHash := sha256.Sum256(comp.Bytes())
-	dir := a.h.c.UploadDir(a.id, b.Build)
-	if err := os.WriteFile(filepath.Join(dir, "out.nar.zst"), comp.Bytes(), 0o644); err != nil {
-		a.h.t.Fatal(err)
-	}
-	return protocol.OutputResult{
-		Name: "out", Path: b.Outputs[0].Path,
-		NarHash: nixhash.NewSHA256(narHash).String(), NarSize: int64(narBuf.Len()),
-		FileHash: nixhash.NewSHA256(fileHash).String(), FileSize: int64(comp.Len()),
-		Compression: "zstd", References: []string{}, Upload: "out.nar.zst",
-	}
+	return out
 }
 
 func (a *fakeAgent) succeed(b *protocol.Build, out protocol.OutputResult) error {

@@ -20,13 +20,7 @@ func TestUploadNamesAndBudget(t *testing.T) {
 	})
 	_, key := e.newAgent()
 	a := e.agentSession(key)
-	if err := a.w.Write(&protocol.Hello{Header: protocol.Header{ID: 1}, ProtocolVersion: protocol.Version,
-		Systems: []string{"x86_64-linux"}, MaxParallelBuilds: 2, StoreDir: "/nix/store", Backend: "nix"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := a.read().(*protocol.Welcome); !ok {
-		t.Fatal("no welcome")
-	}
+	a.hello(protocol.Hello{Systems: []string{"x86_64-linux"}, MaxParallelBuilds: 2, StoreDir: "/nix/store", Backend: "nix"})
 	for _, n := range []string{"q1", "q2"} {
 		if r := e.run(e.operator, "build "+e.drv(n)); r.code != 0 {
 			t.Fatalf("build: %s", r.stderr)

@@ -22,13 +22,12 @@ import (
 	"github.com/pkg/sftp"
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/coordinator"
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/db/sqlite"
 	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/internal/testagent"
 	"github.com/gbc-farm/gbc/keys"
-	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
 )
@@ -313,14 +312,11 @@ func TestKeyLineQuoting(t *testing.T) {
 	}
 }
 
-// agentConn is a test agent speaking the protocol over a real SSH session.
+// agentConn is the shared test agent (internal/testagent) on a real SSH
+// session, failing the test on any error and bounding each read.
 type agentConn struct {
-	t      *testing.T
-	client *gossh.Client
-	sess   *gossh.Session
-	in     io.WriteCloser
-	r      *protocol.Reader
-	w      *protocol.Writer
+	t *testing.T
+	*testagent.Agent
 }
 
 func (e *env) agentSession(s gossh.Signer) *agentConn {
@@ -329,29 +325,25 @@ func (e *env) agentSession(s gossh.Signer) *agentConn {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	sess, err := c.NewSession()
+	a, err := testagent.Open(c)
 	if err != nil {
+		c.Close()
 		e.t.Fatal(err)
 	}
-	in, _ := sess.StdinPipe()
-	out, _ := sess.StdoutPipe()
-	if err := sess.RequestSubsystem(protocol.Subsystem); err != nil {
-		e.t.Fatal(err)
-	}
-	a := &agentConn{t: e.t, client: c, sess: sess, in: in, r: protocol.NewReader(out, 0), w: protocol.NewWriter(in, 1<<24)}
-	e.t.Cleanup(func() { c.Close() })
-	return a
+	e.t.Cleanup(func() { a.Close() })
+	return &agentConn{t: e.t, Agent: a}
 }
 
-func (a *agentConn) hello() *protocol.Welcome {
+// hello says hello as one x86_64-linux slot, or with h when given.
+func (a *agentConn) hello(h ...protocol.Hello) *protocol.Welcome {
 	a.t.Helper()
-	if err := a.w.Write(&protocol.Hello{Header: protocol.Header{ID: 1}, ProtocolVersion: protocol.Version, Systems: []string{"x86_64-linux"}, MaxParallelBuilds: 1, StoreDir: "/nix/store", Backend: "nix"}); err != nil {
-		a.t.Fatal(err)
+	hello := protocol.Hello{Header: protocol.Header{ID: 1}, Systems: []string{"x86_64-linux"}, MaxParallelBuilds: 1, StoreDir: "/nix/store", Backend: "nix"}
+	if len(h) > 0 {
+		hello = h[0]
 	}
-	m := a.read()
-	w, ok := m.(*protocol.Welcome)
-	if !ok {
-		a.t.Fatalf("got %T %+v, want welcome", m, m)
+	w, err := a.Hello(hello)
+	if err != nil {
+		a.t.Fatal(err)
 	}
 	return w
 }
@@ -364,7 +356,7 @@ func (a *agentConn) read() protocol.Message {
 	}
 	ch := make(chan res, 1)
 	go func() {
-		m, err := a.r.Read()
+		m, err := a.Read()
 		ch <- res{m, err}
 	}()
 	select {
@@ -381,14 +373,14 @@ func (a *agentConn) read() protocol.Message {
 
 func (a *agentConn) send(m protocol.Message) {
 	a.t.Helper()
-	if err := a.w.Write(m); err != nil {
+	if err := a.Send(m); err != nil {
 		a.t.Fatal(err)
 	}
 }
 
 func (a *agentConn) raw(line string) {
 	a.t.Helper()
-	if _, err := io.WriteString(a.in, line+"\n"); err != nil {
+	if err := a.Raw(line); err != nil {
 		a.t.Fatal(err)
 	}
 }
@@ -577,33 +569,15 @@ func TestUploadWithWrongHashIsRefused(t *testing.T) {
 	e := newEnv(t, 0)
 	_, key := e.newAgent()
 	a, b := e.allocate(key)
-	cl := e.sftpClient(key)
-
-	src := filepath.Join(t.TempDir(), "f")
-	os.WriteFile(src, []byte("output"), 0o644)
-	var narBuf, comp bytes.Buffer
-	if err := nar.Dump(&narBuf, src); err != nil {
-		t.Fatal(err)
-	}
-	zw, _ := compression.NewWriter(&comp, "zstd")
-	zw.Write(narBuf.Bytes())
-	zw.Close()
-	f, err := cl.Create(b.UploadDir + "/out.nar.zst")
+	out, err := a.Upload(b, "output")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write(comp.Bytes())
-	f.Close()
 
 	a.send(&protocol.Started{Header: protocol.Header{ID: 2}, Build: b.Build})
 	a.expectAck(2)
-	wrong := sha256.Sum256([]byte("not the nar"))
-	a.send(&protocol.Succeeded{Header: protocol.Header{ID: 3}, Build: b.Build, Outputs: []protocol.OutputResult{{
-		Name: "out", Path: b.Outputs[0].Path,
-		NarHash: nixhash.NewSHA256(wrong).String(), NarSize: int64(narBuf.Len()),
-		FileHash: nixhash.NewSHA256(sha256.Sum256(comp.Bytes())).String(), FileSize: int64(comp.Len()),
-		Compression: "zstd", Upload: "out.nar.zst",
-	}}})
+	out.NarHash = nixhash.NewSHA256(sha256.Sum256([]byte("not the nar"))).String()
+	a.send(&protocol.Succeeded{Header: protocol.Header{ID: 3}, Build: b.Build, Outputs: []protocol.OutputResult{out}})
 	// The requeued build may be pushed again before the reply arrives.
 	for {
 		m := a.read()
