@@ -87,7 +87,6 @@ type node struct {
 	base      string
 	refs      []int32
 	deriver   int32 // -1: none in the cache
-	deriverB  string
 	size      int64
 	published int64 // unix ms
 	access    int64 // unix ms, 0 never
@@ -123,7 +122,12 @@ func (g *Graph) Add(p Path) {
 		g.index[h] = at
 		g.nodes = append(g.nodes, node{})
 	}
-	n := node{base: p.Base, deriver: -1, deriverB: p.Deriver, size: p.FileSize, published: p.Published.UnixMilli(), parent: -1, detail: -1}
+	n := node{base: p.Base, deriver: -1, size: p.FileSize, published: p.Published.UnixMilli(), parent: -1, detail: -1}
+	if p.Deriver != "" && hashPart(p.Deriver) != h {
+		// Resolved now, to a placeholder if the .drv comes later (or
+		// never: then Plan drops the link).
+		n.deriver = g.pending(p.Deriver)
+	}
 	if len(p.References) > 0 {
 		// Stash the references' hash parts until Plan resolves them.
 		n.refs = make([]int32, 0, len(p.References))
@@ -196,16 +200,18 @@ func (g *Graph) Plan(pol Policy, in Inputs) *Plan {
 		}
 	}
 	// Resolve derivers.
-	byDrv := map[string][]int32{}
+	// byDrv: a .drv's node → its outputs' nodes; a deriver the cache
+	// does not hold is dropped from its outputs (nothing to keep).
+	byDrv := map[int32][]int32{}
 	for i := range g.nodes {
 		n := &g.nodes[i]
-		if n.base == "" || n.deriverB == "" {
+		if n.base == "" || n.deriver < 0 {
 			continue
 		}
-		if d, ok := g.index[hashPart(n.deriverB)]; ok && g.nodes[d].base != "" {
-			n.deriver = d
+		byDrv[n.deriver] = append(byDrv[n.deriver], int32(i))
+		if g.nodes[n.deriver].base == "" {
+			n.deriver = -1
 		}
-		byDrv[hashPart(n.deriverB)] = append(byDrv[hashPart(n.deriverB)], int32(i))
 	}
 	var queue []int32
 	root := func(base string, k Kind, detail string) {
@@ -265,7 +271,7 @@ func (g *Graph) Plan(pol Policy, in Inputs) *Plan {
 			if !strings.HasSuffix(rb, ".drv") {
 				continue
 			}
-			for _, o := range byDrv[hashPart(rb)] {
+			for _, o := range byDrv[r] {
 				root(g.nodes[o].base, ActiveInput, detail)
 			}
 		}
