@@ -22,12 +22,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -47,17 +45,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/db/postgres"
 	"github.com/gbc-farm/gbc/db/sqlite"
 	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/internal/testagent"
 	"github.com/gbc-farm/gbc/internal/text"
-	"github.com/gbc-farm/gbc/nar"
-	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/storepath"
 )
@@ -644,15 +639,13 @@ type probe struct {
 	dispatchWait time.Duration
 }
 
+// agent is the shared test agent (internal/testagent) with what a probe
+// round needs to know of the builds pushed to it.
 type agent struct {
-	b      *bench
-	i      int
-	id     string
-	client *ssh.Client
-	sftp   *sftp.Client
-	wmu    sync.Mutex
-	w      *protocol.Writer
-	nextID atomic.Uint64
+	*testagent.Agent
+	b  *bench
+	i  int
+	id string
 
 	mu     sync.Mutex
 	held   []string // background builds
@@ -661,13 +654,9 @@ type agent struct {
 	errs   atomic.Int64
 }
 
-func (a *agent) send(m protocol.Message) error {
-	a.wmu.Lock()
-	defer a.wmu.Unlock()
-	return a.w.Write(m)
-}
+func (a *agent) send(m protocol.Message) error { return a.Send(m) }
 
-func (a *agent) hdr() protocol.Header { return protocol.Header{ID: a.nextID.Add(1)} }
+func (a *agent) hdr() protocol.Header { return a.Header() }
 
 func (b *bench) connectAgent(i int) (*agent, error) {
 	signer, line, _, err := newKey(b.dir, fmt.Sprintf("agent-%d", i))
@@ -678,49 +667,28 @@ func (b *bench) connectAgent(i int) (*agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &agent{b: b, i: i, id: strings.TrimSpace(out), gotBG: make(chan struct{}, 1), probes: map[string]*probe{}}
-	if a.client, err = b.dial(signer); err != nil {
-		return nil, err
-	}
-	if a.sftp, err = sftp.NewClient(a.client); err != nil {
-		return nil, fmt.Errorf("agent %d: sftp: %w", i, err)
-	}
-	s, err := a.client.NewSession()
+	client, err := b.dial(signer)
 	if err != nil {
 		return nil, err
 	}
-	stdin, err := s.StdinPipe()
+	ta, err := testagent.Open(client)
 	if err != nil {
-		return nil, err
+		client.Close()
+		return nil, fmt.Errorf("agent %d: %w", i, err)
 	}
-	stdout, err := s.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := s.RequestSubsystem(protocol.Subsystem); err != nil {
-		return nil, fmt.Errorf("agent %d: subsystem: %w", i, err)
-	}
-	a.w = protocol.NewWriter(stdin, protocol.DefaultMaxLineBytes)
-	r := protocol.NewReader(bufio.NewReaderSize(stdout, 64<<10), protocol.DefaultMaxLineBytes)
-	if err := a.send(&protocol.Hello{Header: a.hdr(), ProtocolVersion: protocol.Version, Name: fmt.Sprintf("bench-%d", i),
+	a := &agent{Agent: ta, b: b, i: i, id: strings.TrimSpace(out), gotBG: make(chan struct{}, 1), probes: map[string]*probe{}}
+	if _, err := a.Hello(protocol.Hello{Name: fmt.Sprintf("bench-%d", i),
 		Systems: []string{"x86_64-linux", fmt.Sprintf("probe-%d", i)}, MaxParallelBuilds: 1,
 		StoreDir: b.storeDir, Backend: "bench"}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("agent %d: %w", i, err)
 	}
-	m, err := r.Read()
-	if err != nil {
-		return nil, fmt.Errorf("agent %d: read welcome: %w", i, err)
-	}
-	if _, ok := m.(*protocol.Welcome); !ok {
-		return nil, fmt.Errorf("agent %d: got %T %+v, want welcome", i, m, m)
-	}
-	go a.readLoop(r)
+	go a.readLoop()
 	return a, nil
 }
 
-func (a *agent) readLoop(r *protocol.Reader) {
+func (a *agent) readLoop() {
 	for {
-		m, err := r.Read()
+		m, err := a.Read()
 		if err != nil {
 			return
 		}
@@ -767,46 +735,6 @@ func (a *agent) waitHeld() error {
 			return fmt.Errorf("agent %d holds no background build", a.i)
 		}
 	}
-}
-
-// upload writes a zstd NAR of content for the build's only output.
-func (a *agent) upload(m *protocol.Build, content string) (protocol.OutputResult, error) {
-	var narBuf bytes.Buffer
-	src := filepath.Join(a.b.dir, fmt.Sprintf("out-%d", a.i))
-	if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
-		return protocol.OutputResult{}, err
-	}
-	if err := nar.Dump(&narBuf, src); err != nil {
-		return protocol.OutputResult{}, err
-	}
-	narHash := sha256.Sum256(narBuf.Bytes())
-	var comp bytes.Buffer
-	w, err := compression.NewWriter(&comp, "zstd")
-	if err != nil {
-		return protocol.OutputResult{}, err
-	}
-	w.Write(narBuf.Bytes())
-	if err := w.Close(); err != nil {
-		return protocol.OutputResult{}, err
-	}
-	f, err := a.sftp.Create(m.UploadDir + "/out.nar.zst")
-	if err != nil {
-		return protocol.OutputResult{}, fmt.Errorf("sftp create: %w", err)
-	}
-	if _, err := f.Write(comp.Bytes()); err != nil {
-		f.Close()
-		return protocol.OutputResult{}, fmt.Errorf("sftp write: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return protocol.OutputResult{}, fmt.Errorf("sftp close: %w", err)
-	}
-	fileHash := sha256.Sum256(comp.Bytes())
-	return protocol.OutputResult{
-		Name: "out", Path: m.Outputs[0].Path,
-		NarHash: nixhash.NewSHA256(narHash).String(), NarSize: int64(narBuf.Len()),
-		FileHash: nixhash.NewSHA256(fileHash).String(), FileSize: int64(comp.Len()),
-		Compression: "zstd", References: []string{}, Upload: "out.nar.zst",
-	}, nil
 }
 
 // round runs one probe on the agent (see the package comment).
@@ -861,7 +789,7 @@ func (a *agent) round(pr *probe) error {
 			return err
 		}
 	}
-	out, err := a.upload(pm, pr.p)
+	out, err := a.Upload(pm, pr.p)
 	if err != nil {
 		return err
 	}
@@ -1066,7 +994,7 @@ func (b *bench) dispatch(ctx context.Context) error {
 		if n := a.errs.Load(); n > 0 {
 			return fmt.Errorf("agent %d got %d error replies", a.i, n)
 		}
-		a.client.Close()
+		a.Close()
 	}
 	return nil
 }
