@@ -60,7 +60,7 @@ func (c *Cache) WriteLog(ctx context.Context, drvPath string, r io.Reader) error
 	if err := c.store.Sync(ctx, tmp); err != nil {
 		return fmt.Errorf("cache log %s: %w", drvPath, err)
 	}
-	if err := c.store.Place(ctx, Placement{Upload: tmp, Key: "log/" + sp.Base()}); err != nil {
+	if err := c.store.Place(ctx, Placement{Upload: tmp, Key: "log/" + sp.Base(), Encoding: c.opts.Compression}); err != nil {
 		return fmt.Errorf("cache log %s: %w", drvPath, err)
 	}
 	return nil

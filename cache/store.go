@@ -84,6 +84,10 @@ type Placement struct {
 	// upload: for content-named objects (NARs), where an existing object
 	// holds the same bytes. Otherwise the upload replaces it atomically.
 	Keep bool
+	// Encoding is the Content-Encoding an object store serves the object
+	// with to clients reading the bucket directly (a log's compression,
+	// for `nix log`); a directory ignores it.
+	Encoding string
 }
 
 // Object is an object opened for reading.
