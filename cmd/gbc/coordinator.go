@@ -54,6 +54,8 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	signingKey := fs.String("signing-key", "", "Nix secret key `FILE` (name:base64) for narinfos; default STATE/signing-key.sec, generated on first start")
 	keyName := fs.String("signing-key-name", "", "name of a generated signing key (default HOSTNAME-1)")
 	storeDir := fs.String("store-dir", "/nix/store", "the farm's store directory (/gnu/store adds Guix signatures)")
+	cacheStore := fs.String("cache-store", "", "where the cache keeps its objects (`URL`): file:DIR, or s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R&scheme=http|https with credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or --cache-store-credentials (default file:STATE/cache)")
+	cacheCreds := fs.String("cache-store-credentials", "", "AWS shared credentials `FILE` for an s3:// --cache-store (profile default, or ?profile= in the URL)")
 	httpListen := fs.String("http-listen", "", "also serve the cache read-only over plain HTTP on `ADDR` (e.g. 127.0.0.1:8080)")
 	metricsListen := fs.String("metrics-listen", "", "also serve Prometheus metrics at /metrics over plain HTTP on `ADDR` (e.g. 127.0.0.1:9100); they are always reachable through the SSH port at "+sshd.MetricsAddress)
 	webListen := fs.String("web-listen", "", "also serve the read-only web interface over plain HTTP on `ADDR` (for a reverse proxy; without it, ssh -L 8080:web.gbc:80 reaches it for reader keys and above)")
@@ -169,7 +171,18 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	bc, err := cache.Open(ctx, filepath.Join(dir, "cache"), cache.Options{
+	storeURL := *cacheStore
+	if storeURL == "" {
+		storeURL = "file:" + filepath.Join(dir, "cache")
+	}
+	cst, err := cache.OpenStoreURL(ctx, storeURL, cache.Credentials{
+		AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"),
+		SessionToken: os.Getenv("AWS_SESSION_TOKEN"), File: *cacheCreds,
+	}, filepath.Join(dir, "cache-spool"), log)
+	if err != nil {
+		return fmt.Errorf("--cache-store: %w", err)
+	}
+	bc, err := cache.OpenStore(ctx, cst, cache.Options{
 		StoreDir: *storeDir, Compression: *comp, NixKey: ck.Nix, GuixKey: ck.Guix, Logger: log, Clock: clk,
 	})
 	if err != nil {
@@ -292,7 +305,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	log.Info("coordinator listening", "addr", l.Addr().String(), "database", target.String(), "host_key", keys.Fingerprint(host.PublicKey()),
-		"state_dir", dir, "compression", *comp, "cache_public_key", bc.PublicKey().String(),
+		"state_dir", dir, "compression", *comp, "cache_store", cst.String(), "cache_public_key", bc.PublicKey().String(),
 		"open_file_limit", fdLimit, "max_unauthenticated", *maxUnauth, "max_unauthenticated_per_source", *maxUnauthSource,
 		"handshake_timeout", *handshakeTimeout)
 	select {
