@@ -24,6 +24,7 @@ func helpCalls() [][]string {
 		{"drv", "show"},
 		{"narinfo", "verify"},
 		{"key", "generate"},
+		{"cache", "migrate"},
 	} {
 		calls = append(calls, append(sub, "--help"))
 	}

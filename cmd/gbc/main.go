@@ -38,6 +38,7 @@ func commands() []command {
 		{"drv", "show derivations as JSON", runDrv},
 		{"narinfo", "verify narinfo signatures", runNarinfo},
 		{"key", "generate cache signing keys", runKey},
+		{"cache", "copy a binary cache between stores (file:DIR, s3://…)", runCache},
 	}
 }
 
