@@ -41,6 +41,9 @@ type S3Config struct {
 	// PartSize of multipart uploads; 0 lets the client choose (16 MiB
 	// and up, by object size).
 	PartSize uint64
+	// MaxRetries of a failed request; 0 keeps the client's default (10,
+	// with backoff).
+	MaxRetries int
 	// Transport, when set, replaces the client's HTTP transport.
 	Transport http.RoundTripper
 	Logger    *slog.Logger
@@ -131,7 +134,7 @@ func OpenS3(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	}
 	cli, err := minio.New(cfg.Endpoint, &minio.Options{
 		Creds: creds, Secure: !cfg.Insecure, Region: cfg.Region, Transport: cfg.Transport,
-		BucketLookup: minio.BucketLookupPath,
+		BucketLookup: minio.BucketLookupPath, MaxRetries: cfg.MaxRetries,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("s3 store %s: %w", cfg.Endpoint, err)

@@ -149,7 +149,9 @@ func TestCacheOnS3(t *testing.T) {
 	if resp.StatusCode != http.StatusPartialContent || string(part) != string(whole[4:12]) {
 		t.Fatalf("range: %s %q, want %q", resp.Status, part, whole[4:12])
 	}
-	resp, err = http.Get(url + "/log/" + filepath.Base(drv))
+	req, _ = http.NewRequest("GET", url+"/log/"+filepath.Base(drv), nil)
+	req.Header.Set("Accept-Encoding", "zstd")
+	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +188,17 @@ func TestCacheOnS3(t *testing.T) {
 func TestCacheOnS3SurvivesStoreRestart(t *testing.T) {
 	srv := s3test.Start(t)
 	ctx := context.Background()
-	st := openS3(t, srv, "")
+	bucket := srv.Bucket(t, "gbc-cache-restart")
+	cfg, err := ParseS3URL(srv.URL(bucket, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Few retries: the requests made while the store is down fail fast.
+	cfg.AccessKey, cfg.SecretKey, cfg.SpoolDir, cfg.MaxRetries = s3test.AccessKey, s3test.SecretKey, t.TempDir(), 2
+	st, err := OpenS3(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c, err := OpenStore(ctx, st, Options{NixKey: newKey(t, "gbc-test-1")})
 	if err != nil {
 		t.Fatal(err)
