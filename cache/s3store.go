@@ -124,7 +124,7 @@ func OpenS3(ctx context.Context, cfg S3Config) (*S3Store, error) {
 			profile = "default"
 		}
 		creds = credentials.NewFileAWSCredentials(cfg.CredentialsFile, profile)
-		if _, err := creds.Get(); err != nil {
+		if _, err := creds.GetWithContext(&credentials.CredContext{Endpoint: cfg.Endpoint}); err != nil {
 			return nil, fmt.Errorf("s3 store: credentials file %s (profile %s): %w", cfg.CredentialsFile, profile, err)
 		}
 	case cfg.AccessKey != "":

@@ -34,7 +34,7 @@ const (
 type Server struct {
 	bin      string
 	dir      string
-	ports    []int // master, volume, filer, s3, then their gRPC ports
+	ports    []int  // master, volume, filer, s3, then their gRPC ports
 	Endpoint string // 127.0.0.1:PORT of the S3 gateway
 
 	mu   sync.Mutex
