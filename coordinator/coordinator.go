@@ -225,7 +225,13 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.LogCache == nil && cfg.Cache != nil {
 		cfg.LogCache = cfg.Cache
 	}
-	for _, d := range []string{"uploads", "cache/nar", "log", "checks"} {
+	dirs := []string{"uploads", "log", "checks"}
+	if cfg.Cache == nil {
+		// Without a Cache, verified outputs are moved to cache/nar here;
+		// a Cache keeps its objects in its own store (a bucket, maybe).
+		dirs = append(dirs, "cache/nar")
+	}
+	for _, d := range dirs {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("coordinator: create %s: %w", d, err)
 		}
