@@ -29,6 +29,9 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 # promtool checks the metrics output; e2e runs a real Prometheus server scraping a coordinator
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# The cache's S3 tests run against SeaweedFS, built from its Go module
+# (a few minutes on two idle cores; install-weed.sh prints how long).
+command -v weed >/dev/null 2>&1 || "$(dirname "$0")/install-weed.sh" || echo "install-deps: weed not built; the S3 tests skip (fail under CI=true)" >&2
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
