@@ -233,3 +233,51 @@ func TestCacheOnS3SurvivesStoreRestart(t *testing.T) {
 		t.Fatalf("spool dir holds %d files", len(ents))
 	}
 }
+
+// A collection on a bucket: Scan lists the narinfos, the narinfo goes
+// before its NAR, Files lists what is left for orphan reaping.
+func TestCollectionOnS3(t *testing.T) {
+	srv := s3test.Start(t)
+	ctx := context.Background()
+	c, err := OpenStore(ctx, openS3(t, srv, "gc"), Options{NixKey: newKey(t, "gbc-test-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, c, pathA, "a\n")
+	e := publish(t, c, pathB, "b\n", pathA)
+	n := 0
+	if _, err := c.Scan(ctx, func(s Stored) error {
+		n++
+		if s.Published.IsZero() || s.URL == "" {
+			t.Errorf("scanned %+v", s)
+		}
+		return nil
+	}); err != nil || n != 2 {
+		t.Fatalf("scan: %d narinfos, %v", n, err)
+	}
+	x, err := c.BeginCollection()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.End()
+	x.Touched()
+	done, err := x.DeleteNarinfos(ctx, []string{filepath.Base(pathB)})
+	if err != nil || len(done) != 1 || c.Has(pathB) || !c.Has(pathA) {
+		t.Fatalf("DeleteNarinfos: %v %v", done, err)
+	}
+	url := narURL(e.FileHash, e.Compression)
+	if _, err := c.store.Stat(ctx, url); err != nil {
+		t.Fatalf("NAR went with the narinfo: %v", err)
+	}
+	x.Touched() // Has above touched both hash parts
+	if ok, err := x.DeleteNar(url); !ok || err != nil {
+		t.Fatalf("DeleteNar: %v %v", ok, err)
+	}
+	if _, err := c.store.Stat(ctx, url); !isNotExist(err) {
+		t.Fatalf("NAR still there: %v", err)
+	}
+	var files []string
+	if err := c.Files(ctx, func(f File) error { files = append(files, f.Name); return nil }); err != nil || len(files) != 1 {
+		t.Fatalf("files: %q %v", files, err)
+	}
+}
