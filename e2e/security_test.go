@@ -154,3 +154,29 @@ func TestDeactivatedAgentStopsItsBuilds(t *testing.T) {
 	}
 	waitDead(t, pid, 30*time.Second, "the deactivated agent's builder")
 }
+
+// TestForwardingRefused: with the real ssh client, a stdio forward to the
+// coordinator's own port or to another host, and a remote forward, are
+// refused for operator and agent keys alike; nothing is connected.
+func TestForwardingRefused(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t)
+	agentKey := newKey(t, f.dir, "fwd-agent")
+	f.mustSSH(fmt.Sprintf("agent new --name fwd-agent --key '%s'", agentKey.Pub))
+	for _, c := range []struct {
+		name string
+		key  sshKey
+		args []string
+	}{
+		{"admin to the coordinator's port", f.admin, []string{"-W", "127.0.0.1:" + f.port}},
+		{"admin to another host", f.admin, []string{"-W", "example.com:80"}},
+		{"agent to the coordinator's port", agentKey, []string{"-W", "127.0.0.1:" + f.port}},
+		{"admin remote forward", f.admin, []string{"-N", "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9"}},
+	} {
+		if got, err := forwardRefused(f, c.key, c.args...); err != nil {
+			t.Errorf("%s: %v", c.name, err)
+		} else {
+			t.Logf("%s: %s", c.name, got)
+		}
+	}
+}
