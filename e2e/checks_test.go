@@ -144,6 +144,7 @@ func TestReproducibilityChecks(t *testing.T) {
 		t.Fatalf("random: differing lines %+v, want line 2 on both sides", diffs[0].Lines)
 	}
 	text := f.mustSSH("check show " + id)
+	t.Logf("check show %s:\n%s", id, text)
 	if !strings.Contains(text, "unreproducible") || !strings.Contains(text, "changed /share/b.txt") || strings.Contains(text, "/share/a.txt") {
 		t.Fatalf("random: check show:\n%s", text)
 	}
