@@ -99,6 +99,32 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 		t.Errorf("promtool check metrics on the farm's output: %v\n%s", err, out)
 	}
 
+	// docs/metrics.md lists exactly the gbc_ metrics a farm serves.
+	doc, err := os.ReadFile("../docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("`(gbc_[a-z0-9_]+)`").FindAllStringSubmatch(string(doc), -1) {
+		documented[m[1]] = true
+	}
+	served := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (gbc_[a-z0-9_]+) `).FindAllStringSubmatch(body, -1) {
+		served[m[1]] = true
+		if !documented[m[1]] {
+			t.Errorf("%s is served but not in docs/metrics.md", m[1])
+		}
+	}
+	// Series with labels appear with their first value: this farm had
+	// no failure on an agent, no check, and nothing runnable at the end.
+	later := map[string]bool{"gbc_agent_setup_failures_total": true, "gbc_agent_infrastructure_failures_total": true,
+		"gbc_runnable_builds": true, "gbc_checks_finished_total": true}
+	for name := range documented {
+		if !served[name] && !later[name] {
+			t.Errorf("docs/metrics.md lists %s, which the farm does not serve", name)
+		}
+	}
+
 	// Through the SSH port: a reader key's ssh -L reaches /metrics, an
 	// agent key's is refused.
 	reader := newKey(t, f.dir, "reader")
