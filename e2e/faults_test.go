@@ -90,20 +90,31 @@ func waitDead(t *testing.T, pid int, d time.Duration, what string) {
 	t.Fatalf("%s (pid %d) still running %v later", what, pid, d)
 }
 
+// gatedOnAgent starts a farm whose coordinator expects heartbeats every
+// second and keeps an absent agent's builds for grace, with one
+// single-slot agent called name running a gated build: it returns the
+// farm, the agent, the gate, the build's id and its builder's pid.
+// Whatever happens, the builders end with the test.
+func gatedOnAgent(t *testing.T, grace, name string) (*farm, agentProc, gatedBuild, string, int) {
+	t.Helper()
+	f := newFarm(t)
+	f.coord.stop(t)
+	f.startCoordinator("--heartbeat", "1s", "--disconnect-grace", grace)
+	a := f.addAgent(name, "--max-parallel-builds", "1")
+	g := newGatedBuild(t, t.TempDir(), fmt.Sprint(time.Now().UnixNano()))
+	id := f.mustSSH("build " + g.drv)
+	first := g.waitBuilders(t, 1, time.Minute)[0]
+	t.Cleanup(func() { g.open(t) })
+	return f, a, g, id, first
+}
+
 // TestKilledAgentStopsItsBuilderAndLosesBuildAtOnce: kill -9 of an agent
 // mid-build ends the builder it started; the restarted agent's hello
 // lists nothing, so the build is requeued at once (the grace is ten
 // minutes here) and built again by it.
 func TestKilledAgentStopsItsBuilderAndLosesBuildAtOnce(t *testing.T) {
 	t.Parallel()
-	f := newFarm(t)
-	f.coord.stop(t)
-	f.startCoordinator("--heartbeat", "1s", "--disconnect-grace", "10m")
-	a := f.addAgent("agent-killed", "--max-parallel-builds", "1")
-	g := newGatedBuild(t, t.TempDir(), fmt.Sprint(time.Now().UnixNano()))
-	id := f.mustSSH("build " + g.drv)
-	first := g.waitBuilders(t, 1, time.Minute)[0]
-	t.Cleanup(func() { g.open(t) }) // whatever happens, the builders end
+	f, a, g, id, first := gatedOnAgent(t, "10m", "agent-killed")
 
 	_ = a.cmd.Process.Signal(syscall.SIGKILL)
 	if _, ok := a.exited(10 * time.Second); !ok {
@@ -132,14 +143,7 @@ func TestKilledAgentStopsItsBuilderAndLosesBuildAtOnce(t *testing.T) {
 // must run (not be taken for the aborted one) and succeed.
 func TestStoppedAgentPastGraceGetsItsBuildBack(t *testing.T) {
 	t.Parallel()
-	f := newFarm(t)
-	f.coord.stop(t)
-	f.startCoordinator("--heartbeat", "1s", "--disconnect-grace", "2s")
-	a := f.addAgent("agent-frozen", "--max-parallel-builds", "1")
-	g := newGatedBuild(t, t.TempDir(), fmt.Sprint(time.Now().UnixNano()))
-	id := f.mustSSH("build " + g.drv)
-	first := g.waitBuilders(t, 1, time.Minute)[0]
-	t.Cleanup(func() { g.open(t) })
+	f, a, g, id, first := gatedOnAgent(t, "2s", "agent-frozen")
 
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
