@@ -164,7 +164,8 @@ func cacheLinks(o coordinator.OutputResult) (narinfo, nar string) {
 }
 
 // timeline is the attempts drawn on one time axis, each as its phases
-// (preparing, building, uploading, verifying, publishing).
+// (allocated until the agent's first report, then preparing, building,
+// uploading, verifying, publishing).
 type timeline struct {
 	Rows               []timelineRow
 	Start, End         time.Time
@@ -225,6 +226,11 @@ func newTimeline(as []coordinator.Attempt, now time.Time) timeline {
 		}
 		switch {
 		case len(a.Phases) > 0:
+			// From allocation to the first phase the agent reported: the
+			// build on its way to the agent.
+			if first := a.Phases[0].At; first.After(a.AllocatedAt) {
+				add("allocated", a.AllocatedAt, first)
+			}
 			for _, sp := range a.Spans() {
 				to := sp.Ended
 				if to.IsZero() {

@@ -14,7 +14,10 @@ import (
 
 func (h *Handler) funcs() template.FuncMap {
 	return template.FuncMap{
-		"ts":       timestamp,
+		"ts": timestamp,
+		"hour": func(t time.Time) string {
+			return t.UTC().Format("2006-01-02\u00a015:04") + "–" + t.Add(time.Hour).UTC().Format("15:04")
+		},
 		"ago":      func(t time.Time) string { return ago(h.clk.Now(), t) },
 		"dur":      duration,
 		"bytes":    humanBytes,
