@@ -299,7 +299,10 @@ func (c *Coordinator) Diffoscope(ctx context.Context, id, output string, left, r
 	}
 	ctx, cancel := context.WithTimeout(ctx, DiffoscopeTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--no-progress", "--text", "-", trees[0], trees[1])
+	// Relative names, so the report shows side1/… and side2/…, and no
+	// metadata of the restored files (their times are the restore's).
+	cmd := exec.CommandContext(ctx, bin, "--no-progress", "--exclude-directory-metadata", "recursive", "--text", "-",
+		filepath.Base(trees[0]), filepath.Base(trees[1]))
 	cmd.Dir = dir
 	lw := &limitWriter{w: w, n: MaxDiffoscopeOutput}
 	var stderr bytes.Buffer

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -147,6 +148,16 @@ func TestReproducibilityChecks(t *testing.T) {
 	t.Logf("check show %s:\n%s", id, text)
 	if !strings.Contains(text, "unreproducible") || !strings.Contains(text, "changed /share/b.txt") || strings.Contains(text, "/share/a.txt") {
 		t.Fatalf("random: check show:\n%s", text)
+	}
+	// diffoscope on the two restored trees, when the coordinator has it.
+	if _, err := exec.LookPath("diffoscope"); err == nil {
+		r := f.ssh(f.admin, "check show --no-diff --diffoscope "+id)
+		if r.Code != 0 || !strings.Contains(r.Stdout, "diffoscope: output out, side 1 vs side 2") ||
+			!strings.Contains(r.Stdout, "b.txt") || strings.Contains(r.Stdout, "c.txt") {
+			t.Fatalf("check show --diffoscope: exit %d\nstdout: %s\nstderr: %s", r.Code, r.Stdout, r.Stderr)
+		}
+	} else {
+		t.Log("diffoscope not installed: check show --diffoscope not tested")
 	}
 	// Both NARs are kept: check fetch streams each, and they hash to what
 	// the sides reported.

@@ -24,6 +24,9 @@ command -v lzip >/dev/null 2>&1 || need+=(lzip)   # compression tests read real 
 # for its screenshots)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# check show --diffoscope runs diffoscope on two restored trees (the minimal
+# package, without recommends: three packages)
+command -v diffoscope >/dev/null 2>&1 || need+=(diffoscope-minimal)
 # PostgreSQL backend tests (.ci/run starts the cluster; make test skips them without it)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 # promtool checks the metrics output; e2e runs a real Prometheus server scraping a coordinator

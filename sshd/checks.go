@@ -157,9 +157,16 @@ func setupCheckShow(fs *pflag.FlagSet) func(x *call) error {
 			return nil
 		}
 		for _, o := range r.Outputs {
-			for _, d := range o.Differences {
-				fmt.Fprintf(x.out, "diffoscope: output %s, side %d vs side %d\n", o.Name, d.Left, d.Right)
-				err := x.s.coord.Diffoscope(x.ctx, r.ID, o.Name, d.Left, d.Right, x.out)
+			if o.Verdict != string(coordinator.CheckUnreproducible) {
+				continue
+			}
+			for _, sd := range o.Sides[1:] {
+				if sd.NarHash == o.Sides[0].NarHash {
+					continue
+				}
+				left, right := o.Sides[0].Side, sd.Side
+				fmt.Fprintf(x.out, "diffoscope: output %s, side %d vs side %d\n", text.Escape(o.Name), left, right)
+				err := x.s.coord.Diffoscope(x.ctx, r.ID, o.Name, left, right, x.out)
 				if errors.Is(err, coordinator.ErrNoDiffoscope) {
 					return err
 				}
