@@ -173,6 +173,9 @@ func TestCacheGC(t *testing.T) {
 		t.Errorf("collections deleted %d paths, want 2", deleted)
 	}
 	consistent(t, filepath.Join(f.state, "cache"), true)
+	if text := f.mustSSH("cache gc --dry-run"); !regexp.MustCompile(`^would delete 0 of \d+ paths \(0B\); kept \d+ \(`).MatchString(text) {
+		t.Errorf("cache gc --dry-run after the collections:\n%s", text)
+	}
 
 	pub, err := os.ReadFile(filepath.Join(f.state, "signing-key.pub"))
 	if err != nil {
