@@ -88,6 +88,9 @@ func Launch(dir string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3test: weed (SeaweedFS) is not installed; scripts/install-weed.sh builds it: %w", err)
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	s := &Server{bin: bin, dir: dir}
 	if s.ports, err = freePorts(8); err != nil {
 		return nil, err

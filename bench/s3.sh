@@ -1,0 +1,18 @@
+#!/bin/sh
+# The cache on a directory (file:) against the same cache on a bucket of a
+# real S3 server (SeaweedFS `weed server -s3` on loopback, started by the
+# benchmark; scripts/install-weed.sh builds it), in one run: Publish of
+# agents' uploads (small NARs with 4 publishers, large ones multipart) and
+# narinfo GETs through cache.Handler, plus GETs from the bucket's own
+# endpoint. Prints a table with s3:/file: ratios.
+#
+#   bench/s3.sh                          # defaults: -n 2000 -large 4 -large-mib 64 -c 32 -d 3s -rounds 2
+#   bench/s3.sh -n 500 -large 2 -d 2s    # quicker
+set -eu
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+command -v weed >/dev/null 2>&1 || scripts/install-weed.sh
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/s3bench" ./bench/s3bench
+"$out/s3bench" "$@"
