@@ -12,12 +12,14 @@ import (
 	"github.com/gbc-farm/gbc/keys"
 )
 
-// Operator actions on agents and keys. Every change of who may do what
-// goes through here, whoever asks (the SSH commands, `gbc coordinator
-// --admin-key`), so the rules on roles are in one place: an operator key
-// has role admin, operator or reader and names no agent; an agent key has
-// role agent and names an existing agent. Removing a key (RemoveKey,
-// revoke.go) is also the place that ends what the key authenticated.
+// Operator actions on agents and keys (register an agent, activate,
+// deactivate, archive or delete it; add and remove keys). Every change of
+// who may do what goes through here, whoever asks (the SSH commands, `gbc
+// coordinator --admin-key`), so the rules on roles are in one place: an
+// operator key has role admin, operator or reader and names no agent; an
+// agent key has role agent and names an existing agent. Removing a key
+// (RemoveKey, revoke.go) is also the place that ends what the key
+// authenticated.
 
 // ErrBadKey: a key line or role that the rules above refuse.
 var ErrBadKey = errors.New("bad key")
@@ -186,4 +188,107 @@ func (c *Coordinator) Agent(ctx context.Context, id string) (db.Agent, error) {
 // Agents lists the registered agents.
 func (c *Coordinator) Agents(ctx context.Context) ([]db.Agent, error) {
 	return c.store.Agents(ctx)
+}
+
+// SetAgentActive activates or deactivates an agent. Deactivating revokes
+// it: its session ends at once and results still in flight are refused
+// (never signed), every connection of its keys is closed (OnRevocation),
+// it cannot connect again, and the builds it held go back to the queue
+// (not counted against them). Activating lets it in again.
+func (c *Coordinator) SetAgentActive(ctx context.Context, agentID string, active bool) error {
+	if err := c.store.SetAgentActive(ctx, agentID, active); err != nil {
+		if errors.Is(err, db.ErrNotFound) {
+			return &plainError{fmt.Sprintf("no agent %q ('agents' lists the agent ids)", text.Truncate(agentID, 64)), db.ErrNotFound}
+		}
+		return fmt.Errorf("set agent %s active=%v: %w", agentID, active, err)
+	}
+	c.log.Info("agent activation changed", "agent", agentID, "active", active)
+	c.mu.Lock()
+	c.noteAgentLocked(agentID, func(m *agentMeta) { m.active = active })
+	if s := c.departed[agentID]; s != nil {
+		s.inactive = !active
+	}
+	c.mu.Unlock()
+	if active {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.dispatchLocked(ctx)
+		return nil
+	}
+	fps, err := c.agentKeys(ctx, agentID)
+	if err != nil {
+		// The store refuses the agent's keys already; live connections
+		// end with the session or at their next channel.
+		c.log.Error("list keys of a deactivated agent", "agent", agentID, "err", err)
+	}
+	return c.revokeAgent(ctx, agentID, fps, "agent deactivated")
+}
+
+// revokeAgent ends an agent that the store no longer lets in: its session
+// (results in flight refused), the connections of its keys fps, and its
+// builds, which go back to the queue.
+func (c *Coordinator) revokeAgent(ctx context.Context, agentID string, fps []string, reason string) error {
+	c.mu.Lock()
+	if s := c.sessions[agentID]; s != nil {
+		s.inactive = true
+	}
+	c.mu.Unlock()
+	c.revokeSession(agentID, reason)
+	c.announce(Revocation{Fingerprints: fps, Reason: reason})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	bs, err := c.store.BuildsOnAgent(ctx, agentID)
+	if err != nil {
+		return fmt.Errorf("agent %s: %s; its builds will be requeued after the disconnect grace: %w", agentID, reason, err)
+	}
+	for _, b := range bs {
+		c.requeueLocked(ctx, b.ID, agentID, db.KindInfrastructure, reason, "")
+	}
+	c.dispatchLocked(ctx)
+	return nil
+}
+
+// ArchiveAgent retires an agent for good: it is deactivated and revoked
+// at once (as SetAgentActive(false)), its keys are removed, and it is
+// hidden from listings unless asked; its builds and attempts keep naming
+// it.
+func (c *Coordinator) ArchiveAgent(ctx context.Context, agentID string) error {
+	fps, err := c.store.ArchiveAgent(ctx, agentID, c.clk.Now())
+	if err != nil {
+		if errors.Is(err, db.ErrNotFound) {
+			return &plainError{fmt.Sprintf("no agent %q ('agents --all' lists the agent ids)", text.Truncate(agentID, 64)), db.ErrNotFound}
+		}
+		return fmt.Errorf("archive agent %s: %w", agentID, err)
+	}
+	c.log.Info("agent archived", "agent", agentID, "keys_removed", len(fps))
+	c.mu.Lock()
+	c.noteAgentLocked(agentID, func(m *agentMeta) { m.active = false })
+	c.mu.Unlock()
+	err = c.revokeAgent(ctx, agentID, fps, "agent archived")
+	// Retired for good: no longer an agent a build could wait for.
+	c.mu.Lock()
+	delete(c.departed, agentID)
+	c.mu.Unlock()
+	return err
+}
+
+// DeleteAgent removes an agent that never held a build, with its keys.
+func (c *Coordinator) DeleteAgent(ctx context.Context, agentID string) error {
+	fps, err := c.store.DeleteAgent(ctx, agentID)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		return &plainError{fmt.Sprintf("no agent %q ('agents --all' lists the agent ids)", text.Truncate(agentID, 64)), db.ErrNotFound}
+	case errors.Is(err, db.ErrConflict):
+		return &plainError{fmt.Sprintf("agent %s has builds or attempts; archive it instead (agent %s archive) to keep its history", text.Truncate(agentID, 64), text.Truncate(agentID, 64)), db.ErrConflict}
+	case err != nil:
+		return fmt.Errorf("delete agent %s: %w", agentID, err)
+	}
+	c.log.Info("agent deleted", "agent", agentID, "keys_removed", len(fps))
+	c.revokeSession(agentID, "agent deleted")
+	c.announce(Revocation{Fingerprints: fps, Reason: "agent deleted"})
+	c.mu.Lock()
+	delete(c.known, agentID)
+	delete(c.departed, agentID)
+	c.mu.Unlock()
+	return nil
 }
