@@ -58,7 +58,8 @@ func (f *farm) showPhases(id string) phasesJSON {
 // derivations, a build's attempt goes through every phase in order, each
 // ending where the next begins; a running build is in building; a build
 // for a system no agent builds says so as data, and one queued behind a
-// busy agent says every agent that could take it is full.
+// busy agent says every agent that could take it is full, and one
+// submitted after the agent stopped says its agent is absent.
 func TestPhasesAndWhyNotRunning(t *testing.T) {
 	t.Parallel()
 	f := newFarm(t)
@@ -144,5 +145,26 @@ func TestPhasesAndWhyNotRunning(t *testing.T) {
 	f.waitState(behind, 2*time.Minute, "succeeded")
 	if b := f.showPhases(hold); b.State != "succeeded" || len(b.Attempts[0].Phases) != 5 {
 		t.Errorf("hold after release: %+v", b)
+	}
+
+	// The agent stops: a build it could take says its agent is absent.
+	if err := a.stop(t); err != nil {
+		t.Logf("agent exit: %v", err)
+	}
+	later := f.mustSSH("build " + drv("later"))
+	deadline := time.Now().Add(time.Minute)
+	for {
+		lb := f.showPhases(later)
+		if lb.Queue != nil && lb.Queue.NoAgent != nil && lb.Queue.NoAgent.Kind == "agents-absent" {
+			na := lb.Queue.NoAgent
+			if len(na.Agents) != 1 || na.Agents[0].ID != a.ID || na.Agents[0].Connected {
+				t.Errorf("absent agents: %+v", na.Agents)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("later: %+v, want agents-absent", lb.Queue)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
