@@ -40,39 +40,42 @@ func (c *Cache) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", typeCacheInfo)
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(c.info))
 	case strings.HasSuffix(p, ".narinfo") && isHashPart(p[1:len(p)-len(".narinfo")]) && strings.Count(p, "/") == 1:
-		if c.serveFile(w, r, p[1:], typeNarinfo, "") {
-			c.recordAccess(p[1 : len(p)-len(".narinfo")])
-		}
+		hashPart := p[1 : len(p)-len(".narinfo")]
+		c.serveFile(w, r, p[1:], typeNarinfo, "", func() { c.recordAccess(hashPart) })
 	case strings.HasPrefix(p, "/nar/") && isNarName(p[len("/nar/"):]):
 		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable") // named by content hash
-		c.serveFile(w, r, p[1:], typeNar, "")
+		c.serveFile(w, r, p[1:], typeNar, "", nil)
 	case strings.HasPrefix(p, "/log/"):
 		sp, err := storepath.ParseBase(p[len("/log/"):])
 		if err != nil || !sp.IsDerivation() {
 			http.NotFound(w, r)
 			return
 		}
-		c.serveFile(w, r, p[1:], typeLog, c.opts.Compression)
+		c.serveFile(w, r, p[1:], typeLog, c.opts.Compression, nil)
 	default:
 		http.NotFound(w, r)
 	}
 }
 
 // serveFile serves rel (already validated) with ServeContent, which
-// handles HEAD, Range and conditional requests. It reports whether the
-// object was there.
-func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, encoding string) bool {
+// handles HEAD, Range and conditional requests. found, if set, runs once
+// the object is open and before a byte of it is sent, so whatever it
+// records is in place by the time the client has the answer.
+func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, encoding string, found func()) {
 	f, err := c.store.Open(r.Context(), rel)
 	if isNotExist(err) {
 		http.NotFound(w, r)
-		return false
+		return
 	}
 	if err != nil {
 		c.log.WarnContext(r.Context(), "serve from the store", "key", rel, "err", err)
 		http.Error(w, "cache store unavailable", http.StatusServiceUnavailable)
-		return false
+		return
 	}
 	defer f.Close()
+	if found != nil {
+		found()
+	}
 	h := w.Header()
 	h.Set("Content-Type", ctype)
 	if encoding != "" && encoding != "none" {
@@ -83,20 +86,19 @@ func (c *Cache) serveFile(w http.ResponseWriter, r *http.Request, rel, ctype, en
 			dr, err := compression.NewReader(f, encoding)
 			if err != nil {
 				http.Error(w, "cannot decode stored log", http.StatusInternalServerError)
-				return true
+				return
 			}
 			defer dr.Close()
 			if r.Method != http.MethodHead {
 				io.Copy(w, dr)
 			}
-			return true
+			return
 		}
 		// Nix sends no Accept-Encoding and decodes by Content-Encoding;
 		// "zstd" and "gzip" are also the HTTP names browsers know.
 		h.Set("Content-Encoding", encoding)
 	}
 	http.ServeContent(w, r, "", f.Info().ModTime, f)
-	return true
 }
 
 // acceptsEncoding applies RFC 9110 §12.5.3 loosely: no header means any
