@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -158,7 +159,8 @@ func measure(ctx context.Context, cfg config, n int) (result, error) {
 			return result{}, fmt.Errorf("GET /metrics: %d %s", rec.Code, strings.TrimSpace(rec.Body.String()))
 		}
 		body := rec.Body.String()
-		if want := fmt.Sprintf("gbc_builds{state=\"runnable\"} %d\n", n); !strings.Contains(body, want) {
+		// The text format writes values as strconv's shortest 'g' form.
+		if want := "gbc_builds{state=\"runnable\"} " + strconv.FormatFloat(float64(n), 'g', -1, 64) + "\n"; !strings.Contains(body, want) {
 			return result{}, fmt.Errorf("/metrics lacks %q", strings.TrimSpace(want))
 		}
 		if i == 0 { // the first scrape warms the caches
