@@ -6,10 +6,6 @@
 #
 #   bench/gc.sh                    # 100,000 (baseline) and 1,000,000 narinfos
 #   bench/gc.sh -n 10000,100000    # quicker
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/gcbench" ./bench/gcbench
-"$out/gcbench" "$@"
+. "$(dirname "$0")/internal/lib.sh"
+prog=$(bench_build ./bench/gcbench)
+"$prog" "$@"

@@ -8,11 +8,7 @@
 #
 #   bench/s3.sh                          # defaults: -n 2000 -large 4 -large-mib 64 -c 32 -d 3s -rounds 2
 #   bench/s3.sh -n 500 -large 2 -d 2s    # quicker
-set -eu
-cd "$(dirname "$0")/.."
-GO=${GO:-go}
+. "$(dirname "$0")/internal/lib.sh"
 command -v weed >/dev/null 2>&1 || scripts/install-weed.sh
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-GOFLAGS=${GOFLAGS:--mod=mod} "$GO" build -o "$out/s3bench" ./bench/s3bench
-"$out/s3bench" "$@"
+prog=$(bench_build ./bench/s3bench)
+"$prog" "$@"
