@@ -279,6 +279,25 @@ func (c *Coordinator) sweep(ctx context.Context, x *cache.Collection, plan *rete
 	deletedHash := map[string]bool{}
 	rep.Delete = rep.Delete[:0]
 	rep.DeleteBytes = 0
+	// untouched runs a removal of a NAR or log, taking what was touched
+	// and trying again when it stopped because something was (a fetch or
+	// a publication between the narinfos' removal and this one): the
+	// file itself is still left alone if it was among what was touched.
+	untouched := func(remove func() (bool, error)) (bool, error) {
+		for {
+			ok, err := remove()
+			if !errors.Is(err, cache.ErrTouched) {
+				return ok, err
+			}
+			if t := x.Touched(); len(t) > 0 {
+				kept, _ := plan.Protect(t)
+				rep.Protected += kept
+			}
+			if err := ctx.Err(); err != nil {
+				return false, err
+			}
+		}
+	}
 	todo := plan.Delete
 	for len(todo) > 0 {
 		if err := ctx.Err(); err != nil {
@@ -327,12 +346,12 @@ func (c *Coordinator) sweep(ctx context.Context, x *cache.Collection, plan *rete
 			k := cache.URLKey(s.URL)
 			if urls[k]--; urls[k] <= 0 {
 				delete(urls, k)
-				if _, err := x.DeleteNar(s.URL); err != nil {
+				if _, err := untouched(func() (bool, error) { return x.DeleteNar(s.URL) }); err != nil {
 					return fmt.Errorf("cache gc: NAR of %s: %w", s.Base, err)
 				}
 			}
 			if strings.HasSuffix(s.Base, ".drv") {
-				if ok, err := x.DeleteLog(s.Base); err != nil {
+				if ok, err := untouched(func() (bool, error) { return x.DeleteLog(s.Base) }); err != nil {
 					return fmt.Errorf("cache gc: log of %s: %w", s.Base, err)
 				} else if ok {
 					rep.Logs++
