@@ -44,7 +44,6 @@ type metrics struct {
 	agentConnected, agentActive, agentRunning   *prometheus.Desc
 	agentSlots, agentLoad, agentDisk, agentSeen *prometheus.Desc
 	spacePaused, spaceFree                      *prometheus.Desc
-	agentLabels                                 []string
 }
 
 func newMetrics() *metrics {
@@ -87,7 +86,6 @@ func newMetrics() *metrics {
 		agentSeen:      prometheus.NewDesc("gbc_agent_last_seen_timestamp_seconds", "When the coordinator last heard from the agent (Unix time); absent for an agent never seen.", agent, nil),
 		spacePaused:    prometheus.NewDesc("gbc_space_paused", "1 while allocation is paused because the state directory is under its free-space reserve or full.", nil, nil),
 		spaceFree:      prometheus.NewDesc("gbc_state_dir_free_bytes", "Free bytes in the state directory at the last check.", nil, nil),
-		agentLabels:    agent,
 		checksFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gbc_checks_finished_total",
 			Help: "Reproducibility checks that reached a verdict since the coordinator started, by verdict (reproducible, unreproducible, failed).",
