@@ -117,9 +117,6 @@ type Config struct {
 	SpaceCheckInterval time.Duration
 	FreeSpace          FreeSpaceFunc
 
-	// PhaseObserver, if set, is told of every phase an attempt leaves
-	// (see PhaseObserver).
-	PhaseObserver PhaseObserver
 	// CachePolicy is what cache collections keep (CollectCache).
 	CachePolicy retention.Policy
 	// AccessFlushInterval is how often narinfo fetches are written to the

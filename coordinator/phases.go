@@ -15,32 +15,13 @@ import (
 
 // Attempt phases. The coordinator keeps the current phase of every held
 // build in memory (live), which is what validates agents' reports and
-// what PhaseObserver hears. A phase change is recorded in the store by a
+// what the phase metrics observe. A phase change is recorded in the store by a
 // background writer that takes every mark pending at once (one
 // transaction for all of them, letting other writes go first), so a
 // tiny build pays no commit of its own for its phases; building is the
 // attempt's start, which its own transition records anyway. Until a mark
 // is committed, Build merges it in from memory, so readers never see a
 // phase go missing.
-
-// PhaseObserver is told each time an attempt leaves a phase (the next
-// phase began, or the attempt ended), with the phase's times as the
-// coordinator saw them. It is called with the coordinator's lock held:
-// it must return at once and must not call the coordinator.
-type PhaseObserver interface {
-	PhaseEnded(ObservedPhase)
-}
-
-// ObservedPhase is one phase of an attempt, for a PhaseObserver.
-type ObservedPhase struct {
-	Build   string
-	Attempt int
-	Agent   string
-	System  string
-	Phase   db.Phase
-	Started time.Time
-	Ended   time.Time
-}
 
 // maxPendingMarks bounds the phase marks waiting for the writer (a store
 // that stays unreachable must not grow memory); marks beyond it are
@@ -86,11 +67,6 @@ func (c *Coordinator) observeLocked(id string, lp *livePhase, end time.Time) {
 		return
 	}
 	c.metrics.phaseDuration.WithLabelValues(lp.system, string(lp.phase)).Observe(max(0, end.Sub(lp.since).Seconds()))
-	if c.cfg.PhaseObserver == nil {
-		return
-	}
-	c.cfg.PhaseObserver.PhaseEnded(ObservedPhase{Build: id, Attempt: lp.attempt, Agent: lp.agent, System: lp.system,
-		Phase: lp.phase, Started: lp.since, Ended: end})
 }
 
 // enterPhaseLocked moves the build's live attempt to phase p at at, if

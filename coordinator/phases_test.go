@@ -4,31 +4,12 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/protocol"
 )
-
-// spanLog is a PhaseObserver that keeps what it is told.
-type spanLog struct {
-	mu    sync.Mutex
-	spans []ObservedPhase
-}
-
-func (l *spanLog) PhaseEnded(s ObservedPhase) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.spans = append(l.spans, s)
-}
-
-func (l *spanLog) get() []ObservedPhase {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]ObservedPhase(nil), l.spans...)
-}
 
 func phaseNames(ps []db.PhaseTime) []db.Phase {
 	var out []db.Phase
@@ -39,8 +20,7 @@ func phaseNames(ps []db.PhaseTime) []db.Phase {
 }
 
 func TestAttemptPhases(t *testing.T) {
-	obs := &spanLog{}
-	h := newHarnessWith(t, func(c *Config) { c.PhaseObserver = obs })
+	h := newHarness(t)
 	ctx := context.Background()
 	id := h.submit(0, h.drv("phased", "x86_64-linux"))[0]
 	a := h.agent("a", protocol.Hello{})
@@ -113,18 +93,6 @@ func TestAttemptPhases(t *testing.T) {
 		}
 	}
 	check("coordinator", got)
-	spans := obs.get()
-	if len(spans) != len(want) {
-		t.Fatalf("observer: %+v", spans)
-	}
-	for i, s := range spans {
-		if s.Phase != want[i] || s.Build != id || s.Attempt != 1 || s.Agent != a.id || s.System != "x86_64-linux" || s.Ended.Before(s.Started) {
-			t.Errorf("observer span %d: %+v", i, s)
-		}
-	}
-	if d := spans[1].Ended.Sub(spans[1].Started); d != time.Second {
-		t.Errorf("observed building took %v, want 1s", d)
-	}
 	if got := h.c.RunningPhases(); len(got) != 0 {
 		t.Errorf("running phases after the end: %v", got)
 	}
