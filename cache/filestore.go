@@ -86,81 +86,17 @@ func (s *FileStore) path(key string) (string, error) {
 	return filepath.Join(s.dir, filepath.FromSlash(key)), nil
 }
 
-type fileUpload struct {
-	f       *os.File // open while writing
-	name    string
-	adopted bool
-	done    bool
-}
-
-func (u *fileUpload) Write(p []byte) (int, error) {
-	if u.f == nil {
-		return 0, fmt.Errorf("write %s: upload closed", u.name)
-	}
-	return u.f.Write(p)
-}
-
-func (u *fileUpload) Close() error {
-	if u.f == nil {
-		return nil
-	}
-	f := u.f
-	u.f = nil
-	// World-readable once renamed into place: the cache is public.
-	return errors.Join(f.Chmod(0o644), f.Close())
-}
-
-func (u *fileUpload) Discard() {
-	if u.done {
-		return
-	}
-	u.done = true
-	if u.f != nil {
-		u.f.Close()
-		u.f = nil
-	}
-	if !u.adopted {
-		os.Remove(u.name)
-	}
-}
-
-func (s *FileStore) upload(u Upload) (*fileUpload, error) {
-	fu, ok := u.(*fileUpload)
-	if !ok || fu == nil {
-		return nil, fmt.Errorf("file store: upload %T is not this store's", u)
-	}
-	if fu.done {
-		return nil, fmt.Errorf("file store: upload %s already placed or discarded", fu.name)
-	}
-	return fu, nil
-}
-
 func (s *FileStore) Create(ctx context.Context) (Upload, error) {
 	dir := s.spoolDirs[s.spoolNext.Add(1)%uint32(len(s.spoolDirs))]
-	tmp, err := os.CreateTemp(dir, tmpPrefix)
-	if errors.Is(err, fs.ErrNotExist) {
-		// Someone cleaned up hidden directories under a running
-		// coordinator: make it again rather than fail every publish.
-		if err = os.MkdirAll(dir, 0o700); err == nil {
-			tmp, err = os.CreateTemp(dir, tmpPrefix)
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("file store: create: %w", err)
-	}
-	return &fileUpload{f: tmp, name: tmp.Name()}, nil
+	return createSpooled(s, "file store", dir, tmpPrefix, true)
 }
 
 func (s *FileStore) Adopt(ctx context.Context, p string) (Upload, error) {
-	st, err := os.Lstat(p)
-	if err != nil {
-		return nil, fmt.Errorf("file store: adopt: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("file store: adopt %s: not a regular file (%s)", p, st.Mode().Type())
-	}
-	return &fileUpload{name: p, adopted: true}, nil
+	return adoptSpooled(s, "file store", p)
 }
+
+// upload is u as this store's own, still to be placed.
+func (s *FileStore) upload(u Upload) (*spoolFile, error) { return ownSpooled(s, "file store", u) }
 
 func (s *FileStore) Sync(ctx context.Context, ups ...Upload) error {
 	names := make([]string, 0, len(ups))

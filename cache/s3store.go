@@ -192,77 +192,16 @@ func notExist(err error) error {
 	return err
 }
 
-type s3Upload struct {
-	f       *os.File
-	name    string
-	adopted bool
-	done    bool
-}
-
-func (u *s3Upload) Write(p []byte) (int, error) {
-	if u.f == nil {
-		return 0, fmt.Errorf("write %s: upload closed", u.name)
-	}
-	return u.f.Write(p)
-}
-
-func (u *s3Upload) Close() error {
-	if u.f == nil {
-		return nil
-	}
-	f := u.f
-	u.f = nil
-	return f.Close()
-}
-
-func (u *s3Upload) Discard() {
-	if u.done {
-		return
-	}
-	u.done = true
-	if u.f != nil {
-		u.f.Close()
-		u.f = nil
-	}
-	if !u.adopted {
-		os.Remove(u.name)
-	}
-}
-
-func (s *S3Store) upload(u Upload) (*s3Upload, error) {
-	su, ok := u.(*s3Upload)
-	if !ok || su == nil {
-		return nil, fmt.Errorf("s3 store: upload %T is not this store's", u)
-	}
-	if su.done {
-		return nil, fmt.Errorf("s3 store: upload %s already placed or discarded", su.name)
-	}
-	return su, nil
-}
-
 func (s *S3Store) Create(ctx context.Context) (Upload, error) {
-	f, err := os.CreateTemp(s.cfg.SpoolDir, tmpPrefix+"s3-")
-	if errors.Is(err, fs.ErrNotExist) {
-		if err = os.MkdirAll(s.cfg.SpoolDir, 0o700); err == nil {
-			f, err = os.CreateTemp(s.cfg.SpoolDir, tmpPrefix+"s3-")
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("s3 store: create: %w", err)
-	}
-	return &s3Upload{f: f, name: f.Name()}, nil
+	return createSpooled(s, "s3 store", s.cfg.SpoolDir, tmpPrefix+"s3-", false)
 }
 
 func (s *S3Store) Adopt(ctx context.Context, p string) (Upload, error) {
-	st, err := os.Lstat(p)
-	if err != nil {
-		return nil, fmt.Errorf("s3 store: adopt: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("s3 store: adopt %s: not a regular file (%s)", p, st.Mode().Type())
-	}
-	return &s3Upload{name: p, adopted: true}, nil
+	return adoptSpooled(s, "s3 store", p)
 }
+
+// upload is u as this store's own, still to be placed.
+func (s *S3Store) upload(u Upload) (*spoolFile, error) { return ownSpooled(s, "s3 store", u) }
 
 // Sync checks the uploads: their bytes become durable in the bucket when
 // they are placed, before the object is visible.
