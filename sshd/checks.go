@@ -22,15 +22,8 @@ func setupCheck(fs *pflag.FlagSet) func(x *call) error {
 	asJSON := fs.Bool("json", false, "print JSON: the checks (with --wait, their verdicts)")
 	fromStdin := fs.Bool("stdin", false, "also read .drv paths from stdin, separated by white space")
 	return func(x *call) error {
-		if *fromStdin {
-			more, err := readPaths(x.in)
-			if err != nil {
-				return usageErr("--stdin: %v", err)
-			}
-			x.args = append(x.args, more...)
-		}
-		if len(x.args) == 0 {
-			return usageErr("want at least one .drv path")
+		if err := x.drvArgs(*fromStdin); err != nil {
+			return err
 		}
 		ids, err := x.s.coord.SubmitChecks(x.ctx, coordinator.CheckRequest{Derivations: x.args, Agents: *agents,
 			AgainstCache: *againstCache, Priority: *prio})

@@ -25,15 +25,8 @@ func setupBuild(fs *pflag.FlagSet) func(x *call) error {
 	asJSON := fs.Bool("json", false, "print JSON: the builds (with what each waits for), and with --wait their results")
 	fromStdin := fs.Bool("stdin", false, "also read .drv paths from stdin, separated by white space (for more paths than a command line holds)")
 	return func(x *call) error {
-		if *fromStdin {
-			more, err := readPaths(x.in)
-			if err != nil {
-				return usageErr("--stdin: %v", err)
-			}
-			x.args = append(x.args, more...)
-		}
-		if len(x.args) == 0 {
-			return usageErr("want at least one .drv path")
+		if err := x.drvArgs(*fromStdin); err != nil {
+			return err
 		}
 		var until time.Time
 		if v := *deferUntil; v != "" {
@@ -181,6 +174,22 @@ const (
 	maxStdinPathBytes = 64 << 20
 	maxStdinPaths     = 1_000_000
 )
+
+// drvArgs takes the .drv paths of build and check: the arguments, and
+// with --stdin (fromStdin) those read from standard input; at least one.
+func (x *call) drvArgs(fromStdin bool) error {
+	if fromStdin {
+		more, err := readPaths(x.in)
+		if err != nil {
+			return usageErr("--stdin: %v", err)
+		}
+		x.args = append(x.args, more...)
+	}
+	if len(x.args) == 0 {
+		return usageErr("want at least one .drv path")
+	}
+	return nil
+}
 
 // readPaths reads white-space separated paths from r, bounded in bytes
 // and count.
