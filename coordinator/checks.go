@@ -535,6 +535,12 @@ func (c *Coordinator) settleCheck(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
+		// The sides again, read after their builds: a side is recorded
+		// before its build's success, so a build read as succeeded has
+		// its outputs in this read (the first may predate them).
+		if ck, err = c.store.Check(ctx, id); err != nil {
+			return err
+		}
 		state, unrep, done := verdict(ck, builds)
 		if !done {
 			return nil
