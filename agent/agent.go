@@ -336,16 +336,17 @@ func (a *Agent) answered(id uint64, refusal string) {
 // settle forgets a run and removes its directory. A run that a newer
 // run of the same build superseded leaves the directory to that one
 // (which clears it before it starts).
+//
+// The directory goes under the lock: once the run is forgotten, the same
+// build given again starts at once in the same directory, which a removal
+// after unlocking could take from under it.
 func (a *Agent) settle(r *run) {
 	a.mu.Lock()
-	current := a.runs[r.id] == r
-	if current {
-		delete(a.runs, r.id)
-	}
-	a.mu.Unlock()
-	if !current {
+	defer a.mu.Unlock()
+	if a.runs[r.id] != r {
 		return
 	}
+	delete(a.runs, r.id)
 	if err := os.RemoveAll(r.dir); err != nil {
 		a.log.Warn("remove build directory", "build", r.id, "err", err)
 	}
