@@ -14,51 +14,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
+	"github.com/gbc-farm/gbc/internal/promtest"
 	gbcmetrics "github.com/gbc-farm/gbc/metrics"
 	"github.com/gbc-farm/gbc/protocol"
 )
-
-// sample is the value of the series name{labels} (all of them, as
-// name=value pairs), and whether it exists. A histogram's value is its
-// sample count.
-func sample(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) (float64, bool) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	want := map[string]string{}
-	for i := 0; i+1 < len(labels); i += 2 {
-		want[labels[i]] = labels[i+1]
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(want) {
-				continue
-			}
-			for _, l := range m.GetLabel() {
-				if want[l.GetName()] != l.GetValue() {
-					continue next
-				}
-			}
-			switch mf.GetType() {
-			case dto.MetricType_GAUGE:
-				return m.GetGauge().GetValue(), true
-			case dto.MetricType_COUNTER:
-				return m.GetCounter().GetValue(), true
-			case dto.MetricType_HISTOGRAM:
-				return float64(m.GetHistogram().GetSampleCount()), true
-			}
-		}
-	}
-	return 0, false
-}
 
 // histogramSum is the sum of the histogram series name{labels}.
 func histogramSum(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) float64 {
@@ -88,7 +48,7 @@ func histogramSum(t *testing.T, reg prometheus.Gatherer, name string, labels ...
 
 func wantSample(t *testing.T, reg prometheus.Gatherer, want float64, name string, labels ...string) {
 	t.Helper()
-	got, ok := sample(t, reg, name, labels...)
+	got, ok := promtest.Sample(t, reg, name, labels...)
 	if !ok || got != want {
 		t.Errorf("%s%v = %v (present %v), want %v", name, labels, got, ok, want)
 	}
@@ -136,7 +96,7 @@ func TestMetricsFollowTheFarm(t *testing.T) {
 	wantSample(t, reg, 123456, "gbc_agent_free_disk_bytes", "agent", a.id, "name", "a")
 	wantSample(t, reg, float64(h.clk.Now().Unix()), "gbc_agent_last_seen_timestamp_seconds", "agent", a.id, "name", "a")
 	wantSample(t, reg, 0, "gbc_agent_connected", "agent", idle, "name", "idle")
-	if _, ok := sample(t, reg, "gbc_agent_running_builds", "agent", idle, "name", "idle"); ok {
+	if _, ok := promtest.Sample(t, reg, "gbc_agent_running_builds", "agent", idle, "name", "idle"); ok {
 		t.Error("an agent that is not connected has running builds")
 	}
 	// A heartbeat updates the machine's figures.

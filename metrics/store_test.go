@@ -6,13 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/db/postgres"
 	"github.com/gbc-farm/gbc/db/postgres/pgtest"
 	"github.com/gbc-farm/gbc/db/sqlite"
+	"github.com/gbc-farm/gbc/internal/promtest"
 	"github.com/gbc-farm/gbc/metrics"
 )
 
@@ -70,56 +68,19 @@ func TestStoreObserved(t *testing.T) {
 				t.Fatal(err)
 			}
 			for typ, want := range map[db.EventType]float64{db.EventSubmitted: 3, db.EventAgentConnected: 1, db.EventFailed: 0} {
-				if got, ok := series(t, r, "gbc_events_written_total", "type", string(typ)); !ok || got != want {
+				if got, ok := promtest.Sample(t, r, "gbc_events_written_total", "type", string(typ)); !ok || got != want {
 					t.Errorf("events written of type %s: %v (present %v), want %v", typ, got, ok, want)
 				}
 			}
-			if got, _ := series(t, r, "gbc_db_transaction_duration_seconds", "kind", "write", "result", "error"); got != 1 {
+			if got, _ := promtest.Sample(t, r, "gbc_db_transaction_duration_seconds", "kind", "write", "result", "error"); got != 1 {
 				t.Errorf("failed write transactions: %v, want 1", got)
 			}
-			if got, _ := series(t, r, "gbc_db_transaction_duration_seconds", "kind", "write", "result", "ok"); got < 3 {
+			if got, _ := promtest.Sample(t, r, "gbc_db_transaction_duration_seconds", "kind", "write", "result", "ok"); got < 3 {
 				t.Errorf("committed write transactions: %v, want at least 3", got)
 			}
-			if got, _ := series(t, r, "gbc_db_transaction_duration_seconds", "kind", "read", "result", "ok"); got < 1 {
+			if got, _ := promtest.Sample(t, r, "gbc_db_transaction_duration_seconds", "kind", "read", "result", "ok"); got < 1 {
 				t.Errorf("read transactions: %v, want at least 1", got)
 			}
 		})
 	}
-}
-
-// series is the value of name{labels} (name=value pairs, all of them): a
-// gauge's or counter's value, a histogram's sample count.
-func series(t *testing.T, g prometheus.Gatherer, name string, labels ...string) (float64, bool) {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			ok := len(got) == len(labels)/2
-			for i := 0; ok && i+1 < len(labels); i += 2 {
-				ok = got[labels[i]] == labels[i+1]
-			}
-			if !ok {
-				continue
-			}
-			switch mf.GetType() {
-			case dto.MetricType_GAUGE:
-				return m.GetGauge().GetValue(), true
-			case dto.MetricType_COUNTER:
-				return m.GetCounter().GetValue(), true
-			case dto.MetricType_HISTOGRAM:
-				return float64(m.GetHistogram().GetSampleCount()), true
-			}
-		}
-	}
-	return 0, false
 }
