@@ -127,3 +127,23 @@ const (
 	KindInfrastructure   = db.KindInfrastructure
 	KindCoordinator      = db.KindCoordinator
 )
+
+// Check states, for callers.
+const (
+	CheckPending        = db.CheckPending
+	CheckReproducible   = db.CheckReproducible
+	CheckUnreproducible = db.CheckUnreproducible
+	CheckFailed         = db.CheckFailed
+)
+
+// CheckState is a check's verdict so far.
+type CheckState = db.CheckState
+
+// CheckFilter selects checks for Checks.
+type CheckFilter = db.CheckFilter
+
+// Check is a recorded check.
+type Check = db.Check
+
+// CheckCount counts derivations by system and their latest check's state.
+type CheckCount = db.CheckCount
