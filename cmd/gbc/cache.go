@@ -30,17 +30,9 @@ file). It prints what it copied and exits 1 if an object was left behind.
 `
 
 func runCache(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usageError{"missing subcommand\n" + cacheUsage}
-	}
-	sub, rest := args[0], args[1:]
-	switch sub {
-	case "-h", "--help", "help":
-		fmt.Fprint(e.stdout, cacheUsage)
-		return nil
-	case "migrate":
-	default:
-		return usageError{fmt.Sprintf("unknown subcommand %q\n%s", sub, cacheUsage)}
+	_, rest, done, err := subcommand(e, args, cacheUsage, "migrate")
+	if done {
+		return err
 	}
 	fs := pflag.NewFlagSet("gbc cache migrate", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)

@@ -30,18 +30,11 @@ flags:
 `
 
 func runDrv(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usageError{"missing subcommand\n" + drvUsage}
+	_, rest, done, err := subcommand(e, args, drvUsage, "show")
+	if done {
+		return err
 	}
-	switch sub := args[0]; sub {
-	case "-h", "--help", "help":
-		fmt.Fprint(e.stdout, drvUsage)
-		return nil
-	case "show":
-		return runDrvShow(ctx, e, args[1:])
-	default:
-		return usageError{fmt.Sprintf("unknown subcommand %q\n%s", sub, drvUsage)}
-	}
+	return runDrvShow(ctx, e, rest)
 }
 
 func runDrvShow(ctx context.Context, e env, args []string) error {

@@ -22,17 +22,9 @@ overwritten; the secret file is created with mode 0600.
 `
 
 func runKey(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usageError{"missing subcommand\n" + keyUsage}
-	}
-	sub, rest := args[0], args[1:]
-	switch sub {
-	case "-h", "--help", "help":
-		fmt.Fprint(e.stdout, keyUsage)
-		return nil
-	case "generate":
-	default:
-		return usageError{fmt.Sprintf("unknown subcommand %q\n%s", sub, keyUsage)}
+	_, rest, done, err := subcommand(e, args, keyUsage, "generate")
+	if done {
+		return err
 	}
 	fs := pflag.NewFlagSet("gbc key generate", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)

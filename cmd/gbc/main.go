@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -46,6 +47,23 @@ func commands() []command {
 type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
+
+// subcommand splits the arguments of a command group (gbc nar, gbc key, …)
+// into its subcommand, one of known, and the rest. done is true when
+// nothing is left to do: help was printed, or err says what is wrong.
+func subcommand(e env, args []string, usage string, known ...string) (sub string, rest []string, done bool, err error) {
+	if len(args) == 0 {
+		return "", nil, true, usageError{"missing subcommand\n" + usage}
+	}
+	switch sub = args[0]; {
+	case sub == "-h" || sub == "--help" || sub == "help":
+		fmt.Fprint(e.stdout, usage)
+		return "", nil, true, nil
+	case slices.Contains(known, sub):
+		return sub, args[1:], false, nil
+	}
+	return "", nil, true, usageError{fmt.Sprintf("unknown subcommand %q\n%s", sub, usage)}
+}
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: gbc <command> [flags] [args]")

@@ -20,17 +20,9 @@ subcommands:
 `
 
 func runNar(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usageError{"missing subcommand\n" + narUsage}
-	}
-	sub, rest := args[0], args[1:]
-	switch sub {
-	case "-h", "--help", "help":
-		fmt.Fprint(e.stdout, narUsage)
-		return nil
-	case "dump", "hash", "restore":
-	default:
-		return usageError{fmt.Sprintf("unknown subcommand %q\n%s", sub, narUsage)}
+	sub, rest, done, err := subcommand(e, args, narUsage, "dump", "hash", "restore")
+	if done {
+		return err
 	}
 
 	fs := pflag.NewFlagSet("gbc nar "+sub, pflag.ContinueOnError)

@@ -30,17 +30,9 @@ PUBKEY is one of:
 const maxKeyFile = 1 << 20
 
 func runNarinfo(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usageError{"missing subcommand\n" + narinfoUsage}
-	}
-	sub, rest := args[0], args[1:]
-	switch sub {
-	case "-h", "--help", "help":
-		fmt.Fprint(e.stdout, narinfoUsage)
-		return nil
-	case "verify":
-	default:
-		return usageError{fmt.Sprintf("unknown subcommand %q\n%s", sub, narinfoUsage)}
+	_, rest, done, err := subcommand(e, args, narinfoUsage, "verify")
+	if done {
+		return err
 	}
 	fs := pflag.NewFlagSet("gbc narinfo verify", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
