@@ -241,7 +241,12 @@ func (s *FileStore) Open(ctx context.Context, key string) (Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p)
+	// Never through a symlink, and never blocking on a FIFO or device
+	// someone placed under the cache: those are not objects.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("file store: %s is a symlink: %w", key, fs.ErrNotExist)
+	}
 	if err != nil {
 		return nil, err
 	}

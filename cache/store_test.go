@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // testStore checks the Store contract on st, which must be empty: what
@@ -213,6 +215,48 @@ func TestFileStore(t *testing.T) {
 	for _, k := range []string{"../x", "/etc/passwd", "nar/../../x", "nar/" + tmpPrefix + "spool-0/x", "", "nar//a"} {
 		if _, err := st.Open(context.Background(), k); !isNotExist(err) {
 			t.Errorf("open %q: %v", k, err)
+		}
+	}
+}
+
+// A FIFO, a device or a symlink placed under the cache directory is not an
+// object: opening it answers "not there" at once, never blocks, never
+// follows the link.
+func TestFileStoreSpecialFiles(t *testing.T) {
+	dir := t.TempDir()
+	st, err := NewFileStore(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("not the cache's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.narinfo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(dir, "link.narinfo")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/zero", filepath.Join(dir, "zero.narinfo")); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"fifo.narinfo", "link.narinfo", "zero.narinfo"} {
+		done := make(chan error, 1)
+		go func() {
+			o, err := st.Open(context.Background(), k)
+			if err == nil {
+				o.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !isNotExist(err) {
+				t.Errorf("open %s: %v, want not there", k, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("open %s blocked", k)
 		}
 	}
 }
