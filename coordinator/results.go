@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,10 +13,8 @@ import (
 	"time"
 
 	"github.com/gbc-farm/gbc/cache"
-	"github.com/gbc-farm/gbc/compression"
 	"github.com/gbc-farm/gbc/db"
 	"github.com/gbc-farm/gbc/internal/text"
-	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/storepath"
@@ -505,21 +502,7 @@ func (c *Coordinator) publishedResult(o protocol.OutputResult) (db.OutputResult,
 // the references claimed against those the NAR contains (see
 // checkScanned).
 func verifyFile(dir string, o protocol.OutputResult, scan *storepath.Scanner) (db.OutputResult, error) {
-	if o.Upload == "" || o.Upload != filepath.Base(o.Upload) || o.Upload == "." || o.Upload == ".." || strings.ContainsAny(o.Upload, `/\`) {
-		return db.OutputResult{}, fmt.Errorf("upload name %q is not a plain file name", o.Upload)
-	}
-	wantNar, err := nixhash.Parse(o.NarHash)
-	if err != nil {
-		return db.OutputResult{}, fmt.Errorf("nar_hash %q: %w", o.NarHash, err)
-	}
-	wantFile, err := nixhash.Parse(o.FileHash)
-	if err != nil {
-		return db.OutputResult{}, fmt.Errorf("file_hash %q: %w", o.FileHash, err)
-	}
-	if wantFile.Algo != nixhash.SHA256 {
-		return db.OutputResult{}, fmt.Errorf("file_hash %q: want sha256", o.FileHash)
-	}
-	suffix, err := compressionSuffix(o.Compression)
+	rep, err := parseReport(o)
 	if err != nil {
 		return db.OutputResult{}, err
 	}
@@ -538,38 +521,63 @@ func verifyFile(dir string, o protocol.OutputResult, scan *storepath.Scanner) (d
 	if st.Size() != o.FileSize {
 		return db.OutputResult{}, fmt.Errorf("file size %d, reported %d", st.Size(), o.FileSize)
 	}
-	fileHash := nar.NewHashingWriter()
-	tee := io.TeeReader(f, fileHash)
-	dec, err := compression.NewReader(tee, o.Compression)
+	m, err := measureFrom(f, o.Compression, scan)
 	if err != nil {
-		return db.OutputResult{}, fmt.Errorf("decompress %s (%s): %w", o.Upload, o.Compression, err)
-	}
-	var narStream io.Reader = dec
-	if scan != nil {
-		narStream = io.TeeReader(dec, scan)
-	}
-	narHash, narSize, err := nar.Validate(narStream)
-	dec.Close()
-	if err != nil {
-		return db.OutputResult{}, fmt.Errorf("uploaded NAR %s is invalid: %w", o.Upload, err)
-	}
-	// Hash whatever the decompressor did not need, so the file hash covers
-	// the whole file as the agent's did.
-	if _, err := io.Copy(io.Discard, tee); err != nil {
 		return db.OutputResult{}, fmt.Errorf("read upload %s: %w", o.Upload, err)
 	}
-	if narSize != o.NarSize {
-		return db.OutputResult{}, fmt.Errorf("NAR size %d, reported %d", narSize, o.NarSize)
+	return rep.check(m, scan)
+}
+
+// report is an output's result as the agent reported it, parsed.
+type report struct {
+	o        protocol.OutputResult
+	narHash  nixhash.Hash
+	fileHash nixhash.Hash
+	suffix   string
+}
+
+// parseReport checks the form of a reported output: a plain upload name,
+// well-formed hashes (a sha256 file hash), a known compression.
+func parseReport(o protocol.OutputResult) (report, error) {
+	if o.Upload == "" || o.Upload != filepath.Base(o.Upload) || o.Upload == "." || o.Upload == ".." || strings.ContainsAny(o.Upload, `/\`) {
+		return report{}, fmt.Errorf("upload name %q is not a plain file name", o.Upload)
 	}
-	if !narHash.Equal(wantNar) {
-		return db.OutputResult{}, fmt.Errorf("NAR hash %s, reported %s", narHash, o.NarHash)
+	wantNar, err := nixhash.Parse(o.NarHash)
+	if err != nil {
+		return report{}, fmt.Errorf("nar_hash %q: %w", o.NarHash, err)
 	}
-	gotFile := fileHash.Sum()
-	if fileHash.Size() != o.FileSize {
-		return db.OutputResult{}, fmt.Errorf("file size %d, reported %d", fileHash.Size(), o.FileSize)
+	wantFile, err := nixhash.Parse(o.FileHash)
+	if err != nil {
+		return report{}, fmt.Errorf("file_hash %q: %w", o.FileHash, err)
 	}
-	if !gotFile.Equal(wantFile) {
-		return db.OutputResult{}, fmt.Errorf("file hash %s, reported %s", gotFile, o.FileHash)
+	if wantFile.Algo != nixhash.SHA256 {
+		return report{}, fmt.Errorf("file_hash %q: want sha256", o.FileHash)
+	}
+	suffix, err := compressionSuffix(o.Compression)
+	if err != nil {
+		return report{}, err
+	}
+	return report{o: o, narHash: wantNar, fileHash: wantFile, suffix: suffix}, nil
+}
+
+// check compares what the upload's bytes are (m) with the report and,
+// with scan (which saw the NAR), the claimed references with those found.
+func (rep report) check(m measured, scan *storepath.Scanner) (db.OutputResult, error) {
+	o := rep.o
+	if m.NarErr != nil {
+		return db.OutputResult{}, fmt.Errorf("uploaded NAR %s is invalid: %w", o.Upload, m.NarErr)
+	}
+	if m.NarSize != o.NarSize {
+		return db.OutputResult{}, fmt.Errorf("NAR size %d, reported %d", m.NarSize, o.NarSize)
+	}
+	if !m.NarHash.Equal(rep.narHash) {
+		return db.OutputResult{}, fmt.Errorf("NAR hash %s, reported %s", m.NarHash, o.NarHash)
+	}
+	if m.FileSize != o.FileSize {
+		return db.OutputResult{}, fmt.Errorf("file size %d, reported %d", m.FileSize, o.FileSize)
+	}
+	if !m.FileHash.Equal(rep.fileHash) {
+		return db.OutputResult{}, fmt.Errorf("file hash %s, reported %s", m.FileHash, o.FileHash)
 	}
 	if scan != nil {
 		if err := checkScanned(o, scan); err != nil {
@@ -579,13 +587,13 @@ func verifyFile(dir string, o protocol.OutputResult, scan *storepath.Scanner) (d
 	return db.OutputResult{
 		Name:        o.Name,
 		Path:        o.Path,
-		NarHash:     narHash.String(),
-		NarSize:     narSize,
-		FileHash:    gotFile.String(),
+		NarHash:     m.NarHash.String(),
+		NarSize:     m.NarSize,
+		FileHash:    m.FileHash.String(),
 		FileSize:    o.FileSize,
 		Compression: o.Compression,
 		References:  o.References,
-		File:        filepath.Join("cache", "nar", nixhash.Base32(gotFile.Digest)+".nar"+suffix),
+		File:        filepath.Join("cache", "nar", nixhash.Base32(m.FileHash.Digest)+".nar"+rep.suffix),
 	}, nil
 }
 
