@@ -39,8 +39,13 @@ type S3Config struct {
 	// the cache compresses itself, a narinfo, a log). Default os.TempDir().
 	SpoolDir string
 	// PartSize of multipart uploads; 0 lets the client choose (16 MiB
-	// and up, by object size).
+	// and up, by object size) for adopted files and makes streamed
+	// uploads use 8 MiB parts.
 	PartSize uint64
+	// MaxBufferBytes bounds the memory all streamed uploads hold
+	// together (default DefaultMaxBufferBytes); past it, an upload's part
+	// goes through a spool file.
+	MaxBufferBytes int64
 	// MaxRetries of a failed request; 0 keeps the client's default (10,
 	// with backoff).
 	MaxRetries int
@@ -97,6 +102,9 @@ type S3Store struct {
 	cfg    S3Config
 	log    *slog.Logger
 	prefix string // cfg.Prefix + "/" or ""
+	mem    *memBudget
+	// copyLimit is the largest object copied with one CopyObject.
+	copyLimit int64
 }
 
 // OpenS3 connects to cfg's bucket, which must exist.
@@ -139,7 +147,10 @@ func OpenS3(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 store %s: %w", cfg.Endpoint, err)
 	}
-	s := &S3Store{cli: cli, cfg: cfg, log: cfg.Logger}
+	if cfg.MaxBufferBytes <= 0 {
+		cfg.MaxBufferBytes = DefaultMaxBufferBytes
+	}
+	s := &S3Store{cli: cli, cfg: cfg, log: cfg.Logger, mem: &memBudget{limit: cfg.MaxBufferBytes}, copyLimit: maxCopy}
 	if cfg.Prefix != "" {
 		s.prefix = cfg.Prefix + "/"
 	}
@@ -192,22 +203,29 @@ func notExist(err error) error {
 	return err
 }
 
+// Create starts a streamed upload (s3upload.go): nothing goes to disk.
 func (s *S3Store) Create(ctx context.Context) (Upload, error) {
-	return createSpooled(s, "s3 store", s.cfg.SpoolDir, tmpPrefix+"s3-", false)
+	return s.newUpload(ctx), nil
 }
 
 func (s *S3Store) Adopt(ctx context.Context, p string) (Upload, error) {
 	return adoptSpooled(s, "s3 store", p)
 }
 
-// upload is u as this store's own, still to be placed.
-func (s *S3Store) upload(u Upload) (*spoolFile, error) { return ownSpooled(s, "s3 store", u) }
-
 // Sync checks the uploads: their bytes become durable in the bucket when
 // they are placed, before the object is visible.
 func (s *S3Store) Sync(ctx context.Context, ups ...Upload) error {
 	for _, u := range ups {
-		su, err := s.upload(u)
+		if su, ok := u.(*s3Upload); ok && su != nil && su.s == s {
+			if !su.closed || su.done {
+				return errors.New("s3 store: sync: upload not closed, or already placed or discarded")
+			}
+			if su.err != nil {
+				return su.err
+			}
+			continue
+		}
+		su, err := ownSpooled(s, "s3 store", u)
 		if err != nil {
 			return err
 		}
@@ -238,23 +256,32 @@ func (s *S3Store) Place(ctx context.Context, ps ...Placement) error {
 }
 
 func (s *S3Store) place(ctx context.Context, p Placement) error {
-	su, err := s.upload(p.Upload)
-	if err != nil {
-		return err
+	if p.Upload == nil {
+		return errors.New("s3 store: place: no upload")
 	}
-	defer su.Discard()
+	defer p.Upload.Discard()
 	obj, err := s.object(p.Key)
 	if err != nil {
 		return err
 	}
-	if su.f != nil {
+	if su, ok := p.Upload.(*s3Upload); ok && su.s == s {
+		if !su.closed || su.done || su.err != nil {
+			return fmt.Errorf("s3 store: place %s: upload not closed, failed or already placed", p.Key)
+		}
+	} else if su, err := ownSpooled(s, "s3 store", p.Upload); err != nil {
+		return err
+	} else if su.f != nil {
 		return fmt.Errorf("s3 store: place %s: upload not closed", p.Key)
 	}
 	if p.Keep {
 		_, err := s.cli.StatObject(ctx, s.cfg.Bucket, obj, minio.StatObjectOptions{})
 		if err == nil {
-			su.done = true
-			return os.Remove(su.name)
+			if sp, ok := p.Upload.(*spoolFile); ok {
+				// Placing consumes an adopted file too.
+				sp.done = true
+				return os.Remove(sp.name)
+			}
+			return nil // Discard (deferred) drops the upload
 		}
 		if !isNotExist(notExist(err)) {
 			return fmt.Errorf("s3 store: stat %s: %w", obj, err)
@@ -267,6 +294,10 @@ func (s *S3Store) place(ctx context.Context, p Placement) error {
 	if strings.HasPrefix(p.Key, "nar/") {
 		opts.CacheControl = "public, max-age=31536000, immutable"
 	}
+	if su, ok := p.Upload.(*s3Upload); ok {
+		return su.place(ctx, obj, opts)
+	}
+	su := p.Upload.(*spoolFile)
 	// A multipart upload that fails is aborted by the client; a crash
 	// mid-upload leaves an incomplete upload, never an object, and Clean
 	// aborts it at the next start.
@@ -360,8 +391,8 @@ func (s *S3Store) List(ctx context.Context, prefix string, fn func(ObjectInfo) e
 	return ctx.Err()
 }
 
-// Clean removes spooled uploads a crash left and aborts incomplete
-// multipart uploads under the prefix (an interrupted NAR never becomes
+// Clean removes spooled uploads and temp objects a crash left and aborts
+// incomplete multipart uploads under the prefix (an interrupted NAR never becomes
 // an object, but its parts take space until aborted).
 func (s *S3Store) Clean(ctx context.Context) error {
 	ents, err := os.ReadDir(s.cfg.SpoolDir)
@@ -374,6 +405,18 @@ func (s *S3Store) Clean(ctx context.Context) error {
 		}
 	}
 	var errs []error
+	// Temp objects of streamed uploads completed but never placed.
+	for oi := range s.cli.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.prefix + tempDir, Recursive: true}) {
+		if oi.Err != nil {
+			errs = append(errs, fmt.Errorf("list temp objects: %w", oi.Err))
+			break
+		}
+		if err := s.cli.RemoveObject(ctx, s.cfg.Bucket, oi.Key, minio.RemoveObjectOptions{}); err != nil {
+			errs = append(errs, fmt.Errorf("delete temp object %s: %w", oi.Key, err))
+			continue
+		}
+		s.log.InfoContext(ctx, "deleted an interrupted upload's temp object", "key", oi.Key)
+	}
 	for up := range s.cli.ListIncompleteUploads(ctx, s.cfg.Bucket, s.prefix, true) {
 		if up.Err != nil {
 			// Not every S3 server lists multipart uploads; what it keeps
