@@ -377,6 +377,23 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 	return c.publishUpload(ctx, sp, e, up)
 }
 
+// PublishUpload publishes e with up, a closed upload of this cache's store
+// holding e's compressed NAR (FileSize bytes, already verified by the
+// caller), as Publish does with a file. up is consumed whatever happens.
+func (c *Cache) PublishUpload(ctx context.Context, e Entry, up Upload) error {
+	defer up.Discard()
+	sp, err := c.checkEntry(&e)
+	if err != nil {
+		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	url := narURL(e.FileHash, e.Compression)
+	defer c.enter(c.fenceKeys(sp.HashPart, url, e.References)...)()
+	if done, err := c.alreadyPublished(ctx, sp, e.NarHash); done || err != nil {
+		return err
+	}
+	return c.publishUpload(ctx, sp, e, up)
+}
+
 // publishUpload places up, the compressed NAR of e, and then e's narinfo;
 // up is consumed whatever happens.
 func (c *Cache) publishUpload(ctx context.Context, sp storepath.StorePath, e Entry, up Upload) error {

@@ -500,6 +500,7 @@ func (c *Coordinator) releaseLocked(buildID, agentID string) {
 	delete(c.space.refused, buildID)
 	c.closePhasesLocked(buildID)
 	c.checkReleasedLocked(buildID)
+	c.releaseIngests(agentID, buildID)
 	if err := os.RemoveAll(c.uploadDir(agentID, buildID)); err != nil {
 		c.log.Warn("remove upload dir", "build", buildID, "agent", agentID, "err", err)
 	}

@@ -18,8 +18,9 @@ import (
 )
 
 // withCache restarts the harness's coordinator with a cache (Nix key, and a
-// Guix key so both flavours are checked) and returns it.
-func withCache(t *testing.T, h *harness) (*cache.Cache, signing.NixSecretKey, signing.GuixSecretKey) {
+// Guix key so both flavours are checked), mods applied to its Config, and
+// returns it.
+func withCache(t *testing.T, h *harness, mods ...func(*Config)) (*cache.Cache, signing.NixSecretKey, signing.GuixSecretKey) {
 	t.Helper()
 	nk, err := signing.GenerateNixKey("test-farm-1")
 	if err != nil {
@@ -36,14 +37,18 @@ func withCache(t *testing.T, h *harness) (*cache.Cache, signing.NixSecretKey, si
 		t.Fatal(err)
 	}
 	h.c.Close()
-	c, err := New(context.Background(), Config{
+	cfg := Config{
 		StateDir: filepath.Join(h.dir, "state"), Store: h.store, Clock: h.clk,
 		StoreDirs: []string{h.storeDir}, DisconnectGrace: grace, Heartbeat: h.c.cfg.Heartbeat,
 		Cache: cc, CacheAddress: protocol.CacheAddress,
 		// Inputs without a build here are assumed substitutable, which is
 		// what these tests exercise.
 		Strategy: scheduler.Permissive,
-	})
+	}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	c, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

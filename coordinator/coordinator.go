@@ -93,6 +93,11 @@ type Config struct {
 	// look at the cache: verified files are then just moved under
 	// StateDir/cache/nar.
 	Cache *cache.Cache
+	// StreamUploads streams agents' output uploads through verification
+	// straight into Cache's store instead of writing them under
+	// StateDir/uploads first (ingest.go). Needs Cache; a check side's
+	// uploads still go to disk.
+	StreamUploads bool
 	// CacheAddress is the reserved host:port agents reach the cache at
 	// through their SSH connection; sent in welcome when Cache is set.
 	CacheAddress string
@@ -144,6 +149,8 @@ type Coordinator struct {
 	departed  map[string]*Session
 	waiters   map[string][]chan struct{}
 	verifying map[string]bool
+	// ing holds the streamed uploads (ingest.go); its own lock.
+	ing ingests
 	// avoid remembers, per build, agents where setup failed.
 	avoid map[string]map[string]bool
 	space spaceState
@@ -243,8 +250,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		departed:  map[string]*Session{},
 		waiters:   map[string][]chan struct{}{},
 		verifying: map[string]bool{},
+		ing:       ingests{m: map[ingestKey]map[string]*Ingest{}, kick: make(chan struct{}, 1)},
 		avoid:     map[string]map[string]bool{},
-		space:     spaceState{refused: map[string]bool{}},
+		space:     spaceState{refused: map[string]string{}},
 		live:      map[string]*livePhase{},
 		phases:    phaseLog{wake: make(chan struct{}, 1)},
 		metrics:   newMetrics(),
@@ -293,6 +301,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if c.spawn() {
 		go c.settleChecks()
+	}
+	if cfg.StreamUploads && cfg.Cache != nil && c.spawn() {
+		go c.dropper()
 	}
 	c.sweepLogs(ctx)
 	st := c.sched.Stats()

@@ -159,10 +159,10 @@ func (s *Session) SetupFailure(ctx context.Context, m *protocol.SetupFailure) er
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.space.refused[b.ID] {
-		// The agent gave up because this coordinator refused its upload
-		// for want of space: not the agent's fault, nor the build's.
-		c.coordinatorTroubleLocked(ctx, b.ID, s.agentID, "coordinator short of disk space: upload refused ("+reason+")")
+	if why, ok := c.space.refused[b.ID]; ok {
+		// The agent gave up because this coordinator refused or could not
+		// take its upload: not the agent's fault, nor the build's.
+		c.coordinatorTroubleLocked(ctx, b.ID, s.agentID, why+" ("+reason+")")
 		c.dispatchLocked(ctx)
 		return nil
 	}
@@ -300,7 +300,20 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	loaded := time.Now()
-	results, verr := c.verify(b, dir, m.Outputs, allowed)
+	results, ups, verr := c.verify(b, s.agentID, dir, m.Outputs, allowed)
+	defer discardAll(ups) // a no-op for those published
+	if errors.Is(verr, errStoreTrouble) {
+		// A streamed upload the cache store failed to take: the
+		// coordinator's trouble, as when publishing fails below.
+		c.log.Error("streamed upload lost by the cache store", "build", m.Build, "agent", s.agentID, "err", verr)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if cur, lerr := c.store.Build(ctx, m.Build); lerr == nil && cur.AgentID == s.agentID && !cur.State.Terminal() {
+			c.coordinatorTroubleLocked(ctx, m.Build, s.agentID, "coordinator could not store the upload: "+verr.Error())
+			c.dispatchLocked(ctx)
+		}
+		return fmt.Errorf("build %s: the coordinator could not store the upload (requeued, not charged to this agent): %w", m.Build, verr)
+	}
 	if verr != nil {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -324,7 +337,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 	// keeps the cache's first NAR of each path, as for any build.
 	err = c.keepCheckSide(ctx, m.Build, s.agentID, dir, m.Outputs, results)
 	if err == nil {
-		err = c.publish(ctx, b, dir, m.Outputs, results)
+		err = c.publish(ctx, b, dir, m.Outputs, results, ups)
 	}
 	if err != nil {
 		// Verified outputs the coordinator could not publish (its disk
@@ -379,7 +392,10 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 // publish moves the verified files into the cache and, with a Cache, signs
 // their narinfos, so each output is a substitute before the build is
 // recorded as succeeded.
-func (c *Coordinator) publish(ctx context.Context, b db.Build, dir string, reported []protocol.OutputResult, results []db.OutputResult) error {
+//
+// ups holds, for a streamed output, the store upload with its bytes
+// (consumed here); nil entries are files in dir.
+func (c *Coordinator) publish(ctx context.Context, b db.Build, dir string, reported []protocol.OutputResult, results []db.OutputResult, ups []cache.Upload) error {
 	for i := range results {
 		src := filepath.Join(dir, reported[i].Upload)
 		if c.cfg.Cache == nil {
@@ -409,7 +425,12 @@ func (c *Coordinator) publish(ctx context.Context, b db.Build, dir string, repor
 			FileHash: fileHash, FileSize: r.FileSize, Compression: r.Compression,
 			References: r.References, Deriver: b.Derivation,
 		}
-		err := c.cfg.Cache.Publish(ctx, e, src)
+		var err error
+		if ups[i] != nil {
+			err = c.cfg.Cache.PublishUpload(ctx, e, ups[i])
+		} else {
+			err = c.cfg.Cache.Publish(ctx, e, src)
+		}
 		var ce *cache.ConflictError
 		if errors.As(err, &ce) {
 			// A non-deterministic build: the first publication stays the
@@ -427,44 +448,88 @@ func (c *Coordinator) publish(ctx context.Context, b db.Build, dir string, repor
 }
 
 // verify checks the reported outputs against the derivation, their
-// references against allowed, and every uploaded file against its
-// reported hashes and sizes and the references it contains. It returns
-// results in the order of reported, with File set to the cache-relative
-// target.
-func (c *Coordinator) verify(b db.Build, dir string, reported []protocol.OutputResult, allowed allowedRefs) ([]db.OutputResult, error) {
+// references against allowed, and every upload against its reported
+// hashes and sizes and the references it contains: a file in dir, or
+// what a streamed upload of the agent's measured as it arrived. It
+// returns results in the order of reported, with File set to the
+// cache-relative target, and for each streamed output the closed store
+// upload holding its bytes (nil for the others), which the caller
+// publishes or discards. On error the uploads are discarded; one matching
+// errStoreTrouble is the cache store's failure, not the upload's.
+func (c *Coordinator) verify(b db.Build, agentID, dir string, reported []protocol.OutputResult, allowed allowedRefs) ([]db.OutputResult, []cache.Upload, error) {
 	declared := map[string]string{}
 	for _, o := range b.Outputs {
 		declared[o.Name] = o.Path
 	}
 	if len(reported) != len(declared) {
-		return nil, fmt.Errorf("reported %d outputs, derivation declares %d", len(reported), len(declared))
+		return nil, nil, fmt.Errorf("reported %d outputs, derivation declares %d", len(reported), len(declared))
 	}
 	seen := map[string]bool{}
 	results := make([]db.OutputResult, 0, len(reported))
+	ups := make([]cache.Upload, len(reported))
+	fail := func(err error) ([]db.OutputResult, []cache.Upload, error) {
+		discardAll(ups)
+		return nil, nil, err
+	}
 	for i, o := range reported {
 		path, ok := declared[o.Name]
 		if !ok || seen[o.Name] {
-			return nil, fmt.Errorf("outputs[%d]: output %q is not declared or is reported twice", i, o.Name)
+			return fail(fmt.Errorf("outputs[%d]: output %q is not declared or is reported twice", i, o.Name))
 		}
 		seen[o.Name] = true
 		if o.Path != path {
-			return nil, fmt.Errorf("outputs[%d] (%s): path %q, derivation declares %q", i, o.Name, o.Path, path)
+			return fail(fmt.Errorf("outputs[%d] (%s): path %q, derivation declares %q", i, o.Name, o.Path, path))
 		}
 		if err := allowed.checkClaimed(o); err != nil {
-			return nil, fmt.Errorf("outputs[%d] (%s): %w", i, o.Name, err)
+			return fail(fmt.Errorf("outputs[%d] (%s): %w", i, o.Name, err))
 		}
-		r, err := verifyFile(dir, o, allowed.scanner())
-		if errors.Is(err, fs.ErrNotExist) {
-			if pr, ok := c.publishedResult(o); ok {
-				r, err = pr, nil
+		var r db.OutputResult
+		var err error
+		if g := c.takeIngest(agentID, b.ID, o.Upload); g != nil {
+			r, ups[i], err = verifyIngest(g, o)
+		} else {
+			r, err = verifyFile(dir, o, allowed.scanner())
+			if errors.Is(err, fs.ErrNotExist) {
+				if pr, ok := c.publishedResult(o); ok {
+					r, err = pr, nil
+				}
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("outputs[%d] (%s): %w", i, o.Name, err)
+			return fail(fmt.Errorf("outputs[%d] (%s): %w", i, o.Name, err))
 		}
 		results = append(results, r)
 	}
-	return results, nil
+	return results, ups, nil
+}
+
+// verifyIngest checks a streamed upload against its report, returning
+// the closed store upload with its bytes when they match.
+func verifyIngest(g *Ingest, o protocol.OutputResult) (db.OutputResult, cache.Upload, error) {
+	rep, err := parseReport(o)
+	if err != nil {
+		g.c.dropIngests([]*Ingest{g})
+		return db.OutputResult{}, nil, err
+	}
+	m, up, scan, err := g.finish()
+	if err != nil {
+		return db.OutputResult{}, nil, err
+	}
+	r, err := rep.check(m, scan)
+	if err != nil {
+		up.Discard()
+		return db.OutputResult{}, nil, err
+	}
+	return r, up, nil
+}
+
+// discardAll drops the uploads not yet consumed.
+func discardAll(ups []cache.Upload) {
+	for _, up := range ups {
+		if up != nil {
+			up.Discard()
+		}
+	}
 }
 
 // publishedResult accepts a reported output whose upload is gone because

@@ -57,9 +57,10 @@ type spaceState struct {
 	low     bool
 	full    bool   // low because a write failed with ENOSPC
 	fullAt  uint64 // free space read when full was set
-	// refused are the builds whose upload was refused while low; their
-	// setup failure is the coordinator's.
-	refused map[string]bool
+	// refused are the builds whose upload the coordinator refused or
+	// could not take (short of space; its cache store failing a streamed
+	// upload), with why: their setup failure is the coordinator's.
+	refused map[string]string
 }
 
 // SpaceStatus is the disk part of Status.
@@ -122,7 +123,7 @@ func (c *Coordinator) UploadSpace(agentID, buildID string) error {
 	if !c.space.low {
 		return nil
 	}
-	c.space.refused[buildID] = true
+	c.space.refused[buildID] = "coordinator short of disk space: upload refused"
 	return &LowSpaceError{Free: c.space.free, Reserve: c.cfg.MinFreeSpace, Full: c.space.full}
 }
 

@@ -19,10 +19,27 @@ var ErrUploadName = errors.New("not an upload name of this build")
 // agents name them — and returns that output's name. A build the agent
 // does not hold is ErrNotYourBuild.
 func (c *Coordinator) UploadOutput(ctx context.Context, agentID, buildID, name string) (string, error) {
+	b, err := c.heldBuild(ctx, agentID, buildID)
+	if err != nil {
+		return "", err
+	}
+	out, _, err := uploadName(b, name)
+	return out, err
+}
+
+// heldBuild loads a build the agent holds (allocated or started);
+// anything else is ErrNotYourBuild.
+func (c *Coordinator) heldBuild(ctx context.Context, agentID, buildID string) (db.Build, error) {
 	b, err := c.store.Build(ctx, buildID)
 	if err != nil || b.AgentID != agentID || (b.State != db.StateAllocated && b.State != db.StateStarted) {
-		return "", fmt.Errorf("build %s: %w", buildID, ErrNotYourBuild)
+		return db.Build{}, fmt.Errorf("build %s: %w", buildID, ErrNotYourBuild)
 	}
+	return b, nil
+}
+
+// uploadName splits an upload name into the output it is of and its
+// compression, or says which names the build's outputs upload as.
+func uploadName(b db.Build, name string) (output, comp string, err error) {
 	for _, o := range b.Outputs {
 		rest, ok := strings.CutPrefix(name, o.Name+".nar")
 		if !ok {
@@ -30,7 +47,7 @@ func (c *Coordinator) UploadOutput(ctx context.Context, agentID, buildID, name s
 		}
 		for _, n := range compression.Names() {
 			if compression.Suffix(n) == rest {
-				return o.Name, nil
+				return o.Name, n, nil
 			}
 		}
 	}
@@ -38,5 +55,5 @@ func (c *Coordinator) UploadOutput(ctx context.Context, agentID, buildID, name s
 	for _, o := range b.Outputs {
 		names = append(names, o.Name+".nar[.zst|.xz|…]")
 	}
-	return "", fmt.Errorf("%q: %w (its outputs upload as %s)", text.Truncate(name, 100), ErrUploadName, strings.Join(names, ", "))
+	return "", "", fmt.Errorf("%q: %w (its outputs upload as %s)", text.Truncate(name, 100), ErrUploadName, strings.Join(names, ", "))
 }

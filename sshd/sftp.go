@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -130,11 +131,24 @@ func (t *uploadTree) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 	if err := t.s.coord.UploadSpace(t.agentID, v.build); err != nil {
 		return nil, refusal{err}
 	}
+	pf := r.Pflags()
+	if t.s.coord.Streams(v.build) {
+		g, err := t.s.coord.OpenIngest(t.ctx, t.agentID, v.build, v.file, pf.Trunc)
+		if errors.Is(err, coordinator.ErrNotYourBuild) {
+			return nil, os.ErrNotExist
+		}
+		if err != nil {
+			return nil, refusal{fmt.Errorf("upload refused: %w", err)}
+		}
+		if pf.Excl && g.Size() > 0 {
+			return nil, os.ErrExist
+		}
+		return &streamFile{g: g, max: t.max, t: t, build: v.build}, nil
+	}
 	if err := os.MkdirAll(filepath.Dir(real), 0o755); err != nil {
 		return nil, fmt.Errorf("create upload dir: %w", err)
 	}
 	flags := os.O_WRONLY | os.O_CREATE | syscall.O_NOFOLLOW
-	pf := r.Pflags()
 	if pf.Trunc {
 		flags |= os.O_TRUNC
 	}
@@ -166,20 +180,72 @@ func (t *uploadTree) checkName(v vpath, dir string) error {
 	if err != nil {
 		return refusal{fmt.Errorf("upload refused: %w", err)}
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	have, err := t.files(v.build, dir)
+	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		if e.Name() == v.file {
+	for name := range have {
+		if name == v.file {
 			continue
 		}
-		if other, err := t.s.coord.UploadOutput(t.ctx, t.agentID, v.build, e.Name()); err == nil && other == out {
-			return refusal{fmt.Errorf("upload refused: output %q already has %s; remove it first", out, e.Name())}
+		if other, err := t.s.coord.UploadOutput(t.ctx, t.agentID, v.build, name); err == nil && other == out {
+			return refusal{fmt.Errorf("upload refused: output %q already has %s; remove it first", out, name)}
 		}
 	}
 	return nil
 }
+
+// files are the names and sizes of the agent's files of a held build:
+// its streamed uploads, or the regular files in its upload dir.
+func (t *uploadTree) files(build, dir string) (map[string]int64, error) {
+	if t.s.coord.Streams(build) {
+		return t.s.coord.IngestSizes(t.agentID, build), nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	out := make(map[string]int64, len(entries))
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if fi, err := e.Info(); err == nil {
+			out[e.Name()] = fi.Size()
+		}
+	}
+	return out, nil
+}
+
+// streamFile is a handle on a streamed upload (coordinator.Ingest): the
+// bytes go through verification into the cache's store, not to disk
+// here, so the agent's on-disk budget does not count them; the size limit
+// and the coordinator's space check still apply.
+type streamFile struct {
+	g     *coordinator.Ingest
+	max   int64
+	t     *uploadTree
+	build string
+}
+
+func (f *streamFile) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > f.max {
+		return 0, fmt.Errorf("write at %d+%d is over the %d-byte upload limit: %w", off, len(p), f.max, sftp.ErrSSHFxFailure)
+	}
+	if err := f.t.s.coord.UploadSpace(f.t.agentID, f.build); err != nil {
+		return 0, refusal{err}
+	}
+	n, err := f.g.WriteAt(p, off)
+	f.t.s.uploaded.WithLabelValues(f.t.agentID).Add(float64(n))
+	if err != nil {
+		return n, refusal{err}
+	}
+	return n, nil
+}
+
+// Close ends the handle; the upload stays for more writes (a resume) or
+// the agent's report.
+func (f *streamFile) Close() error { return nil }
 
 // boundedFile refuses writes past the upload size limit and the agent's
 // in-flight budget, and while the coordinator is short of disk space.
@@ -229,9 +295,12 @@ func (b *boundedFile) Close() error {
 func (t *uploadTree) Filecmd(r *sftp.Request) error {
 	switch r.Method {
 	case "Remove":
-		_, real, err := t.held(r.Filepath, 3)
+		v, real, err := t.held(r.Filepath, 3)
 		if err != nil {
 			return err
+		}
+		if t.s.coord.Streams(v.build) {
+			return t.s.coord.RemoveIngest(t.agentID, v.build, v.file)
 		}
 		st, err := os.Lstat(real)
 		if err != nil {
@@ -252,7 +321,7 @@ func (t *uploadTree) Filecmd(r *sftp.Request) error {
 	case "Setstat":
 		// Accept only truncation of own files; mode and time changes are
 		// ignored rather than applied.
-		_, real, err := t.held(r.Filepath, 3)
+		v, real, err := t.held(r.Filepath, 3)
 		if err != nil {
 			return err
 		}
@@ -260,6 +329,16 @@ func (t *uploadTree) Filecmd(r *sftp.Request) error {
 			size := int64(r.Attributes().Size)
 			if size < 0 || size > t.max {
 				return sftp.ErrSSHFxPermissionDenied
+			}
+			if t.s.coord.Streams(v.build) {
+				g := t.s.coord.Ingest(t.agentID, v.build, v.file)
+				if g == nil {
+					return os.ErrNotExist
+				}
+				if err := g.Truncate(size); err != nil {
+					return refusal{err}
+				}
+				return nil
 			}
 			// Growing a file by truncation counts against the budget
 			// as writing would.
@@ -310,6 +389,13 @@ func (t *uploadTree) stat(p string) (os.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	if t.s.coord.Streams(v.build) {
+		size, ok := t.s.coord.IngestSizes(t.agentID, v.build)[v.file]
+		if !ok {
+			return nil, os.ErrNotExist
+		}
+		return fileInfo{name: v.file, size: size}, nil
+	}
 	st, err := os.Lstat(real)
 	if err != nil {
 		return nil, err
@@ -343,22 +429,15 @@ func (t *uploadTree) list(p string) (sftp.ListerAt, error) {
 		if err != nil {
 			return nil, err
 		}
-		entries, err := os.ReadDir(real)
+		have, err := t.files(v.build, real)
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return listerAt{}, nil
-			}
 			return nil, err
 		}
-		l := make(listerAt, 0, len(entries))
-		for _, e := range entries {
-			if !e.Type().IsRegular() {
-				continue
-			}
-			if fi, err := e.Info(); err == nil {
-				l = append(l, fi)
-			}
+		l := make(listerAt, 0, len(have))
+		for name, size := range have {
+			l = append(l, fileInfo{name: name, size: size})
 		}
+		slices.SortFunc(l, func(a, b os.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
 		return l, nil
 	}
 	return nil, sftp.ErrSSHFxPermissionDenied
@@ -376,6 +455,19 @@ func (l listerAt) ListAt(dst []os.FileInfo, off int64) (int, error) {
 	}
 	return n, nil
 }
+
+// fileInfo describes an upload file by name and size.
+type fileInfo struct {
+	name string
+	size int64
+}
+
+func (f fileInfo) Name() string       { return f.name }
+func (f fileInfo) Size() int64        { return f.size }
+func (f fileInfo) Mode() os.FileMode  { return 0o644 }
+func (f fileInfo) ModTime() time.Time { return time.Time{} }
+func (f fileInfo) IsDir() bool        { return false }
+func (f fileInfo) Sys() any           { return nil }
 
 // dirInfo describes a virtual directory.
 type dirInfo string

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +57,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	storeDir := fs.String("store-dir", "/nix/store", "the farm's store directory (/gnu/store adds Guix signatures)")
 	cacheStore := fs.String("cache-store", "", "where the cache keeps its objects (`URL`): file:DIR, or s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R&scheme=http|https with credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or --cache-store-credentials (default file:STATE/cache)")
 	cacheCreds := fs.String("cache-store-credentials", "", "AWS shared credentials `FILE` for an s3:// --cache-store (profile default, or ?profile= in the URL)")
+	streamUploads := fs.String("stream-uploads", "auto", "on: agents' uploads stream through verification straight into the cache store, never written to STATE/uploads; off: each is written there, verified, then moved into the cache; auto: on with an s3:// --cache-store")
 	httpListen := fs.String("http-listen", "", "also serve the cache read-only over plain HTTP on `ADDR` (e.g. 127.0.0.1:8080)")
 	metricsListen := fs.String("metrics-listen", "", "also serve Prometheus metrics at /metrics over plain HTTP on `ADDR` (e.g. 127.0.0.1:9100); they are always reachable through the SSH port at "+sshd.MetricsAddress)
 	webListen := fs.String("web-listen", "", "also serve the read-only web interface over plain HTTP on `ADDR` (for a reverse proxy; without it, ssh -L 8080:web.gbc:80 reaches it for reader keys and above)")
@@ -182,6 +184,16 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("--cache-store: %w", err)
 	}
+	var stream bool
+	switch *streamUploads {
+	case "auto":
+		stream = strings.HasPrefix(storeURL, "s3://")
+	case "on":
+		stream = true
+	case "off":
+	default:
+		return fmt.Errorf("--stream-uploads %q: want auto, on or off", *streamUploads)
+	}
 	bc, err := cache.OpenStore(ctx, cst, cache.Options{
 		StoreDir: *storeDir, Compression: *comp, NixKey: ck.Nix, GuixKey: ck.Guix, Logger: log, Clock: clk,
 	})
@@ -196,7 +208,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	coord, err := coordinator.New(ctx, coordinator.Config{
 		StateDir: dir, Store: store, Clock: clk, Logger: log, StoreDirs: storeDirs,
-		Cache: bc, CacheAddress: protocol.CacheAddress,
+		Cache: bc, CacheAddress: protocol.CacheAddress, StreamUploads: stream,
 		Strategy: strat, Heartbeat: *heartbeat, DisconnectGrace: *grace, BuildTimeout: *buildTimeout,
 		MaxSilentTime: *maxSilent, MaxSetupFailures: *maxSetup, SubmitMissingInputs: *hf.submitMissing,
 		MinFreeSpace: uint64(reserve), CachePolicy: policy,
