@@ -159,8 +159,10 @@ func readObject(t *testing.T, cli *minio.Client, bucket, key string) []byte {
 
 // TestCoordinatorKilledDuringLargeUploadS3: with the cache in a bucket,
 // the coordinator is killed (SIGKILL) while an agent uploads a large
-// output, and started again on the same state and port. The agent
-// reconnects and resumes its upload; the build succeeds and the bucket
+// output — streamed into the bucket, so while its parts are being PUT
+// there — and started again on the same state and port. The agent
+// reconnects and uploads again (the new process has no stream to resume;
+// it aborted the old one's multipart upload at start); the build succeeds and the bucket
 // holds its narinfo and a NAR object of exactly the reported size and
 // hash; no incomplete multipart upload is left.
 func TestCoordinatorKilledDuringLargeUploadS3(t *testing.T) {
@@ -189,16 +191,21 @@ func TestCoordinatorKilledDuringLargeUploadS3(t *testing.T) {
 	agent := start(t, n, a...)
 
 	id := f.mustSSH("build " + drv)
-	remote := filepath.Join(f.state, "uploads", agentID, id, "out.nar.zst")
+	// The upload streams into the bucket (--stream-uploads is on with an
+	// s3:// store): it shows as a multipart upload there, and nothing is
+	// written under the coordinator's upload dir.
+	updir := filepath.Join(f.state, "uploads", agentID, id)
+	cli := weed.Client(t)
 	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if st, err := os.Stat(remote); err == nil && st.Size() > 32<<20 {
-			break
+	for streamed := false; !streamed; {
+		streamed = streamedBytes(t, cli, bucket) > 32<<20
+		if ents, _ := os.ReadDir(updir); len(ents) > 0 {
+			t.Fatalf("the upload was written to the coordinator's disk: %s", ents[0].Name())
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no upload started; agent log:\n%s", agent.log.String())
+			t.Fatalf("no upload of more than 32 MiB streaming into the bucket; agent log:\n%s", agent.log.String())
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 	if err := f.coord.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -219,7 +226,6 @@ func TestCoordinatorKilledDuringLargeUploadS3(t *testing.T) {
 		t.Fatalf("build %s on %s\nagent log:\n%s", b.State, b.Agent, agent.log.String())
 	}
 	o := b.Outputs[0]
-	cli := weed.Client(t)
 	ni, err := narinfo.Parse(readObject(t, cli, bucket, filepath.Base(o.Path)[:32]+".narinfo"))
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +239,31 @@ func TestCoordinatorKilledDuringLargeUploadS3(t *testing.T) {
 			t.Fatalf("incomplete upload left: %s", up.Key)
 		}
 	}
-	if _, err := os.Stat(remote); err == nil {
-		t.Fatal("the upload is still on the coordinator's disk after publication")
+	for oi := range cli.ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Prefix: "_gbc-uploads/", Recursive: true}) {
+		if oi.Err == nil {
+			t.Fatalf("temp object left: %s", oi.Key)
+		}
 	}
+}
+
+// streamedBytes is what the parts of the multipart uploads in progress
+// under the bucket's temp area hold.
+func streamedBytes(t *testing.T, cli *minio.Client, bucket string) int64 {
+	t.Helper()
+	ctx := context.Background()
+	core := minio.Core{Client: cli}
+	var n int64
+	for up := range cli.ListIncompleteUploads(ctx, bucket, "_gbc-uploads/", true) {
+		if up.Err != nil {
+			continue
+		}
+		parts, err := core.ListObjectParts(ctx, bucket, up.Key, up.UploadID, 0, 1000)
+		if err != nil {
+			continue // completed or aborted meanwhile
+		}
+		for _, p := range parts.ObjectParts {
+			n += p.Size
+		}
+	}
+	return n
 }

@@ -74,6 +74,13 @@ func newEnv(t *testing.T, maxLine int) *env {
 // coordinator; adjust sets the server options a test needs.
 func newEnvWith(t *testing.T, adjust func(*Config)) *env {
 	t.Helper()
+	return newEnvCoord(t, nil, adjust)
+}
+
+// newEnvCoord is newEnvWith with coord (when not nil) also setting the
+// coordinator's options; it is given the test's directory.
+func newEnvCoord(t *testing.T, coord func(dir string, c *coordinator.Config), adjust func(*Config)) *env {
+	t.Helper()
 	dir := t.TempDir()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "gbc.db"), nil)
@@ -82,7 +89,11 @@ func newEnvWith(t *testing.T, adjust func(*Config)) *env {
 	}
 	e := &env{t: t, store: st, storeDir: filepath.Join(dir, "store")}
 	os.MkdirAll(e.storeDir, 0o755)
-	c, err := coordinator.New(ctx, coordinator.Config{StateDir: filepath.Join(dir, "state"), Store: st, StoreDirs: []string{e.storeDir}})
+	ccfg := coordinator.Config{StateDir: filepath.Join(dir, "state"), Store: st, StoreDirs: []string{e.storeDir}}
+	if coord != nil {
+		coord(dir, &ccfg)
+	}
+	c, err := coordinator.New(ctx, ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
