@@ -351,17 +351,14 @@ func (c *Cache) deriverBase(d string) (string, error) {
 // removed when the same content or path was already there); on error it is
 // left in place.
 func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) error {
-	sp, err := c.checkEntry(&e)
+	sp, release, done, err := c.enterPublish(ctx, &e)
 	if err != nil {
-		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
-	}
-	url := narURL(e.FileHash, e.Compression)
-	defer c.enter(c.fenceKeys(sp.HashPart, url, e.References)...)()
-	if done, err := c.alreadyPublished(ctx, sp, e.NarHash); done || err != nil {
-		if err == nil {
-			os.Remove(compressedFile)
-		}
 		return err
+	}
+	defer release()
+	if done {
+		os.Remove(compressedFile)
+		return nil
 	}
 	st, err := os.Stat(compressedFile)
 	if err != nil {
@@ -382,16 +379,32 @@ func (c *Cache) Publish(ctx context.Context, e Entry, compressedFile string) err
 // caller), as Publish does with a file. up is consumed whatever happens.
 func (c *Cache) PublishUpload(ctx context.Context, e Entry, up Upload) error {
 	defer up.Discard()
-	sp, err := c.checkEntry(&e)
+	sp, release, done, err := c.enterPublish(ctx, &e)
 	if err != nil {
-		return fmt.Errorf("cache publish %s: %w", e.StorePath, err)
-	}
-	url := narURL(e.FileHash, e.Compression)
-	defer c.enter(c.fenceKeys(sp.HashPart, url, e.References)...)()
-	if done, err := c.alreadyPublished(ctx, sp, e.NarHash); done || err != nil {
 		return err
 	}
+	defer release()
+	if done {
+		return nil
+	}
 	return c.publishUpload(ctx, sp, e, up)
+}
+
+// enterPublish checks e, enters the retention fence for what its
+// publication relies on (release leaves it) and says whether e's path is
+// already published with its NAR hash (a conflict is an error).
+func (c *Cache) enterPublish(ctx context.Context, e *Entry) (sp storepath.StorePath, release func(), done bool, err error) {
+	sp, err = c.checkEntry(e)
+	if err != nil {
+		return sp, nil, false, fmt.Errorf("cache publish %s: %w", e.StorePath, err)
+	}
+	release = c.enter(c.fenceKeys(sp.HashPart, narURL(e.FileHash, e.Compression), e.References)...)
+	done, err = c.alreadyPublished(ctx, sp, e.NarHash)
+	if err != nil {
+		release()
+		return sp, nil, false, err
+	}
+	return sp, release, done, nil
 }
 
 // publishUpload places up, the compressed NAR of e, and then e's narinfo;

@@ -306,13 +306,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		// A streamed upload the cache store failed to take: the
 		// coordinator's trouble, as when publishing fails below.
 		c.log.Error("streamed upload lost by the cache store", "build", m.Build, "agent", s.agentID, "err", verr)
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if cur, lerr := c.store.Build(ctx, m.Build); lerr == nil && cur.AgentID == s.agentID && !cur.State.Terminal() {
-			c.coordinatorTroubleLocked(ctx, m.Build, s.agentID, "coordinator could not store the upload: "+verr.Error())
-			c.dispatchLocked(ctx)
-		}
-		return fmt.Errorf("build %s: the coordinator could not store the upload (requeued, not charged to this agent): %w", m.Build, verr)
+		return s.coordinatorTrouble(ctx, m.Build, "store the upload", verr)
 	}
 	if verr != nil {
 		c.mu.Lock()
@@ -348,13 +342,7 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		if errors.Is(err, syscall.ENOSPC) {
 			c.noteFullLocked(true)
 		}
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if cur, lerr := c.store.Build(ctx, m.Build); lerr == nil && cur.AgentID == s.agentID && !cur.State.Terminal() {
-			c.coordinatorTroubleLocked(ctx, m.Build, s.agentID, "coordinator could not publish the verified outputs: "+err.Error())
-			c.dispatchLocked(ctx)
-		}
-		return fmt.Errorf("build %s: the coordinator could not publish the verified outputs (requeued, not charged to this agent): %w", m.Build, err)
+		return s.coordinatorTrouble(ctx, m.Build, "publish the verified outputs", err)
 	}
 	published := time.Now()
 	// Recorded before taking the coordinator lock: the store's
@@ -387,6 +375,21 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		"publish_ms", millis(published.Sub(verified)), "record_ms", millis(recorded.Sub(published)),
 		"lock_ms", millis(locked.Sub(recorded)), "dispatch_ms", millis(time.Since(locked)))
 	return nil
+}
+
+// coordinatorTrouble sends the build back to the queue, charged to nobody,
+// after the coordinator failed to do what (its own trouble with a result
+// it was given), and returns the refusal for the agent, which then drops
+// its result.
+func (s *Session) coordinatorTrouble(ctx context.Context, buildID, what string, err error) error {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, lerr := c.store.Build(ctx, buildID); lerr == nil && cur.AgentID == s.agentID && !cur.State.Terminal() {
+		c.coordinatorTroubleLocked(ctx, buildID, s.agentID, "coordinator could not "+what+": "+err.Error())
+		c.dispatchLocked(ctx)
+	}
+	return fmt.Errorf("build %s: the coordinator could not %s (requeued, not charged to this agent): %w", buildID, what, err)
 }
 
 // publish moves the verified files into the cache and, with a Cache, signs

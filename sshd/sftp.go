@@ -229,11 +229,8 @@ type streamFile struct {
 }
 
 func (f *streamFile) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > f.max {
-		return 0, fmt.Errorf("write at %d+%d is over the %d-byte upload limit: %w", off, len(p), f.max, sftp.ErrSSHFxFailure)
-	}
-	if err := f.t.s.coord.UploadSpace(f.t.agentID, f.build); err != nil {
-		return 0, refusal{err}
+	if err := f.t.admit(f.build, f.max, off, len(p)); err != nil {
+		return 0, err
 	}
 	n, err := f.g.WriteAt(p, off)
 	f.t.s.uploaded.WithLabelValues(f.t.agentID).Add(float64(n))
@@ -260,14 +257,11 @@ type boundedFile struct {
 }
 
 func (b *boundedFile) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > b.max {
-		return 0, fmt.Errorf("write at %d+%d is over the %d-byte upload limit: %w", off, len(p), b.max, sftp.ErrSSHFxFailure)
+	if err := b.t.admit(b.build, b.max, off, len(p)); err != nil {
+		return 0, err
 	}
 	if err := b.budget.reserve(b.path, off+int64(len(p))); err != nil {
 		return 0, err
-	}
-	if err := b.t.s.coord.UploadSpace(b.t.agentID, b.build); err != nil {
-		return 0, refusal{err}
 	}
 	n, err := b.f.WriteAt(p, off)
 	b.t.s.uploaded.WithLabelValues(b.t.agentID).Add(float64(n))
@@ -278,6 +272,18 @@ func (b *boundedFile) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// admit checks a write of n bytes at off against the upload size limit
+// and the coordinator's disk space.
+func (t *uploadTree) admit(build string, max, off int64, n int) error {
+	if off < 0 || off+int64(n) > max {
+		return fmt.Errorf("write at %d+%d is over the %d-byte upload limit: %w", off, n, max, sftp.ErrSSHFxFailure)
+	}
+	if err := t.s.coord.UploadSpace(t.agentID, build); err != nil {
+		return refusal{err}
+	}
+	return nil
 }
 
 // refusal carries a coordinator's refusal to the SFTP client as a failure
