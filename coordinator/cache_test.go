@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/gbc-farm/gbc/cache"
-	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/internal/testagent"
 	"github.com/gbc-farm/gbc/narinfo"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/scheduler"
@@ -60,24 +60,8 @@ func withCache(t *testing.T, h *harness, mods ...func(*Config)) (*cache.Cache, s
 // checks that), with the given input derivations.
 func (h *harness) realDrv(name string, inputs ...string) string {
 	h.t.Helper()
-	out := h.storePath(name)
-	d := &derivation.Derivation{
-		Outputs: []derivation.Output{{Name: "out", Path: out}},
-		System:  "x86_64-linux",
-		Builder: "/bin/sh",
-		Args:    []string{"-c", "echo hi > $out"},
-		Env:     []derivation.EnvVar{{Key: "out", Value: out}},
-	}
-	for _, in := range inputs {
-		d.InputDrvs = append(d.InputDrvs, derivation.InputDrv{Path: in, Outputs: []string{"out"}})
-	}
-	sp, _ := storepath.Parse(out)
-	d.Env = append(d.Env, derivation.EnvVar{Key: "name", Value: sp.Name})
-	p, err := d.DrvPath()
+	p, err := testagent.Derivation(h.storePath(name), inputs...)
 	if err != nil {
-		h.t.Fatal(err)
-	}
-	if err := os.WriteFile(p, d.Bytes(), 0o644); err != nil {
 		h.t.Fatal(err)
 	}
 	return p

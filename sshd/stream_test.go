@@ -15,11 +15,9 @@ import (
 	"github.com/gbc-farm/gbc/agent/upload"
 	"github.com/gbc-farm/gbc/cache"
 	"github.com/gbc-farm/gbc/coordinator"
-	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/internal/testagent"
 	"github.com/gbc-farm/gbc/protocol"
 	"github.com/gbc-farm/gbc/signing"
-	"github.com/gbc-farm/gbc/storepath"
 )
 
 // newStreamingEnv is a server whose coordinator has a cache and streams
@@ -45,18 +43,8 @@ func newStreamingEnv(t *testing.T) (*env, *cache.Cache) {
 // cache needs.
 func (e *env) realDrv(name string) string {
 	e.t.Helper()
-	out := e.storePath(name)
-	sp, _ := storepath.Parse(out)
-	d := &derivation.Derivation{
-		Outputs: []derivation.Output{{Name: "out", Path: out}},
-		System:  "x86_64-linux", Builder: "/bin/sh", Args: []string{"-c", "true"},
-		Env: []derivation.EnvVar{{Key: "name", Value: sp.Name}, {Key: "out", Value: out}},
-	}
-	p, err := d.DrvPath()
+	p, err := testagent.Derivation(e.storePath(name))
 	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.WriteFile(p, d.Bytes(), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
 	return p

@@ -21,9 +21,11 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/gbc-farm/gbc/compression"
+	"github.com/gbc-farm/gbc/derivation"
 	"github.com/gbc-farm/gbc/nar"
 	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
+	"github.com/gbc-farm/gbc/storepath"
 )
 
 // Agent is one agent session. Send, Raw and Header may be called from
@@ -205,4 +207,32 @@ func Output(o protocol.OutputRef, content string) ([]byte, protocol.OutputResult
 		FileHash: nixhash.NewSHA256(fileHash).String(), FileSize: int64(comp.Len()),
 		Compression: "zstd", References: []string{}, Upload: name + ".nar.zst",
 	}, nil
+}
+
+// Derivation writes a derivation building out (a store path) from the
+// given input derivations at the path its contents hash to, as a
+// coordinator with a cache requires, and returns that path.
+func Derivation(out string, inputs ...string) (string, error) {
+	sp, err := storepath.Parse(out)
+	if err != nil {
+		return "", err
+	}
+	d := &derivation.Derivation{
+		Outputs: []derivation.Output{{Name: "out", Path: out}},
+		System:  "x86_64-linux",
+		Builder: "/bin/sh",
+		Args:    []string{"-c", "echo hi > $out"},
+		Env:     []derivation.EnvVar{{Key: "out", Value: out}, {Key: "name", Value: sp.Name}},
+	}
+	for _, in := range inputs {
+		d.InputDrvs = append(d.InputDrvs, derivation.InputDrv{Path: in, Outputs: []string{"out"}})
+	}
+	p, err := d.DrvPath()
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(p, d.Bytes(), 0o644); err != nil {
+		return "", err
+	}
+	return p, nil
 }
