@@ -501,6 +501,7 @@ func (c *Coordinator) releaseLocked(buildID, agentID string) {
 	c.closePhasesLocked(buildID)
 	c.checkReleasedLocked(buildID)
 	c.releaseIngests(agentID, buildID)
+	c.directReleasedLocked(buildID)
 	if err := os.RemoveAll(c.uploadDir(agentID, buildID)); err != nil {
 		c.log.Warn("remove upload dir", "build", buildID, "agent", agentID, "err", err)
 	}

@@ -98,6 +98,10 @@ type Config struct {
 	// StateDir/uploads first (ingest.go). Needs Cache; a check side's
 	// uploads still go to disk.
 	StreamUploads bool
+	// DirectUploads, when set (an s3:// Cache only), gives agents
+	// presigned URLs to PUT their outputs straight into the cache's
+	// bucket (direct.go); nil: every upload goes over SFTP.
+	DirectUploads *cache.DirectUploads
 	// CacheAddress is the reserved host:port agents reach the cache at
 	// through their SSH connection; sent in welcome when Cache is set.
 	CacheAddress string
@@ -180,6 +184,8 @@ type Coordinator struct {
 	known   map[string]agentMeta
 	// checks are the pending reproducibility checks (checks.go).
 	checks checkState
+	// direct tracks the direct upload URLs handed out (direct.go).
+	direct directState
 }
 
 // New loads the ready queue from the store and returns a running coordinator.
@@ -229,6 +235,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.LogCache == nil && cfg.Cache != nil {
 		cfg.LogCache = cfg.Cache
 	}
+	if cfg.DirectUploads != nil && cfg.Cache == nil {
+		return nil, errors.New("coordinator: direct uploads need a cache in an object store")
+	}
 	dirs := []string{"uploads", "log", "checks"}
 	if cfg.Cache == nil {
 		// Without a Cache, verified outputs are moved to cache/nar here;
@@ -258,6 +267,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		metrics:   newMetrics(),
 		known:     map[string]agentMeta{},
 		checks:    newCheckState(),
+		direct:    newDirectState(),
 	}
 	// Not ctx, which may be New's alone: the lifetime ends with Close.
 	c.life, c.stop = context.WithCancel(context.Background())
@@ -304,6 +314,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if cfg.StreamUploads && cfg.Cache != nil && c.spawn() {
 		go c.dropper()
+	}
+	if cfg.DirectUploads != nil && c.spawn() {
+		go c.dropDirect()
 	}
 	c.sweepLogs(ctx)
 	st := c.sched.Stats()

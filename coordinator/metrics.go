@@ -36,6 +36,9 @@ type metrics struct {
 	phaseDuration *prometheus.HistogramVec
 	setupFailures *prometheus.CounterVec
 	infraFailures *prometheus.CounterVec
+	// verifiedBytes counts the compressed bytes of uploads read back for
+	// verification, by how they arrived (sftp, direct).
+	verifiedBytes *prometheus.CounterVec
 	// checksFinished counts reproducibility checks by verdict.
 	checksFinished *prometheus.CounterVec
 	checksPending  *prometheus.Desc
@@ -68,6 +71,10 @@ func newMetrics() *metrics {
 			Name: "gbc_agent_setup_failures_total",
 			Help: "Attempts an agent could not set up (an input missing, its store daemon refused), counted toward the build's setup-failure limit.",
 		}, agent),
+		verifiedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gbc_upload_verified_bytes_total",
+			Help: "Compressed bytes of agents' uploads read back and verified, by how they reached the coordinator: sftp (uploaded to it) or direct (PUT by the agent into the cache's bucket, read back from there).",
+		}, []string{"via"}),
 		infraFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gbc_agent_infrastructure_failures_total",
 			Help: "Attempts on an agent that ended without a verdict on the build, by kind: infrastructure (the agent or its link went away) or verification (its upload did not verify). The coordinator's own trouble is not counted.",
@@ -110,6 +117,7 @@ func (k *collector) Describe(ch chan<- *prometheus.Desc) {
 	m.phaseDuration.Describe(ch)
 	m.setupFailures.Describe(ch)
 	m.infraFailures.Describe(ch)
+	m.verifiedBytes.Describe(ch)
 	m.checksFinished.Describe(ch)
 }
 
@@ -198,6 +206,7 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	m.phaseDuration.Collect(ch)
 	m.setupFailures.Collect(ch)
 	m.infraFailures.Collect(ch)
+	m.verifiedBytes.Collect(ch)
 	gauge(m.checksPending, float64(pendingChecks))
 	m.checksFinished.Collect(ch)
 }

@@ -300,8 +300,14 @@ func (s *Session) Succeeded(ctx context.Context, m *protocol.Succeeded) error {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	loaded := time.Now()
-	results, ups, verr := c.verify(b, s.agentID, dir, m.Outputs, allowed)
+	results, ups, verr := c.verify(ctx, b, s.agentID, dir, m.Outputs, allowed)
 	defer discardAll(ups) // a no-op for those published
+	if errors.Is(verr, ErrUnavailable) {
+		// The object store failing while a direct upload is read back:
+		// neither acknowledged nor refused, resent later.
+		c.log.Error("result not checked: a direct upload cannot be read", "build", m.Build, "agent", s.agentID, "err", verr)
+		return verr
+	}
 	if errors.Is(verr, errStoreTrouble) {
 		// A streamed upload the cache store failed to take: the
 		// coordinator's trouble, as when publishing fails below.
@@ -453,13 +459,14 @@ func (c *Coordinator) publish(ctx context.Context, b db.Build, dir string, repor
 // verify checks the reported outputs against the derivation, their
 // references against allowed, and every upload against its reported
 // hashes and sizes and the references it contains: a file in dir, or
-// what a streamed upload of the agent's measured as it arrived. It
+// what a streamed upload of the agent's measured as it arrived, or an
+// object the agent PUT into the cache's bucket (verifyDirect). It
 // returns results in the order of reported, with File set to the
 // cache-relative target, and for each streamed output the closed store
 // upload holding its bytes (nil for the others), which the caller
 // publishes or discards. On error the uploads are discarded; one matching
 // errStoreTrouble is the cache store's failure, not the upload's.
-func (c *Coordinator) verify(b db.Build, agentID, dir string, reported []protocol.OutputResult, allowed allowedRefs) ([]db.OutputResult, []cache.Upload, error) {
+func (c *Coordinator) verify(ctx context.Context, b db.Build, agentID, dir string, reported []protocol.OutputResult, allowed allowedRefs) ([]db.OutputResult, []cache.Upload, error) {
 	declared := map[string]string{}
 	for _, o := range b.Outputs {
 		declared[o.Name] = o.Path
@@ -488,10 +495,23 @@ func (c *Coordinator) verify(b db.Build, agentID, dir string, reported []protoco
 		}
 		var r db.OutputResult
 		var err error
-		if g := c.takeIngest(agentID, b.ID, o.Upload); g != nil {
+		if o.Direct != "" {
+			r, ups[i], err = c.verifyDirect(ctx, agentID, b.ID, o, allowed.scanner())
+			if errors.Is(err, fs.ErrNotExist) && !errors.Is(err, ErrUnavailable) {
+				if pr, ok := c.publishedResult(o); ok {
+					r, err = pr, nil
+				}
+			}
+		} else if g := c.takeIngest(agentID, b.ID, o.Upload); g != nil {
 			r, ups[i], err = verifyIngest(g, o)
+			if err == nil {
+				c.metrics.verifiedBytes.WithLabelValues("sftp").Add(float64(r.FileSize))
+			}
 		} else {
 			r, err = verifyFile(dir, o, allowed.scanner())
+			if err == nil {
+				c.metrics.verifiedBytes.WithLabelValues("sftp").Add(float64(r.FileSize))
+			}
 			if errors.Is(err, fs.ErrNotExist) {
 				if pr, ok := c.publishedResult(o); ok {
 					r, err = pr, nil

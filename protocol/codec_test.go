@@ -15,6 +15,9 @@ func TestRoundTrip(t *testing.T) {
 		&Build{Build: "b", Derivation: "/nix/store/x.drv", Outputs: []OutputRef{{Name: "out", Path: "/nix/store/y"}}},
 		&Log{Header: Header{ID: 3}, Build: "b", Offset: 10, Data: []byte("line\n\x00\xff")},
 		&Succeeded{Header: Header{ID: 4}, Build: "b", Outputs: []OutputResult{{Name: "out", NarSize: 5}}},
+		&UploadURL{Header: Header{ID: 5}, Build: "b", Upload: "out.nar.zst", Size: 7},
+		&UploadTarget{Header: Header{ID: 5}, Build: "b", Upload: "out.nar.zst", URL: "http://s3/x", Direct: "t", ExpiresSeconds: 900},
+		&Succeeded{Header: Header{ID: 6}, Build: "b", Outputs: []OutputResult{{Name: "out", Direct: "t"}}},
 		Ack{Header: Header{ID: 4}},
 	}
 	var buf bytes.Buffer

@@ -28,10 +28,13 @@ const (
 	TypeSetupFailure = "setup-failure"
 	TypeFailed       = "failed"
 	TypeSucceeded    = "succeeded"
+	TypeUploadURL    = "upload-url"
 
 	TypeWelcome = "welcome"
 	TypeBuild   = "build"
 	TypeCancel  = "cancel"
+
+	TypeUploadTarget = "upload-target"
 
 	TypeAck   = "ack"
 	TypeError = "error"
@@ -202,6 +205,37 @@ type OutputResult struct {
 	Compression string   `json:"compression"` // zstd, xz, gzip, none
 	References  []string `json:"references"`  // full store paths
 	Upload      string   `json:"upload"`      // file name inside the build's upload dir
+	// Direct is the token of an UploadTarget the file was PUT to instead
+	// of being uploaded over SFTP; empty for an SFTP upload.
+	Direct string `json:"direct,omitempty"`
+}
+
+// MaxDirectUpload is the largest file an agent PUTs to an UploadTarget
+// (one S3 PUT); larger ones go over SFTP.
+const MaxDirectUpload = 5 << 30
+
+// UploadURL asks the coordinator for a URL to PUT one output's file to,
+// straight into the cache's object store, instead of uploading it over
+// SFTP. The answer is an UploadTarget, or an Error (direct uploads off, a
+// build the agent does not hold, a coordinator that does not know the
+// type): then the agent uploads over SFTP, as it does when the PUT fails.
+type UploadURL struct {
+	Header
+	Build  string `json:"build"`
+	Upload string `json:"upload"` // the file's name, as over SFTP
+	Size   int64  `json:"size"`
+}
+
+// UploadTarget answers UploadURL: PUT the file's bytes to URL (before
+// ExpiresSeconds have passed), then report it with Direct set to the
+// token.
+type UploadTarget struct {
+	Header
+	Build          string `json:"build"`
+	Upload         string `json:"upload"`
+	URL            string `json:"url"`
+	Direct         string `json:"direct"`
+	ExpiresSeconds int    `json:"expires_seconds"`
 }
 
 // Succeeded reports a built and uploaded result.
@@ -233,6 +267,8 @@ func (Log) MessageType() string          { return TypeLog }
 func (SetupFailure) MessageType() string { return TypeSetupFailure }
 func (Failed) MessageType() string       { return TypeFailed }
 func (Succeeded) MessageType() string    { return TypeSucceeded }
+func (UploadURL) MessageType() string    { return TypeUploadURL }
+func (UploadTarget) MessageType() string { return TypeUploadTarget }
 func (Ack) MessageType() string          { return TypeAck }
 func (Error) MessageType() string        { return TypeError }
 
@@ -261,6 +297,10 @@ func newMessage(typ string) Message {
 		return &Failed{}
 	case TypeSucceeded:
 		return &Succeeded{}
+	case TypeUploadURL:
+		return &UploadURL{}
+	case TypeUploadTarget:
+		return &UploadTarget{}
 	case TypeAck:
 		return &Ack{}
 	case TypeError:

@@ -181,6 +181,18 @@ func (s *Server) handleAgent(sess ssh.Session) {
 			if m.ID != 0 || err != nil {
 				reply(m.ID, err)
 			}
+		case *protocol.UploadURL:
+			// Answered at once (a read of the build and a local
+			// signature), not behind results being verified.
+			t, err := cs.UploadURL(ctx, m)
+			if err != nil {
+				log.Info("upload URL refused", "build", text.Truncate(m.Build, 64), "err", err)
+				reply(m.ID, err)
+				continue
+			}
+			if err := w.Write(t); err != nil {
+				log.Debug("write upload target", "err", err)
+			}
 		case *protocol.Ack:
 			cs.Ack(m.ID)
 		case *protocol.Error:
