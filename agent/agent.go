@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/pkg/sftp"
 
 	"github.com/gbc-farm/gbc/agent/backend"
+	"github.com/gbc-farm/gbc/agent/upload"
 	"github.com/gbc-farm/gbc/protocol"
 )
 
@@ -49,6 +51,10 @@ type Config struct {
 	// UploadAttempts is how often an upload may fail on a live connection
 	// before the build is reported as a setup failure (3).
 	UploadAttempts int
+	// DirectUpload asks the coordinator for a presigned URL per output
+	// and PUTs the file straight into the cache's object store, uploading
+	// over SFTP when the coordinator gives none or the PUT fails.
+	DirectUpload bool
 
 	Log *slog.Logger
 }
@@ -109,6 +115,12 @@ type Agent struct {
 	// fwd is the local end of the cache tunnel.
 	fwd *cacheForward
 
+	// waiting are the requests (other than results) whose answer a
+	// goroutine waits for, by message id; guarded by mu.
+	waiting map[uint64]chan protocol.Message
+	// http PUTs direct uploads.
+	http *http.Client
+
 	wg sync.WaitGroup // build goroutines
 }
 
@@ -140,6 +152,8 @@ func New(cfg Config) (*Agent, error) {
 		runs:    map[string]*run{},
 		nextID:  1, // hello is 1; nextMsgID hands out 2, 3, …
 		connGen: make(chan struct{}),
+		waiting: map[uint64]chan protocol.Message{},
+		http:    upload.HTTPClient(),
 	}, nil
 }
 
@@ -308,6 +322,54 @@ func (a *Agent) resendPending() {
 		}
 		a.log.Info("resent result", "build", p.build, "type", p.msg.MessageType(), "id", p.id)
 	}
+}
+
+// request sends m (whose id is id) and waits for the answer: the reply
+// message, or an Error. It gives up when ctx ends, after timeout, or when
+// the connection changes (the answer would not come).
+func (a *Agent) request(ctx context.Context, id uint64, m protocol.Message, timeout time.Duration) (protocol.Message, error) {
+	ch := make(chan protocol.Message, 1)
+	a.mu.Lock()
+	if a.conn == nil {
+		a.mu.Unlock()
+		return nil, errNotConnected
+	}
+	c, changed := a.conn, a.connGen
+	a.waiting[id] = ch
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.waiting, id)
+		a.mu.Unlock()
+	}()
+	if err := c.w.Write(m); err != nil {
+		return nil, err
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-changed:
+		return nil, errNotConnected
+	case <-t.C:
+		return nil, fmt.Errorf("no answer to %s within %s", m.MessageType(), timeout)
+	}
+}
+
+// deliver hands an answer to the request waiting for its id; false when
+// none waits.
+func (a *Agent) deliver(id uint64, m protocol.Message) bool {
+	a.mu.Lock()
+	ch, ok := a.waiting[id]
+	delete(a.waiting, id)
+	a.mu.Unlock()
+	if ok {
+		ch <- m
+	}
+	return ok
 }
 
 // answered handles an ack (refusal == "") or error reply to one of our

@@ -312,7 +312,15 @@ func (a *Agent) reportPhase(build, phase string, log *slog.Logger) {
 func (a *Agent) uploadAll(ctx context.Context, r *run, results []protocol.OutputResult, log *slog.Logger) protocol.Message {
 	t0 := time.Now()
 	defer func() { r.times.upload = since(&t0) }()
-	for _, o := range results {
+	results = slices.Clone(results)
+	for i, o := range results {
+		if token, ok := a.putDirect(ctx, r, o, log); ok {
+			results[i].Direct = token
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
 		err := a.uploadWithRetry(ctx, filepath.Join(r.dir, o.Upload), path.Join(r.msg.UploadDir, o.Upload), log)
 		if ctx.Err() != nil {
 			return nil
@@ -323,6 +331,50 @@ func (a *Agent) uploadAll(ctx context.Context, r *run, results []protocol.Output
 		}
 	}
 	return &protocol.Succeeded{Build: r.msg.Build, Outputs: results}
+}
+
+// directAnswerTimeout bounds the wait for the coordinator's answer to an
+// upload-url request.
+const directAnswerTimeout = 30 * time.Second
+
+// putDirect uploads one packed output straight into the cache's object
+// store with a URL the coordinator hands out, and returns the token to
+// report. false: no URL (direct uploads off, an older coordinator, a
+// file too large for one PUT, not connected) or the PUT failed; the
+// caller then uploads over SFTP.
+func (a *Agent) putDirect(ctx context.Context, r *run, o protocol.OutputResult, log *slog.Logger) (string, bool) {
+	if !a.cfg.DirectUpload || o.FileSize <= 0 || o.FileSize > protocol.MaxDirectUpload {
+		return "", false
+	}
+	id := a.nextMsgID()
+	ans, err := a.request(ctx, id, &protocol.UploadURL{Header: protocol.Header{ID: id}, Build: r.msg.Build, Upload: o.Upload, Size: o.FileSize}, directAnswerTimeout)
+	if err != nil {
+		log.Info("no direct upload URL; uploading over SFTP", "upload", o.Upload, "err", err)
+		return "", false
+	}
+	t, ok := ans.(*protocol.UploadTarget)
+	if !ok {
+		msg := ""
+		if e, isErr := ans.(*protocol.Error); isErr {
+			msg = e.Message
+		}
+		log.Info("no direct upload URL; uploading over SFTP", "upload", o.Upload, "coordinator", msg)
+		return "", false
+	}
+	if t.Direct == "" || t.Upload != o.Upload || !(strings.HasPrefix(t.URL, "http://") || strings.HasPrefix(t.URL, "https://")) {
+		log.Warn("unusable direct upload target; uploading over SFTP", "upload", o.Upload, "target_upload", t.Upload)
+		return "", false
+	}
+	start := time.Now()
+	n, err := upload.Put(ctx, a.http, t.URL, filepath.Join(r.dir, o.Upload))
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("direct upload failed; uploading over SFTP", "upload", o.Upload, "err", err)
+		}
+		return "", false
+	}
+	log.Info("uploaded output directly", "upload", o.Upload, "size", n, "ms", millis(time.Since(start)))
+	return t.Direct, true
 }
 
 // pack turns one output into a compressed NAR file in the build directory

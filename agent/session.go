@@ -206,9 +206,16 @@ func (a *Agent) readLoop(ctx context.Context, w *writer, r *protocol.Reader, han
 					return err
 				}
 			}
+		case *protocol.UploadTarget:
+			if !a.deliver(m.ID, m) {
+				a.log.Debug("upload target nobody waits for", "id", m.ID)
+			}
 		case *protocol.Ack:
 			a.answered(m.ID, "")
 		case *protocol.Error:
+			if m.ID != 0 && a.deliver(m.ID, m) {
+				continue
+			}
 			msg := m.Message
 			if msg == "" {
 				msg = "(no message)"

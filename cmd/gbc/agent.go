@@ -46,6 +46,7 @@ func runAgent(ctx context.Context, e env, args []string) error {
 	guixKey := fs.String("guix-signing-key", "", "Guix secret key `FILE` that signs what the agent imports into a guix-daemon; its public key must be in the daemon's /etc/guix/acl (default /etc/guix/signing-key.sec when it exists)")
 	substituteURLs := fs.StringArray("substitute-url", nil, "binary cache `URL` the daemon may substitute inputs from when the coordinator's cache lacks them, repeatable (its key must be trusted by the daemon)")
 	comp := fs.String("compression", "zstd", "`METHOD` for compressing uploaded NARs: zstd, xz, gzip or none")
+	direct := fs.Bool("direct-upload", true, "PUT outputs straight into the cache's object store when the coordinator hands out upload URLs (coordinator --cache-direct-upload); an output whose PUT fails goes over SFTP")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprint(e.stdout, agentUsage+fs.FlagUsages())
@@ -143,6 +144,7 @@ func runAgent(ctx context.Context, e env, args []string) error {
 		MaxParallelBuilds: *maxParallel,
 		WorkDir:           *workDir,
 		Compression:       *comp,
+		DirectUpload:      *direct,
 		Log:               e.log,
 	})
 	if err != nil {

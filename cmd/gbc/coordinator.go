@@ -56,6 +56,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	keyName := fs.String("signing-key-name", "", "name of a generated signing key (default HOSTNAME-1)")
 	storeDir := fs.String("store-dir", "/nix/store", "the farm's store directory (/gnu/store adds Guix signatures)")
 	cacheStore := fs.String("cache-store", "", "where the cache keeps its objects (`URL`): file:DIR, or s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R&scheme=http|https with credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or --cache-store-credentials (default file:STATE/cache)")
+	directUpload := fs.Bool("cache-direct-upload", false, "hand agents presigned URLs to PUT their outputs straight into the s3:// --cache-store (verified by reading each object back before it is signed); agents without them, or whose PUT fails, upload over SFTP")
 	cacheCreds := fs.String("cache-store-credentials", "", "AWS shared credentials `FILE` for an s3:// --cache-store (profile default, or ?profile= in the URL)")
 	streamUploads := fs.String("stream-uploads", "auto", "on: agents' uploads stream through verification straight into the cache store, never written to STATE/uploads; off: each is written there, verified, then moved into the cache; auto: on with an s3:// --cache-store")
 	httpListen := fs.String("http-listen", "", "also serve the cache read-only over plain HTTP on `ADDR` (e.g. 127.0.0.1:8080)")
@@ -93,6 +94,9 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	if *stateDir == "" {
 		return usageError{"--state-dir is required"}
+	}
+	if *directUpload && !strings.HasPrefix(*cacheStore, "s3://") {
+		return usageError{"--cache-direct-upload needs an s3:// --cache-store (agents PUT into its bucket)"}
 	}
 	if !compression.Writable(*comp) {
 		return usageError{fmt.Sprintf("--compression %q: want one of zstd, xz, gzip, none", *comp)}
@@ -200,6 +204,14 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var direct *cache.DirectUploads
+	if *directUpload {
+		s3st, ok := cst.(*cache.S3Store)
+		if !ok {
+			return fmt.Errorf("--cache-direct-upload: %s is not an object store", cst)
+		}
+		direct = cache.NewDirectUploads(s3st, 0)
+	}
 	// Submitted .drv files must live in the farm's store directory; the two
 	// usual ones stay accepted as before.
 	storeDirs := []string{"/nix/store", "/gnu/store"}
@@ -208,7 +220,7 @@ func runCoordinator(ctx context.Context, e env, args []string) error {
 	}
 	coord, err := coordinator.New(ctx, coordinator.Config{
 		StateDir: dir, Store: store, Clock: clk, Logger: log, StoreDirs: storeDirs,
-		Cache: bc, CacheAddress: protocol.CacheAddress, StreamUploads: stream,
+		Cache: bc, DirectUploads: direct, CacheAddress: protocol.CacheAddress, StreamUploads: stream,
 		Strategy: strat, Heartbeat: *heartbeat, DisconnectGrace: *grace, BuildTimeout: *buildTimeout,
 		MaxSilentTime: *maxSilent, MaxSetupFailures: *maxSetup, SubmitMissingInputs: *hf.submitMissing,
 		MinFreeSpace: uint64(reserve), CachePolicy: policy,
