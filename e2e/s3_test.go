@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -266,4 +267,113 @@ func streamedBytes(t *testing.T, cli *minio.Client, bucket string) int64 {
 		}
 	}
 	return n
+}
+
+// TestChainOnS3Direct is the chain farm with --cache-direct-upload: both
+// agents PUT every output straight into the bucket with the URLs the
+// coordinator hands out, so its SFTP receives no output bytes (the upload
+// metric stays at zero) while every output is verified from the bucket
+// (gbc_upload_verified_bytes_total{via="direct"}); agent two substitutes
+// a and b through its tunnel, nothing is left under the temp prefix, and
+// a real nix-store --realise with signatures required substitutes c from
+// the bucket's own endpoint.
+func TestChainOnS3Direct(t *testing.T) {
+	requireNamespaces(t)
+	weed := s3test.Start(t)
+	bucket := weed.Bucket(t, "gbc-e2e-direct")
+	dirs := mkdirs(t, "coord", "one", "two", "client")
+	coordNix, oneNix, twoNix := dirs[0], dirs[1], dirs[2]
+	creds := filepath.Join(t.TempDir(), "credentials")
+	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+s3test.AccessKey+"\naws_secret_access_key = "+s3test.SecretKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	drv := map[string]string{}
+	for _, attr := range []string{"a", "b", "c"} {
+		drv[attr] = nsRun(t, coordNix, "nix-instantiate", "testdata/chain.nix", "--argstr", "nonce", nonce, "-A", attr)
+	}
+	f, _ := newNSFarm(t, coordNix, "--cache-store", weed.URL(bucket, "farm"), "--cache-store-credentials", creds,
+		"--cache-direct-upload", "--metrics-listen", "127.0.0.1:0")
+	metricsAddr := f.coord.log.waitFor(t, metricsAddrRE, 5*time.Second)[1]
+	one := f.addNSAgent(oneNix, "agent-one", "--require-tag", "lane=one")
+	two := f.addNSAgent(twoNix, "agent-two", "--require-tag", "lane=two")
+
+	ab := lines(f.mustSSH("build --tag lane=one " + drv["a"] + " " + drv["b"]))
+	for _, id := range ab {
+		if b := f.waitSucceeded(id); b.Agent != one.ID {
+			t.Fatalf("build %s on %s, want agent one", id, b.Agent)
+		}
+	}
+	r := f.ssh(f.admin, "build --wait --tag lane=two "+drv["c"])
+	if r.Code != 0 {
+		t.Fatalf("build c: exit %d\n%s\n%s\nagent two:\n%s", r.Code, r.Stdout, r.Stderr, two.log.String())
+	}
+	c := f.show(lines(r.Stdout)[0])
+	if c.State != "succeeded" || c.Agent != two.ID {
+		t.Fatalf("c: %s on %s", c.State, c.Agent)
+	}
+	if !strings.Contains(two.log.String(), "inputs substituted") {
+		t.Fatalf("agent two did not log its substitution:\n%s", two.log.String())
+	}
+	for _, w := range []struct {
+		a agentProc
+		n int
+	}{{one, 2}, {two, 1}} {
+		log := w.a.log.String()
+		if got := strings.Count(log, `msg="uploaded output directly"`); got != w.n || strings.Contains(log, `msg="uploaded output" `) {
+			t.Fatalf("agent %s: %d direct uploads, want %d, and none over SFTP:\n%s", w.a.ID, got, w.n, log)
+		}
+	}
+
+	// The coordinator's SFTP took no output bytes; it read every output
+	// back from the bucket instead.
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var direct float64
+	for _, l := range strings.Split(string(body), "\n") {
+		var v float64
+		switch {
+		case strings.HasPrefix(l, "gbc_uploaded_bytes_total{"):
+			if _, err := fmt.Sscan(l[strings.LastIndexByte(l, ' ')+1:], &v); err != nil || v != 0 {
+				t.Fatalf("SFTP received output bytes: %s", l)
+			}
+		case strings.HasPrefix(l, `gbc_upload_verified_bytes_total{via="sftp"}`):
+			t.Fatalf("an upload was verified from SFTP: %s", l)
+		case strings.HasPrefix(l, `gbc_upload_verified_bytes_total{via="direct"}`):
+			fmt.Sscan(l[strings.LastIndexByte(l, ' ')+1:], &direct)
+		}
+	}
+	if direct <= 0 {
+		t.Fatalf("no bytes verified from direct uploads:\n%s", body)
+	}
+	if ents, err := os.ReadDir(filepath.Join(f.state, "cache")); err == nil && len(ents) > 0 {
+		t.Fatalf("state/cache holds %d entries with the cache in a bucket", len(ents))
+	}
+	cli := weed.Client(t)
+	for oi := range cli.ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Prefix: "farm/_gbc-uploads/", Recursive: true}) {
+		t.Fatalf("temp object left: %s %v", oi.Key, oi.Err)
+	}
+
+	pub, err := os.ReadFile(filepath.Join(f.state, "signing-key.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := nsTry(dirs[3], "nix-store", "--realise", c.Outputs[0].Path,
+		"--option", "substituters", "http://"+weed.Endpoint+"/"+bucket+"/farm",
+		"--option", "trusted-public-keys", strings.TrimSpace(string(pub)),
+		"--option", "require-sigs", "true",
+		"--option", "narinfo-cache-negative-ttl", "0")
+	if err != nil {
+		t.Fatalf("substituting c from the bucket: %v\n%s", err, stderr)
+	}
+	if got := nsRun(t, dirs[3], "cat", c.Outputs[0].Path+"/c.txt"); !strings.Contains(got, "a ("+nonce+")") {
+		t.Fatalf("substituted c.txt %q", got)
+	}
 }
