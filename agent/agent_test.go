@@ -761,3 +761,49 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestDirectUploadFallsBackToSFTP: an agent with direct uploads on asks
+// for a URL per output; when the PUT fails (here the store's port is
+// closed) or the coordinator refuses the request (direct uploads off, an
+// older coordinator), the output goes over SFTP and is reported without
+// a token.
+func TestDirectUploadFallsBackToSFTP(t *testing.T) {
+	f := startCoordinator(t)
+	a := newTestAgent(t, f, f.knownHosts(t, f.hostKey.PublicKey()))
+	a.cfg.DirectUpload = true
+	runAgent(t, a)
+	cs := f.nextSession(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	for i, answer := range []func(u *protocol.UploadURL) protocol.Message{
+		func(u *protocol.UploadURL) protocol.Message {
+			return &protocol.UploadTarget{Header: protocol.Header{ID: u.ID}, Build: u.Build, Upload: u.Upload,
+				URL: "http://" + closed + "/bucket/_gbc-uploads/direct/x?X-Amz-Signature=0", Direct: strings.Repeat("a", 32), ExpiresSeconds: 900}
+		},
+		func(u *protocol.UploadURL) protocol.Message {
+			return &protocol.Error{Header: protocol.Header{ID: u.ID}, Message: "direct uploads are off"}
+		},
+	} {
+		build := fmt.Sprintf("b%d", i)
+		drv, out := instantiate(t, fmt.Sprintf("echo data %d > $out", i))
+		f.sendBuild(t, cs, uint64(100+i), build, drv, out)
+		expect[*protocol.Ack](t, cs, nil)
+		expect[*protocol.Started](t, cs, nil)
+		u := expect[*protocol.UploadURL](t, cs, nil)
+		if u.Build != build || u.Upload != "out.nar.zst" || u.Size <= 0 || u.ID == 0 {
+			t.Fatalf("upload-url %+v", u)
+		}
+		if err := cs.w.Write(answer(u)); err != nil {
+			t.Fatal(err)
+		}
+		s := expect[*protocol.Succeeded](t, cs, nil)
+		if len(s.Outputs) != 1 || s.Outputs[0].Direct != "" || s.Outputs[0].FileSize != u.Size {
+			t.Fatalf("succeeded %+v after a failed direct upload", s)
+		}
+		f.checkUpload(t, build, s.Outputs[0])
+	}
+}
