@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	gossh "golang.org/x/crypto/ssh"
@@ -27,7 +28,8 @@ import (
 // its own key, an object that matches its report published (a server-side
 // copy to its nar/ key, the temp objects gone), one that does not — or is
 // missing — refused as a verification failure with its temp objects
-// deleted and no narinfo.
+// deleted and no narinfo, and what was PUT for a build released without
+// success deleted.
 func TestDirectUpload(t *testing.T) {
 	weed := s3test.Start(t)
 	bucket := weed.Bucket(t, "gbc-direct")
@@ -221,6 +223,24 @@ func TestDirectUpload(t *testing.T) {
 	}
 	verificationFailed(b.Build, 2)
 	noTraces()
+
+	// A build released without success (here a setup failure) has what
+	// its agent PUT deleted.
+	b = again(b.Build)
+	tg = target(ask(b.Build, res.Upload, res.FileSize))
+	if code := put(tg.URL, file); code != http.StatusOK {
+		t.Fatalf("PUT: %d", code)
+	}
+	if len(objects("_gbc-uploads/direct/")) != 1 {
+		t.Fatalf("objects after the PUT: %v", objects("_gbc-uploads/"))
+	}
+	id++
+	a.send(&protocol.SetupFailure{Header: protocol.Header{ID: id}, Build: b.Build, Reason: "gave up"})
+	for deadline := time.Now().Add(30 * time.Second); len(objects("_gbc-uploads/")) != 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("temp objects of a released build left: %v", objects("_gbc-uploads/"))
+		}
+	}
 
 	// The right bytes: verified from the bucket, published as the NAR
 	// object, the temp objects gone.
