@@ -5,8 +5,8 @@
 # the bucket (--cache-direct-upload), alternating in one run: time per
 # output and the coordinator's CPU seconds, as direct/sftp ratios.
 #
-#   bench/direct.sh                      # defaults: -n 4 -mib 16 -rounds 2
-#   bench/direct.sh -n 2 -mib 8          # quicker
+#   bench/direct.sh                      # defaults: -n 4 -mib 8 -rounds 2
+#   bench/direct.sh -n 2 -mib 4          # quicker
 . "$(dirname "$0")/internal/lib.sh"
 command -v weed >/dev/null 2>&1 || scripts/install-weed.sh
 gbc=$(bench_build ./cmd/gbc)

@@ -53,7 +53,7 @@ import (
 func main() {
 	gbc := flag.String("gbc", "bin/gbc", "gbc binary")
 	n := flag.Int("n", 4, "outputs per method and round")
-	mib := flag.Int("mib", 16, "size of each output in MiB (the test server holds about 1 GiB: n × mib × rounds × 5 must stay under it)")
+	mib := flag.Int("mib", 8, "size of each output in MiB (the test server holds about 1 GiB: n × mib × rounds × 5 must stay under it)")
 	rounds := flag.Int("rounds", 2, "alternating rounds per method")
 	flag.Parse()
 	if err := run(*gbc, *n, *mib, *rounds); err != nil {
