@@ -22,7 +22,7 @@ import (
 // reads), verifies the taken copy by reading it back, and publishes it
 // (AdoptObject, then Cache.PublishUpload: copied by the store to its nar/ key,
 // the temp object deleted), or deletes it. Clean removes what a crash left
-// (everything under tempDir).
+// (everything under tempDir but direct uploads younger than DirectKeep).
 
 const (
 	// directDir holds agents' direct uploads, under tempDir.
@@ -34,6 +34,12 @@ const (
 	// checks it when a request starts, so a long PUT begun in time
 	// completes.
 	DefaultDirectExpiry = 15 * time.Minute
+	// DirectKeep is how long Clean leaves an agent's direct upload in
+	// place at a start: its build stays with the agent across the
+	// coordinator's restart, and the agent reports it when it reconnects,
+	// so deleting it would fail a good result. Older ones are garbage
+	// (their builds requeued long since).
+	DirectKeep = 24 * time.Hour
 )
 
 // tokenPattern is the form of a direct upload's token (randomName).

@@ -13,6 +13,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -52,6 +53,8 @@ type S3Config struct {
 	// Transport, when set, replaces the client's HTTP transport.
 	Transport http.RoundTripper
 	Logger    *slog.Logger
+	// Now is the clock Clean ages direct uploads by; default time.Now.
+	Now func() time.Time
 }
 
 // ParseS3URL reads s3://BUCKET[/PREFIX][?endpoint=HOST:PORT&region=R&scheme=http|https&profile=P]
@@ -146,6 +149,9 @@ func OpenS3(ctx context.Context, cfg S3Config) (*S3Store, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("s3 store %s: %w", cfg.Endpoint, err)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.MaxBufferBytes <= 0 {
 		cfg.MaxBufferBytes = DefaultMaxBufferBytes
@@ -391,8 +397,9 @@ func (s *S3Store) List(ctx context.Context, prefix string, fn func(ObjectInfo) e
 	return ctx.Err()
 }
 
-// Clean removes spooled uploads and temp objects a crash left and aborts
-// incomplete multipart uploads under the prefix (an interrupted NAR never becomes
+// Clean removes spooled uploads and temp objects a crash left (but agents'
+// direct uploads younger than DirectKeep, whose results may still come)
+// and aborts incomplete multipart uploads under the prefix (an interrupted NAR never becomes
 // an object, but its parts take space until aborted).
 func (s *S3Store) Clean(ctx context.Context) error {
 	ents, err := os.ReadDir(s.cfg.SpoolDir)
@@ -410,6 +417,11 @@ func (s *S3Store) Clean(ctx context.Context) error {
 		if oi.Err != nil {
 			errs = append(errs, fmt.Errorf("list temp objects: %w", oi.Err))
 			break
+		}
+		if strings.HasPrefix(oi.Key, s.prefix+directDir) && s.cfg.Now().Sub(oi.LastModified) < DirectKeep {
+			// An agent's direct upload whose result may still come: its
+			// build outlives this restart (docs/cache.md).
+			continue
 		}
 		if err := s.cli.RemoveObject(ctx, s.cfg.Bucket, oi.Key, minio.RemoveObjectOptions{}); err != nil {
 			errs = append(errs, fmt.Errorf("delete temp object %s: %w", oi.Key, err))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 
@@ -244,5 +245,25 @@ func TestS3StreamedUploads(t *testing.T) {
 		}
 		done.release()
 		open.(*s3Upload).release()
+
+		// An agent's direct upload stays while its result may come.
+		obj := st.prefix + directDir + "agent-1/build-1/" + randomName()
+		if _, err := st.cli.PutObject(ctx, st.cfg.Bucket, obj, bytes.NewReader([]byte("nar")), 3, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Clean(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if l := leftovers(t, st); len(l) != 1 {
+			t.Fatalf("a fresh direct upload was not kept: %v", l)
+		}
+		st.cfg.Now = func() time.Time { return time.Now().Add(DirectKeep + time.Hour) }
+		defer func() { st.cfg.Now = time.Now }()
+		if err := st.Clean(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if l := leftovers(t, st); len(l) > 0 {
+			t.Fatalf("an old direct upload was kept: %v", l)
+		}
 	})
 }
