@@ -120,6 +120,9 @@ type Agent struct {
 	waiting map[uint64]chan protocol.Message
 	// http PUTs direct uploads.
 	http *http.Client
+	// directOff: this session's coordinator gives no direct upload URLs
+	// (cleared at each welcome).
+	directOff atomic.Bool
 
 	wg sync.WaitGroup // build goroutines
 }

@@ -785,6 +785,9 @@ func TestDirectUploadFallsBackToSFTP(t *testing.T) {
 				URL: "http://" + closed + "/bucket/_gbc-uploads/direct/x?X-Amz-Signature=0", Direct: strings.Repeat("a", 32), ExpiresSeconds: 900}
 		},
 		func(u *protocol.UploadURL) protocol.Message {
+			return &protocol.UploadTarget{Header: protocol.Header{ID: u.ID}, Build: u.Build, Upload: u.Upload, Refused: "a check side"}
+		},
+		func(u *protocol.UploadURL) protocol.Message {
 			return &protocol.Error{Header: protocol.Header{ID: u.ID}, Message: "direct uploads are off"}
 		},
 	} {
@@ -806,4 +809,14 @@ func TestDirectUploadFallsBackToSFTP(t *testing.T) {
 		}
 		f.checkUpload(t, build, s.Outputs[0])
 	}
+	// After the error, the agent asks no more on this connection.
+	drv, out := instantiate(t, "echo data 9 > $out")
+	f.sendBuild(t, cs, 109, "b9", drv, out)
+	expect[*protocol.Ack](t, cs, nil)
+	expect[*protocol.Started](t, cs, nil)
+	s := expect[*protocol.Succeeded](t, cs, nil)
+	if len(s.Outputs) != 1 || s.Outputs[0].Direct != "" {
+		t.Fatalf("succeeded %+v", s)
+	}
+	f.checkUpload(t, "b9", s.Outputs[0])
 }

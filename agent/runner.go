@@ -343,7 +343,7 @@ const directAnswerTimeout = 30 * time.Second
 // file too large for one PUT, not connected) or the PUT failed; the
 // caller then uploads over SFTP.
 func (a *Agent) putDirect(ctx context.Context, r *run, o protocol.OutputResult, log *slog.Logger) (string, bool) {
-	if !a.cfg.DirectUpload || o.FileSize <= 0 || o.FileSize > protocol.MaxDirectUpload {
+	if !a.cfg.DirectUpload || a.directOff.Load() || o.FileSize <= 0 || o.FileSize > protocol.MaxDirectUpload {
 		return "", false
 	}
 	id := a.nextMsgID()
@@ -354,11 +354,20 @@ func (a *Agent) putDirect(ctx context.Context, r *run, o protocol.OutputResult, 
 	}
 	t, ok := ans.(*protocol.UploadTarget)
 	if !ok {
+		// This coordinator gives no URLs (off, or it does not know the
+		// request): no more asking until the next session, so a farm
+		// without direct uploads pays one round trip per connection, not
+		// one per output.
 		msg := ""
 		if e, isErr := ans.(*protocol.Error); isErr {
 			msg = e.Message
 		}
-		log.Info("no direct upload URL; uploading over SFTP", "upload", o.Upload, "coordinator", msg)
+		a.directOff.Store(true)
+		log.Info("the coordinator gives no direct upload URLs; uploading over SFTP until the next connection", "coordinator", msg)
+		return "", false
+	}
+	if t.Refused != "" {
+		log.Info("no direct upload URL for this output; uploading over SFTP", "upload", o.Upload, "coordinator", t.Refused)
 		return "", false
 	}
 	if t.Direct == "" || t.Upload != o.Upload || !(strings.HasPrefix(t.URL, "http://") || strings.HasPrefix(t.URL, "https://")) {

@@ -50,6 +50,7 @@ func (a *Agent) session(ctx context.Context) (welcomed bool, err error) {
 	}
 	a.mu.Lock()
 	a.agentID = welcome.AgentID
+	a.directOff.Store(false)
 	a.mu.Unlock()
 	a.maxLine.Store(int64(welcome.MaxLineBytes))
 	if welcome.MaxLineBytes > 0 {

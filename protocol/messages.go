@@ -228,14 +228,19 @@ type UploadURL struct {
 
 // UploadTarget answers UploadURL: PUT the file's bytes to URL (before
 // ExpiresSeconds have passed), then report it with Direct set to the
-// token.
+// token. With Refused set there is no URL for this file (a check side's,
+// too many asked, …): upload it over SFTP. An error reply instead means
+// the coordinator gives no URLs at all (direct uploads off, or a
+// coordinator that does not know upload-url): the agent stops asking
+// until it reconnects.
 type UploadTarget struct {
 	Header
 	Build          string `json:"build"`
 	Upload         string `json:"upload"`
-	URL            string `json:"url"`
-	Direct         string `json:"direct"`
-	ExpiresSeconds int    `json:"expires_seconds"`
+	URL            string `json:"url,omitempty"`
+	Direct         string `json:"direct,omitempty"`
+	ExpiresSeconds int    `json:"expires_seconds,omitempty"`
+	Refused        string `json:"refused,omitempty"`
 }
 
 // Succeeded reports a built and uploaded result.

@@ -185,10 +185,14 @@ func (s *Server) handleAgent(sess ssh.Session) {
 			// Answered at once (a read of the build and a local
 			// signature), not behind results being verified.
 			t, err := cs.UploadURL(ctx, m)
+			if errors.Is(err, coordinator.ErrDirectUploadOff) {
+				reply(m.ID, err) // the agent stops asking
+				continue
+			}
 			if err != nil {
 				log.Info("upload URL refused", "build", text.Truncate(m.Build, 64), "err", err)
-				reply(m.ID, err)
-				continue
+				t = &protocol.UploadTarget{Header: protocol.Header{ID: m.ID}, Build: m.Build, Upload: m.Upload,
+					Refused: text.Truncate(err.Error(), 1000)}
 			}
 			if err := w.Write(t); err != nil {
 				log.Debug("write upload target", "err", err)

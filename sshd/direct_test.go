@@ -118,8 +118,8 @@ func TestDirectUpload(t *testing.T) {
 	}
 	refused := func(m protocol.Message, contains string) {
 		t.Helper()
-		if er, ok := m.(*protocol.Error); !ok || !strings.Contains(er.Message, contains) {
-			t.Fatalf("got %T %+v, want an error containing %q", m, m, contains)
+		if ut, ok := m.(*protocol.UploadTarget); !ok || ut.URL != "" || ut.Direct != "" || !strings.Contains(ut.Refused, contains) {
+			t.Fatalf("got %T %+v, want an upload target refused with %q", m, m, contains)
 		}
 	}
 	// Only for a build this agent holds, by its outputs' upload names,
