@@ -8,6 +8,7 @@
 # coordinator's disk writes and CPU per output, ratios to the baseline.
 #
 #   bench/stream.sh                                 # defaults: -small 200 -small-kib 4 -large 4 -large-mib 16 -rounds 2
+#                                                   # (the test S3 server holds ~1 GiB: large × large-mib × rounds ≤ 128)
 #   bench/stream.sh -small 50 -large 2 -large-mib 8 -rounds 1   # quick
 . "$(dirname "$0")/internal/lib.sh"
 command -v weed >/dev/null 2>&1 || scripts/install-weed.sh

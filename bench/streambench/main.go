@@ -73,7 +73,7 @@ func main() {
 	flag.IntVar(&c.small, "small", 200, "small outputs per set-up and round (at most 1024)")
 	flag.IntVar(&c.smallKiB, "small-kib", 4, "size of each small output's file in KiB (random text, compressible)")
 	flag.IntVar(&c.large, "large", 4, "large outputs per set-up and round")
-	flag.IntVar(&c.largeMiB, "large-mib", 16, "size of each large output in MiB (random bytes; the test server holds about 1 GiB: 2 × large × large-mib × rounds × 2 must stay well under it)")
+	flag.IntVar(&c.largeMiB, "large-mib", 16, "size of each large output in MiB (random bytes; the test server holds about 1 GiB and each s3 set-up writes every large output twice, a temp object then its copy: keep large × large-mib × rounds at 128 or under)")
 	flag.IntVar(&c.rounds, "rounds", 2, "alternating rounds")
 	flag.Parse()
 	if c.small > 1024 || c.small < 0 || c.large > 1024 || c.large < 0 || c.rounds < 1 {
