@@ -64,7 +64,6 @@ type config struct {
 	small, smallKiB int
 	large, largeMiB int
 	rounds          int
-	keep            bool
 }
 
 func main() {
