@@ -21,8 +21,9 @@ import (
 // multipart upload to a temp object under tempDir as its parts fill, is
 // completed by Close and, when placed, copied by the object store itself
 // to its key (no byte crosses the coordinator twice) and the temp object
-// deleted. So nothing is written to the coordinator's disk and at most
-// one part per upload is in its memory — and no more than
+// deleted. Up to partsInFlight parts are sent at once while the next one
+// fills. So nothing is written to the coordinator's disk and at most
+// partsInFlight+1 parts per upload are in its memory — and no more than
 // S3Config.MaxBufferBytes for all uploads together: an upload that would
 // go over sends what it holds as a part when that is large enough for
 // one, and otherwise holds the rest of its part in a spool file.
@@ -93,8 +94,11 @@ type s3Upload struct {
 
 	tmp      string // temp object name, once a multipart upload started
 	uploadID string
-	parts    []minio.CompletePart
-	size     int64 // bytes written
+	parts    []minio.CompletePart // sent
+	nparts   int                  // parts started (sent, or in flight)
+	fly      []*partInFlight      // parts being sent (oldest first) while the next fills
+	spare    []byte               // the buffer of the last part sent, for reuse
+	size     int64                // bytes written
 
 	closed    bool // Close called (a multipart upload is then complete)
 	done      bool // placed or discarded
@@ -128,7 +132,7 @@ func (u *s3Upload) Write(p []byte) (int, error) {
 	}
 	written := 0
 	for len(p) > 0 {
-		want := u.partSize(len(u.parts) + 1)
+		want := u.partSize(u.nparts + 1)
 		n := min(int64(len(p)), want-u.partLen())
 		if err := u.add(p[:n]); err != nil {
 			u.err = err
@@ -185,7 +189,23 @@ func (u *s3Upload) add(b []byte) error {
 	return nil
 }
 
-// sendPart sends the current part, starting the multipart upload first.
+// partInFlight is a part being sent. Up to partsInFlight are in flight per
+// upload while the next fills, so the agent's writes and the part PUTs
+// overlap, and one upload is not held to the speed of one PUT at a time.
+type partInFlight struct {
+	done  chan struct{}
+	part  minio.CompletePart
+	err   error
+	held  int64    // budget bytes its buffer holds
+	buf   []byte   // its buffer (reused for a later part)
+	spill *os.File // or its spill file
+}
+
+// partsInFlight bounds the parts of one upload sent at once.
+const partsInFlight = 4
+
+// sendPart starts sending the current part (starting the multipart upload
+// first), once fewer than partsInFlight are in flight.
 func (u *s3Upload) sendPart() error {
 	core := minio.Core{Client: u.s.cli}
 	if u.uploadID == "" {
@@ -196,7 +216,12 @@ func (u *s3Upload) sendPart() error {
 		}
 		u.uploadID = id
 	}
-	n := len(u.parts) + 1
+	for len(u.fly) >= partsInFlight {
+		if err := u.waitOne(); err != nil {
+			return err
+		}
+	}
+	n := u.nparts + 1
 	if n > maxParts {
 		return fmt.Errorf("s3 store: upload %s: over %d parts (%d bytes)", u.tmp, maxParts, u.size)
 	}
@@ -208,14 +233,51 @@ func (u *s3Upload) sendPart() error {
 		}
 		r, size = u.spill, u.spilt
 	}
-	p, err := core.PutObjectPart(u.ctx, u.s.cfg.Bucket, u.tmp, u.uploadID, n, r, size, minio.PutObjectPartOptions{})
-	if err != nil {
-		return fmt.Errorf("s3 store: upload %s part %d (%d bytes): %w", u.tmp, n, size, err)
-	}
-	u.parts = append(u.parts, minio.CompletePart{PartNumber: p.PartNumber, ETag: p.ETag})
-	u.buf = u.buf[:0]
-	u.dropSpill()
+	f := &partInFlight{done: make(chan struct{}), held: u.held, buf: u.buf, spill: u.spill}
+	u.nparts, u.fly = n, append(u.fly, f)
+	u.buf, u.held, u.spill, u.spilt = u.spare[:0], 0, nil, 0
+	u.spare = nil
+	tmp, id := u.tmp, u.uploadID
+	go func() {
+		defer close(f.done)
+		p, err := core.PutObjectPart(u.ctx, u.s.cfg.Bucket, tmp, id, n, r, size, minio.PutObjectPartOptions{})
+		if err != nil {
+			f.err = fmt.Errorf("s3 store: upload %s part %d (%d bytes): %w", tmp, n, size, err)
+			return
+		}
+		f.part = minio.CompletePart{PartNumber: p.PartNumber, ETag: p.ETag}
+	}()
 	return nil
+}
+
+// waitOne waits for the oldest part in flight and takes its buffer back.
+func (u *s3Upload) waitOne() error {
+	f := u.fly[0]
+	<-f.done
+	u.fly = u.fly[1:]
+	u.s.mem.give(f.held)
+	if f.spill != nil {
+		f.spill.Close()
+		os.Remove(f.spill.Name())
+	}
+	u.spare = f.buf
+	if f.err != nil {
+		return f.err
+	}
+	// In part order: parts are started, and waited for, in order.
+	u.parts = append(u.parts, f.part)
+	return nil
+}
+
+// wait waits for every part in flight; the first error is returned.
+func (u *s3Upload) wait() error {
+	var first error
+	for len(u.fly) > 0 {
+		if err := u.waitOne(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 func (u *s3Upload) dropSpill() {
@@ -226,11 +288,12 @@ func (u *s3Upload) dropSpill() {
 	}
 }
 
-// release gives the part's memory back.
+// release waits for the part in flight and gives the parts' memory back.
 func (u *s3Upload) release() {
+	u.wait()
 	u.s.mem.give(u.held)
 	u.held = 0
-	u.buf = nil
+	u.buf, u.spare = nil, nil
 	u.dropSpill()
 }
 
@@ -245,6 +308,9 @@ func (u *s3Upload) Close() error {
 	if u.err == nil && (u.uploadID != "" || u.spill != nil) {
 		if u.partLen() > 0 {
 			u.err = u.sendPart()
+		}
+		if u.err == nil {
+			u.err = u.wait()
 		}
 		if u.err == nil {
 			core := minio.Core{Client: u.s.cli}
