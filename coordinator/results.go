@@ -475,13 +475,33 @@ func (c *Coordinator) verify(ctx context.Context, b db.Build, agentID, dir strin
 		return nil, nil, fmt.Errorf("reported %d outputs, derivation declares %d", len(reported), len(declared))
 	}
 	seen := map[string]bool{}
-	results := make([]db.OutputResult, 0, len(reported))
+	results := make([]db.OutputResult, len(reported))
 	ups := make([]cache.Upload, len(reported))
 	fail := func(err error) ([]db.OutputResult, []cache.Upload, error) {
+		if errors.Is(err, ErrUnavailable) {
+			// Only direct uploads were read so far (they go first): their
+			// taken copies stay for the agent's resend.
+			return nil, nil, err
+		}
 		discardAll(ups)
 		return nil, nil, err
 	}
+	// Direct uploads first: reading one back may fail for the store's
+	// sake (unavailable: the result is resent), which must come before
+	// any streamed upload is consumed.
+	order := make([]int, 0, len(reported))
 	for i, o := range reported {
+		if o.Direct != "" {
+			order = append(order, i)
+		}
+	}
+	for i, o := range reported {
+		if o.Direct == "" {
+			order = append(order, i)
+		}
+	}
+	for _, i := range order {
+		o := reported[i]
 		path, ok := declared[o.Name]
 		if !ok || seen[o.Name] {
 			return fail(fmt.Errorf("outputs[%d]: output %q is not declared or is reported twice", i, o.Name))
@@ -521,7 +541,7 @@ func (c *Coordinator) verify(ctx context.Context, b db.Build, agentID, dir strin
 		if err != nil {
 			return fail(fmt.Errorf("outputs[%d] (%s): %w", i, o.Name, err))
 		}
-		results = append(results, r)
+		results[i] = r
 	}
 	return results, ups, nil
 }
