@@ -20,21 +20,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -42,12 +36,10 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/gbc-farm/gbc/agent/upload"
-	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/bench/internal/coordproc"
 	"github.com/gbc-farm/gbc/internal/s3test"
 	"github.com/gbc-farm/gbc/internal/testagent"
-	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
-	"github.com/gbc-farm/gbc/storepath"
 )
 
 func main() {
@@ -92,7 +84,7 @@ func run(gbc string, n, mib, rounds int) error {
 	if err := os.MkdirAll(storeDir, 0o755); err != nil {
 		return err
 	}
-	admin, adminPub, err := newKey()
+	admin, adminPub, err := coordproc.NewKey()
 	if err != nil {
 		return err
 	}
@@ -108,7 +100,7 @@ func run(gbc string, n, mib, rounds int) error {
 		return err
 	}
 	defer func() { coord.Process.Signal(os.Interrupt); coord.Wait() }()
-	addr, err := waitAddr(stderr)
+	addr, err := coordproc.WaitAddr(stderr)
 	if err != nil {
 		return err
 	}
@@ -128,11 +120,11 @@ func run(gbc string, n, mib, rounds int) error {
 		return err
 	}
 	defer adminC.Close()
-	agentKey, agentPub, err := newKey()
+	agentKey, agentPub, err := coordproc.NewKey()
 	if err != nil {
 		return err
 	}
-	if _, err := command(adminC, "agent new --name bench --key '"+strings.TrimSpace(string(agentPub))+"'"); err != nil {
+	if _, err := coordproc.Command(adminC, "agent new --name bench --key '"+strings.TrimSpace(string(agentPub))+"'"); err != nil {
 		return err
 	}
 	agentC, err := dial(agentKey)
@@ -187,11 +179,11 @@ func run(gbc string, n, mib, rounds int) error {
 	seq := 0
 	one := func(method string, t *totals) error {
 		seq++
-		drv, err := writeDrv(storeDir, fmt.Sprintf("direct-bench-%d-%d", time.Now().UnixNano(), seq))
+		drv, err := coordproc.WriteDrv(storeDir, fmt.Sprintf("direct-bench-%d-%d", time.Now().UnixNano(), seq))
 		if err != nil {
 			return err
 		}
-		if _, err := command(adminC, "build "+drv); err != nil {
+		if _, err := coordproc.Command(adminC, "build "+drv); err != nil {
 			return err
 		}
 		m, err := next(func(m protocol.Message) bool { _, ok := m.(*protocol.Build); return ok })
@@ -255,7 +247,7 @@ func run(gbc string, n, mib, rounds int) error {
 	for r := 0; r < rounds; r++ {
 		for _, method := range []string{"sftp", "direct"} {
 			t := res[method]
-			cpu0, err := cpuSeconds(coord.Process.Pid)
+			cpu0, err := coordproc.CPUSeconds(coord.Process.Pid)
 			if err != nil {
 				return err
 			}
@@ -264,7 +256,7 @@ func run(gbc string, n, mib, rounds int) error {
 					return err
 				}
 			}
-			cpu1, err := cpuSeconds(coord.Process.Pid)
+			cpu1, err := coordproc.CPUSeconds(coord.Process.Pid)
 			if err != nil {
 				return err
 			}
@@ -283,82 +275,4 @@ func run(gbc string, n, mib, rounds int) error {
 	row("coordinator CPU per output", 1000*s.cpu/float64(s.outputs), 1000*d.cpu/float64(d.outputs), "ms")
 	row("coordinator CPU per GiB uploaded", s.cpu/(float64(s.bytes)/(1<<30)), d.cpu/(float64(d.bytes)/(1<<30)), "s")
 	return nil
-}
-
-// writeDrv writes a derivation with one output at the path its contents
-// hash to, in storeDir.
-func writeDrv(storeDir, name string) (string, error) {
-	sum := sha256.Sum256([]byte(name))
-	out := storeDir + "/" + nixhash.Base32(sum[:20]) + "-" + name
-	if _, err := storepath.Parse(out); err != nil {
-		return "", err
-	}
-	d := &derivation.Derivation{
-		Outputs: []derivation.Output{{Name: "out", Path: out}},
-		System:  "x86_64-linux", Builder: "/bin/sh", Args: []string{"-c", "true"},
-		Env: []derivation.EnvVar{{Key: "name", Value: name}, {Key: "out", Value: out}},
-	}
-	p, err := d.DrvPath()
-	if err != nil {
-		return "", err
-	}
-	return p, os.WriteFile(p, d.Bytes(), 0o644)
-}
-
-// cpuSeconds is the user and system CPU time of process pid so far.
-func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command (which may hold spaces) in parentheses.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	ut, err1 := strconv.ParseFloat(f[11], 64)
-	st, err2 := strconv.ParseFloat(f[12], 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return (ut + st) / 100, nil // USER_HZ
-}
-
-func newKey() (ssh.Signer, []byte, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		return nil, nil, err
-	}
-	return s, ssh.MarshalAuthorizedKey(s.PublicKey()), nil
-}
-
-var addrRE = regexp.MustCompile(`coordinator listening" addr=(127\.0\.0\.1:\d+)`)
-
-func waitAddr(r io.Reader) (string, error) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
-			go io.Copy(io.Discard, r)
-			return m[1], nil
-		}
-	}
-	return "", errors.New("coordinator did not report its address")
-}
-
-// command runs one coordinator command and returns its stdout.
-func command(c *ssh.Client, cmd string) (string, error) {
-	s, err := c.NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer s.Close()
-	out, err := s.Output(cmd)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", strings.Fields(cmd)[0], err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }

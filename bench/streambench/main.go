@@ -26,23 +26,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -51,12 +44,10 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/gbc-farm/gbc/agent/upload"
-	"github.com/gbc-farm/gbc/derivation"
+	"github.com/gbc-farm/gbc/bench/internal/coordproc"
 	"github.com/gbc-farm/gbc/internal/s3test"
 	"github.com/gbc-farm/gbc/internal/testagent"
-	"github.com/gbc-farm/gbc/nixhash"
 	"github.com/gbc-farm/gbc/protocol"
-	"github.com/gbc-farm/gbc/storepath"
 )
 
 type config struct {
@@ -233,7 +224,7 @@ func start(gbc, state, storeDir, name string, extra []string) (*setup, error) {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, err
 	}
-	admin, adminPub, err := newKey()
+	admin, adminPub, err := coordproc.NewKey()
 	if err != nil {
 		return nil, err
 	}
@@ -248,7 +239,7 @@ func start(gbc, state, storeDir, name string, extra []string) (*setup, error) {
 	if err := s.coord.Start(); err != nil {
 		return nil, err
 	}
-	addr, err := waitAddr(stderr)
+	addr, err := coordproc.WaitAddr(stderr)
 	if err != nil {
 		return s, err
 	}
@@ -266,11 +257,11 @@ func start(gbc, state, storeDir, name string, extra []string) (*setup, error) {
 	if s.adminC, err = dial(admin); err != nil {
 		return s, err
 	}
-	agentKey, agentPub, err := newKey()
+	agentKey, agentPub, err := coordproc.NewKey()
 	if err != nil {
 		return s, err
 	}
-	if _, err := command(s.adminC, "agent new --name bench --key '"+strings.TrimSpace(string(agentPub))+"'"); err != nil {
+	if _, err := coordproc.Command(s.adminC, "agent new --name bench --key '"+strings.TrimSpace(string(agentPub))+"'"); err != nil {
 		return s, err
 	}
 	agentC, err := dial(agentKey)
@@ -341,13 +332,13 @@ func (s *setup) next(want func(protocol.Message) bool) (protocol.Message, error)
 func (s *setup) batch(ctx context.Context, dir, storeDir, tag string, count, size int, text bool, rng *mrand.Rand, t *totals) error {
 	var drvs []string
 	for i := 0; i < count; i++ {
-		d, err := writeDrv(storeDir, fmt.Sprintf("stream-bench-%s-%d-%s", tag, i, strings.ReplaceAll(s.name, "/", "-")))
+		d, err := coordproc.WriteDrv(storeDir, fmt.Sprintf("stream-bench-%s-%d-%s", tag, i, strings.ReplaceAll(s.name, "/", "-")))
 		if err != nil {
 			return err
 		}
 		drvs = append(drvs, d)
 	}
-	if _, err := command(s.adminC, "build "+strings.Join(drvs, " ")); err != nil {
+	if _, err := coordproc.Command(s.adminC, "build "+strings.Join(drvs, " ")); err != nil {
 		return err
 	}
 	type job struct {
@@ -396,11 +387,11 @@ func (s *setup) batch(ctx context.Context, dir, storeDir, tag string, count, siz
 	}()
 	syscall.Sync() // the agent's files on disk before the clock starts
 	pid := s.coord.Process.Pid
-	cpu0, err := cpuSeconds(pid)
+	cpu0, err := coordproc.CPUSeconds(pid)
 	if err != nil {
 		return err
 	}
-	w0, err := writeBytes(pid)
+	w0, err := coordproc.WriteBytes(pid)
 	if err != nil {
 		return err
 	}
@@ -419,126 +410,15 @@ func (s *setup) batch(ctx context.Context, dir, storeDir, tag string, count, siz
 		t.per = append(t.per, time.Since(start))
 		t.bytes += j.res.FileSize
 	}
-	cpu1, err := cpuSeconds(pid)
+	cpu1, err := coordproc.CPUSeconds(pid)
 	if err != nil {
 		return err
 	}
-	w1, err := writeBytes(pid)
+	w1, err := coordproc.WriteBytes(pid)
 	if err != nil {
 		return err
 	}
 	t.cpu += cpu1 - cpu0
 	t.written += w1 - w0
 	return nil
-}
-
-// writeDrv writes a derivation with one output at the path its contents
-// hash to, in storeDir.
-func writeDrv(storeDir, name string) (string, error) {
-	sum := sha256.Sum256([]byte(name))
-	out := storeDir + "/" + nixhash.Base32(sum[:20]) + "-" + name
-	if _, err := storepath.Parse(out); err != nil {
-		return "", err
-	}
-	d := &derivation.Derivation{
-		Outputs: []derivation.Output{{Name: "out", Path: out}},
-		System:  "x86_64-linux", Builder: "/bin/sh", Args: []string{"-c", "true"},
-		Env: []derivation.EnvVar{{Key: "name", Value: name}, {Key: "out", Value: out}},
-	}
-	p, err := d.DrvPath()
-	if err != nil {
-		return "", err
-	}
-	return p, os.WriteFile(p, d.Bytes(), 0o644)
-}
-
-// cpuSeconds is the user and system CPU time of process pid so far.
-func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command (which may hold spaces) in parentheses.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	ut, err1 := strconv.ParseFloat(f[11], 64)
-	st, err2 := strconv.ParseFloat(f[12], 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return (ut + st) / 100, nil // USER_HZ
-}
-
-// writeBytes is what process pid caused to be written to storage so far
-// (write_bytes of /proc/PID/io, counted as pages are dirtied: a file
-// written then deleted before writeback counts too).
-func writeBytes(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
-	if err != nil {
-		return 0, err
-	}
-	return parseIO(string(b))
-}
-
-func parseIO(s string) (int64, error) {
-	var w int64
-	seen := false
-	for _, line := range strings.Split(s, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("io %s: %w", k, err)
-		}
-		if k == "write_bytes" {
-			w, seen = n, true
-		}
-	}
-	if !seen {
-		return 0, errors.New("io: no write_bytes")
-	}
-	return w, nil
-}
-
-func newKey() (ssh.Signer, []byte, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		return nil, nil, err
-	}
-	return s, ssh.MarshalAuthorizedKey(s.PublicKey()), nil
-}
-
-var addrRE = regexp.MustCompile(`coordinator listening" addr=(127\.0\.0\.1:\d+)`)
-
-func waitAddr(r io.Reader) (string, error) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
-			go io.Copy(io.Discard, r)
-			return m[1], nil
-		}
-	}
-	return "", errors.New("coordinator did not report its address")
-}
-
-// command runs one coordinator command and returns its stdout.
-func command(c *ssh.Client, cmd string) (string, error) {
-	s, err := c.NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer s.Close()
-	out, err := s.Output(cmd)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", strings.Fields(cmd)[0], err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }

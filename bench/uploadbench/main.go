@@ -11,12 +11,12 @@
 package main
 
 import (
+	"github.com/gbc-farm/gbc/bench/internal/coordproc"
 	"github.com/gbc-farm/gbc/bench/internal/httpload"
 
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"flag"
@@ -85,7 +85,7 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 	if err != nil {
 		return err
 	}
-	admin, adminPub, err := newKey()
+	admin, adminPub, err := coordproc.NewKey()
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 	}
 	defer adminC.Close()
 
-	agentKey, agentPub, err := newKey()
+	agentKey, agentPub, err := coordproc.NewKey()
 	if err != nil {
 		return err
 	}
@@ -278,18 +278,6 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 
 func nixEnv() []string {
 	return append(os.Environ(), "NIX_CONFIG=build-users-group =\nsubstituters =\nsandbox = false")
-}
-
-func newKey() (ssh.Signer, []byte, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		return nil, nil, err
-	}
-	return s, ssh.MarshalAuthorizedKey(s.PublicKey()), nil
 }
 
 var (
