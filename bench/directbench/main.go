@@ -33,11 +33,9 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/gbc-farm/gbc/agent/upload"
 	"github.com/gbc-farm/gbc/bench/internal/coordproc"
-	"github.com/gbc-farm/gbc/internal/s3test"
 	"github.com/gbc-farm/gbc/internal/testagent"
 	"github.com/gbc-farm/gbc/protocol"
 )
@@ -67,19 +65,12 @@ func run(gbc string, n, mib, rounds int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	weed, err := s3test.Launch(filepath.Join(dir, "weed"))
+	const bucket = "bench"
+	weed, creds, err := coordproc.Bucket(ctx, dir, bucket)
 	if err != nil {
 		return err
 	}
 	defer weed.Stop()
-	const bucket = "bench"
-	if err := weed.MakeBucket(ctx, bucket); err != nil {
-		return err
-	}
-	creds := filepath.Join(dir, "credentials")
-	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+s3test.AccessKey+"\naws_secret_access_key = "+s3test.SecretKey+"\n"), 0o600); err != nil {
-		return err
-	}
 	storeDir := filepath.Join(dir, "store")
 	if err := os.MkdirAll(storeDir, 0o755); err != nil {
 		return err
@@ -104,16 +95,9 @@ func run(gbc string, n, mib, rounds int) error {
 	if err != nil {
 		return err
 	}
-	hostPub, err := os.ReadFile(filepath.Join(state, "ssh_host_ed25519_key.pub"))
+	dial, err := coordproc.Dialer(state, addr)
 	if err != nil {
 		return err
-	}
-	hk, _, _, _, err := ssh.ParseAuthorizedKey(hostPub)
-	if err != nil {
-		return err
-	}
-	dial := func(s ssh.Signer) (*ssh.Client, error) {
-		return ssh.Dial("tcp", addr, &ssh.ClientConfig{User: "bench", Auth: []ssh.AuthMethod{ssh.PublicKeys(s)}, HostKeyCallback: ssh.FixedHostKey(hk)})
 	}
 	adminC, err := dial(admin)
 	if err != nil {

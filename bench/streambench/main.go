@@ -45,7 +45,6 @@ import (
 
 	"github.com/gbc-farm/gbc/agent/upload"
 	"github.com/gbc-farm/gbc/bench/internal/coordproc"
-	"github.com/gbc-farm/gbc/internal/s3test"
 	"github.com/gbc-farm/gbc/internal/testagent"
 	"github.com/gbc-farm/gbc/protocol"
 )
@@ -100,19 +99,12 @@ func run(c config) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	weed, err := s3test.Launch(filepath.Join(dir, "weed"))
+	const bucket = "bench"
+	weed, creds, err := coordproc.Bucket(ctx, dir, bucket)
 	if err != nil {
 		return err
 	}
 	defer weed.Stop()
-	const bucket = "bench"
-	if err := weed.MakeBucket(ctx, bucket); err != nil {
-		return err
-	}
-	creds := filepath.Join(dir, "credentials")
-	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+s3test.AccessKey+"\naws_secret_access_key = "+s3test.SecretKey+"\n"), 0o600); err != nil {
-		return err
-	}
 	storeDir := filepath.Join(dir, "store")
 	if err := os.MkdirAll(storeDir, 0o755); err != nil {
 		return err

@@ -114,16 +114,9 @@ func run(gbc string, mib, rounds, nInfo, conc int, dur time.Duration) error {
 	if err != nil {
 		return err
 	}
-	hostPub, err := os.ReadFile(filepath.Join(state, "ssh_host_ed25519_key.pub"))
+	dial, err := coordproc.Dialer(state, addr)
 	if err != nil {
 		return err
-	}
-	hk, _, _, _, err := ssh.ParseAuthorizedKey(hostPub)
-	if err != nil {
-		return err
-	}
-	dial := func(s ssh.Signer) (*ssh.Client, error) {
-		return ssh.Dial("tcp", addr, &ssh.ClientConfig{User: "bench", Auth: []ssh.AuthMethod{ssh.PublicKeys(s)}, HostKeyCallback: ssh.FixedHostKey(hk)})
 	}
 	adminC, err := dial(admin)
 	if err != nil {

@@ -6,6 +6,7 @@ package coordproc
 
 import (
 	"bufio"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -13,12 +14,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/gbc-farm/gbc/internal/s3test"
 	"github.com/gbc-farm/gbc/internal/testagent"
 	"github.com/gbc-farm/gbc/nixhash"
 )
@@ -124,4 +127,40 @@ func parseIO(s string) (int64, error) {
 		return 0, errors.New("io: no write_bytes")
 	}
 	return w, nil
+}
+
+// Bucket starts a SeaweedFS S3 server with its data under dir, makes the
+// bucket and writes an AWS credentials file for it (for
+// --cache-store-credentials); the caller stops the server.
+func Bucket(ctx context.Context, dir, bucket string) (*s3test.Server, string, error) {
+	weed, err := s3test.Launch(filepath.Join(dir, "weed"))
+	if err != nil {
+		return nil, "", err
+	}
+	if err := weed.MakeBucket(ctx, bucket); err != nil {
+		weed.Stop()
+		return nil, "", err
+	}
+	creds := filepath.Join(dir, "credentials")
+	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+s3test.AccessKey+"\naws_secret_access_key = "+s3test.SecretKey+"\n"), 0o600); err != nil {
+		weed.Stop()
+		return nil, "", err
+	}
+	return weed, creds, nil
+}
+
+// Dialer connects to the coordinator at addr whose state directory is
+// stateDir, checking its host key.
+func Dialer(stateDir, addr string) (func(ssh.Signer) (*ssh.Client, error), error) {
+	hostPub, err := os.ReadFile(filepath.Join(stateDir, "ssh_host_ed25519_key.pub"))
+	if err != nil {
+		return nil, err
+	}
+	hk, _, _, _, err := ssh.ParseAuthorizedKey(hostPub)
+	if err != nil {
+		return nil, err
+	}
+	return func(s ssh.Signer) (*ssh.Client, error) {
+		return ssh.Dial("tcp", addr, &ssh.ClientConfig{User: "bench", Auth: []ssh.AuthMethod{ssh.PublicKeys(s)}, HostKeyCallback: ssh.FixedHostKey(hk)})
+	}, nil
 }
