@@ -36,7 +36,7 @@ func TestChainOnS3(t *testing.T) {
 	dirs := mkdirs(t, "coord", "one", "two", "client", "otherkey")
 	coordNix, oneNix, twoNix := dirs[0], dirs[1], dirs[2]
 	creds := filepath.Join(t.TempDir(), "credentials")
-	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+s3test.AccessKey+"\naws_secret_access_key = "+s3test.SecretKey+"\n"), 0o600); err != nil {
+	if err := s3test.WriteCredentials(creds); err != nil {
 		t.Fatal(err)
 	}
 
@@ -173,7 +173,7 @@ func TestCoordinatorKilledDuringLargeUploadS3(t *testing.T) {
 	dirs := mkdirs(t, "coord", "agent")
 	coordNix, agentNix := dirs[0], dirs[1]
 	creds := filepath.Join(t.TempDir(), "credentials")
-	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+s3test.AccessKey+"\naws_secret_access_key = "+s3test.SecretKey+"\n"), 0o600); err != nil {
+	if err := s3test.WriteCredentials(creds); err != nil {
 		t.Fatal(err)
 	}
 	drv := nsRun(t, coordNix, "nix-instantiate", "testdata/big.nix", "--argstr", "nonce", fmt.Sprint(time.Now().UnixNano()), "--argstr", "mib", "128")
@@ -284,7 +284,7 @@ func TestChainOnS3Direct(t *testing.T) {
 	dirs := mkdirs(t, "coord", "one", "two", "client")
 	coordNix, oneNix, twoNix := dirs[0], dirs[1], dirs[2]
 	creds := filepath.Join(t.TempDir(), "credentials")
-	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+s3test.AccessKey+"\naws_secret_access_key = "+s3test.SecretKey+"\n"), 0o600); err != nil {
+	if err := s3test.WriteCredentials(creds); err != nil {
 		t.Fatal(err)
 	}
 	nonce := fmt.Sprint(time.Now().UnixNano())

@@ -281,3 +281,9 @@ func (s *Server) Restarted(t testing.TB) {
 func (s *Server) URL(bucket, prefix string) string {
 	return fmt.Sprintf("s3://%s/%s?endpoint=%s&region=%s&scheme=http", bucket, prefix, s.Endpoint, Region)
 }
+
+// WriteCredentials writes an AWS shared credentials file for the test
+// server's keys (profile default) at path, for --cache-store-credentials.
+func WriteCredentials(path string) error {
+	return os.WriteFile(path, []byte("[default]\naws_access_key_id = "+AccessKey+"\naws_secret_access_key = "+SecretKey+"\n"), 0o600)
+}

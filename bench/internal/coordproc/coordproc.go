@@ -142,7 +142,7 @@ func Bucket(ctx context.Context, dir, bucket string) (*s3test.Server, string, er
 		return nil, "", err
 	}
 	creds := filepath.Join(dir, "credentials")
-	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+s3test.AccessKey+"\naws_secret_access_key = "+s3test.SecretKey+"\n"), 0o600); err != nil {
+	if err := s3test.WriteCredentials(creds); err != nil {
 		weed.Stop()
 		return nil, "", err
 	}
