@@ -102,17 +102,19 @@ func (c *Coordinator) Streams(buildID string) bool {
 // build the agent holds, starting it when there is none; trunc starts it
 // over.
 func (c *Coordinator) OpenIngest(ctx context.Context, agentID, buildID, name string, trunc bool) (*Ingest, error) {
-	b, err := c.heldBuild(ctx, agentID, buildID)
-	if err != nil {
-		return nil, err
-	}
-	_, comp, err := uploadName(b, name)
-	if err != nil {
-		return nil, err
-	}
 	k := ingestKey{agentID, buildID}
+	// An upload in the table was checked when it was started, and is
+	// dropped when the build leaves the agent.
 	g := c.Ingest(agentID, buildID, name)
 	if g == nil {
+		b, err := c.heldBuild(ctx, agentID, buildID)
+		if err != nil {
+			return nil, err
+		}
+		_, comp, err := uploadName(b, name)
+		if err != nil {
+			return nil, err
+		}
 		allowed, err := c.allowedReferences(ctx, b)
 		if err != nil {
 			return nil, unavailable(fmt.Errorf("upload %s of build %s: read the input closure: %w", name, buildID, err))

@@ -396,11 +396,11 @@ func (t *uploadTree) stat(p string) (os.FileInfo, error) {
 		return nil, err
 	}
 	if t.s.coord.Streams(v.build) {
-		size, ok := t.s.coord.IngestSizes(t.agentID, v.build)[v.file]
-		if !ok {
+		g := t.s.coord.Ingest(t.agentID, v.build, v.file)
+		if g == nil {
 			return nil, os.ErrNotExist
 		}
-		return fileInfo{name: v.file, size: size}, nil
+		return fileInfo{name: v.file, size: g.Size()}, nil
 	}
 	st, err := os.Lstat(real)
 	if err != nil {
